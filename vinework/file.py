@@ -1,0 +1,95 @@
+"""User-side File handles: local files, buffers and temps that tasks consume and produce.
+
+A File is only a handle: the manager's state (``manager/state.py``) tracks
+where its copies are. Each File has a ``cache_name`` that identifies its
+content on every worker: a hash of the path, size and modification time for a
+local file (computed when a task first needs it), a content hash for a
+buffer, a unique id for a temp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from enum import Enum
+
+from .constants import CacheLevel
+
+
+class FileKind(str, Enum):
+    """What a File stands for."""
+
+    LOCAL = "file"  # a path on the manager's filesystem
+    BUFFER = "buffer"  # bytes held by the manager
+    TEMP = "temp"  # an intermediate that lives on workers
+
+
+def _valid_remote_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"remote name must be a non-empty string, got {name!r}")
+    if name.startswith("/") or "\x00" in name:
+        raise ValueError(f"remote name {name!r} must be relative to the sandbox")
+    parts = name.split("/")
+    if any(p in ("..", "") for p in parts) or parts == ["."]:
+        raise ValueError(f"remote name {name!r} escapes or is not inside the sandbox")
+    return name
+
+
+check_remote_name = _valid_remote_name
+
+
+class File:
+    """A file a task can take as input or produce as output."""
+
+    def __init__(
+        self,
+        kind: FileKind,
+        *,
+        path: str | None = None,
+        data: bytes | None = None,
+        cache: CacheLevel = CacheLevel.TASK,
+        peer_transfer: bool = True,
+        unlink_when_done: bool = False,
+        checkpoint: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.path = os.path.abspath(path) if path is not None else None
+        self.cache = cache
+        self.peer_transfer = peer_transfer
+        self.unlink_when_done = unlink_when_done
+        self.checkpoint = checkpoint
+        self._data = data
+        self._name: str | None = None
+        self._manager: object | None = None
+        if kind is FileKind.TEMP:
+            self._name = "temp-" + uuid.uuid4().hex
+        elif kind is FileKind.BUFFER:
+            assert data is not None
+            self._name = "buffer-" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+    @property
+    def cache_name(self) -> str:
+        """The name of this file's content in every worker's cache."""
+        if self._name is None:
+            self._name = self.compute_local_name()
+        return self._name
+
+    def compute_local_name(self) -> str:
+        """Name a local file by its path, size and modification time."""
+        assert self.path is not None
+        st = os.stat(self.path)
+        key = f"{self.path}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+        return "file-" + hashlib.blake2b(key, digest_size=16).hexdigest()
+
+    def refresh_name(self) -> None:
+        """Forget the computed name of a local file (its content changed)."""
+        if self.kind is FileKind.LOCAL:
+            self._name = None
+
+    def source(self) -> str:
+        """A readable description: the path, or the kind and name."""
+        return self.path or f"{self.kind.value}:{self._name}"
+
+    def __repr__(self) -> str:
+        return f"File({self.kind.value}, {self.source()!r})"

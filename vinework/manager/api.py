@@ -1,0 +1,406 @@
+"""The user-facing Manager: TaskVine's synchronous API over the manager's loop thread.
+
+Threading model: all state belongs to one event-loop thread (``server.py``)
+that does the I/O, so transfers proceed while user code runs. Every public
+method here is safe to call from the user's thread: it hands an event to the
+loop and, where it needs an answer, waits for it. A Task's result fields are
+filled in on the loop thread before ``wait()`` can return it.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import os
+import threading
+import time
+from typing import Any
+
+import cloudpickle
+
+from ..constants import VINE_DEFAULT_PORT, CacheLevel, TaskResult, cache_level
+from ..file import File, FileKind
+from ..task import PythonTask, RemoteTaskError, Task
+from ..txnlog import TxnLog
+from .events import (
+    FetchDone,
+    FetchRequested,
+    FileDeclared,
+    FileSpec,
+    FileUndeclared,
+    TaskCancelled,
+    TaskReturned,
+    TaskSpec,
+    TaskSubmitted,
+    Tuned,
+)
+from .server import ManagerServer
+from .state import ManagerState, TState
+from .stats import ManagerStats, Tunables
+
+
+class Manager:
+    """Schedules tasks on connected workers; TaskVine's ``Manager``.
+
+    Args:
+        port: 9123 by default; 0 picks any free port; a (low, high) tuple picks
+            the first free port in that range.
+        name: a project name, shown to workers and in logs.
+        run_info_path: where per-run directories (transaction log, staging) go.
+        staging_path: where the manager keeps buffers, fetched and checkpointed files
+            (default: inside this run's directory).
+    """
+
+    def __init__(
+        self,
+        port: int | tuple[int, int] = VINE_DEFAULT_PORT,
+        name: str | None = None,
+        run_info_path: str = "vine-run-info",
+        staging_path: str | None = None,
+    ) -> None:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S.%f")
+        self.run_dir = os.path.abspath(os.path.join(run_info_path, stamp))
+        self.staging_dir = os.path.abspath(staging_path or os.path.join(self.run_dir, "staging"))
+        os.makedirs(self.staging_dir, exist_ok=True)
+        self.name = name or ""
+        self.txn_path = os.path.join(self.run_dir, "vine-logs", "transactions")
+        self._txn = TxnLog(self.txn_path)
+        self._txn.write("MANAGER", ("START", self.name or "-"))
+        self._state = ManagerState(self.staging_dir, Tunables())
+        self._tasks: dict[int, Task] = {}
+        self._next_id = 1
+        self._done: collections.deque[Task] = collections.deque()
+        self._cond = threading.Condition()
+        self._fetches: dict[int, FetchDone] = {}
+        self._next_fetch = 1
+        self._declared: set[str] = set()
+        self._closed = False
+        self._server = ManagerServer(
+            self._state, port, self._txn, self._file_at_manager, self._on_task_returned,
+            self._on_fetch_done, name=self.name,
+        )
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def port(self) -> int:
+        """The port workers connect to."""
+        return self._server.port
+
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        """Tell workers to exit, stop the loop thread, and flush the log."""
+        if self._closed:
+            return
+        self._closed = True
+        self._server.close()
+        self._txn.write("MANAGER", ("END", self.name or "-"))
+        self._txn.close()
+
+    # ------------------------------------------------------------------ files
+    def declare_file(self, path: str, cache: bool | str | int = False, peer_transfer: bool = True,
+                     unlink_when_done: bool = False) -> File:
+        """A file on the manager's filesystem, as a task input or output."""
+        return File(FileKind.LOCAL, path=path, cache=cache_level(cache),
+                    peer_transfer=peer_transfer, unlink_when_done=unlink_when_done)
+
+    def declare_buffer(self, buffer: bytes | str | None = None, cache: bool | str | int = False,
+                       peer_transfer: bool = True) -> File:
+        """Bytes held by the manager, as a task input."""
+        data = buffer.encode() if isinstance(buffer, str) else bytes(buffer or b"")
+        f = File(FileKind.BUFFER, data=data, cache=cache_level(cache),
+                 peer_transfer=peer_transfer)
+        path = os.path.join(self.staging_dir, f.cache_name)
+        if not os.path.exists(path):
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        f.path = path
+        self._declare(f, size=len(data))
+        return f
+
+    def declare_temp(self, checkpoint: bool = False) -> File:
+        """An intermediate file that stays on workers (``checkpoint=True`` also saves it)."""
+        f = File(FileKind.TEMP, cache=CacheLevel.WORKFLOW, checkpoint=checkpoint)
+        self._declare(f)
+        return f
+
+    def _declare(self, f: File, size: int = -1) -> None:
+        spec = FileSpec(name=f.cache_name, kind=f.kind.value, path=f.path, size=size,
+                        cache_level=int(f.cache), peer_transfer=f.peer_transfer,
+                        checkpoint=f.checkpoint)
+        self._declared.add(spec.name)
+        self._server.post(FileDeclared(now=time.monotonic(), spec=spec))
+
+    def _file_at_manager(self, name: str) -> str | None:
+        f = self._state.files.get(name)
+        if f is not None and f.at_manager:
+            return f.manager_path
+        return None
+
+    def undeclare_file(self, f: File) -> None:
+        """Forget a file: delete it from every worker's cache."""
+        self._server.post(FileUndeclared(now=time.monotonic(), name=f.cache_name))
+        self._declared.discard(f.cache_name)
+        if f.kind is FileKind.LOCAL and f.unlink_when_done and f.path:
+            try:
+                os.unlink(f.path)
+            except OSError:
+                pass
+
+    def fetch_file(self, f: File, timeout: float | None = None) -> bytes:
+        """The bytes of a file, brought from a worker if only workers have it."""
+        if f.kind is not FileKind.TEMP and f.path and os.path.exists(f.path) \
+                and f.cache_name not in self._state.files:
+            with open(f.path, "rb") as fh:
+                return fh.read()
+        with self._cond:
+            rid = self._next_fetch
+            self._next_fetch += 1
+        self._server.post(FetchRequested(now=time.monotonic(), request_id=rid, name=f.cache_name))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while rid not in self._fetches:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"fetch_file({f!r}) timed out")
+                self._cond.wait(left)
+            done = self._fetches.pop(rid)
+        if done.path is None:
+            raise FileNotFoundError(f"cannot fetch {f!r}: {done.error}")
+        with open(done.path, "rb") as fh:
+            return fh.read()
+
+    def _on_fetch_done(self, c: FetchDone) -> None:
+        with self._cond:
+            self._fetches[c.request_id] = c
+            self._cond.notify_all()
+
+    def get_file_replica_count(self, f: File) -> int:
+        """How many workers hold a ready copy of ``f``."""
+        return int(self._server.call(lambda: self._state.replicas.count_ready(f.cache_name)))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ tasks
+    def submit(self, t: Task) -> int:
+        """Queue a task; returns its id. Raises if a local input file does not exist."""
+        if self._closed:
+            raise RuntimeError("the manager is closed")
+        if t.id and t.id in self._tasks and not self._tasks[t.id]._done:
+            raise ValueError(f"task {t.id} is already submitted")
+        inputs = []
+        for f, remote in t.inputs:
+            if f.kind is FileKind.LOCAL and f.cache_name not in self._declared:
+                if not f.path or not os.path.isfile(f.path):
+                    raise FileNotFoundError(
+                        f"input file {f.path!r} (as {remote!r}) of task {t.command!r} does not exist"
+                    )
+                f.refresh_name()
+                self._declare(f, size=os.stat(f.path).st_size)
+            elif f.cache_name not in self._declared:
+                self._declare(f)
+            inputs.append((f.cache_name, remote))
+        outputs = []
+        for f, remote in t.outputs:
+            if f.kind is FileKind.LOCAL and (f._name is None or f._name not in self._declared):
+                f._name = "file-out-" + os.urandom(12).hex()
+                self._declare(f)
+            elif f.cache_name not in self._declared:
+                self._declare(f)
+            outputs.append((f.cache_name, remote))
+        t.id = self._next_id
+        self._next_id += 1
+        t._reset_results()
+        payload = None
+        py_out = ""
+        temp = False
+        if isinstance(t, PythonTask):
+            payload = t.payload
+            temp = t.temp_output
+            if temp:
+                py_out = t.output_file.cache_name
+                if py_out not in self._declared:
+                    self._declare(t.output_file)
+        spec = TaskSpec(
+            task_id=t.id, command=t.command, inputs=inputs, outputs=outputs,
+            env=sorted(t.env.items()), cores=t.cores, memory=t.memory, disk=t.disk, gpus=t.gpus,
+            priority=t.priority, max_retries=t.max_retries, time_max=t.time_max, tag=t.tag,
+            category=t.category, python_payload=payload, python_output=py_out, temp_output=temp,
+        )
+        self._tasks[t.id] = t
+        self._server.post(TaskSubmitted(now=time.monotonic(), spec=spec))
+        return t.id
+
+    def _on_task_returned(self, c: TaskReturned) -> None:
+        t = self._tasks.get(c.task_id)
+        if t is None:
+            return
+        t.result = TaskResult(c.result)
+        t.exit_code = c.exit_code
+        t.std_output = c.output
+        t.worker = c.worker_id
+        t.hostname = c.hostname
+        t.start_time, t.end_time = c.start, c.end
+        t.wall_time = max(0.0, c.end - c.start)
+        t.retries = c.attempts - 1
+        t.error_message = c.message
+        if isinstance(t, PythonTask):
+            t._output = self._python_output(t, c)
+        t._done = True
+        with self._cond:
+            self._done.append(t)
+            self._cond.notify_all()
+
+    def _python_output(self, t: PythonTask, c: TaskReturned) -> Any:
+        blob = c.python_result
+        if c.python_result_path:
+            try:
+                with open(c.python_result_path, "rb") as f:
+                    blob = f.read()
+                os.unlink(c.python_result_path)
+            except OSError as e:
+                return RemoteTaskError(f"result of task {t.id} could not be read: {e}")
+        if c.python_error:
+            t.remote_traceback = c.python_error
+            exc: Any = None
+            if blob:
+                try:
+                    exc = cloudpickle.loads(blob)
+                except Exception:
+                    exc = None
+            if not isinstance(exc, BaseException):
+                exc = RemoteTaskError(c.python_error.strip().splitlines()[-1] if c.python_error
+                                      else "the task failed")
+            exc.remote_traceback = c.python_error  # type: ignore[attr-defined]
+            exc.add_note("Remote traceback (on worker " + c.worker_id + "):\n" + c.python_error)
+            return exc
+        if blob is None:
+            if c.result != TaskResult.SUCCESS:
+                return RemoteTaskError(f"task {t.id} ended with result '{TaskResult(c.result)}'"
+                                       + (f": {c.message}" if c.message else ""))
+            return None
+        try:
+            return cloudpickle.loads(blob)
+        except Exception as e:
+            return RemoteTaskError(f"the result of task {t.id} could not be unpickled: {e}")
+
+    def wait(self, timeout: float | None = 5) -> Task | None:
+        """The next finished task, waiting up to ``timeout`` seconds (None: forever)."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + float(timeout)
+        with self._cond:
+            while not self._done:
+                if self.empty_locked():
+                    return None
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._done.popleft()
+
+    def empty_locked(self) -> bool:
+        return not self._done and self._state.unfinished() == 0 and not self._pending_submits()
+
+    def _pending_submits(self) -> bool:
+        """Submitted by the user but not yet seen by the loop thread."""
+        return self._state.stats.tasks_submitted < self._next_id - 1
+
+    def empty(self) -> bool:
+        """True when no submitted task is left unfinished or un-waited-for."""
+        with self._cond:
+            return self.empty_locked()
+
+    def hungry(self) -> bool:
+        """True if the manager would like more tasks (fewer waiting than workers can take)."""
+        st = self._state
+        waiting = sum(1 for t in st.tasks.values()
+                      if t.state in (TState.WAITING, TState.READY))
+        cores = sum(w.total.cores for w in list(st.workers.values()))
+        return waiting < max(st.tune.hungry_minimum, 2 * cores)
+
+    def cancel_by_task_id(self, task_id: int) -> bool:
+        """Cancel a task; it comes back from ``wait()`` with result "cancelled"."""
+        t = self._tasks.get(task_id)
+        if t is None or t._done:
+            return False
+        self._server.post(TaskCancelled(now=time.monotonic(), task_id=task_id))
+        return True
+
+    def cancel_by_task_tag(self, tag: str) -> int:
+        """Cancel every unfinished task with this tag; returns how many."""
+        n = 0
+        for t in list(self._tasks.values()):
+            if t.tag == tag and not t._done and self.cancel_by_task_id(t.id):
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ tuning & stats
+    def tune(self, name: str, value: Any) -> None:
+        """Set a parameter; an unknown name raises ValueError listing the known ones."""
+        Tunables().set(name, value)  # validate here, in the caller's thread
+        self._server.call(lambda: self._state.tune.set(name, value))
+        self._server.post(Tuned(now=time.monotonic(), name=name, value=value))
+
+    def disable_peer_transfers(self) -> None:
+        """Move every file through the manager (the comparison baseline)."""
+        self._server.call(lambda: setattr(self._state.tune, "peer_transfers", False))
+
+    def enable_peer_transfers(self) -> None:
+        """Let workers fetch files from each other (the default)."""
+        self._server.call(lambda: setattr(self._state.tune, "peer_transfers", True))
+
+    @property
+    def stats(self) -> ManagerStats:
+        """A snapshot of the manager's counters."""
+        return self._server.call(self._state.stats.copy)  # type: ignore[return-value]
+
+    def worker_stats(self) -> list[dict[str, Any]]:
+        """One row per connected worker: resources, running tasks, bytes in and out."""
+        def rows() -> list[dict[str, Any]]:
+            out = []
+            for w in self._state.workers.values():
+                out.append({
+                    "worker_id": w.worker_id, "host": w.host, "hostname": w.hostname,
+                    "cores": w.total.cores, "memory": w.total.memory, "disk": w.total.disk,
+                    "gpus": w.total.gpus, "running": len(w.running), "tasks_done": w.tasks_done,
+                    "bytes_in": w.bytes_in, "bytes_out": w.bytes_out, "disk_used": w.disk_used,
+                    "files": len(self._state.replicas.files_on(w.worker_id)),
+                })
+            return out
+        return self._server.call(rows)  # type: ignore[return-value]
+
+    def status(self, what: str = "workers") -> list[dict[str, Any]]:
+        """TaskVine's ``status``: "workers" (see ``worker_stats``) or "tasks"."""
+        if what == "workers":
+            return self.worker_stats()
+        if what == "tasks":
+            def rows() -> list[dict[str, Any]]:
+                return [{"task_id": tid, "state": t.state.value, "worker": t.worker or "",
+                         "attempt": t.attempt, "category": t.spec.category}
+                        for tid, t in self._state.tasks.items()]
+            return self._server.call(rows)  # type: ignore[return-value]
+        raise ValueError(f"unknown status {what!r}; use 'workers' or 'tasks'")
+
+    def hoist_modules(self, *modules: str) -> None:
+        """Have every worker's warm interpreter import these modules (TaskVine's hoisting)."""
+        from ..protocol import Hoist
+
+        msg = Hoist(modules=list(modules))
+        def send() -> None:
+            self._server.hoisted.extend(m for m in modules if m not in self._server.hoisted)
+            for wid in list(self._server.conns):
+                self._server._send(wid, msg)
+        self._server.call(send)
+
+    @property
+    def workers_connected(self) -> int:
+        return len(self._server.conns)

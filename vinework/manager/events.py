@@ -1,0 +1,229 @@
+"""Events into the manager's pure state and the commands it returns.
+
+The asyncio server turns what happens (a worker connects, a message arrives,
+a retrieval ends, the user submits) into these events, calls
+``ManagerState.handle(event)``, and carries out the returned commands. Every
+event carries the time ``now`` so the state never reads a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..protocol import Message, TaskDone
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    """What the state needs to know of a submitted task."""
+
+    task_id: int
+    command: str
+    inputs: list[tuple[str, str]]  # (file cache name, remote name)
+    outputs: list[tuple[str, str]]
+    env: list[tuple[str, str]] = field(default_factory=list)
+    cores: int | None = None
+    memory: int | None = None
+    disk: int | None = None
+    gpus: int | None = None
+    priority: float = 0.0
+    max_retries: int = 0
+    time_max: float = 0.0
+    tag: str | None = None
+    category: str = "default"
+    python_payload: bytes | None = None
+    python_output: str = ""  # cache name of the PythonTask's result file
+    temp_output: bool = False  # keep the PythonTask's result on the worker
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSpec:
+    """A file the manager knows: where its bytes come from and how to keep them."""
+
+    name: str
+    kind: str  # "file" | "buffer" | "temp"
+    path: str | None = None  # manager-side path (local files, staged buffers)
+    size: int = -1
+    cache_level: int = 1
+    peer_transfer: bool = True
+    checkpoint: bool = False
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event; ``now`` is seconds on the shell's monotonic clock."""
+
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerJoined(Event):
+    worker_id: str
+    host: str
+    transfer_port: int
+    cores: int
+    memory: int
+    disk: int
+    gpus: int
+    hostname: str = ""
+    cached: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLeft(Event):
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileDeclared(Event):
+    spec: FileSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileUndeclared(Event):
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSubmitted(Event):
+    spec: TaskSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskCancelled(Event):
+    task_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskReported(Event):
+    """A worker's TaskDone message."""
+
+    worker_id: str
+    done: TaskDone
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaReady(Event):
+    worker_id: str
+    name: str
+    size: int
+    seconds: float
+    transfer_id: int
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaFailed(Event):
+    worker_id: str
+    name: str
+    transfer_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrievalDone(Event):
+    """The shell finished (or failed) bringing a file from a worker to the manager."""
+
+    retrieval_id: int
+    ok: bool
+    size: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchRequested(Event):
+    """The user asked for a file's bytes at the manager (``fetch_file``)."""
+
+    request_id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiskReport(Event):
+    worker_id: str
+    used: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick(Event):
+    """Periodic: lets time-based decisions (source avoidance) expire."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tuned(Event):
+    name: str
+    value: object
+
+
+# ------------------------------------------------------------------ commands
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Base of every command the state returns."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Command):
+    worker_id: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieve(Command):
+    """Bring ``name`` from ``worker_id``'s transfer server to ``dest`` (None: keep in memory)."""
+
+    retrieval_id: int
+    worker_id: str
+    host: str
+    port: int
+    name: str
+    dest: str | None
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReturned(Command):
+    """A user task reached its end: fill in the user's object and wake ``wait()``."""
+
+    task_id: int
+    result: int
+    exit_code: int
+    output: str
+    worker_id: str
+    hostname: str
+    start: float
+    end: float
+    attempts: int
+    python_result: bytes | None = None
+    python_error: str = ""
+    message: str = ""
+    python_result_path: str = ""  # a large result retrieved to the staging directory
+
+
+@dataclass(frozen=True, slots=True)
+class FetchDone(Command):
+    """Answer to FetchRequested: the manager-side path now holding the bytes, or an error."""
+
+    request_id: int
+    path: str | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DropWorker(Command):
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log(Command):
+    """One transaction-log record."""
+
+    kind: str
+    fields: tuple[object, ...]

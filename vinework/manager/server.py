@@ -1,0 +1,370 @@
+"""The manager's I/O shell: an asyncio loop in its own thread around ``ManagerState``.
+
+It accepts worker connections, decodes and validates their frames, turns them
+into events, feeds the pure state, and carries out the commands it returns:
+batched writes to workers, retrievals of files from workers (in a thread pool,
+so bulk bytes never stall the loop), returning finished tasks to the user.
+It also runs the manager's transfer server (files the manager itself serves)
+and enforces liveness with heartbeats in both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..protocol import (
+    PROTOCOL_VERSION,
+    CacheInvalid,
+    CacheUpdate,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    Hoist,
+    Message,
+    ProtocolError,
+    Shutdown,
+    TaskDone,
+    Welcome,
+    encode,
+)
+from ..txnlog import TxnLog
+from ..worker.transfer import TransferError, TransferServer, fetch_file, listen_socket
+from .events import (
+    Command,
+    DiskReport,
+    DropWorker,
+    Event,
+    FetchDone,
+    Log,
+    ReplicaFailed,
+    ReplicaReady,
+    Retrieve,
+    RetrievalDone,
+    Send,
+    TaskReported,
+    TaskReturned,
+    Tick,
+    WorkerJoined,
+    WorkerLeft,
+)
+from .state import ManagerState
+
+log = logging.getLogger("vinework.manager")
+HELLO_TIMEOUT = 10.0
+
+
+@dataclass
+class Connection:
+    worker_id: str
+    writer: asyncio.StreamWriter
+    host: str
+    last_recv: float
+    outq: list[Message] = field(default_factory=list)
+    flush_scheduled: bool = False
+    closed: bool = False
+
+
+class ManagerServer:
+    """Owns the loop thread, the connections and the pure state."""
+
+    def __init__(
+        self,
+        state: ManagerState,
+        port: int | tuple[int, int],
+        txn: TxnLog,
+        files_at_manager: Callable[[str], str | None],
+        on_task_returned: Callable[[TaskReturned], None],
+        on_fetch_done: Callable[[FetchDone], None],
+        name: str = "",
+    ) -> None:
+        self.state = state
+        self.txn = txn
+        self.name = name
+        self.on_task_returned = on_task_returned
+        self.on_fetch_done = on_fetch_done
+        self.conns: dict[str, Connection] = {}
+        self.hoisted: list[str] = []  # modules every worker's warm interpreter imports
+        self._next_worker = 1
+        self.listen = self._bind(port)
+        self.port: int = self.listen.getsockname()[1]
+        self.transfer = TransferServer(files_at_manager)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
+                                                          thread_name_prefix="vine-retrieve")
+        self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._stopping = False
+        self.thread = threading.Thread(target=self._thread_main, name="vine-manager", daemon=True)
+        self.thread.start()
+        self._started.wait()
+
+    @staticmethod
+    def _bind(port: int | tuple[int, int]) -> socket.socket:
+        if isinstance(port, tuple):
+            lo, hi = port
+            last: OSError | None = None
+            for p in range(lo, hi + 1):
+                try:
+                    return listen_socket(p)
+                except OSError as e:
+                    last = e
+            raise OSError(f"no free port in {lo}-{hi}: {last}")
+        return listen_socket(port)
+
+    # ------------------------------------------------------------------ thread & loop
+    def _thread_main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._start())
+        self._started.set()
+        self.loop.run_forever()
+        self.loop.close()
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._on_connect, sock=self.listen,
+                                                 limit=1 << 20)
+        self._ticker = asyncio.ensure_future(self._keepalive())
+
+    def post(self, event: Event) -> None:
+        """Hand an event to the loop thread (safe from any thread)."""
+        self.loop.call_soon_threadsafe(self.apply, event)
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the loop thread and return its result (from another thread)."""
+        fut: concurrent.futures.Future[object] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:
+                fut.set_exception(e)
+
+        self.loop.call_soon_threadsafe(run)
+        return fut.result(timeout=30)
+
+    def apply(self, event: Event) -> None:
+        """Feed the state one event and carry out its commands (loop thread only)."""
+        try:
+            cmds = self.state.handle(event)
+        except Exception:
+            log.exception("internal error handling %s", type(event).__name__)
+            return
+        self.execute(cmds)
+
+    def execute(self, cmds: list[Command]) -> None:
+        txn = self.txn
+        for c in cmds:
+            if type(c) is Send:
+                self._send(c.worker_id, c.message)
+            elif type(c) is Log:
+                txn.write(c.kind, c.fields)
+            elif type(c) is TaskReturned:
+                self.on_task_returned(c)
+            elif type(c) is Retrieve:
+                self._retrieve(c)
+            elif type(c) is FetchDone:
+                self.on_fetch_done(c)
+            elif type(c) is DropWorker:
+                conn = self.conns.get(c.worker_id)
+                if conn is not None:
+                    self._drop(conn, c.reason)
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    # ------------------------------------------------------------------ connections
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        host = peer[0]
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dec = FrameDecoder()
+        try:
+            hello = await asyncio.wait_for(self._read_one(reader, dec), HELLO_TIMEOUT)
+        except (ProtocolError, ConnectionError, OSError, asyncio.TimeoutError) as e:
+            self.txn.write("WORKER", ("-", "REJECTED", host, f"bad handshake: {e}"))
+            log.warning("rejected connection from %s: %s", host, e)
+            writer.close()
+            return
+        if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION:
+            why = (f"expected Hello version {PROTOCOL_VERSION}, got "
+                   f"{type(hello).__name__} {getattr(hello, 'version', '')}")
+            self.txn.write("WORKER", ("-", "REJECTED", host, why))
+            log.warning("rejected connection from %s: %s", host, why)
+            writer.close()
+            return
+        wid = f"w{self._next_worker}"
+        self._next_worker += 1
+        conn = Connection(wid, writer, host, self.now())
+        self.conns[wid] = conn
+        self._send(wid, Welcome(version=PROTOCOL_VERSION, worker_id=wid,
+                                keepalive_interval=self.state.tune.keepalive_interval,
+                                transfer_port=self.transfer.port, manager_name=self.name))
+        if self.hoisted:
+            self._send(wid, Hoist(modules=list(self.hoisted)))
+        self.apply(WorkerJoined(now=self.now(), worker_id=wid, host=host,
+                                transfer_port=hello.transfer_port, cores=hello.cores,
+                                memory=hello.memory, disk=hello.disk, gpus=hello.gpus,
+                                hostname=hello.hostname, cached=[tuple(x) for x in hello.cached]))
+        reason = "connection closed"
+        try:
+            while not conn.closed:
+                data = await reader.read(1 << 20)
+                if not data:
+                    break
+                conn.last_recv = self.now()
+                dec.receive_data(data)
+                while (msg := dec.next_message()) is not None:
+                    self._on_message(conn, msg)
+        except ProtocolError as e:
+            reason = f"protocol error: {e}"
+            log.warning("dropping worker %s (%s): %s", wid, host, e)
+        except (ConnectionError, OSError) as e:
+            reason = f"connection error: {e}"
+        finally:
+            self._drop(conn, reason)
+
+    async def _read_one(self, reader: asyncio.StreamReader, dec: FrameDecoder) -> Message:
+        while True:
+            msg = dec.next_message()
+            if msg is not None:
+                return msg
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("closed during handshake")
+            dec.receive_data(data)
+
+    def _on_message(self, conn: Connection, msg: Message) -> None:
+        now = self.now()
+        t = type(msg)
+        if t is TaskDone:
+            self.apply(TaskReported(now=now, worker_id=conn.worker_id, done=msg))  # type: ignore[arg-type]
+        elif t is CacheUpdate:
+            m: CacheUpdate = msg  # type: ignore[assignment]
+            self.apply(ReplicaReady(now=now, worker_id=conn.worker_id, name=m.name, size=m.size,
+                                    seconds=m.seconds, transfer_id=m.transfer_id, source=m.source))
+        elif t is CacheInvalid:
+            ci: CacheInvalid = msg  # type: ignore[assignment]
+            self.apply(ReplicaFailed(now=now, worker_id=conn.worker_id, name=ci.name,
+                                     transfer_id=ci.transfer_id, reason=ci.reason))
+        elif t is Heartbeat:
+            hb: Heartbeat = msg  # type: ignore[assignment]
+            w = self.state.workers.get(conn.worker_id)
+            if w is not None and w.disk_used != hb.disk_used:
+                self.apply(DiskReport(now=now, worker_id=conn.worker_id, used=hb.disk_used))
+        else:
+            raise _remote(f"unexpected {t.__name__} from a worker")
+
+    def _drop(self, conn: Connection, reason: str) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self.conns.pop(conn.worker_id, None)
+        with contextlib.suppress(Exception):
+            conn.writer.close()
+        if not self._stopping:
+            self.apply(WorkerLeft(now=self.now(), worker_id=conn.worker_id, reason=reason))
+
+    def _send(self, worker_id: str, msg: Message) -> None:
+        conn = self.conns.get(worker_id)
+        if conn is None or conn.closed:
+            return
+        conn.outq.append(msg)
+        if not conn.flush_scheduled:
+            conn.flush_scheduled = True
+            self.loop.call_soon(self._flush, conn)
+
+    def _flush(self, conn: Connection) -> None:
+        conn.flush_scheduled = False
+        if conn.closed or not conn.outq:
+            return
+        try:
+            conn.writer.write(b"".join(encode(m) for m in conn.outq))
+        except Exception as e:
+            log.warning("write to %s failed: %s", conn.worker_id, e)
+        conn.outq.clear()
+
+    async def _keepalive(self) -> None:
+        seq = 0
+        while True:
+            interval = self.state.tune.keepalive_interval
+            await asyncio.sleep(min(interval, 1.0))
+            seq += 1
+            now = self.now()
+            for conn in list(self.conns.values()):
+                if now - conn.last_recv > self.state.tune.keepalive_timeout:
+                    self._drop(conn, f"no message for {self.state.tune.keepalive_timeout} s")
+                elif seq % max(1, int(interval)) == 0:
+                    self._send(conn.worker_id, Heartbeat(seq=seq))
+            self.apply(Tick(now=now))
+            self.txn.maybe_flush()
+
+    # ------------------------------------------------------------------ retrievals
+    def _retrieve(self, c: Retrieve) -> None:
+        dest = c.dest or ""
+        tmp = f"{dest}.part-{c.retrieval_id}"
+
+        def work() -> tuple[int, float]:
+            os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+            size, secs = fetch_file(c.host, c.port, c.name, tmp, c.size, timeout=60)
+            os.replace(tmp, dest)
+            return size, secs
+
+        fut = self.pool.submit(work)
+
+        def done(f: concurrent.futures.Future[tuple[int, float]]) -> None:
+            try:
+                size, secs = f.result()
+                ev = RetrievalDone(now=self.now(), retrieval_id=c.retrieval_id, ok=True,
+                                   size=size, seconds=secs)
+            except (TransferError, OSError) as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                ev = RetrievalDone(now=self.now(), retrieval_id=c.retrieval_id, ok=False,
+                                   error=str(e))
+            self.post(ev)
+
+        fut.add_done_callback(done)
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+
+        async def stop() -> None:
+            for conn in list(self.conns.values()):
+                self._send(conn.worker_id, Shutdown(reason="manager closing"))
+                self._flush(conn)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.writer.drain(), 2)
+                conn.closed = True
+                conn.writer.close()
+            self._ticker.cancel()
+            self.server.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.transfer.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(OSError):
+            self.listen.close()
+
+
+def _remote(msg: str) -> ProtocolError:
+    from ..protocol import RemoteProtocolError
+
+    return RemoteProtocolError(msg)

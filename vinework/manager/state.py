@@ -1,0 +1,865 @@
+"""The manager's pure state machine: tasks, files, workers, replicas.
+
+Everything that changes the manager's view of the world lives here. The one
+way in is ``ManagerState.handle(event) -> list[Command]``; the asyncio server
+feeds events (a worker joined, a task finished, a replica is ready, ...) and
+carries out the commands (send this message, retrieve that file, return that
+task to the user). Nothing here touches a socket, a thread, a clock or a disk.
+
+Theory of operation
+-------------------
+A task moves WAITING -> READY -> STAGING -> RUNNING -> (RETRIEVING) -> DONE.
+WAITING: some input has no copy anywhere yet (its producer has not run, or
+its copies were lost). READY: every input can be obtained. STAGING: a worker
+was chosen and its resources committed; the inputs it lacks are being fetched
+(from a peer that holds them, else from the manager). RUNNING: the worker was
+told to run it. RETRIEVING: outputs that must come back to the manager are on
+their way. DONE: returned to the user.
+
+A file's copies are replicas in the ``ReplicaTable``. A temp file's only
+origin is the task that produces it: when its last copy is lost while an
+unfinished task still needs it, the producer runs again as a *recovery* run
+(never two at once for the same task, not charged to the user's retries, not
+returned to the user a second time). Durability decisions (replicate,
+checkpoint, prune) are made by ``durability.Durability`` from this state.
+"""
+
+from __future__ import annotations
+
+import heapq
+import posixpath
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..constants import CacheLevel, TaskResult
+from ..protocol import Fetch, Kill, RunTask, TaskDone, Unlink
+from .events import (
+    Command,
+    DiskReport,
+    DropWorker,
+    Event,
+    FetchDone,
+    FetchRequested,
+    FileDeclared,
+    FileSpec,
+    FileUndeclared,
+    Log,
+    ReplicaFailed,
+    ReplicaReady,
+    Retrieve,
+    RetrievalDone,
+    Send,
+    TaskCancelled,
+    TaskReported,
+    TaskReturned,
+    TaskSpec,
+    TaskSubmitted,
+    Tick,
+    Tuned,
+    WorkerJoined,
+    WorkerLeft,
+)
+from .replicas import MANAGER, ReplicaTable
+from .scheduling import Candidate, Resources, choose_worker, could_ever_fit
+from .stats import ManagerStats, Tunables
+
+INLINE_RESULT_MAX = 4 * 1024 * 1024
+RETRYABLE_ON_ANOTHER_WORKER = (TaskResult.DISK_EXHAUSTION, TaskResult.FORSAKEN)
+
+
+class TState(Enum):
+    WAITING = "WAITING"
+    READY = "READY"
+    STAGING = "STAGING"
+    RUNNING = "RUNNING"
+    RETRIEVING = "RETRIEVING"
+    DONE = "DONE"
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    spec: TaskSpec
+    seq: int
+    state: TState = TState.WAITING
+    worker: str | None = None
+    alloc: Resources | None = None
+    attempt: int = 0
+    retries_used: int = 0
+    forsaken: int = 0
+    recovery: bool = False
+    returned: bool = False
+    succeeded: bool = False
+    missing: set[str] = field(default_factory=set)  # inputs with no copy (WAITING)
+    staging: set[str] = field(default_factory=set)  # inputs not yet on the worker (STAGING)
+    retrievals: set[int] = field(default_factory=set)
+    done: TaskDone | None = None
+    done_worker: str = ""
+    hostname: str = ""
+    python_result: bytes | None = None
+    result_path: str = ""
+    message: str = ""
+
+
+@dataclass(slots=True)
+class FileRecord:
+    spec: FileSpec
+    size: int
+    at_manager: bool  # the manager can serve it (local file, buffer, checkpoint)
+    manager_path: str | None
+    producer: int | None = None
+    consumers: set[int] = field(default_factory=set)  # unfinished tasks that read it
+    waiting: set[int] = field(default_factory=set)  # WAITING tasks that miss it
+    produced: bool = False
+    failed_producer: int | None = None
+    fetch_requests: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    worker_id: str
+    host: str
+    transfer_port: int
+    hostname: str
+    total: Resources
+    free: Resources
+    running: set[int] = field(default_factory=set)
+    disk_used: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    tasks_done: int = 0
+
+
+@dataclass(slots=True)
+class _RetrievalFor:
+    kind: str  # "task" | "fetch" | "python"
+    name: str
+    worker: str
+    task_id: int = 0
+    dest: str = ""
+
+
+class ManagerState:
+    """All of the manager's decisions; see the module docstring."""
+
+    def __init__(self, staging_dir: str = "/nonexistent", tunables: Tunables | None = None) -> None:
+        self.staging_dir = staging_dir
+        self.tune = tunables or Tunables()
+        self.stats = ManagerStats()
+        self.tasks: dict[int, TaskRecord] = {}
+        self.files: dict[str, FileRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.replicas = ReplicaTable()
+        self.now = 0.0
+        self._seq = 0
+        self._ready: list[tuple[float, int, int]] = []
+        self._stage_wait: dict[tuple[str, str], set[int]] = {}
+        self._unsourced: dict[tuple[str, str], None] = {}  # fetches waiting for a source
+        self._retrievals: dict[int, _RetrievalFor] = {}
+        self._next_retrieval = 1
+        self._out: list[Command] = []
+        self._unfinished = 0
+        from .durability import Durability  # local import: durability reads this module
+
+        self.durability = Durability(self)
+
+    # ================================================================ entry point
+    def handle(self, event: Event) -> list[Command]:
+        """Apply one event and return the commands it calls for."""
+        self.now = event.now
+        self._out = out = []
+        handler = _HANDLERS[type(event)]
+        handler(self, event)
+        self.durability.after_event()
+        self._schedule()
+        self._out = []
+        return out
+
+    # ================================================================ queries
+    def unfinished(self) -> int:
+        """User tasks submitted and not yet returned."""
+        return self._unfinished
+
+    def count(self, state: TState) -> int:
+        return sum(1 for t in self.tasks.values() if t.state is state)
+
+    def available(self, name: str) -> bool:
+        f = self.files.get(name)
+        if f is None:
+            return False
+        return f.at_manager or self.replicas.count_ready(name) > 0
+
+    def task_story(self, task_id: int) -> str:
+        t = self.tasks[task_id]
+        return f"task {task_id}: {t.state.value} attempt {t.attempt} on {t.worker}"
+
+    # ================================================================ helpers
+    def _log(self, kind: str, *fields: object) -> None:
+        self._out.append(Log(kind, fields))
+
+    def _send(self, worker_id: str, msg: object) -> None:
+        self._out.append(Send(worker_id, msg))  # type: ignore[arg-type]
+
+    def _task_log(self, t: TaskRecord, state: str, extra: str = "") -> None:
+        self._log("TASK", t.spec.task_id, state, t.worker or "-", t.attempt, extra)
+
+    def _file(self, name: str) -> FileRecord:
+        f = self.files.get(name)
+        if f is None:  # a name only a worker knew: a produced output we were not told about
+            f = FileRecord(FileSpec(name=name, kind="temp"), -1, False, None)
+            self.files[name] = f
+        return f
+
+    # ================================================================ files
+    def _on_file_declared(self, ev: FileDeclared) -> None:
+        s = ev.spec
+        old = self.files.get(s.name)
+        at_manager = s.kind in ("file", "buffer") and s.path is not None and s.size >= 0
+        if old is not None:
+            old.spec = s
+            if at_manager:
+                old.at_manager, old.manager_path, old.size = True, s.path, s.size
+            return
+        self.files[s.name] = FileRecord(s, s.size, at_manager, s.path if at_manager else None)
+
+    def _on_file_undeclared(self, ev: FileUndeclared) -> None:
+        f = self.files.pop(ev.name, None)
+        if f is None:
+            return
+        for w in self.replicas.forget_file(ev.name):
+            if w in self.workers:
+                self._send(w, Unlink(name=ev.name))
+        self.stats.files_pruned += 1 if f.spec.kind == "temp" else 0
+        self._log("FILE", ev.name, "UNDECLARED", f.size)
+
+    # ================================================================ workers
+    def _on_worker_joined(self, ev: WorkerJoined) -> None:
+        total = Resources(ev.cores, ev.memory, ev.disk, ev.gpus)
+        w = WorkerRecord(ev.worker_id, ev.host, ev.transfer_port, ev.hostname, total,
+                         Resources(ev.cores, ev.memory, ev.disk, ev.gpus))
+        self.workers[ev.worker_id] = w
+        self.stats.workers_connected += 1
+        self.stats.workers_joined += 1
+        for name, size in ev.cached:
+            if name in self.files:
+                self.replicas.set_ready(name, ev.worker_id, size)
+                self._file_became_available(name)
+            else:
+                self._send(ev.worker_id, Unlink(name=name))
+        self._log("WORKER", ev.worker_id, "CONNECTION", ev.host, ev.cores, ev.memory, ev.disk)
+        self._retry_unsourced()
+
+    def _on_worker_left(self, ev: WorkerLeft) -> None:
+        w = self.workers.pop(ev.worker_id, None)
+        if w is None:
+            return
+        self.stats.workers_connected -= 1
+        self.stats.workers_lost += 1
+        self._log("WORKER", ev.worker_id, "DISCONNECTION", ev.reason)
+        names, transfers = self.replicas.drop_worker(ev.worker_id)
+        for key in [k for k in self._stage_wait if k[1] == ev.worker_id]:
+            del self._stage_wait[key]
+        for key in [k for k in self._unsourced if k[1] == ev.worker_id]:
+            del self._unsourced[key]
+        for tid in list(w.running):
+            t = self.tasks[tid]
+            t.worker, t.alloc = None, None
+            t.staging.clear()
+            self._task_log(t, "FORSAKEN", f"worker lost: {ev.reason}")
+            self._requeue(t)
+        w.running.clear()
+        # transfers from the lost worker to others must find another source
+        for tr in transfers:
+            if tr.dest != ev.worker_id and tr.dest in self.workers:
+                self.replicas.remove(tr.name, tr.dest)
+                self._source_transfer(tr.name, tr.dest)
+        for name in names:
+            if not self.available(name):
+                self._file_lost(name, f"last copy was on {ev.worker_id}")
+        self.durability.worker_lost(ev.worker_id, names)
+
+    def _on_disk_report(self, ev: DiskReport) -> None:
+        w = self.workers.get(ev.worker_id)
+        if w is not None:
+            w.disk_used = ev.used
+
+    # ================================================================ tasks
+    def _on_task_submitted(self, ev: TaskSubmitted) -> None:
+        s = ev.spec
+        self._seq += 1
+        t = TaskRecord(s, self._seq)
+        self.tasks[s.task_id] = t
+        self._unfinished += 1
+        self.stats.tasks_submitted += 1
+        for name, _ in s.outputs:
+            self._file(name).producer = s.task_id
+        if s.python_output and s.temp_output:
+            self._file(s.python_output).producer = s.task_id
+        for name, _ in s.inputs:
+            self._file(name).consumers.add(s.task_id)
+        self._task_log(t, "SUBMITTED", s.command[:80])
+        self._make_ready_or_wait(t)
+
+    def _make_ready_or_wait(self, t: TaskRecord) -> None:
+        """Put a task in READY if every input can be had, else WAITING (recovering if needed)."""
+        t.missing.clear()
+        for name, _ in t.spec.inputs:
+            f = self._file(name)
+            if f.failed_producer is not None:
+                self._finish_failed_input(t, name, f.failed_producer)
+                return
+            if not self.available(name):
+                t.missing.add(name)
+                f.waiting.add(t.spec.task_id)
+        if t.missing:
+            t.state = TState.WAITING
+            for name in t.missing:
+                self._ensure_coming(name)
+            self._task_log(t, "WAITING", ",".join(sorted(t.missing))[:200])
+        else:
+            self._set_ready(t)
+
+    def _set_ready(self, t: TaskRecord) -> None:
+        t.state = TState.READY
+        heapq.heappush(self._ready, (-t.spec.priority, t.seq, t.spec.task_id))
+        self._task_log(t, "READY")
+
+    def _ensure_coming(self, name: str) -> None:
+        """A needed file has no copy: make sure something will produce it, or say why not."""
+        f = self._file(name)
+        if f.producer is None:
+            self._log("FILE", name, "UNAVAILABLE", "no copy and no task produces it")
+            return
+        p = self.tasks.get(f.producer)
+        if p is None:
+            return
+        if p.state is TState.DONE:
+            if p.succeeded:
+                self._start_recovery(p, name)
+            else:
+                self._fail_consumers(name, p.spec.task_id)
+
+    def _start_recovery(self, p: TaskRecord, name: str) -> None:
+        p.recovery = True
+        p.attempt += 1
+        self._unfinished += 0  # recovery runs are not user tasks
+        self.stats.tasks_recovery += 1
+        self._task_log(p, "RECOVERY", f"to remake {name}")
+        self.durability.recovery_started(p.spec.task_id, name)
+        self._make_ready_or_wait(p)
+
+    def _requeue(self, t: TaskRecord) -> None:
+        t.attempt += 1
+        self._make_ready_or_wait(t)
+
+    def _finish_failed_input(self, t: TaskRecord, name: str, producer: int) -> None:
+        t.message = f"input {name} is missing: its producer task {producer} failed"
+        self._finish(t, TaskResult.INPUT_MISSING, -1, "")
+
+    def _fail_consumers(self, name: str, producer: int) -> None:
+        f = self._file(name)
+        f.failed_producer = producer
+        for tid in list(f.consumers):
+            t = self.tasks.get(tid)
+            if t is not None and t.state in (TState.WAITING, TState.READY):
+                self._finish_failed_input(t, name, producer)
+
+    def _on_task_cancelled(self, ev: TaskCancelled) -> None:
+        t = self.tasks.get(ev.task_id)
+        if t is None or t.state is TState.DONE:
+            return
+        if t.worker is not None:
+            if t.state is TState.RUNNING:
+                self._send(t.worker, Kill(task_id=t.spec.task_id))
+            self._release(t)
+        t.message = "cancelled by the user"
+        self._finish(t, TaskResult.CANCELLED, -1, "")
+
+    def _release(self, t: TaskRecord) -> None:
+        w = self.workers.get(t.worker or "")
+        if w is not None:
+            w.running.discard(t.spec.task_id)
+            if t.alloc is not None:
+                w.free.add(t.alloc)
+            self._drop_task_level_inputs(t, w)
+        for name in t.staging:
+            waiters = self._stage_wait.get((name, t.worker or ""))
+            if waiters is not None:
+                waiters.discard(t.spec.task_id)
+        t.staging.clear()
+        t.worker, t.alloc = None, None
+
+    def _drop_task_level_inputs(self, t: TaskRecord, w: WorkerRecord) -> None:
+        for name, _ in t.spec.inputs:
+            f = self.files.get(name)
+            if f is None or f.spec.cache_level > CacheLevel.TASK or f.spec.kind == "temp":
+                continue
+            if any(name in (n for n, _ in self.tasks[o].spec.inputs) for o in w.running):
+                continue
+            if self.replicas.state(name, w.worker_id) is not None:
+                self.replicas.remove(name, w.worker_id)
+                self._send(w.worker_id, Unlink(name=name))
+
+    def _finish(self, t: TaskRecord, result: TaskResult, exit_code: int, output: str) -> None:
+        """A task reaches DONE: return it to the user (once) and settle its outputs."""
+        was_recovery = t.recovery
+        t.state = TState.DONE
+        t.recovery = False
+        t.succeeded = result is TaskResult.SUCCESS and exit_code == 0
+        for name, _ in t.spec.inputs:
+            f = self.files.get(name)
+            if f is not None:
+                f.consumers.discard(t.spec.task_id)
+                f.waiting.discard(t.spec.task_id)
+        if not t.succeeded:
+            for name in self._outputs_of(t):
+                self._fail_consumers(name, t.spec.task_id)
+        self._task_log(t, "DONE", str(result))
+        if was_recovery and t.returned:
+            self.durability.recovery_finished(t.spec.task_id, self.now)
+            return
+        t.returned = True
+        self._unfinished -= 1
+        if t.succeeded:
+            self.stats.tasks_done += 1
+        else:
+            self.stats.tasks_failed += 1
+        d = t.done
+        self._out.append(TaskReturned(
+            task_id=t.spec.task_id, result=int(result), exit_code=exit_code, output=output,
+            worker_id=t.done_worker, hostname=t.hostname,
+            start=d.start if d else 0.0, end=d.end if d else 0.0, attempts=t.attempt + 1,
+            python_result=t.python_result, python_error=d.python_error if d else "",
+            message=t.message or (d.message if d else ""), python_result_path=t.result_path,
+        ))
+        t.python_result = None
+        t.result_path = ""
+        self.durability.task_finished(t.spec.task_id)
+
+    def _outputs_of(self, t: TaskRecord) -> list[str]:
+        names = [n for n, _ in t.spec.outputs]
+        if t.spec.python_output and t.spec.temp_output:
+            names.append(t.spec.python_output)
+        return names
+
+    # ================================================================ dispatch
+    def _schedule(self) -> None:
+        if not self._ready or not self.workers:
+            return
+        skipped: list[tuple[float, int, int]] = []
+        while self._ready:
+            if not any(w.free.cores > 0 or w.free.gpus > 0 for w in self.workers.values()):
+                break
+            item = heapq.heappop(self._ready)
+            t = self.tasks.get(item[2])
+            if t is None or t.state is not TState.READY or t.seq != item[1]:
+                continue
+            if not self._place(t):
+                skipped.append(item)
+                if len(skipped) > 64:
+                    break
+        for item in skipped:
+            heapq.heappush(self._ready, item)
+
+    def _declared(self, s: TaskSpec) -> tuple[int | None, int | None, int | None, int | None]:
+        return (s.cores, s.memory, s.disk, s.gpus)
+
+    def _place(self, t: TaskRecord) -> bool:
+        s = t.spec
+        declared = self._declared(s)
+        input_bytes: dict[str, int] = {}
+        for name, _ in s.inputs:
+            size = max(0, self.files[name].size)
+            for w in self.replicas.holders(name):
+                input_bytes[w] = input_bytes.get(w, 0) + size + 1
+        cands = [Candidate(w.worker_id, w.total, w.free, len(w.running))
+                 for w in self.workers.values() if self.durability.can_host(w, t)]
+        choice = choose_worker(cands, declared, input_bytes)
+        if choice is None:
+            if not could_ever_fit((w.total for w in self.workers.values()), declared):
+                self._log("TASK", s.task_id, "UNPLACEABLE", "-", t.attempt,
+                          "no connected worker is large enough")
+            return False
+        wid, alloc = choice
+        w = self.workers[wid]
+        w.free.sub(alloc)
+        w.running.add(s.task_id)
+        t.worker, t.alloc, t.state = wid, alloc, TState.STAGING
+        t.staging.clear()
+        for name, _ in s.inputs:
+            st = self.replicas.state(name, wid)
+            if st is not None and st.value == "ready":
+                continue
+            t.staging.add(name)
+            self._stage_wait.setdefault((name, wid), set()).add(s.task_id)
+            if st is None:
+                self._source_transfer(name, wid)
+        if not t.staging:
+            self._run(t)
+        else:
+            self._task_log(t, "STAGING", ",".join(sorted(t.staging))[:200])
+        return True
+
+    def _source_transfer(self, name: str, dest: str) -> None:
+        """Start bringing ``name`` to ``dest``, or remember to when a source frees up."""
+        if self.replicas.in_flight_to(name, dest) is not None:
+            return
+        f = self.files[name]
+        peers_ok = self.tune.peer_transfers and f.spec.peer_transfer
+        src = self.replicas.pick_source(
+            name, dest, self.now, self.tune.transfer_source_max, peers_ok, f.at_manager
+        )
+        if src is None:
+            self._unsourced[(name, dest)] = None
+            if not self.available(name):
+                self._file_lost(name, "no source left")
+            else:
+                self._log("TRANSFER", name, "QUEUED", "-", dest, "all sources busy or avoided")
+            return
+        self._unsourced.pop((name, dest), None)
+        tr = self.replicas.start_transfer(name, dest, src, self.now)
+        if src == MANAGER:
+            host, port = "", 0  # the worker uses the manager's address it knows
+        else:
+            sw = self.workers[src]
+            host, port = sw.host, sw.transfer_port
+        self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host=host, port=port,
+                               size=f.size))
+        self._log("TRANSFER", name, "START", src, dest, tr.transfer_id)
+
+    def _retry_unsourced(self) -> None:
+        if not self._unsourced:
+            return
+        for name, dest in list(self._unsourced):
+            if dest in self.workers and name in self.files and self._stage_wait.get((name, dest)):
+                del self._unsourced[(name, dest)]
+                self._source_transfer(name, dest)
+            elif dest not in self.workers or not self._stage_wait.get((name, dest)):
+                self._unsourced.pop((name, dest), None)
+
+    def _run(self, t: TaskRecord) -> None:
+        s = t.spec
+        a = t.alloc or Resources()
+        py_out = s.python_output
+        if s.python_payload is not None and not s.temp_output:
+            py_out = f"pyout-{s.task_id}-{t.attempt}"
+        t.state = TState.RUNNING
+        self._send(t.worker or "", RunTask(
+            task_id=s.task_id, attempt=t.attempt, command=s.command,
+            inputs=list(s.inputs), outputs=list(s.outputs), env=list(s.env),
+            cores=a.cores, memory=a.memory, disk=a.disk, gpus=a.gpus, time_max=s.time_max,
+            python_payload=s.python_payload, python_output=py_out,
+        ))
+        self._task_log(t, "RUNNING")
+
+    # ================================================================ replicas
+    def _on_replica_ready(self, ev: ReplicaReady) -> None:
+        if ev.worker_id not in self.workers:
+            return
+        tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
+        f = self._file(ev.name)
+        if f.size < 0 or ev.size > 0:
+            f.size = ev.size
+        self.replicas.set_ready(ev.name, ev.worker_id, ev.size)
+        dest = self.workers[ev.worker_id]
+        if tr is not None:
+            dest.bytes_in += ev.size
+            if tr.source == MANAGER:
+                self.stats.bytes_sent += ev.size
+                self.stats.transfers_sent += 1
+            else:
+                self.stats.bytes_peer += ev.size
+                self.stats.transfers_peer += 1
+                src = self.workers.get(tr.source)
+                if src is not None:
+                    src.bytes_out += ev.size
+            self._log("TRANSFER", ev.name, "DONE", tr.source, ev.worker_id, ev.size,
+                      round(ev.seconds, 6))
+            self.durability.transfer_measured(ev.size, ev.seconds)
+        self._stage_arrived(ev.name, ev.worker_id)
+        self._file_became_available(ev.name)
+        self._retry_unsourced()
+
+    def _stage_arrived(self, name: str, wid: str) -> None:
+        for tid in self._stage_wait.pop((name, wid), ()):
+            t = self.tasks.get(tid)
+            if t is None or t.state is not TState.STAGING or t.worker != wid:
+                continue
+            t.staging.discard(name)
+            if not t.staging:
+                self._run(t)
+
+    def _file_became_available(self, name: str) -> None:
+        f = self.files.get(name)
+        if f is None:
+            return
+        for tid in list(f.waiting):
+            t = self.tasks.get(tid)
+            f.waiting.discard(tid)
+            if t is None or t.state is not TState.WAITING:
+                continue
+            t.missing.discard(name)
+            if not t.missing:
+                self._set_ready(t)
+        for req in f.fetch_requests:
+            self._serve_fetch(req, name)
+        f.fetch_requests.clear()
+
+    def _on_replica_failed(self, ev: ReplicaFailed) -> None:
+        tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
+        self.replicas.remove(ev.name, ev.worker_id)
+        self._log("TRANSFER", ev.name, "FAILED", tr.source if tr else "-", ev.worker_id,
+                  ev.reason[:200])
+        if tr is not None and tr.source != MANAGER:
+            self.replicas.avoid(tr.source, self.now + self.tune.transfer_avoid_seconds)
+            if ev.reason.startswith("source:"):
+                self.replicas.remove(ev.name, tr.source)  # the source no longer has it
+        if ev.worker_id not in self.workers or ev.name not in self.files:
+            return
+        if tr is not None and tr.source == MANAGER and ev.reason.startswith("source:"):
+            self._manager_copy_missing(ev.name, ev.reason)
+            return
+        if self._stage_wait.get((ev.name, ev.worker_id)):
+            self._source_transfer(ev.name, ev.worker_id)
+        if not self.available(ev.name):
+            self._file_lost(ev.name, ev.reason)
+
+    def _manager_copy_missing(self, name: str, reason: str) -> None:
+        f = self.files[name]
+        f.at_manager = False
+        for key in [k for k in self._stage_wait if k[0] == name]:
+            for tid in self._stage_wait.pop(key):
+                t = self.tasks.get(tid)
+                if t is not None and t.state is TState.STAGING:
+                    self._release(t)
+                    t.message = f"input {name} could not be read at the manager: {reason}"
+                    self._finish(t, TaskResult.INPUT_MISSING, -1, "")
+
+    def _file_lost(self, name: str, why: str) -> None:
+        """No copy of ``name`` is left: unstage what needed it, then recover or fail."""
+        f = self.files.get(name)
+        if f is None:
+            return
+        self.stats.files_lost += 1
+        self._log("FILE", name, "LOST", why)
+        needed = False
+        for key in [k for k in self._stage_wait if k[0] == name]:
+            self._unsourced.pop(key, None)
+            for tid in self._stage_wait.pop(key):
+                t = self.tasks.get(tid)
+                if t is not None and t.state is TState.STAGING:
+                    self._release(t)
+                    self._make_ready_or_wait(t)
+                    needed = True
+        for tid in list(f.consumers):
+            t = self.tasks.get(tid)
+            if t is None:
+                continue
+            if t.state is TState.READY:
+                t.state = TState.WAITING
+                t.missing.add(name)
+                f.waiting.add(tid)
+                needed = True
+            elif t.state is TState.WAITING:
+                needed = True
+        if needed or f.fetch_requests:
+            self._ensure_coming(name)
+
+    # ================================================================ task results
+    def _on_task_reported(self, ev: TaskReported) -> None:
+        d = ev.done
+        t = self.tasks.get(d.task_id)
+        if t is None or t.worker != ev.worker_id or t.attempt != d.attempt \
+                or t.state is not TState.RUNNING:
+            return  # a stale report (the task was cancelled or moved)
+        w = self.workers[ev.worker_id]
+        w.tasks_done += 1
+        self._release(t)
+        t.done, t.done_worker, t.hostname = d, ev.worker_id, w.hostname
+        result = TaskResult(d.result) if d.result in TaskResult._value2member_map_ \
+            else TaskResult.UNKNOWN
+        ok = result is TaskResult.SUCCESS and d.exit_code == 0
+        self.durability.task_ran(t.spec.task_id, d.end - d.start)
+        if not ok:
+            self._task_failed(t, result, d)
+            return
+        for name, size in d.outputs:
+            f = self._file(name)
+            f.size, f.produced = size, True
+            self.replicas.set_ready(name, ev.worker_id, size)
+        t.python_result = d.python_result
+        t.state = TState.RETRIEVING
+        t.worker = ev.worker_id  # retrievals come from here
+        if not t.recovery:
+            for name, _ in t.spec.outputs:
+                f = self.files[name]
+                if f.spec.kind == "file" and f.spec.path:
+                    self._retrieve(t, name, f.spec.path, "task")
+            if t.spec.python_payload is not None and not t.spec.temp_output \
+                    and d.python_result is None:
+                pyout = f"pyout-{t.spec.task_id}-{t.attempt}"
+                if any(n == pyout for n, _ in d.outputs):
+                    self._retrieve(t, pyout, posixpath.join(self.staging_dir, pyout), "python")
+        for name, _ in d.outputs:
+            self._file_became_available(name)
+        if not t.retrievals:
+            t.worker = None
+            self._finish(t, TaskResult.SUCCESS, d.exit_code, d.output)
+
+    def _task_failed(self, t: TaskRecord, result: TaskResult, d: TaskDone) -> None:
+        if result in RETRYABLE_ON_ANOTHER_WORKER and t.forsaken < 3:
+            t.forsaken += 1
+            self._task_log(t, "RETRY", f"{result} on {d.message[:120]}")
+            self._requeue(t)
+            return
+        if t.retries_used < t.spec.max_retries and result is not TaskResult.OUTPUT_MISSING:
+            t.retries_used += 1
+            self._task_log(t, "RETRY", f"{result} exit {d.exit_code}")
+            self._requeue(t)
+            return
+        if t.retries_used < t.spec.max_retries:
+            t.retries_used += 1
+            self._requeue(t)
+            return
+        t.message = d.message
+        self._finish(t, result, d.exit_code, d.output)
+
+    def _retrieve(self, t: TaskRecord, name: str, dest: str, kind: str) -> None:
+        rid = self._start_retrieval(name, t.worker or "", dest, kind, t.spec.task_id)
+        t.retrievals.add(rid)
+
+    def _start_retrieval(self, name: str, wid: str, dest: str, kind: str, task_id: int = 0) -> int:
+        rid = self._next_retrieval
+        self._next_retrieval += 1
+        w = self.workers[wid]
+        self._retrievals[rid] = _RetrievalFor(kind, name, wid, task_id, dest)
+        f = self.files.get(name)
+        self._out.append(Retrieve(rid, wid, w.host, w.transfer_port, name, dest,
+                                  f.size if f else -1))
+        return rid
+
+    def _on_retrieval_done(self, ev: RetrievalDone) -> None:
+        r = self._retrievals.pop(ev.retrieval_id, None)
+        if r is None:
+            return
+        w = self.workers.get(r.worker)
+        if ev.ok:
+            self.stats.bytes_received += ev.size
+            self.stats.transfers_received += 1
+            if w is not None:
+                w.bytes_out += ev.size
+            self._log("TRANSFER", r.name, "DONE", r.worker, MANAGER, ev.size, round(ev.seconds, 6))
+            self.durability.transfer_measured(ev.size, ev.seconds)
+        else:
+            self._log("TRANSFER", r.name, "FAILED", r.worker, MANAGER, ev.error[:200])
+        if r.kind == "fetch" or r.kind == "checkpoint":
+            f = self.files.get(r.name)
+            if f is None:
+                return
+            if ev.ok:
+                f.at_manager, f.manager_path = True, r.dest
+                if r.kind == "checkpoint":
+                    self.stats.bytes_checkpointed += ev.size
+                    self.durability.checkpointed(r.name)
+                for req in f.fetch_requests:
+                    self._out.append(FetchDone(req, r.dest))
+                f.fetch_requests.clear()
+            elif f.fetch_requests:
+                if self.replicas.ready_workers(r.name):
+                    reqs = list(f.fetch_requests)
+                    f.fetch_requests.clear()
+                    for req in reqs:
+                        self._serve_fetch(req, r.name)
+                else:
+                    for req in f.fetch_requests:
+                        self._out.append(FetchDone(req, None, f"could not fetch: {ev.error}"))
+                    f.fetch_requests.clear()
+            return
+        t = self.tasks.get(r.task_id)
+        if t is None or t.state is not TState.RETRIEVING or ev.retrieval_id not in t.retrievals:
+            return
+        t.retrievals.discard(ev.retrieval_id)
+        if ev.ok:
+            f = self.files.get(r.name)
+            if f is not None and r.kind == "task":
+                f.at_manager, f.manager_path = True, r.dest
+                if f.spec.cache_level <= CacheLevel.TASK and w is not None:
+                    self.replicas.remove(r.name, r.worker)
+                    self._send(r.worker, Unlink(name=r.name))
+            if r.kind == "python":
+                t.result_path = r.dest
+                if w is not None:
+                    self.replicas.remove(r.name, r.worker)
+                    self._send(r.worker, Unlink(name=r.name))
+        elif w is None:
+            # the worker went away with the outputs: run the task again
+            t.retrievals.clear()
+            t.worker = None
+            self._requeue(t)
+            return
+        else:
+            t.message = f"could not retrieve output {r.name}: {ev.error}"
+        if not t.retrievals:
+            t.worker = None
+            d = t.done
+            if t.message.startswith("could not retrieve"):
+                self._finish(t, TaskResult.OUTPUT_TRANSFER_ERROR, d.exit_code if d else -1,
+                             d.output if d else "")
+            else:
+                self._finish(t, TaskResult.SUCCESS, d.exit_code if d else 0, d.output if d else "")
+
+    # ================================================================ fetch_file
+    def _on_fetch_requested(self, ev: FetchRequested) -> None:
+        f = self.files.get(ev.name)
+        if f is None:
+            self._out.append(FetchDone(ev.request_id, None, f"unknown file {ev.name}"))
+            return
+        self._serve_fetch(ev.request_id, ev.name)
+
+    def _serve_fetch(self, req: int, name: str) -> None:
+        f = self.files[name]
+        if f.at_manager and f.manager_path:
+            self._out.append(FetchDone(req, f.manager_path))
+            return
+        holders = self.replicas.ready_workers(name)
+        if holders:
+            pending = [r for r in self._retrievals.values()
+                       if r.name == name and r.kind in ("fetch", "checkpoint")]
+            f.fetch_requests.append(req)
+            if not pending:
+                self._start_retrieval(name, holders[0],
+                                      posixpath.join(self.staging_dir, name), "fetch")
+            return
+        if f.failed_producer is not None:
+            self._out.append(FetchDone(req, None, f"producer task {f.failed_producer} failed"))
+            return
+        f.fetch_requests.append(req)
+        if f.producer is None:
+            self._out.append(FetchDone(req, None, f"no copy of {name} exists"))
+            f.fetch_requests.remove(req)
+            return
+        self._ensure_coming(name)
+
+    # ================================================================ misc
+    def _on_tick(self, ev: Tick) -> None:
+        self._retry_unsourced()
+
+    def _on_tuned(self, ev: Tuned) -> None:
+        self.tune.set(ev.name, ev.value)
+
+
+_HANDLERS = {
+    WorkerJoined: ManagerState._on_worker_joined,
+    WorkerLeft: ManagerState._on_worker_left,
+    FileDeclared: ManagerState._on_file_declared,
+    FileUndeclared: ManagerState._on_file_undeclared,
+    TaskSubmitted: ManagerState._on_task_submitted,
+    TaskCancelled: ManagerState._on_task_cancelled,
+    TaskReported: ManagerState._on_task_reported,
+    ReplicaReady: ManagerState._on_replica_ready,
+    ReplicaFailed: ManagerState._on_replica_failed,
+    RetrievalDone: ManagerState._on_retrieval_done,
+    FetchRequested: ManagerState._on_fetch_requested,
+    DiskReport: ManagerState._on_disk_report,
+    Tick: ManagerState._on_tick,
+    Tuned: ManagerState._on_tuned,
+}

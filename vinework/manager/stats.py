@@ -1,0 +1,94 @@
+"""Counters the manager keeps (``m.stats``) and the knobs ``m.tune`` sets.
+
+Pure data: the state machine updates the counters; ``Manager.stats`` hands
+the user a copy. Names follow TaskVine's where TaskVine has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class ManagerStats:
+    """A snapshot of what the manager has done (all counters since start)."""
+
+    tasks_submitted: int = 0
+    tasks_done: int = 0
+    tasks_failed: int = 0
+    tasks_recovery: int = 0
+    workers_connected: int = 0
+    workers_joined: int = 0
+    workers_lost: int = 0
+    bytes_sent: int = 0  # manager -> workers
+    bytes_received: int = 0  # workers -> manager
+    bytes_peer: int = 0  # worker -> worker
+    transfers_sent: int = 0
+    transfers_received: int = 0
+    transfers_peer: int = 0
+    files_lost: int = 0
+    files_pruned: int = 0
+    replicas_made: int = 0
+    bytes_checkpointed: int = 0
+    recovery_seconds: float = 0.0
+
+    def copy(self) -> ManagerStats:
+        return dataclasses.replace(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# name -> (attribute, converter); TaskVine's names are accepted as aliases
+_KNOBS: dict[str, tuple[str, Any]] = {
+    "keepalive-interval": ("keepalive_interval", float),
+    "keepalive-timeout": ("keepalive_timeout", float),
+    "worker-source-max-transfers": ("transfer_source_max", int),
+    "transfer-source-max": ("transfer_source_max", int),
+    "file-source-max-transfers": ("transfer_source_max", int),
+    "transfer-avoid-seconds": ("transfer_avoid_seconds", float),
+    "temp-replica-count": ("temp_replica_count", int),
+    "durability": ("durability", str),
+    "checkpoint-dir": ("checkpoint_dir", str),
+    "prune": ("prune", bool),
+    "hungry-minimum": ("hungry_minimum", int),
+}
+
+
+@dataclass(slots=True)
+class Tunables:
+    """Everything ``Manager.tune`` can change."""
+
+    keepalive_interval: float = 5.0
+    keepalive_timeout: float = 30.0
+    transfer_source_max: int = 3
+    transfer_avoid_seconds: float = 10.0
+    temp_replica_count: int = 1
+    durability: str = "manual"  # "manual" | "auto"
+    checkpoint_dir: str = ""
+    prune: bool = True
+    hungry_minimum: int = 10
+    peer_transfers: bool = True
+
+    @staticmethod
+    def names() -> list[str]:
+        return sorted(_KNOBS)
+
+    def set(self, name: str, value: object) -> None:
+        """Set a knob by its name; an unknown name or a bad value raises ValueError."""
+        if name not in _KNOBS:
+            raise ValueError(f"unknown tunable {name!r}; known: {', '.join(self.names())}")
+        attr, conv = _KNOBS[name]
+        try:
+            v = conv(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"bad value {value!r} for tunable {name!r}") from None
+        if attr == "durability" and v not in ("manual", "auto"):
+            raise ValueError("durability must be 'manual' or 'auto'")
+        if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+            raise ValueError(f"tunable {name!r} must be >= 0")
+        if attr == "temp_replica_count" and v < 1:
+            raise ValueError("temp-replica-count must be >= 1")
+        setattr(self, attr, v)

@@ -1,0 +1,43 @@
+"""Wire protocol of vinework: typed messages and a sans-IO framing codec.
+
+This package does no I/O. ``messages`` defines one frozen dataclass per message
+type; ``codec`` frames them as length-prefixed msgpack and validates what it
+decodes. The manager's server, the worker and the transfer servers use it.
+"""
+
+from .codec import (
+    MAX_FRAME,
+    FrameDecoder,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    decode_body,
+    encode,
+    encode_many,
+)
+from .messages import (
+    PROTOCOL_VERSION,
+    REGISTRY,
+    CacheInvalid,
+    CacheUpdate,
+    Fetch,
+    FileHeader,
+    GetFile,
+    Heartbeat,
+    Hello,
+    Hoist,
+    Kill,
+    Message,
+    RunTask,
+    Shutdown,
+    TaskDone,
+    Unlink,
+    Welcome,
+)
+
+__all__ = [
+    "MAX_FRAME", "FrameDecoder", "LocalProtocolError", "ProtocolError", "RemoteProtocolError",
+    "decode_body", "encode", "encode_many", "PROTOCOL_VERSION", "REGISTRY", "CacheInvalid",
+    "CacheUpdate", "Fetch", "FileHeader", "GetFile", "Heartbeat", "Hello", "Hoist", "Kill",
+    "Message", "RunTask", "Shutdown", "TaskDone", "Unlink", "Welcome",
+]

@@ -1,0 +1,256 @@
+"""Every message that crosses a vinework connection, as a frozen dataclass.
+
+Theory of operation: a message is a frozen, slotted, keyword-only dataclass
+with a unique small integer ``TAG``. On the wire it is the msgpack array
+``[TAG, field1, field2, ...]`` in field order (see ``codec.py``). Decoding
+checks the tag, the number of fields and the type of every field against the
+annotations, so a peer can never hand the core a value of the wrong shape.
+
+Nested values are plain msgpack types only (ints, floats, str, bytes, bools,
+lists of those), never dicts of arbitrary shape: pairs are lists of two items
+and are typed as ``list[tuple[str, str]]`` and the like.
+
+Control connection (one per worker):
+    worker -> manager: Hello, TaskDone, CacheUpdate, CacheInvalid, Heartbeat
+    manager -> worker: Welcome, RunTask, Fetch, Unlink, Kill, Heartbeat, Shutdown
+Transfer connection (one per file movement, to a transfer server):
+    client -> server: GetFile;  server -> client: FileHeader, then raw bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+Checker = Callable[[Any], bool]
+
+
+def _checker_for(tp: Any) -> Checker:
+    """Build a fast predicate that accepts exactly the values of type ``tp``."""
+    if tp is Any:
+        return lambda v: True
+    if tp is int:
+        return lambda v: type(v) is int
+    if tp is float:
+        return lambda v: type(v) is float or type(v) is int
+    if tp is str:
+        return lambda v: type(v) is str
+    if tp is bytes:
+        return lambda v: type(v) is bytes
+    if tp is bool:
+        return lambda v: type(v) is bool
+    if tp is type(None):
+        return lambda v: v is None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        subs = [_checker_for(a) for a in args]
+        return lambda v: any(s(v) for s in subs)
+    if origin is list:
+        (item,) = args
+        sub = _checker_for(item)
+        return lambda v: type(v) is list and all(sub(x) for x in v)
+    if origin is tuple:
+        subs = [_checker_for(a) for a in args]
+        n = len(subs)
+        return lambda v: (
+            type(v) in (list, tuple) and len(v) == n and all(s(x) for s, x in zip(subs, v))
+        )
+    raise TypeError(f"no wire checker for type {tp!r}")
+
+
+class Message:
+    """Base class of every wire message; subclasses are frozen dataclasses."""
+
+    TAG: ClassVar[int]
+    _fields: ClassVar[tuple[str, ...]]
+    _checks: ClassVar[tuple[Checker, ...]]
+    __slots__ = ()
+
+    def to_wire(self) -> list[Any]:
+        """The message as the msgpack array ``[TAG, fields...]``."""
+        return [self.TAG, *(getattr(self, f) for f in self._fields)]
+
+
+REGISTRY: dict[int, type[Message]] = {}
+
+
+def message(tag: int) -> Callable[[type], type]:
+    """Class decorator: make a frozen message dataclass and register its tag."""
+
+    def wrap(cls: type) -> type:
+        dc = dataclass(frozen=True, slots=True, kw_only=True)(cls)
+        hints = typing.get_type_hints(dc)
+        fields = tuple(f.name for f in dataclasses.fields(dc))
+        dc.TAG = tag
+        dc._fields = fields
+        dc._checks = tuple(_checker_for(hints[f]) for f in fields)
+        if tag in REGISTRY:
+            raise ValueError(f"duplicate message tag {tag}")
+        REGISTRY[tag] = dc
+        return dc
+
+    return wrap
+
+
+# ---------------------------------------------------------------- control: worker -> manager
+
+
+@message(1)
+class Hello(Message):
+    """First message of a worker: who it is and what it has."""
+
+    version: int
+    hostname: str
+    cores: int
+    memory: int  # MB
+    disk: int  # MB
+    gpus: int
+    transfer_port: int
+    cached: list[tuple[str, int]]  # files already in the cache: (name, size)
+    password_proof: str = ""
+
+
+@message(2)
+class TaskDone(Message):
+    """A task attempt finished on the worker (successfully or not)."""
+
+    task_id: int
+    attempt: int
+    result: int  # a TaskResult value
+    exit_code: int
+    output: str  # stdout+stderr, capped
+    start: float
+    end: float
+    outputs: list[tuple[str, int]]  # cache files the task produced: (name, size)
+    python_result: bytes | None = None  # cloudpickle of the return value, when inline
+    python_error: str = ""  # remote traceback text when a PythonTask raised
+    message: str = ""  # worker-side explanation of a failure
+
+
+@message(3)
+class CacheUpdate(Message):
+    """A file is now ready in the worker's cache."""
+
+    name: str
+    size: int
+    seconds: float  # time spent transferring it, 0 if produced locally
+    transfer_id: int  # the Fetch that brought it, 0 if produced by a task
+    source: str = ""
+
+
+@message(4)
+class CacheInvalid(Message):
+    """A file the manager expected is not (or no longer) in the worker's cache."""
+
+    name: str
+    transfer_id: int
+    reason: str
+    source: str = ""
+
+
+@message(5)
+class Heartbeat(Message):
+    """Liveness in either direction; ``disk_used`` is the cache size in bytes."""
+
+    seq: int
+    disk_used: int = 0
+
+
+# ---------------------------------------------------------------- control: manager -> worker
+
+
+@message(20)
+class Welcome(Message):
+    """The manager accepted the worker."""
+
+    version: int
+    worker_id: str
+    keepalive_interval: float
+    transfer_port: int  # the manager's own transfer server (files it serves)
+    manager_name: str = ""
+
+
+@message(21)
+class RunTask(Message):
+    """Run one task attempt; every input is already in the worker's cache."""
+
+    task_id: int
+    attempt: int
+    command: str
+    inputs: list[tuple[str, str]]  # (cache name, remote name in the sandbox)
+    outputs: list[tuple[str, str]]  # (cache name to publish as, remote name)
+    env: list[tuple[str, str]]
+    cores: int
+    memory: int
+    disk: int
+    gpus: int
+    time_max: float  # seconds, 0 = no limit
+    python_payload: bytes | None = None  # cloudpickle of (fn, args, kwargs)
+    python_output: str = ""  # cache name for the result when kept on the worker
+    drop_after: list[str] = dataclasses.field(default_factory=list)  # task-level inputs
+
+
+@message(22)
+class Fetch(Message):
+    """Bring ``name`` into the cache from the transfer server at host:port."""
+
+    transfer_id: int
+    name: str
+    host: str
+    port: int
+    size: int  # expected size, -1 if unknown
+
+
+@message(23)
+class Unlink(Message):
+    """Delete a file from the worker's cache."""
+
+    name: str
+
+
+@message(24)
+class Kill(Message):
+    """Kill a running task attempt (cancelled, or its worker is being drained)."""
+
+    task_id: int
+
+
+@message(25)
+class Shutdown(Message):
+    """The manager is closing: finish nothing, exit cleanly."""
+
+    reason: str
+
+
+@message(26)
+class Hoist(Message):
+    """Modules the worker's warm interpreters should import before forking."""
+
+    modules: list[str]
+
+
+# ---------------------------------------------------------------- transfer connections
+
+
+@message(40)
+class GetFile(Message):
+    """Ask a transfer server for the bytes of a cached file."""
+
+    name: str
+    token: str = ""
+
+
+@message(41)
+class FileHeader(Message):
+    """Answer to GetFile: ``size`` raw bytes follow, or ``error`` says why not."""
+
+    name: str
+    size: int
+    error: str = ""

@@ -1,0 +1,1 @@
+"""Test helpers for vinework (simulated clusters and other harnesses used by the test suite)."""

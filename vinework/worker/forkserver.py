@@ -1,0 +1,224 @@
+"""Warm interpreters for PythonTasks: a fork server that runs each call in a forked child.
+
+The worker starts one fork server process (``python -m vinework.worker.forkserver FD``)
+that has cloudpickle (and any hoisted modules, such as numpy) already imported.
+For each PythonTask it forks a child, which changes into the task's sandbox,
+unpickles ``(fn, args, kwargs)``, calls it, and sends back the cloudpickled
+result (inline if small, else written to a file) or the exception with its
+traceback text. Forking a warm process costs about a millisecond; a fresh
+interpreter costs tens. The server is single-threaded and keeps little memory,
+so forks stay cheap.
+
+Internal wire (worker <-> fork server, over a socketpair): length-prefixed
+msgpack arrays.
+    ["run", task_id, sandbox, payload, out_path, inline_max, env_pairs]
+    ["kill", task_id]        ["hoist", [module, ...]]
+    reply: ["done", task_id, status, kind, data, traceback_text]
+      status: the child's wait status; kind: "inline" | "file" | "error" | "crash"
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import Any
+
+import msgpack
+
+_LEN = struct.Struct(">I")
+
+
+def pack(obj: list[Any]) -> bytes:
+    body = msgpack.packb(obj, use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+class Framer:
+    """Incremental splitter of length-prefixed msgpack arrays."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[list[Any]]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= 4:
+            (n,) = _LEN.unpack_from(self.buf, 0)
+            if len(self.buf) < 4 + n:
+                break
+            out.append(msgpack.unpackb(bytes(self.buf[4 : 4 + n]), raw=False))
+            del self.buf[: 4 + n]
+        return out
+
+
+def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
+           env: list[list[str]], wfd: int) -> None:
+    """Run in the forked child: never returns."""
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.chdir(sandbox)
+        for k, v in env:
+            os.environ[k] = v
+        out = os.open(os.path.join(sandbox, ".vinework-output"),
+                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        import cloudpickle
+
+        try:
+            fn, args, kwargs = cloudpickle.loads(payload)
+            value = fn(*args, **kwargs)
+        except BaseException as e:  # the task's own failure
+            tb = traceback.format_exc()
+            try:
+                blob = cloudpickle.dumps(e)
+            except Exception:
+                blob = b""
+            reply = ["error", blob, tb]
+        else:
+            try:
+                data = cloudpickle.dumps(value)
+            except Exception as e:
+                tb = traceback.format_exc()
+                reply = ["error", b"", f"the return value could not be pickled: {e}\n{tb}"]
+            else:
+                if out_path and (inline_max < 0 or len(data) > inline_max):
+                    with open(out_path, "wb") as f:
+                        f.write(data)
+                    reply = ["file", len(data), ""]
+                else:
+                    reply = ["inline", data, ""]
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        body = pack(reply)
+        view = memoryview(body)
+        while view:
+            n = os.write(wfd, view)
+            view = view[n:]
+    except BaseException:
+        code = 70
+        try:
+            os.write(2, traceback.format_exc().encode())
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def serve(fd: int) -> None:
+    """The fork server's main loop on the socketpair end ``fd``."""
+    ctl = socket.socket(fileno=fd)
+    ctl.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, "ctl")
+    framer = Framer()
+    children: dict[int, tuple[int, int, bytearray]] = {}  # rfd -> (task_id, pid, buf)
+    by_task: dict[int, int] = {}  # task_id -> pid
+    outbuf = bytearray()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def flush() -> None:
+        nonlocal outbuf
+        while outbuf:
+            try:
+                n = ctl.send(outbuf)
+            except BlockingIOError:
+                ctl.setblocking(True)
+                ctl.sendall(outbuf)
+                ctl.setblocking(False)
+                n = len(outbuf)
+            del outbuf[:n]
+
+    while True:
+        for key, _ in sel.select():
+            if key.data == "ctl":
+                try:
+                    data = ctl.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    for pid in by_task.values():
+                        _kill(pid)
+                    return
+                for req in framer.feed(data):
+                    op = req[0]
+                    if op == "run":
+                        _, task_id, sandbox, payload, out_path, inline_max, env = req
+                        r, w = os.pipe()
+                        pid = os.fork()
+                        if pid == 0:
+                            os.close(r)
+                            ctl.close()
+                            _child(sandbox, payload, out_path, inline_max, env, w)
+                        os.close(w)
+                        os.set_blocking(r, False)
+                        children[r] = (task_id, pid, bytearray())
+                        by_task[task_id] = pid
+                        sel.register(r, selectors.EVENT_READ, "child")
+                    elif op == "kill":
+                        pid = by_task.get(req[1])
+                        if pid is not None:
+                            _kill(pid)
+                    elif op == "hoist":
+                        for mod in req[1]:
+                            try:
+                                importlib.import_module(mod)
+                            except Exception:
+                                pass
+            else:
+                rfd = key.fd
+                task_id, pid, buf = children[rfd]
+                try:
+                    chunk = os.read(rfd, 1 << 20)
+                except BlockingIOError:
+                    continue
+                if chunk:
+                    buf += chunk
+                    continue
+                sel.unregister(rfd)
+                os.close(rfd)
+                del children[rfd]
+                by_task.pop(task_id, None)
+                _, status = os.waitpid(pid, 0)
+                frames = Framer().feed(bytes(buf))
+                if frames:
+                    kind, data, tb = frames[0]
+                else:
+                    kind, data, tb = "crash", b"", ""
+                outbuf += pack(["done", task_id, status, kind, data, tb])
+        flush()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    for m in sys.argv[2:]:
+        try:
+            importlib.import_module(m)
+        except Exception:
+            pass
+    import cloudpickle  # noqa: F401  (warm it before the first fork)
+
+    serve(int(sys.argv[1]))

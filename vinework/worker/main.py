@@ -1,0 +1,511 @@
+"""The worker process: connects to a manager, runs tasks, keeps and serves cached files.
+
+Wiring only: one asyncio loop owns the manager connection (framed messages,
+batched writes, heartbeats both ways); a thread-based transfer server serves
+cached files to peers and the manager; fetches run in a thread pool so bulk
+bytes never block control messages; command tasks are reaped via pidfds and
+PythonTasks run in forked children of a warm fork server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+from ..constants import TaskResult
+from ..protocol import (
+    PROTOCOL_VERSION,
+    CacheInvalid,
+    CacheUpdate,
+    Fetch,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    Hoist,
+    Kill,
+    Message,
+    ProtocolError,
+    RunTask,
+    Shutdown,
+    TaskDone,
+    Unlink,
+    Welcome,
+    encode,
+)
+from . import sandbox as sb
+from .cache import Cache, CacheError, check_cache_name
+from .forkserver import Framer, pack
+from .transfer import TransferError, TransferServer, fetch_file
+
+log = logging.getLogger("vinework.worker")
+INLINE_RESULT_MAX = 4 * 1024 * 1024
+
+
+@dataclass
+class WorkerOptions:
+    """Command-line options of ``vinework worker``."""
+
+    host: str
+    port: int
+    cores: int | None = None
+    memory: int | None = None  # MB
+    disk: int | None = None  # MB
+    gpus: int = 0
+    workdir: str | None = None
+    timeout: float = 900.0  # give up reconnecting after this long
+    single_shot: bool = False
+    hoist: tuple[str, ...] = ()
+
+
+def detect_resources(opts: WorkerOptions, workdir: str) -> tuple[int, int, int, int]:
+    cores = opts.cores if opts.cores is not None else (os.cpu_count() or 1)
+    if opts.memory is not None:
+        memory = opts.memory
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    free = shutil.disk_usage(workdir).free // (1 << 20)
+    disk = min(opts.disk, free) if opts.disk is not None else free
+    return cores, memory, disk, opts.gpus
+
+
+class Worker:
+    """One worker process (see module docstring)."""
+
+    def __init__(self, opts: WorkerOptions) -> None:
+        self.opts = opts
+        self.owns_workdir = opts.workdir is None
+        self.workdir = opts.workdir or os.path.join(
+            os.environ.get("TMPDIR", "/tmp"), f"vinework-worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        os.makedirs(self.workdir, exist_ok=True)
+        self.cache = Cache(os.path.join(self.workdir, "cache"))
+        self.sandboxes = os.path.join(self.workdir, "sandbox")
+        os.makedirs(self.sandboxes, exist_ok=True)
+        self.resources = detect_resources(opts, self.workdir)
+        self.server = TransferServer(self.cache.lookup)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=16,
+                                                          thread_name_prefix="vine-fetch")
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.procs: dict[int, sb.CommandProcess] = {}
+        self.py_waiters: dict[int, asyncio.Future[list[object]]] = {}
+        self.writer: asyncio.StreamWriter | None = None
+        self._outq: list[Message] = []
+        self._flush_scheduled = False
+        self.manager_transfer_port = 0
+        self.keepalive = 5.0
+        self.last_recv = time.monotonic()
+        self.tasks_run = 0
+        self.forkserver: subprocess.Popen[bytes] | None = None
+        self.fs_sock: socket.socket | None = None
+        self.hoisted: list[str] = list(opts.hoist)
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> int:
+        try:
+            return asyncio.run(self._main())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for p in self.procs.values():
+            p.kill()
+        if self.forkserver is not None:
+            with contextlib.suppress(OSError):
+                self.fs_sock.close()  # type: ignore[union-attr]
+            self.forkserver.kill()
+            self.forkserver.wait()
+            self.forkserver = None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        deadline = time.monotonic() + self.opts.timeout
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(self.opts.host, self.opts.port)
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    log.error("cannot reach manager %s:%d: %s", self.opts.host, self.opts.port, e)
+                    return 1
+                await asyncio.sleep(1.0)
+                continue
+            served = await self._session(reader, writer, stop)
+            if stop.done() or (self.opts.single_shot and served):
+                return 0
+            if served == "shutdown":
+                return 0
+            deadline = time.monotonic() + self.opts.timeout
+            await asyncio.sleep(0.5)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       stop: asyncio.Future[None]) -> str:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.writer = writer
+        cores, memory, disk, gpus = self.resources
+        self.send(Hello(version=PROTOCOL_VERSION, hostname=socket.gethostname(), cores=cores,
+                        memory=memory, disk=disk, gpus=gpus, transfer_port=self.server.port,
+                        cached=self.cache.items()))
+        dec = FrameDecoder()
+        self.last_recv = time.monotonic()
+        hb = asyncio.ensure_future(self._heartbeats())
+        result = "lost"
+        try:
+            while not stop.done():
+                read = asyncio.ensure_future(reader.read(1 << 20))
+                done, _ = await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    read.cancel()
+                    result = "stopped"
+                    break
+                data = read.result()
+                if not data:
+                    break
+                self.last_recv = time.monotonic()
+                dec.receive_data(data)
+                while (msg := dec.next_message()) is not None:
+                    if isinstance(msg, Shutdown):
+                        return "shutdown"
+                    self._dispatch(msg)
+        except ProtocolError as e:
+            log.error("manager sent an invalid message: %s", e)
+        except (ConnectionError, OSError) as e:
+            log.info("manager connection lost: %s", e)
+        finally:
+            hb.cancel()
+            self._abandon_tasks()
+            self.writer = None
+            writer.close()
+        return result
+
+    def _abandon_tasks(self) -> None:
+        for p in self.procs.values():
+            p.kill()
+        for t in self.running.values():
+            t.cancel()
+        if self.fs_sock is not None:
+            for tid in list(self.py_waiters):
+                self._fs_send(["kill", tid])
+        self.running.clear()
+
+    async def _heartbeats(self) -> None:
+        seq = 0
+        while True:
+            await asyncio.sleep(self.keepalive)
+            seq += 1
+            self.send(Heartbeat(seq=seq, disk_used=self.cache.used()))
+            if time.monotonic() - self.last_recv > max(30.0, 6 * self.keepalive):
+                log.error("manager silent for too long; dropping the connection")
+                if self.writer is not None:
+                    self.writer.close()
+                return
+
+    # ------------------------------------------------------------------ sending
+    def send(self, msg: Message) -> None:
+        self._outq.append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.writer is None or self.writer.is_closing():
+            self._outq.clear()
+            return
+        self.writer.write(b"".join(encode(m) for m in self._outq))
+        self._outq.clear()
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self, msg: Message) -> None:
+        if isinstance(msg, RunTask):
+            self.running[msg.task_id] = asyncio.ensure_future(self._run_task(msg))
+        elif isinstance(msg, Fetch):
+            asyncio.ensure_future(self._fetch(msg))
+        elif isinstance(msg, Unlink):
+            with contextlib.suppress(CacheError):
+                check_cache_name(msg.name)
+                self.cache.remove(msg.name)
+        elif isinstance(msg, Kill):
+            p = self.procs.get(msg.task_id)
+            if p is not None:
+                p.kill()
+            if msg.task_id in self.py_waiters:
+                self._fs_send(["kill", msg.task_id])
+            t = self.running.pop(msg.task_id, None)
+            if t is not None:
+                t.cancel()
+        elif isinstance(msg, Welcome):
+            self.keepalive = msg.keepalive_interval
+            self.manager_transfer_port = msg.transfer_port
+        elif isinstance(msg, Hoist):
+            self.hoisted.extend(m for m in msg.modules if m not in self.hoisted)
+            if self.fs_sock is not None:
+                self._fs_send(["hoist", list(msg.modules)])
+        elif isinstance(msg, Heartbeat):
+            pass
+        else:
+            log.error("unexpected message %s from manager", type(msg).__name__)
+
+    # ------------------------------------------------------------------ transfers
+    async def _fetch(self, msg: Fetch) -> None:
+        host = msg.host or self.opts.host
+        port = msg.port or self.manager_transfer_port
+        source = f"{host}:{port}"
+        try:
+            check_cache_name(msg.name)
+        except CacheError as e:
+            self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id, reason=str(e)))
+            return
+        if self.cache.has(msg.name):
+            self.send(CacheUpdate(name=msg.name, size=self.cache.sizes[msg.name], seconds=0.0,
+                                  transfer_id=msg.transfer_id, source=source))
+            return
+        tmp = self.cache.part_path()
+        loop = asyncio.get_running_loop()
+        try:
+            size, secs = await loop.run_in_executor(
+                self.pool, fetch_file, host, port, msg.name, tmp, msg.size)
+            self.cache.commit(msg.name, tmp)
+        except TransferError as e:
+            self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id, reason=str(e),
+                                   source=source))
+            return
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id,
+                                   reason=f"cannot store {msg.name}: {e}", source=source))
+            return
+        self.send(CacheUpdate(name=msg.name, size=size, seconds=secs,
+                              transfer_id=msg.transfer_id, source=source))
+
+    # ------------------------------------------------------------------ tasks
+    async def _run_task(self, msg: RunTask) -> None:
+        box = os.path.join(self.sandboxes, f"t{msg.task_id}.{msg.attempt}")
+        start = time.time()
+        try:
+            lookup = {}
+            for name, _ in msg.inputs:
+                p = self.cache.lookup(name)
+                if p is not None:
+                    lookup[name] = p
+            try:
+                sb.prepare(box, [(n, r) for n, r in msg.inputs], lookup)
+                for _, remote in msg.outputs:
+                    sb.safe_join(box, remote)
+            except (sb.SandboxError, OSError) as e:
+                self._done(msg, TaskResult.INPUT_MISSING, -1, "", start, message=str(e))
+                return
+            if msg.python_payload is not None:
+                await self._run_python(msg, box, start)
+            else:
+                await self._run_command(msg, box, start)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a worker-side bug must not kill the worker
+            log.exception("task %d failed inside the worker", msg.task_id)
+            self._done(msg, TaskResult.FORSAKEN, -1, "", start, message=f"worker error: {e}")
+        finally:
+            self.running.pop(msg.task_id, None)
+            sb.remove(box)
+
+    def _env(self, msg: RunTask) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"CORES": str(msg.cores), "MEMORY": str(msg.memory), "DISK": str(msg.disk),
+                    "GPUS": str(msg.gpus), "OMP_NUM_THREADS": str(max(1, msg.cores))})
+        env.update(dict(msg.env))
+        return env
+
+    async def _run_command(self, msg: RunTask, box: str, start: float) -> None:
+        proc = sb.CommandProcess(msg.command, box, self._env(msg))
+        self.procs[msg.task_id] = proc
+        timer = None
+        if msg.time_max > 0:
+            def on_time() -> None:
+                proc.killed_for_time = True
+                proc.kill()
+            timer = asyncio.get_running_loop().call_later(msg.time_max, on_time)
+        try:
+            status = await proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.procs.pop(msg.task_id, None)
+        output = sb.read_output(box)
+        if proc.killed_for_time:
+            self._done(msg, TaskResult.MAX_WALL_TIME, -1, output, start,
+                       message=f"killed after {msg.time_max} s")
+            return
+        if os.WIFSIGNALED(status):
+            self._done(msg, TaskResult.SIGNAL, -os.WTERMSIG(status), output, start,
+                       message=f"killed by signal {os.WTERMSIG(status)}")
+            return
+        code = os.waitstatus_to_exitcode(status)
+        self._finish_outputs(msg, box, code, output, start)
+
+    def _finish_outputs(self, msg: RunTask, box: str, code: int, output: str, start: float,
+                        python_result: bytes | None = None, extra: list[tuple[str, int]] = ()
+                        ) -> None:
+        produced: list[tuple[str, int]] = list(extra)
+        missing = []
+        if code == 0:
+            for name, remote in msg.outputs:
+                src = sb.safe_join(box, remote)
+                if not os.path.exists(src):
+                    missing.append(remote)
+                    continue
+                try:
+                    produced.append((name, self.cache.store_from(name, src)))
+                except (OSError, CacheError) as e:
+                    import errno
+
+                    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        self._done(msg, TaskResult.DISK_EXHAUSTION, code, output, start,
+                                   message=f"disk full storing {remote}")
+                        return
+                    missing.append(f"{remote} ({e})")
+        if missing:
+            for name, _ in produced:
+                self.cache.remove(name)
+            self._done(msg, TaskResult.OUTPUT_MISSING, code, output, start,
+                       message="output missing: " + ", ".join(missing))
+            return
+        self._done(msg, TaskResult.SUCCESS, code, output, start, outputs=produced,
+                   python_result=python_result)
+
+    async def _run_python(self, msg: RunTask, box: str, start: float) -> None:
+        self._ensure_forkserver()
+        out_path = self.cache.part_path()
+        keep = msg.python_output.startswith("temp-")
+        fut: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+        self.py_waiters[msg.task_id] = fut
+        env = [[k, v] for k, v in msg.env] + [["CORES", str(msg.cores)]]
+        self._fs_send(["run", msg.task_id, box, msg.python_payload, out_path,
+                       -1 if keep else INLINE_RESULT_MAX, env])
+        timer = None
+        timed_out = False
+        if msg.time_max > 0:
+            def on_time() -> None:
+                nonlocal timed_out
+                timed_out = True
+                self._fs_send(["kill", msg.task_id])
+            timer = asyncio.get_running_loop().call_later(msg.time_max, on_time)
+        try:
+            _, _, status, kind, data, tb = await fut
+        except asyncio.CancelledError:
+            self._fs_send(["kill", msg.task_id])
+            raise
+        finally:
+            self.py_waiters.pop(msg.task_id, None)
+            if timer is not None:
+                timer.cancel()
+        output = sb.read_output(box)
+        if timed_out:
+            self._done(msg, TaskResult.MAX_WALL_TIME, -1, output, start,
+                       message=f"killed after {msg.time_max} s")
+            return
+        assert isinstance(status, int)
+        if kind == "error":
+            self._done(msg, TaskResult.SUCCESS, 1, output, start,
+                       python_result=data or None, python_error=str(tb),  # type: ignore[arg-type]
+                       message="the function raised an exception")
+            return
+        if kind == "crash" or not os.WIFEXITED(status):
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+            self._done(msg, TaskResult.SIGNAL if sig else TaskResult.UNKNOWN, -sig or 1, output,
+                       start, message=f"the Python process died (status {status})")
+            return
+        extra: list[tuple[str, int]] = []
+        result: bytes | None = None
+        if kind == "file":
+            try:
+                extra.append((msg.python_output, self.cache.commit(msg.python_output, out_path)))
+            except (OSError, CacheError) as e:
+                self._done(msg, TaskResult.OUTPUT_MISSING, 1, output, start,
+                           message=f"result could not be stored: {e}")
+                return
+        else:
+            result = data  # type: ignore[assignment]
+        self._finish_outputs(msg, box, 0, output, start, python_result=result, extra=extra)
+
+    def _done(self, msg: RunTask, result: TaskResult, code: int, output: str, start: float,
+              outputs: list[tuple[str, int]] | None = None, python_result: bytes | None = None,
+              python_error: str = "", message: str = "") -> None:
+        self.tasks_run += 1
+        self.send(TaskDone(task_id=msg.task_id, attempt=msg.attempt, result=int(result),
+                           exit_code=code, output=output, start=start, end=time.time(),
+                           outputs=outputs or [], python_result=python_result,
+                           python_error=python_error, message=message))
+
+    # ------------------------------------------------------------------ fork server
+    def _ensure_forkserver(self) -> None:
+        if self.forkserver is not None and self.forkserver.poll() is None:
+            return
+        parent, child = socket.socketpair()
+        self.forkserver = subprocess.Popen(
+            [sys.executable, "-m", "vinework.worker.forkserver", str(child.fileno()),
+             *self.hoisted],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        parent.setblocking(False)
+        self.fs_sock = parent
+        framer = Framer()
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                data = parent.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(parent.fileno())
+                for fut in self.py_waiters.values():
+                    if not fut.done():
+                        fut.set_result(["done", 0, 9, "crash", b"", "fork server died"])
+                self.forkserver = None
+                return
+            for frame in framer.feed(data):
+                fut = self.py_waiters.get(frame[1])
+                if fut is not None and not fut.done():
+                    fut.set_result(frame)
+
+        loop.add_reader(parent.fileno(), readable)
+
+    def _fs_send(self, req: list[object]) -> None:
+        if self.fs_sock is None:
+            return
+        data = pack(req)
+        self.fs_sock.setblocking(True)
+        try:
+            self.fs_sock.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self.fs_sock.setblocking(False)
+
+
+def run_worker(opts: WorkerOptions) -> int:
+    """Run a worker until the manager says stop (or cannot be reached)."""
+    logging.basicConfig(level=logging.WARNING, format="vinework worker: %(message)s")
+    return Worker(opts).run()

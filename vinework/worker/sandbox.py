@@ -1,0 +1,132 @@
+"""Running one task in its own directory, with its inputs linked in from the cache.
+
+A sandbox is a fresh directory per task attempt. Inputs are hard links to
+cache files (symlinks across filesystems), placed under their remote names;
+outputs are moved from the sandbox into the cache afterwards. Command tasks
+run under ``/bin/sh -c`` in their own process group, and are reaped through
+a pidfd registered with the event loop: no thread per child, no SIGCHLD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+OUTPUT_NAME = ".vinework-output"
+OUTPUT_MAX = 1 << 20  # bytes of stdout+stderr returned with a task
+
+
+class SandboxError(Exception):
+    """A sandbox could not be prepared (bad remote name, missing input)."""
+
+
+def safe_join(root: str, remote: str) -> str:
+    """``root/remote``, refusing names that would leave ``root``."""
+    if not remote or remote.startswith("/") or "\x00" in remote:
+        raise SandboxError(f"remote name {remote!r} is not a relative path")
+    parts = remote.split("/")
+    if any(p in ("", "..") for p in parts):
+        raise SandboxError(f"remote name {remote!r} escapes the sandbox")
+    return os.path.join(root, *parts)
+
+
+def prepare(sandbox: str, inputs: list[tuple[str, str]], cache_lookup: dict[str, str]) -> None:
+    """Create the sandbox and place every input (name -> cache path) under its remote name."""
+    os.mkdir(sandbox)
+    for name, remote in inputs:
+        src = cache_lookup.get(name)
+        if src is None:
+            raise SandboxError(f"input {name} ({remote}) is not in the cache")
+        dest = safe_join(sandbox, remote)
+        parent = os.path.dirname(dest)
+        if parent != sandbox:
+            os.makedirs(parent, exist_ok=True)
+        try:
+            os.link(src, dest)
+        except OSError:
+            os.symlink(src, dest)
+
+
+def read_output(sandbox: str) -> str:
+    """The task's captured stdout+stderr, capped with a visible notice."""
+    path = os.path.join(sandbox, OUTPUT_NAME)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(OUTPUT_MAX + 1)
+            total = os.fstat(f.fileno()).st_size
+    except OSError:
+        return ""
+    text = data[:OUTPUT_MAX].decode("utf-8", "replace")
+    if total > OUTPUT_MAX:
+        text += f"\n[vinework: output truncated: {total} bytes, first {OUTPUT_MAX} shown]\n"
+    return text
+
+
+def remove(sandbox: str) -> None:
+    """Delete a sandbox (unlink+rmdir is cheaper than rmtree for the usual flat case)."""
+    try:
+        entries = list(os.scandir(sandbox))
+    except OSError:
+        return
+    try:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                import shutil
+
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                os.unlink(e.path)
+        os.rmdir(sandbox)
+    except OSError:
+        import shutil
+
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
+class CommandProcess:
+    """A running shell command, reaped through a pidfd on the event loop."""
+
+    def __init__(self, command: str, sandbox: str, env: dict[str, str]) -> None:
+        out = os.open(os.path.join(sandbox, OUTPUT_NAME), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                      0o644)
+        try:
+            self.proc = subprocess.Popen(
+                ["/bin/sh", "-c", command], cwd=sandbox, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=out, start_new_session=True, close_fds=True,
+            )
+        finally:
+            os.close(out)
+        self.pid = self.proc.pid
+        self.start = time.time()
+        self.killed_for_time = False
+
+    async def wait(self) -> int:
+        """Wait for exit without threads; returns the raw wait status."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            pidfd = -1
+        if pidfd >= 0:
+            loop.add_reader(pidfd, lambda: fut.done() or fut.set_result(None))
+            try:
+                await fut
+            finally:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+        else:  # pragma: no cover - kernels without pidfd
+            while self.proc.poll() is None:
+                await asyncio.sleep(0.01)
+        _, status = os.waitpid(self.pid, 0) if self.proc.returncode is None else (0, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return status
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
