@@ -16,7 +16,7 @@ from vinework.testing import netns
 from vinework.testing.netns import NetnsCluster, NetnsError, netns_available, parse_rate
 
 AVAILABLE, REASON = netns_available()
-if not AVAILABLE and not os.environ.get("CI"):
+if not AVAILABLE and "CI" not in os.environ:
     pytest.skip(f"network namespaces unavailable: {REASON}", allow_module_level=True)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]

@@ -189,7 +189,8 @@ class Manager:
 
     def get_file_replica_count(self, f: File) -> int:
         """How many workers hold a ready copy of ``f``."""
-        return int(self._server.call(lambda: self._state.replicas.count_ready(f.cache_name)))  # type: ignore[arg-type]
+        n: Any = self._server.call(lambda: self._state.replicas.count_ready(f.cache_name))
+        return int(n)
 
     # ------------------------------------------------------------------ tasks
     def submit(self, t: Task) -> int:

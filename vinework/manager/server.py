@@ -47,8 +47,8 @@ from .events import (
     Log,
     ReplicaFailed,
     ReplicaReady,
-    Retrieve,
     RetrievalDone,
+    Retrieve,
     Send,
     TaskReported,
     TaskReturned,
@@ -192,7 +192,7 @@ class ManagerServer:
         dec = FrameDecoder()
         try:
             hello = await asyncio.wait_for(self._read_one(reader, dec), HELLO_TIMEOUT)
-        except (ProtocolError, ConnectionError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ProtocolError, ConnectionError, OSError) as e:
             self.txn.write("WORKER", ("-", "REJECTED", host, f"bad handshake: {e}"))
             log.warning("rejected connection from %s: %s", host, e)
             writer.close()
@@ -216,7 +216,7 @@ class ManagerServer:
         self.apply(WorkerJoined(now=self.now(), worker_id=wid, host=host,
                                 transfer_port=hello.transfer_port, cores=hello.cores,
                                 memory=hello.memory, disk=hello.disk, gpus=hello.gpus,
-                                hostname=hello.hostname, cached=[tuple(x) for x in hello.cached]))
+                                hostname=hello.hostname, cached=[(str(n), int(z)) for n, z in hello.cached]))
         reason = "connection closed"
         try:
             while not conn.closed:

@@ -30,13 +30,13 @@ import heapq
 import posixpath
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from ..constants import CacheLevel, TaskResult
 from ..protocol import Fetch, Kill, RunTask, TaskDone, Unlink
 from .events import (
     Command,
     DiskReport,
-    DropWorker,
     Event,
     FetchDone,
     FetchRequested,
@@ -46,8 +46,8 @@ from .events import (
     Log,
     ReplicaFailed,
     ReplicaReady,
-    Retrieve,
     RetrievalDone,
+    Retrieve,
     Send,
     TaskCancelled,
     TaskReported,
@@ -166,8 +166,9 @@ class ManagerState:
     def handle(self, event: Event) -> list[Command]:
         """Apply one event and return the commands it calls for."""
         self.now = event.now
-        self._out = out = []
-        handler = _HANDLERS[type(event)]
+        out: list[Command] = []
+        self._out = out
+        handler: Any = _HANDLERS[type(event)]
         handler(self, event)
         self.durability.after_event()
         self._schedule()
@@ -469,8 +470,8 @@ class ManagerState:
         input_bytes: dict[str, int] = {}
         for name, _ in s.inputs:
             size = max(0, self.files[name].size)
-            for w in self.replicas.holders(name):
-                input_bytes[w] = input_bytes.get(w, 0) + size + 1
+            for holder in self.replicas.holders(name):
+                input_bytes[holder] = input_bytes.get(holder, 0) + size + 1
         cands = [Candidate(w.worker_id, w.total, w.free, len(w.running))
                  for w in self.workers.values() if self.durability.can_host(w, t)]
         choice = choose_worker(cands, declared, input_bytes)

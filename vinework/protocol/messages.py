@@ -81,19 +81,22 @@ class Message:
 REGISTRY: dict[int, type[Message]] = {}
 
 
-def message(tag: int) -> Callable[[type], type]:
-    """Class decorator: make a frozen message dataclass and register its tag."""
+M = typing.TypeVar("M", bound=type)
 
-    def wrap(cls: type) -> type:
-        dc = dataclass(frozen=True, slots=True, kw_only=True)(cls)
+
+def register(tag: int) -> Callable[[M], M]:
+    """Class decorator (above ``@dataclass``): give a message its tag and field checkers."""
+
+    def wrap(dc: M) -> M:
+        cls: Any = dc
         hints = typing.get_type_hints(dc)
         fields = tuple(f.name for f in dataclasses.fields(dc))
-        dc.TAG = tag
-        dc._fields = fields
-        dc._checks = tuple(_checker_for(hints[f]) for f in fields)
+        cls.TAG = tag
+        cls._fields = fields
+        cls._checks = tuple(_checker_for(hints[f]) for f in fields)
         if tag in REGISTRY:
             raise ValueError(f"duplicate message tag {tag}")
-        REGISTRY[tag] = dc
+        REGISTRY[tag] = cls
         return dc
 
     return wrap
@@ -102,7 +105,8 @@ def message(tag: int) -> Callable[[type], type]:
 # ---------------------------------------------------------------- control: worker -> manager
 
 
-@message(1)
+@register(1)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hello(Message):
     """First message of a worker: who it is and what it has."""
 
@@ -117,7 +121,8 @@ class Hello(Message):
     password_proof: str = ""
 
 
-@message(2)
+@register(2)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskDone(Message):
     """A task attempt finished on the worker (successfully or not)."""
 
@@ -134,7 +139,8 @@ class TaskDone(Message):
     message: str = ""  # worker-side explanation of a failure
 
 
-@message(3)
+@register(3)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CacheUpdate(Message):
     """A file is now ready in the worker's cache."""
 
@@ -145,7 +151,8 @@ class CacheUpdate(Message):
     source: str = ""
 
 
-@message(4)
+@register(4)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CacheInvalid(Message):
     """A file the manager expected is not (or no longer) in the worker's cache."""
 
@@ -155,7 +162,8 @@ class CacheInvalid(Message):
     source: str = ""
 
 
-@message(5)
+@register(5)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(Message):
     """Liveness in either direction; ``disk_used`` is the cache size in bytes."""
 
@@ -166,7 +174,8 @@ class Heartbeat(Message):
 # ---------------------------------------------------------------- control: manager -> worker
 
 
-@message(20)
+@register(20)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Welcome(Message):
     """The manager accepted the worker."""
 
@@ -177,7 +186,8 @@ class Welcome(Message):
     manager_name: str = ""
 
 
-@message(21)
+@register(21)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunTask(Message):
     """Run one task attempt; every input is already in the worker's cache."""
 
@@ -197,7 +207,8 @@ class RunTask(Message):
     drop_after: list[str] = dataclasses.field(default_factory=list)  # task-level inputs
 
 
-@message(22)
+@register(22)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Fetch(Message):
     """Bring ``name`` into the cache from the transfer server at host:port."""
 
@@ -208,28 +219,32 @@ class Fetch(Message):
     size: int  # expected size, -1 if unknown
 
 
-@message(23)
+@register(23)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Unlink(Message):
     """Delete a file from the worker's cache."""
 
     name: str
 
 
-@message(24)
+@register(24)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Kill(Message):
     """Kill a running task attempt (cancelled, or its worker is being drained)."""
 
     task_id: int
 
 
-@message(25)
+@register(25)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Shutdown(Message):
     """The manager is closing: finish nothing, exit cleanly."""
 
     reason: str
 
 
-@message(26)
+@register(26)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hoist(Message):
     """Modules the worker's warm interpreters should import before forking."""
 
@@ -239,7 +254,8 @@ class Hoist(Message):
 # ---------------------------------------------------------------- transfer connections
 
 
-@message(40)
+@register(40)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GetFile(Message):
     """Ask a transfer server for the bytes of a cached file."""
 
@@ -247,7 +263,8 @@ class GetFile(Message):
     token: str = ""
 
 
-@message(41)
+@register(41)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FileHeader(Message):
     """Answer to GetFile: ``size`` raw bytes follow, or ``error`` says why not."""
 

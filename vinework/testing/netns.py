@@ -54,12 +54,11 @@ CMD_TIMEOUT = 15.0
 _IFNAMSIZ = 15
 _NETNS_DIR = "/run/netns"
 
-_RATE_UNITS: dict[str, float] = {
-    "": 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
-    "kibit": 2**10, "mibit": 2**20, "gibit": 2**30, "tibit": 2**40,
-    "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9, "tbps": 8e12,
-    "kibps": 8 * 2**10, "mibps": 8 * 2**20, "gibps": 8 * 2**30, "tibps": 8 * 2**40,
-}  # fmt: skip
+_SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_IEC = {"ki": 2.0**10, "mi": 2.0**20, "gi": 2.0**30, "ti": 2.0**40}
+_RATE_UNITS = {"": 1.0} | {  # tc's rate units, in bit/s ("bps" = bytes per second)
+    p + u: m * per for p, m in (_SI | _IEC).items() for u, per in (("bit", 1), ("bps", 8))
+}
 
 
 class NetnsError(RuntimeError):

@@ -170,9 +170,9 @@ def serve(fd: int) -> None:
                         by_task[task_id] = pid
                         sel.register(r, selectors.EVENT_READ, "child")
                     elif op == "kill":
-                        pid = by_task.get(req[1])
-                        if pid is not None:
-                            _kill(pid)
+                        victim = by_task.get(req[1])
+                        if victim is not None:
+                            _kill(victim)
                     elif op == "hoist":
                         for mod in req[1]:
                             try:

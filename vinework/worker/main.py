@@ -92,6 +92,14 @@ class Worker:
         self.cache = Cache(os.path.join(self.workdir, "cache"))
         self.sandboxes = os.path.join(self.workdir, "sandbox")
         os.makedirs(self.sandboxes, exist_ok=True)
+        # PythonTask sandboxes hold little (inputs are links, the result goes straight to the
+        # cache): on tmpfs their creation and removal cost a fifth of what ext4 charges.
+        self.py_sandboxes = self.sandboxes
+        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+            shm = f"/dev/shm/vinework-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            with contextlib.suppress(OSError):
+                os.makedirs(shm)
+                self.py_sandboxes = shm
         self.resources = detect_resources(opts, self.workdir)
         self.server = TransferServer(self.cache.lookup)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=16,
@@ -128,6 +136,8 @@ class Worker:
             self.forkserver.wait()
             self.forkserver = None
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.py_sandboxes != self.sandboxes:
+            shutil.rmtree(self.py_sandboxes, ignore_errors=True)
         if self.owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -135,7 +145,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            loop.add_signal_handler(sig, _resolve, stop)
         deadline = time.monotonic() + self.opts.timeout
         while True:
             try:
@@ -170,8 +180,9 @@ class Worker:
         result = "lost"
         try:
             while not stop.done():
-                read = asyncio.ensure_future(reader.read(1 << 20))
-                done, _ = await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+                read: asyncio.Future[bytes] = asyncio.ensure_future(reader.read(1 << 20))
+                done, _ = await asyncio.wait({read, stop},  # type: ignore[type-var]
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if stop in done:
                     read.cancel()
                     result = "stopped"
@@ -299,7 +310,8 @@ class Worker:
 
     # ------------------------------------------------------------------ tasks
     async def _run_task(self, msg: RunTask) -> None:
-        box = os.path.join(self.sandboxes, f"t{msg.task_id}.{msg.attempt}")
+        root = self.sandboxes if msg.python_payload is None else self.py_sandboxes
+        box = os.path.join(root, f"t{msg.task_id}.{msg.attempt}")
         start = time.time()
         try:
             lookup = {}
@@ -362,9 +374,9 @@ class Worker:
         self._finish_outputs(msg, box, code, output, start)
 
     def _finish_outputs(self, msg: RunTask, box: str, code: int, output: str, start: float,
-                        python_result: bytes | None = None, extra: list[tuple[str, int]] = ()
-                        ) -> None:
-        produced: list[tuple[str, int]] = list(extra)
+                        python_result: bytes | None = None,
+                        extra: list[tuple[str, int]] | None = None) -> None:
+        produced: list[tuple[str, int]] = list(extra or [])
         missing = []
         if code == 0:
             for name, remote in msg.outputs:
@@ -486,9 +498,9 @@ class Worker:
                 self.forkserver = None
                 return
             for frame in framer.feed(data):
-                fut = self.py_waiters.get(frame[1])
-                if fut is not None and not fut.done():
-                    fut.set_result(frame)
+                waiter = self.py_waiters.get(frame[1])
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(frame)
 
         loop.add_reader(parent.fileno(), readable)
 
@@ -503,6 +515,11 @@ class Worker:
             pass
         finally:
             self.fs_sock.setblocking(False)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def run_worker(opts: WorkerOptions) -> int:

@@ -112,7 +112,11 @@ class CommandProcess:
         except OSError:
             pidfd = -1
         if pidfd >= 0:
-            loop.add_reader(pidfd, lambda: fut.done() or fut.set_result(None))
+            def wake() -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            loop.add_reader(pidfd, wake)
             try:
                 await fut
             finally:
