@@ -107,7 +107,7 @@ def test_legacy_diamond() -> None:
     assert g.state("a") == "done" and g.state("b") == "ready" and g.state("d") == "waiting"
     assert g.remaining() == 3
     result, _ = run(g)
-    assert result == [get_sync(diamond(), "d")] == [5]
+    assert result == [get_sync(diamond(), "d")] == [4]
 
 
 def test_legacy_nested_args_tuple_keys_and_nested_keys() -> None:
@@ -119,7 +119,7 @@ def test_legacy_nested_args_tuple_keys_and_nested_keys() -> None:
         "al": ("x", 1),  # alias written as a bare key
         "unused": (inc, "s"),
     }
-    keys = [["s", "pair"], [("x", 1), "al"]]
+    keys: Any = [["s", "pair"], [("x", 1), "al"]]
     g = DaskGraph(dsk, keys)
     assert "unused" not in g  # culled
     assert g.kind("al") == KIND_ALIAS and g.storage_key("al") == ("x", 1)
@@ -127,7 +127,8 @@ def test_legacy_nested_args_tuple_keys_and_nested_keys() -> None:
     result, _ = run(g)
     expected = get_sync(dsk, keys)
     assert result == [list(r) for r in expected] == [[6, (2, 6)], [2, 2]]
-    assert g.result(lambda k: {"s": 6, "pair": (2, 6), ("x", 1): 2}[k], container=tuple) == expected
+    computed: dict[Any, Any] = {"s": 6, "pair": (2, 6), ("x", 1): 2}
+    assert g.result(computed.__getitem__, container=tuple) == expected
 
 
 def test_task_spec_graph() -> None:
@@ -146,7 +147,7 @@ def test_task_spec_graph() -> None:
     g = DaskGraph(dsk, ["nested", "kw", "al2"])
     assert g.storage_key("al2") == "t"
     assert g.is_target("t")  # storage of a requested alias
-    assert g.state("al2") == "waiting"
+    assert g.state("al2") == "ready"  # "t" only reads data
     node, deps = g.task_payload("nested")
     assert deps == ["t"]  # alias references rewritten to the storage key
     assert execute_node(node, {"t": 6}) == [6, {"k": 6, "lit": 5}]
@@ -166,7 +167,7 @@ def test_data_as_tasks() -> None:
     assert g.kind("a") == KIND_TASK and g.local_data() == {}
     assert g.ready_keys() == ["a"]
     result, _ = run(g)
-    assert result == [5]
+    assert result == [4]
 
 
 def test_dask_array_hlg_with_nested_keys() -> None:
@@ -183,7 +184,7 @@ def test_dask_array_expression_is_accepted() -> None:
     records: list = []
     (value,) = dask.compute(x, scheduler=make_capture_get(records))
     assert value == dask.compute(x, scheduler="sync")[0] == 20000.0
-    (dsk, keys), = records
+    ((dsk, keys),) = records
     assert not isinstance(dsk, dict) and not hasattr(dsk, "items")  # an expression
     assert type(dsk).__name__ == "_HLGExprSequence"
     graph = normalize_graph(dsk)
@@ -204,9 +205,7 @@ def test_dask_array_prune_depths_keep_results_correct() -> None:
         if depth == 1:  # everything except the targets was freed
             assert set(store) == {g.storage_key(t) for t in g.targets}
         if depth == 0:
-            assert len(store) == len(g.local_data()) + sum(
-                g.kind(k) == KIND_TASK for k in g.nodes
-            )
+            assert len(store) == len(g.local_data()) + sum(g.kind(k) == KIND_TASK for k in g.nodes)
 
 
 def test_dask_bag() -> None:
@@ -260,7 +259,7 @@ def test_persist() -> None:
     b = db.from_sequence(range(6), npartitions=2).map(inc)
     records: list = []
     px, pb = dask.persist(x, b, scheduler=make_capture_get(records))
-    (dsk, keys), = records
+    ((dsk, keys),) = records
     assert type(dsk).__name__ == "_HLGExprSequence" and isinstance(keys, list)
     assert np.array_equal(px.compute(scheduler="sync"), x.compute(scheduler="sync"))
     assert pb.compute(scheduler="sync") == [1, 2, 3, 4, 5, 6]
@@ -286,7 +285,7 @@ def test_prune_chain() -> None:
     g2 = DaskGraph(chain_graph(), ["d"])
     for key, expected in (("a", []), ("b", []), ("c", ["a"]), ("d", ["b", "c"])):
         g2.mark_done(key)
-        assert g2.prunable_after(key, 2) == expected
+        assert sorted(g2.prunable_after(key, 2)) == expected
 
 
 def test_prune_diamond_and_targets_protected() -> None:
@@ -297,7 +296,7 @@ def test_prune_diamond_and_targets_protected() -> None:
     g.mark_done("c")
     assert g.prunable_after("c", 1) == ["a"]
     g.mark_done("d")
-    assert g.prunable_after("d", 1) == ["b", "c"]
+    assert sorted(g.prunable_after("d", 1)) == ["b", "c"]
 
     g = DaskGraph(task_diamond(), ["d", "b"])
     pruned = []
@@ -313,7 +312,8 @@ def test_prune_diamond_and_targets_protected() -> None:
     for key in ("b", "c", "d", "f"):
         g.mark_done(key)
         seen += g.prunable_after(key, 1)
-    assert seen == ["a", "b", "c", "d"]
+    assert sorted(seen) == ["a", "b", "c", "d"]
+    assert seen[0] == "a"
 
 
 def test_prune_depth_counts_levels_not_keys() -> None:
@@ -326,7 +326,7 @@ def test_prune_depth_counts_levels_not_keys() -> None:
     g.mark_done("c")
     assert g.prunable_after("c", 2) == []
     g.mark_done("d")
-    assert g.prunable_after("d", 2) == ["a", "b", "c"]
+    assert sorted(g.prunable_after("d", 2)) == ["a", "b", "c"]
 
 
 # -- failures and errors -----------------------------------------------------
@@ -399,9 +399,8 @@ def test_normalize_graph_forms() -> None:
     x = da.ones((20, 20), chunks=10) + 1
     from_hlg = normalize_graph(x.__dask_graph__())
     from_collection = normalize_graph(x)
-    assert set(from_hlg) == set(from_collection) == set(flatten_keys(x.__dask_keys__())) | set(
-        x.__dask_graph__().keys()
-    )
+    assert set(from_hlg) == set(from_collection) == set(x.__dask_graph__().keys())
+    assert set(flatten_keys(x.__dask_keys__())) <= set(from_hlg)
     original = diamond()
     normalize_graph(original)
     assert original == diamond()  # input untouched
@@ -421,7 +420,9 @@ def test_modules_of_graph() -> None:
     assert {"dask", "numpy", "pandas"} <= set(mods)
     assert "operator" not in mods and "builtins" not in mods
     assert mods == sorted(mods)
-    assert modules_of_graph(DaskGraph(diamond(), ["d"])) == ["dask"]
+    # inc/double live in this test module, which a worker must import too
+    assert set(modules_of_graph(DaskGraph(diamond(), ["d"]))) == {"dask", __name__.split(".")[0]}
+    assert modules_of_graph({"x": (operator.add, 1, 2)}) == ["dask"]
 
 
 def test_order_options_give_same_result() -> None:
@@ -430,3 +431,18 @@ def test_order_options_give_same_result() -> None:
     a = run(DaskGraph(x.__dask_graph__(), keys, use_dask_order=True))[0]
     b = run(DaskGraph(x.__dask_graph__(), keys, use_dask_order=False))[0]
     assert a == b == [x.compute(scheduler="sync")]
+
+
+def test_fused_subgraph_reading_an_alias() -> None:
+    t1 = Task("f1", operator.add, TaskRef("al"), 1)
+    t2 = Task("f2", operator.mul, TaskRef("f1"), TaskRef("al"))
+    dsk = {
+        "src": Task("src", int, "5"),
+        "al": Alias("al", "src"),
+        "f2": Task.fuse(t1, t2, key="f2"),
+    }
+    g = DaskGraph(dsk, ["f2"])
+    node, deps = g.task_payload("f2")
+    assert deps == ["src"]
+    assert execute_node(node, {"src": 5}) == 30
+    assert run(g)[0] == [30] == list(get_sync(dsk, ["f2"]))

@@ -1,47 +1,40 @@
 """Pure graph bookkeeping for running Dask graphs on vinework (DaskVine).
 
-A Dask scheduler is a function ``get(dsk, keys, **kwargs)``. This module holds
-the part of such a scheduler that involves no I/O, sockets, threads or clocks:
-turning whatever Dask hands to ``get`` into a plain graph, tracking which keys
-are ready, done, failed or prunable, producing picklable payloads that a remote
-worker evaluates, and packing the final values into the shape Dask expects.
+This is the part of a Dask scheduler ``get(dsk, keys, **kwargs)`` that involves
+no I/O, sockets, threads or clocks: materializing what Dask hands to ``get``,
+tracking which keys are ready, done, failed or prunable, producing picklable
+payloads that a worker evaluates, and packing the values into the shape of
+``keys``.
 
-What dask 2026.8 hands to a custom ``get``:
+What dask 2026.8 hands to a custom ``get``: ``dask.compute``, ``.compute()``,
+``dask.persist`` and ``.persist()`` pass an optimized graph *expression* with a
+flat list of keys -- ``dask._expr._HLGExprSequence`` for array, bag and delayed
+collections, ``dask._expr._ExprSequence`` for dataframes. Its
+``__dask_graph__()`` is a dict of ``dask._task_spec`` nodes that may still hold
+legacy ``(func, *args)`` tuples (dataframe tree reductions, or any graph
+computed with ``optimize_graph=False``). Calling ``get`` by hand with
+``collection.__dask_graph__()`` passes a ``HighLevelGraph`` and possibly nested
+keys; hand-written graphs are legacy tuple dicts. :func:`normalize_graph`
+accepts all of these.
 
-* ``dask.compute`` / ``.compute()`` / ``dask.persist`` / ``.persist()`` pass an
-  optimized *expression*, never a dict: ``dask._expr._HLGExprSequence`` for
-  array, bag and delayed collections and ``dask._expr._ExprSequence`` for
-  dataframes. ``keys`` is a flat list. The materialized graph
-  (``expr.__dask_graph__()``) is a dict of ``dask._task_spec`` nodes, which may
-  still contain legacy ``(func, *args)`` tuples (dataframe tree reductions, or
-  any graph computed with ``optimize_graph=False``).
-* Calling ``get`` directly with ``collection.__dask_graph__()`` passes a
-  ``HighLevelGraph`` (a ``Mapping``) and possibly nested ``keys``, e.g.
-  ``[[('x', 0, 0), ('x', 0, 1)], ...]`` for a 2-D array.
-* Hand-written graphs are plain dicts in the legacy tuple form.
+Each key of a :class:`DaskGraph` is of one kind:
 
-:func:`normalize_graph` turns all of these into ``dict[Key, GraphNode]``.
-
-Node kinds. Each key of a :class:`DaskGraph` is one of:
-
-* ``"task"`` -- a :class:`dask._task_spec.Task` (including nested containers
-  and fused subgraphs). It must run remotely: :meth:`DaskGraph.task_payload`
-  gives the node to ship and :func:`execute_node` evaluates it on a worker.
-* ``"data"`` -- a :class:`dask._task_spec.DataNode`: a literal already held by
-  the manager. It is *done* from the start and never becomes a remote task;
-  the executor uploads its value (:meth:`DaskGraph.local_data`) for the tasks
-  that read it. Pass ``data_as_tasks=True`` to treat literals as remote tasks
-  instead (the node is shipped and evaluates to its value).
-* ``"alias"`` -- a :class:`dask._task_spec.Alias`: its value *is* the value of
-  its target, so it needs no task and no storage. Aliases are resolved on the
-  manager: :meth:`DaskGraph.storage_key` follows alias chains to the key that
-  actually holds the data, payloads read storage keys directly, and an alias
-  is done, failed or ready exactly when its storage key is. Aliases never
-  appear in :meth:`DaskGraph.ready_keys`, :meth:`DaskGraph.mark_done` or
+* ``"task"`` -- a ``Task`` (including nested containers and fused subgraphs),
+  run remotely: :meth:`DaskGraph.task_payload` gives the node to ship and
+  :func:`execute_node` evaluates it on the worker.
+* ``"data"`` -- a ``DataNode`` literal, already held by the manager. It is done
+  from the start and never becomes a task; the executor uploads the value
+  (:meth:`DaskGraph.local_data`) for the tasks reading it. With
+  ``data_as_tasks=True`` literals are shipped as tasks instead.
+* ``"alias"`` -- an ``Alias``: its value is its target's, so it needs neither a
+  task nor storage. :meth:`DaskGraph.storage_key` follows alias chains to the
+  task or data key holding the value, payloads read storage keys directly,
+  and an alias is done/failed/ready exactly when its storage key is. Aliases
+  never appear in ready lists, :meth:`DaskGraph.mark_done` or
   :meth:`DaskGraph.prunable_after`.
 
-Scheduling and completion are tracked over the storage keys (tasks and data);
-the graph is culled to what the requested keys need.
+The graph is culled to what the requested keys need; scheduling is tracked
+over storage keys (tasks and data).
 """
 
 from __future__ import annotations
@@ -50,33 +43,24 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
+from itertools import islice
 from types import MethodType
-from typing import Any
+from typing import Any, cast
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
 from dask.typing import Key
 from dask.utils import ensure_dict
 
 __all__ = [
-    "KIND_ALIAS",
-    "KIND_DATA",
-    "KIND_TASK",
-    "DaskGraph",
-    "Key",
-    "execute_node",
-    "flatten_keys",
-    "modules_of_graph",
-    "normalize_graph",
-    "rebuild_result",
-]
+    "KIND_ALIAS", "KIND_DATA", "KIND_TASK", "DaskGraph", "Key", "execute_node",
+    "flatten_keys", "modules_of_graph", "normalize_graph", "rebuild_result",
+]  # fmt: skip
 
 KIND_TASK = "task"
 KIND_DATA = "data"
 KIND_ALIAS = "alias"
 
-_SKIP_MODULES = frozenset({"builtins", "__main__", "__mp_main__"}) | frozenset(
-    sys.stdlib_module_names
-)
+_SKIP_MODULES = frozenset({"builtins", "__main__", "__mp_main__", *sys.stdlib_module_names})
 _MAX_SCAN = 10_000  # elements of one plain container inspected by modules_of_graph
 
 
@@ -90,9 +74,8 @@ def normalize_graph(dsk: Any) -> dict[Key, GraphNode]:
             and ``_ExprSequence``, or a Dask collection).
 
     Returns:
-        A new dict mapping each key to a :class:`dask._task_spec.GraphNode`;
-        legacy tasks become ``Task``, references become ``Alias``/``TaskRef``
-        and literals become ``DataNode``. The input is not modified.
+        A new dict of key -> ``GraphNode`` (legacy tasks become ``Task``, key
+        references ``Alias``, literals ``DataNode``); the input is untouched.
 
     Raises:
         TypeError: If ``dsk`` is not a graph.
@@ -118,14 +101,7 @@ def normalize_graph(dsk: Any) -> dict[Key, GraphNode]:
 
 
 def flatten_keys(keys: Any) -> list[Key]:
-    """Flatten a possibly nested list of keys, keeping tuple keys intact.
-
-    Args:
-        keys: A key, or an arbitrarily nested list of keys.
-
-    Returns:
-        The keys in depth-first order (duplicates kept).
-    """
+    """Flatten a key or nested list of keys, depth first; tuple keys stay intact."""
     if not isinstance(keys, list):
         return [keys]
     out: list[Key] = []
@@ -144,12 +120,9 @@ def rebuild_result(
     Args:
         keys: A key or nested list of keys, as passed to ``get``.
         values: The value of every key in ``keys``.
-        container: Type used for each nested list; ``list`` (default, like
-            ``distributed``) or ``tuple`` (like dask's local schedulers). Both
-            are accepted by ``dask.compute`` and ``dask.persist``.
+        container: Type of each nested list: ``list`` (like distributed) or
+            ``tuple`` (like dask's local schedulers); dask accepts both.
 
-    Returns:
-        ``values[keys]`` for a single key, otherwise nested containers.
     """
     if isinstance(keys, list):
         return container(rebuild_result(k, values, container) for k in keys)
@@ -157,15 +130,11 @@ def rebuild_result(
 
 
 def execute_node(node: GraphNode | TaskRef, dep_values: Mapping[Key, object]) -> object:
-    """Compute the value of a payload node; this is what a worker runs.
+    """Compute the value of a payload node (``node(dep_values)``); run on the worker.
 
     Args:
-        node: A node from :meth:`DaskGraph.task_payload` (usually shipped
-            with cloudpickle).
+        node: A node from :meth:`DaskGraph.task_payload`, e.g. cloudpickled.
         dep_values: At least the value of every dependency key of ``node``.
-
-    Returns:
-        The value of the node (``node(dep_values)`` for task-spec nodes).
 
     Raises:
         RuntimeError: If a dependency value is missing (raised by dask).
@@ -235,9 +204,9 @@ def modules_of_graph(graph: Any) -> list[str]:
             stack.append(obj.__func__)
             stack.append(obj.__self__)
         elif isinstance(obj, dict):
-            stack.extend(list(obj.values())[:_MAX_SCAN])
+            stack.extend(islice(obj.values(), _MAX_SCAN))
         elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(list(obj)[:_MAX_SCAN])
+            stack.extend(islice(obj, _MAX_SCAN))
         elif isinstance(obj, type):
             add(obj.__module__)
         elif callable(obj) and isinstance(getattr(obj, "__module__", None), str):
@@ -272,10 +241,9 @@ def _within(start: Key, depth: int, adjacency: Mapping[Key, Iterable[Key]]) -> s
 class DaskGraph:
     """Scheduling state of one Dask graph computation; pure and single-threaded.
 
-    The executor loop is: submit :meth:`ready_keys`; when a task succeeds call
-    :meth:`mark_done` and submit the keys it returns, then delete the results
-    :meth:`prunable_after` names; on permanent failure call
-    :meth:`mark_failed`; stop when :meth:`done`; finally return
+    Executor loop: submit :meth:`ready_keys`; on success :meth:`mark_done` and
+    submit what it returns, then delete what :meth:`prunable_after` names; on
+    permanent failure :meth:`mark_failed`; stop when :meth:`done`; return
     :meth:`result`.
 
     Attributes:
@@ -305,8 +273,7 @@ class DaskGraph:
 
         Raises:
             KeyError: If a requested key is not in the graph.
-            ValueError: If a needed dependency is missing or the graph has a
-                cycle.
+            ValueError: If a needed dependency is missing, or on a cycle.
         """
         full = graph if _is_normalized(graph) else normalize_graph(graph)
         self.keys: Any = keys
@@ -343,9 +310,7 @@ class DaskGraph:
             else:
                 self._kind[k] = KIND_TASK
 
-        self._storage: dict[Key, Key] = {}
-        for k in self.nodes:
-            self._storage[k] = self._resolve(k)
+        self._storage: dict[Key, Key] = {k: self._resolve(k) for k in self.nodes}
 
         # The "effective" graph over storage keys: what payloads really read.
         self._edeps: dict[Key, frozenset[Key]] = {}
@@ -366,7 +331,8 @@ class DaskGraph:
         else:
             self._priority = {k: i for i, k in enumerate(self.nodes)}
 
-        self._done: set[Key] = {k for k, kind in self._kind.items() if kind == KIND_DATA}
+        self._data_keys = [k for k, kind in self._kind.items() if kind == KIND_DATA]
+        self._done: set[Key] = set(self._data_keys)
         self._failed: set[Key] = set()
         self._pruned: set[Key] = set()
         self._missing: dict[Key, int] = {
@@ -436,21 +402,12 @@ class DaskGraph:
         return self._priority[key]
 
     def is_target(self, key: Key) -> bool:
-        """Whether ``key``'s value must come back to the manager.
-
-        True for requested keys and for the storage keys of requested aliases.
-        """
+        """Whether ``key`` is requested or the storage key of a requested alias."""
         return key in self._protected or key in self._target_set
 
     def local_data(self) -> dict[Key, object]:
         """Values of the ``"data"`` keys, which the manager already holds."""
-        out: dict[Key, object] = {}
-        for k, kind in self._kind.items():
-            if kind == KIND_DATA:
-                node = self.nodes[k]
-                assert isinstance(node, DataNode)
-                out[k] = node.value
-        return out
+        return {k: cast(DataNode, self.nodes[k]).value for k in self._data_keys}
 
     # -- state -------------------------------------------------------------
 
@@ -464,11 +421,10 @@ class DaskGraph:
         return "ready" if s in self._ready else "waiting"
 
     def ready_keys(self) -> list[Key]:
-        """Task keys whose inputs are all available and that are not done or failed.
+        """Task keys with all inputs available that are not done or failed.
 
-        Initially these are the roots of the graph. Keys handed out earlier
-        and still running stay in this list until marked done or failed, so
-        after the first call use the return value of :meth:`mark_done`.
+        Initially the roots. Running keys stay listed until marked done or
+        failed, so after the first call use what :meth:`mark_done` returns.
         """
         return self._sorted(self._ready)
 
@@ -489,12 +445,7 @@ class DaskGraph:
         return self._sorted(self._failed)
 
     def mark_done(self, key: Key) -> list[Key]:
-        """Record that the task ``key`` produced its value.
-
-        Calling it again for a done key is a no-op returning ``[]``.
-
-        Args:
-            key: A ready task key.
+        """Record that the ready task ``key`` produced its value (again: no-op).
 
         Returns:
             Task keys that became ready, by priority.
@@ -527,14 +478,11 @@ class DaskGraph:
         return self._sorted(became_ready)
 
     def mark_failed(self, key: Key) -> list[Key]:
-        """Record that ``key`` failed permanently, with everything downstream.
-
-        Args:
-            key: A task key that is not done.
+        """Record that task ``key`` failed permanently, with everything downstream.
 
         Returns:
-            The keys newly marked failed: ``key`` and all its transitive
-            dependents (already-failed keys are skipped).
+            The keys newly marked failed: ``key`` (unless it already failed)
+            and its transitive dependents.
 
         Raises:
             KeyError: If ``key`` is not in the graph.
@@ -561,16 +509,14 @@ class DaskGraph:
     def prunable_after(self, key: Key, prune_depth: int) -> list[Key]:
         """Results that may be deleted now that ``key`` is done.
 
-        Same semantics as TaskVine's DaskVine ``prune_depth``: 0 never prunes;
-        with depth ``d`` a result is pruned once every dependent within ``d``
-        hops downstream (dependents, their dependents, ...) is done. Depth 1
-        frees memory soonest; larger depths keep inputs around longer so that
-        a lost result can be recomputed without re-running its inputs.
-        Requested keys (and the storage of requested aliases) are never
-        pruned, and each key is returned at most once. Call it after every
-        :meth:`mark_done` with the same depth; keys whose dependent failed
-        are never returned. Returned keys may be ``"data"`` keys (drop the
-        uploaded copy).
+        TaskVine DaskVine ``prune_depth`` semantics: 0 never prunes; with depth
+        ``d`` a result is pruned once every key within ``d`` hops downstream
+        (dependents, their dependents, ...) is done. Depth 1 frees memory
+        soonest; larger depths keep inputs longer so a lost result can be
+        recomputed from them. Requested keys (and storage of requested
+        aliases) are never pruned; each key is returned once; keys with a
+        failed dependent never are. Call after every :meth:`mark_done` with
+        the same depth. ``"data"`` keys may be returned (drop the upload).
 
         Args:
             key: A task key that was just marked done.
@@ -613,16 +559,10 @@ class DaskGraph:
     def task_payload(self, key: Key) -> tuple[GraphNode, list[Key]]:
         """The node to run remotely for ``key`` and the keys whose values it reads.
 
-        References to aliases in the node are rewritten to their storage keys,
-        so the returned dependency keys are exactly task or data keys, and
-        ``execute_node(node, {d: value_of_d for d in deps})`` computes ``key``.
-        The node is picklable with cloudpickle.
-
-        Args:
-            key: A task key.
-
-        Returns:
-            ``(node, dep_keys)`` with ``dep_keys`` sorted by priority.
+        Alias references in the node are rewritten to their storage keys, so
+        ``dep_keys`` (by priority) are task or data keys and
+        ``execute_node(node, {d: value_of_d for d in dep_keys})`` computes
+        ``key``. The node is picklable with cloudpickle.
 
         Raises:
             ValueError: If ``key`` is not a task key.
@@ -646,9 +586,7 @@ class DaskGraph:
         """
         s = self._storage[key]
         if self._kind[s] == KIND_DATA:
-            node = self.nodes[s]
-            assert isinstance(node, DataNode)
-            return node.value
+            return cast(DataNode, self.nodes[s]).value
         return fetch(s)
 
     def result(

@@ -14,6 +14,7 @@ import datetime
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 import cloudpickle
@@ -26,6 +27,7 @@ from .events import (
     FetchDone,
     FetchRequested,
     FileDeclared,
+    FileReleased,
     FileSpec,
     FileUndeclared,
     TaskCancelled,
@@ -142,6 +144,16 @@ class Manager:
                         checkpoint=f.checkpoint)
         self._declared.add(spec.name)
         self._server.post(FileDeclared(now=time.monotonic(), spec=spec))
+        if f.kind is FileKind.TEMP:
+            # once the user drops every handle, the temp may be pruned when no task needs it
+            weakref.finalize(f, self._release, spec.name)
+
+    def _release(self, name: str) -> None:
+        if not self._closed:
+            try:
+                self._server.post(FileReleased(now=time.monotonic(), name=name))
+            except RuntimeError:  # the loop is gone
+                pass
 
     def _file_at_manager(self, name: str) -> str | None:
         f = self._state.files.get(name)
@@ -186,6 +198,19 @@ class Manager:
         with self._cond:
             self._fetches[c.request_id] = c
             self._cond.notify_all()
+
+    def file_story(self, f: File) -> list[str]:
+        """A file's history: who made it, where its copies are and were, what was recomputed."""
+        def lines() -> list[str]:
+            out = [f"{t:.3f} {text}" for t, text in self._state.stories.get(f.cache_name, [])]
+            holders = self._state.replicas.ready_workers(f.cache_name)
+            rec = self._state.files.get(f.cache_name)
+            where = ", ".join(sorted(holders)) or "no worker"
+            if rec is not None and rec.at_manager:
+                where += " and the manager"
+            out.append(f"now: copies on {where}")
+            return out
+        return self._server.call(lines)  # type: ignore[return-value]
 
     def get_file_replica_count(self, f: File) -> int:
         """How many workers hold a ready copy of ``f``."""

@@ -89,6 +89,13 @@ class FileUndeclared(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FileReleased(Event):
+    """The user no longer holds a handle to this file (it may be pruned once unneeded)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSubmitted(Event):
     spec: TaskSpec
 

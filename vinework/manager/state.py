@@ -41,6 +41,7 @@ from .events import (
     FetchDone,
     FetchRequested,
     FileDeclared,
+    FileReleased,
     FileSpec,
     FileUndeclared,
     Log,
@@ -158,6 +159,8 @@ class ManagerState:
         self._next_retrieval = 1
         self._out: list[Command] = []
         self._unfinished = 0
+        self._replication_transfers: set[int] = set()
+        self.stories: dict[str, list[tuple[float, str]]] = {}
         from .durability import Durability  # local import: durability reads this module
 
         self.durability = Durability(self)
@@ -188,6 +191,10 @@ class ManagerState:
         if f is None:
             return False
         return f.at_manager or self.replicas.count_ready(name) > 0
+
+    def story(self, name: str, text: str) -> None:
+        """Append to a file's history (``Manager.file_story``)."""
+        self.stories.setdefault(name, []).append((self.now, text))
 
     def task_story(self, task_id: int) -> str:
         t = self.tasks[task_id]
@@ -500,7 +507,7 @@ class ManagerState:
             self._task_log(t, "STAGING", ",".join(sorted(t.staging))[:200])
         return True
 
-    def _source_transfer(self, name: str, dest: str) -> None:
+    def _source_transfer(self, name: str, dest: str, replication: bool = False) -> None:
         """Start bringing ``name`` to ``dest``, or remember to when a source frees up."""
         if self.replicas.in_flight_to(name, dest) is not None:
             return
@@ -509,7 +516,20 @@ class ManagerState:
         src = self.replicas.pick_source(
             name, dest, self.now, self.tune.transfer_source_max, peers_ok, f.at_manager
         )
+        if src is None and not peers_ok and not f.at_manager \
+                and self.replicas.ready_workers(name):
+            # no peer transfers: the file must come to the manager first, then go out
+            self._unsourced[(name, dest)] = None
+            if not any(r.name == name and r.kind in ("fetch", "checkpoint")
+                       for r in self._retrievals.values()):
+                holder = self.replicas.ready_workers(name)[0]
+                self._start_retrieval(name, holder, posixpath.join(self.staging_dir, name),
+                                      "fetch")
+                self._log("TRANSFER", name, "QUEUED", "-", dest, f"via the manager from {holder}")
+            return
         if src is None:
+            if replication:
+                return  # retried by the durability policy after the next event
             self._unsourced[(name, dest)] = None
             if not self.available(name):
                 self._file_lost(name, "no source left")
@@ -518,6 +538,8 @@ class ManagerState:
             return
         self._unsourced.pop((name, dest), None)
         tr = self.replicas.start_transfer(name, dest, src, self.now)
+        if replication:
+            self._replication_transfers.add(tr.transfer_id)
         if src == MANAGER:
             host, port = "", 0  # the worker uses the manager's address it knows
         else:
@@ -576,6 +598,9 @@ class ManagerState:
             self._log("TRANSFER", ev.name, "DONE", tr.source, ev.worker_id, ev.size,
                       round(ev.seconds, 6))
             self.durability.transfer_measured(ev.size, ev.seconds)
+            if tr.transfer_id in self._replication_transfers:
+                self._replication_transfers.discard(tr.transfer_id)
+                self.durability.replica_made(ev.name, ev.worker_id)
         self._stage_arrived(ev.name, ev.worker_id)
         self._file_became_available(ev.name)
         self._retry_unsourced()
@@ -687,6 +712,7 @@ class ManagerState:
             f = self._file(name)
             f.size, f.produced = size, True
             self.replicas.set_ready(name, ev.worker_id, size)
+            self.durability.produced(name, ev.worker_id, t)
         t.python_result = d.python_result
         t.state = TState.RETRIEVING
         t.worker = ev.worker_id  # retrievals come from here
@@ -749,7 +775,7 @@ class ManagerState:
             if w is not None:
                 w.bytes_out += ev.size
             self._log("TRANSFER", r.name, "DONE", r.worker, MANAGER, ev.size, round(ev.seconds, 6))
-            self.durability.transfer_measured(ev.size, ev.seconds)
+            self.durability.transfer_measured(ev.size, ev.seconds, to_manager=True)
         else:
             self._log("TRANSFER", r.name, "FAILED", r.worker, MANAGER, ev.error[:200])
         if r.kind == "fetch" or r.kind == "checkpoint":
@@ -764,6 +790,7 @@ class ManagerState:
                 for req in f.fetch_requests:
                     self._out.append(FetchDone(req, r.dest))
                 f.fetch_requests.clear()
+                self._retry_unsourced()  # transfers waiting for a manager copy can start
             elif f.fetch_requests:
                 if self.replicas.ready_workers(r.name):
                     reqs = list(f.fetch_requests)
@@ -841,6 +868,9 @@ class ManagerState:
         self._ensure_coming(name)
 
     # ================================================================ misc
+    def _on_file_released(self, ev: FileReleased) -> None:
+        self.durability.released_by_user(ev.name)
+
     def _on_tick(self, ev: Tick) -> None:
         self._retry_unsourced()
 
@@ -862,5 +892,6 @@ _HANDLERS = {
     FetchRequested: ManagerState._on_fetch_requested,
     DiskReport: ManagerState._on_disk_report,
     Tick: ManagerState._on_tick,
+    FileReleased: ManagerState._on_file_released,
     Tuned: ManagerState._on_tuned,
 }

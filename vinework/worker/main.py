@@ -371,7 +371,24 @@ class Worker:
                        message=f"killed by signal {os.WTERMSIG(status)}")
             return
         code = os.waitstatus_to_exitcode(status)
+        if code != 0 and self._disk_exhausted(box, msg.disk):
+            self._done(msg, TaskResult.DISK_EXHAUSTION, code, output, start,
+                       message=f"the task filled the disk of worker {socket.gethostname()}")
+            return
         self._finish_outputs(msg, box, code, output, start)
+
+    def _disk_exhausted(self, box: str, disk_mb: int) -> bool:
+        """Did a failed task run out of disk (the filesystem, or its own allocation)?"""
+        try:
+            if shutil.disk_usage(box).free < 4 * (1 << 20):
+                return True
+            if disk_mb > 0:
+                used = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(box)
+                           if e.is_file(follow_symlinks=False) and e.stat().st_nlink == 1)
+                return used > disk_mb * (1 << 20)
+        except OSError:
+            return False
+        return False
 
     def _finish_outputs(self, msg: RunTask, box: str, code: int, output: str, start: float,
                         python_result: bytes | None = None,
