@@ -278,9 +278,10 @@ def test_python_task_unpicklable_result(cluster, fn):
     assert not r.successful()
     exc = r.output
     assert isinstance(exc, BaseException)
-    text = str(exc) + "\n" + getattr(exc, "remote_traceback", "")
-    assert "could not be pickled" in text
-    assert "pickle" in str(exc)  # the message itself says what went wrong
+    assert isinstance(exc, TypeError)
+    assert "return value could not be pickled" in str(exc)
+    assert "cannot pickle" in str(exc)  # and why
+    assert "could not be pickled" in exc.remote_traceback
 
 
 def test_python_temp_output_feeds_consumer(cluster):

@@ -226,7 +226,7 @@ class Manager:
             raise ValueError(f"task {t.id} is already submitted")
         inputs = []
         for f, remote in t.inputs:
-            if f.kind is FileKind.LOCAL and f.cache_name not in self._declared:
+            if f.kind is FileKind.LOCAL and (f._name is None or f._name not in self._declared):
                 if not f.path or not os.path.isfile(f.path):
                     raise FileNotFoundError(
                         f"input file {f.path!r} (as {remote!r}) of task {t.command!r} does not exist"

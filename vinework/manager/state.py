@@ -748,6 +748,7 @@ class ManagerState:
             self._requeue(t)
             return
         t.message = d.message
+        t.python_result = d.python_result  # a PythonTask's pickled exception
         self._finish(t, result, d.exit_code, d.output)
 
     def _retrieve(self, t: TaskRecord, name: str, dest: str, kind: str) -> None:

@@ -92,7 +92,8 @@ def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
                 data = cloudpickle.dumps(value)
             except Exception as e:
                 tb = traceback.format_exc()
-                reply = ["error", b"", f"the return value could not be pickled: {e}\n{tb}"]
+                err = TypeError(f"the return value could not be pickled: {e}")
+                reply = ["error", cloudpickle.dumps(err), f"{err}\n{tb}"]
             else:
                 if out_path and (inline_max < 0 or len(data) > inline_max):
                     with open(out_path, "wb") as f:
