@@ -10,8 +10,9 @@ import sys
 import tempfile
 import time
 
-import vinework as vine
 from common import drain, local_workers
+
+import vinework as vine
 
 TASKVINE_COMMAND_RATE = 474.0
 TASKVINE_PYTHON_RATE = 42.0
