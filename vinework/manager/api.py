@@ -170,6 +170,11 @@ class Manager:
                 os.unlink(f.path)
             except OSError:
                 pass
+        if f.kind is FileKind.TEMP:  # a copy brought to the manager (fetch, no-peer route)
+            try:
+                os.unlink(os.path.join(self.staging_dir, f.cache_name))
+            except OSError:
+                pass
 
     def fetch_file(self, f: File, timeout: float | None = None) -> bytes:
         """The bytes of a file, brought from a worker if only workers have it."""
@@ -331,7 +336,10 @@ class Manager:
                 if left is not None and left <= 0:
                     return None
                 self._cond.wait(left)
-            return self._done.popleft()
+            t = self._done.popleft()
+            if t._done:  # handed back: like TaskVine, forget it, so that its files can
+                self._tasks.pop(t.id, None)  # be released (and temps pruned) with it
+            return t
 
     def empty_locked(self) -> bool:
         return not self._done and self._state.unfinished() == 0 and not self._pending_submits()

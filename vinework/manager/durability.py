@@ -53,7 +53,8 @@ class Durability:
         self.recovering: dict[int, float] = {}  # task id -> when its recovery run began
         self.run_seconds: dict[int, float] = {}
         self.wanted_copies: dict[str, int] = {}  # temp -> copies the policy wants
-        self.released: set[str] = set()  # temps whose user handle is gone
+        self.released: set[str] = set()  # temps whose user handle is gone, not yet pruned
+        self.user_released: set[str] = set()  # every temp whose user handle is gone
         self.peer_bw = 100e6  # bytes/s, refined by measurement
         self.mgr_bw = 100e6
         self.start: float | None = None
@@ -83,8 +84,11 @@ class Durability:
             f = self.s.files.get(n)
             if f is not None and f.spec.kind == "temp":
                 self._story(n, f"copy lost with worker {worker_id}")
-                if self.s.tune.temp_replica_count > 1 or n in self.wanted_copies:
-                    self.wanted_copies.setdefault(n, self.s.tune.temp_replica_count)
+                k = self.s.tune.temp_replica_count
+                if self.decisions.get(n) == "replicate":  # the auto policy's choice holds
+                    k = max(k, 2)
+                if k > 1 or n in self.wanted_copies:
+                    self.wanted_copies.setdefault(n, k)
 
     def recovery_started(self, task_id: int, name: str) -> None:
         self.recovering.setdefault(task_id, self.s.now)
@@ -122,6 +126,7 @@ class Durability:
         f = self.s.files.get(name)
         if f is not None and f.spec.kind == "temp":
             self.released.add(name)
+            self.user_released.add(name)
 
     # ----------------------------------------------------------- a temp was made
     def produced(self, name: str, worker: str, task: TaskRecord) -> None:
@@ -130,6 +135,8 @@ class Durability:
         if f is None or f.spec.kind != "temp":
             return
         self._story(name, f"made by task {task.spec.task_id} on {worker} ({f.size} bytes)")
+        if name in self.user_released:  # remade by a recovery run: prune it again after
+            self.released.add(name)
         if f.spec.checkpoint or (f.at_manager is False and self.decisions.get(name) == "checkpoint"):
             self._checkpoint(f, worker)
             return

@@ -65,7 +65,8 @@ def task_allocation(
             return value
         if name == "gpus":
             return 0  # never hand out GPUs a task did not ask for
-        return int(math.ceil(frac * getattr(total, name)))
+        # round down (as TaskVine does) so that 1/frac such tasks always fit together
+        return int(math.floor(frac * getattr(total, name) + 1e-9))
 
     alloc = Resources(
         pick("cores", cores), pick("memory", memory), pick("disk", disk), pick("gpus", gpus)

@@ -249,6 +249,8 @@ class ManagerState:
         self.stats.workers_joined += 1
         for name, size in ev.cached:
             if name in self.files:
+                if self.files[name].size < 0:
+                    self.files[name].size = size
                 self.replicas.set_ready(name, ev.worker_id, size)
                 self._file_became_available(name)
             else:
@@ -268,21 +270,26 @@ class ManagerState:
             del self._stage_wait[key]
         for key in [k for k in self._unsourced if k[1] == ev.worker_id]:
             del self._unsourced[key]
-        for tid in list(w.running):
-            t = self.tasks[tid]
+        forsaken = [self.tasks[tid] for tid in w.running]
+        for t in forsaken:
             t.worker, t.alloc = None, None
             t.staging.clear()
             self._task_log(t, "FORSAKEN", f"worker lost: {ev.reason}")
-            self._requeue(t)
         w.running.clear()
         # transfers from the lost worker to others must find another source
+        lost = set(names)
         for tr in transfers:
             if tr.dest != ev.worker_id and tr.dest in self.workers:
                 self.replicas.remove(tr.name, tr.dest)
-                self._source_transfer(tr.name, tr.dest)
-        for name in names:
+                if self.available(tr.name):
+                    self._source_transfer(tr.name, tr.dest)
+                else:
+                    lost.add(tr.name)  # no copy left: handled (once) just below
+        for name in lost:
             if not self.available(name):
                 self._file_lost(name, f"last copy was on {ev.worker_id}")
+        for t in forsaken:  # after the losses, so that a recovery is logged after its loss
+            self._requeue(t)
         self.durability.worker_lost(ev.worker_id, names)
 
     def _on_disk_report(self, ev: DiskReport) -> None:
@@ -519,7 +526,8 @@ class ManagerState:
         if src is None and not peers_ok and not f.at_manager \
                 and self.replicas.ready_workers(name):
             # no peer transfers: the file must come to the manager first, then go out
-            self._unsourced[(name, dest)] = None
+            if not replication:  # (a replication is retried by the durability policy)
+                self._unsourced[(name, dest)] = None
             if not any(r.name == name and r.kind in ("fetch", "checkpoint")
                        for r in self._retrievals.values()):
                 holder = self.replicas.ready_workers(name)[0]
@@ -626,9 +634,10 @@ class ManagerState:
             t.missing.discard(name)
             if not t.missing:
                 self._set_ready(t)
-        for req in f.fetch_requests:
+        # _serve_fetch may queue a request again (until the retrieval is done): take the list
+        reqs, f.fetch_requests = f.fetch_requests, []
+        for req in reqs:
             self._serve_fetch(req, name)
-        f.fetch_requests.clear()
 
     def _on_replica_failed(self, ev: ReplicaFailed) -> None:
         tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
@@ -645,8 +654,8 @@ class ManagerState:
             self._manager_copy_missing(ev.name, ev.reason)
             return
         if self._stage_wait.get((ev.name, ev.worker_id)):
-            self._source_transfer(ev.name, ev.worker_id)
-        if not self.available(ev.name):
+            self._source_transfer(ev.name, ev.worker_id)  # calls _file_lost if no copy is left
+        elif not self.available(ev.name):
             self._file_lost(ev.name, ev.reason)
 
     def _manager_copy_missing(self, name: str, reason: str) -> None:
@@ -680,12 +689,10 @@ class ManagerState:
             t = self.tasks.get(tid)
             if t is None:
                 continue
-            if t.state is TState.READY:
-                t.state = TState.WAITING
+            if t.state in (TState.READY, TState.WAITING):
+                t.state = TState.WAITING  # (a WAITING task now also waits for this file)
                 t.missing.add(name)
                 f.waiting.add(tid)
-                needed = True
-            elif t.state is TState.WAITING:
                 needed = True
         if needed or f.fetch_requests:
             self._ensure_coming(name)

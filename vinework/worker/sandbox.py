@@ -10,6 +10,7 @@ a pidfd registered with the event loop: no thread per child, no SIGCHLD.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -119,6 +120,13 @@ class CommandProcess:
             loop.add_reader(pidfd, wake)
             try:
                 await fut
+            except asyncio.CancelledError:
+                # cancelled (task killed by the manager): kill and reap, leave no zombie
+                self.kill()
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)
+                self.proc.returncode = -9
+                raise
             finally:
                 loop.remove_reader(pidfd)
                 os.close(pidfd)

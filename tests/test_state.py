@@ -1,0 +1,829 @@
+"""Pure tests of the manager's state machine: events in, exact commands out.
+
+No sockets, no clock, no disk: each test builds a ``ManagerState``, feeds it
+events and compares the commands it returns (``Log`` records are left out).
+``validate`` checks the state's invariants after every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+
+from vinework.constants import CacheLevel, TaskResult
+from vinework.manager.events import (
+    Command,
+    Event,
+    FetchDone,
+    FetchRequested,
+    FileDeclared,
+    FileSpec,
+    Log,
+    ReplicaFailed,
+    ReplicaReady,
+    RetrievalDone,
+    Retrieve,
+    Send,
+    TaskCancelled,
+    TaskReported,
+    TaskReturned,
+    TaskSpec,
+    TaskSubmitted,
+    Tick,
+    WorkerJoined,
+    WorkerLeft,
+)
+from vinework.manager.replicas import MANAGER
+from vinework.manager.state import ManagerState, TState
+from vinework.protocol import Fetch, Kill, RunTask, TaskDone, Unlink
+
+STAGING = "/staging"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def validate(s: ManagerState) -> None:
+    """The invariants that must hold between any two events."""
+    for wid, w in s.workers.items():
+        assert w.worker_id == wid
+        used = {"cores": 0, "memory": 0, "disk": 0, "gpus": 0}
+        for tid in w.running:
+            t = s.tasks[tid]
+            assert t.state in (TState.STAGING, TState.RUNNING), (tid, t.state)
+            assert t.worker == wid, (tid, t.worker, wid)
+            assert t.alloc is not None
+            for r in used:
+                used[r] += getattr(t.alloc, r)
+        for r, n in used.items():
+            free, total = getattr(w.free, r), getattr(w.total, r)
+            assert 0 <= free <= total, (wid, r, free, total)
+            assert free + n == total, (wid, r, free, n, total)
+    for tid, t in s.tasks.items():
+        if t.state in (TState.RUNNING, TState.STAGING):
+            assert t.worker in s.workers, (tid, t.state, t.worker)
+            assert tid in s.workers[t.worker].running, (tid, t.worker)
+            assert t.alloc is not None
+        if t.state is TState.STAGING:
+            assert t.staging, tid
+        if t.state is TState.RUNNING:
+            assert not t.staging, tid
+            for name, _ in t.spec.inputs:
+                assert s.replicas.state(name, t.worker) is not None, (tid, name)
+        if t.state in (TState.READY, TState.WAITING, TState.DONE):
+            assert t.worker is None, (tid, t.state, t.worker)
+            assert t.alloc is None, (tid, t.state)
+            assert not any(tid in w.running for w in s.workers.values()), tid
+        if t.state is TState.READY:
+            for name, _ in t.spec.inputs:
+                assert s.available(name), (tid, "READY but input has no copy", name)
+        if t.state is TState.WAITING:
+            assert t.missing, tid
+            for name, _ in t.spec.inputs:
+                if not s.available(name):
+                    assert name in t.missing, (tid, "WAITING but does not wait for", name)
+                    assert tid in s.files[name].waiting, (tid, name)
+    assert s.unfinished() == sum(1 for t in s.tasks.values() if not t.returned)
+    for tr in s.replicas.transfers.values():
+        assert tr.dest in s.workers
+        assert tr.source == MANAGER or tr.source in s.workers
+
+
+def step(s: ManagerState, *events: Event) -> list[Command]:
+    """Feed events, validate after each, return the non-Log commands."""
+    out: list[Command] = []
+    for ev in events:
+        out.extend(c for c in s.handle(ev) if not isinstance(c, Log))
+        validate(s)
+    return out
+
+
+def fresh() -> ManagerState:
+    s = ManagerState(STAGING)
+    validate(s)
+    return s
+
+
+def host(wid: str) -> str:
+    return f"10.0.0.{wid[1:]}"
+
+
+def port(wid: str) -> int:
+    return 9000 + int(wid[1:])
+
+
+def join(wid: str, cores: int = 2, memory: int = 2000, disk: int = 4000, gpus: int = 0,
+         cached: Iterable[tuple[str, int]] = (), now: float = 0.0) -> WorkerJoined:
+    return WorkerJoined(now=now, worker_id=wid, host=host(wid), transfer_port=port(wid),
+                        cores=cores, memory=memory, disk=disk, gpus=gpus,
+                        hostname=f"host-{wid}", cached=list(cached))
+
+
+def spec(tid: int, inputs: Iterable[str] = (), outputs: Iterable[str] = (),
+         **kw: object) -> TaskSpec:
+    kw.setdefault("cores", 1)
+    return TaskSpec(task_id=tid, command=f"cmd{tid}",
+                    inputs=[(n, f"in-{n}") for n in inputs],
+                    outputs=[(n, f"out-{n}") for n in outputs], **kw)  # type: ignore[arg-type]
+
+
+def submit(ts: TaskSpec, now: float = 0.0) -> TaskSubmitted:
+    return TaskSubmitted(now=now, spec=ts)
+
+
+def temp(name: str) -> FileDeclared:
+    return FileDeclared(spec=FileSpec(name=name, kind="temp"))
+
+
+def buffer(name: str, size: int, peer_transfer: bool = True) -> FileDeclared:
+    return FileDeclared(spec=FileSpec(name=name, kind="buffer", path=f"{STAGING}/{name}",
+                                      size=size, peer_transfer=peer_transfer))
+
+
+def done(wid: str, tid: int, attempt: int = 0, result: int = 0, exit_code: int = 0,
+         outputs: Iterable[tuple[str, int]] = (), output: str = "", now: float = 0.0,
+         **kw: object) -> TaskReported:
+    d = TaskDone(task_id=tid, attempt=attempt, result=result, exit_code=exit_code,
+                 output=output, start=1.0, end=2.0, outputs=list(outputs), **kw)  # type: ignore[arg-type]
+    return TaskReported(now=now, worker_id=wid, done=d)
+
+
+def ready(wid: str, name: str, size: int, transfer_id: int, now: float = 0.0) -> ReplicaReady:
+    return ReplicaReady(now=now, worker_id=wid, name=name, size=size, seconds=0.5,
+                        transfer_id=transfer_id)
+
+
+def run(s: ManagerState, wid: str, tid: int, attempt: int = 0, **kw: object) -> Send:
+    """The RunTask the state should send for task ``tid`` (resources from its allocation)."""
+    t = s.tasks[tid]
+    assert t.alloc is not None, f"task {tid} has no allocation"
+    a = t.alloc
+    ts = t.spec
+    fields: dict[str, object] = dict(
+        task_id=tid, attempt=attempt, command=ts.command, inputs=list(ts.inputs),
+        outputs=list(ts.outputs), env=list(ts.env), cores=a.cores, memory=a.memory,
+        disk=a.disk, gpus=a.gpus, time_max=ts.time_max, python_payload=ts.python_payload,
+        python_output=ts.python_output)
+    fields.update(kw)
+    return Send(wid, RunTask(**fields))  # type: ignore[arg-type]
+
+
+def fetch(dest: str, tid: int, name: str, source: str, size: int) -> Send:
+    h, p = ("", 0) if source == MANAGER else (host(source), port(source))
+    return Send(dest, Fetch(transfer_id=tid, name=name, host=h, port=p, size=size))
+
+
+def returned(tid: int, wid: str = "", result: int = 0, exit_code: int = 0, output: str = "",
+             attempts: int = 1, start: float = 1.0, end: float = 2.0,
+             **kw: object) -> TaskReturned:
+    return TaskReturned(task_id=tid, result=result, exit_code=exit_code, output=output,
+                        worker_id=wid, hostname=f"host-{wid}" if wid else "", start=start,
+                        end=end, attempts=attempts, **kw)  # type: ignore[arg-type]
+
+
+def sends(cmds: list[Command], kind: type) -> list[Send]:
+    return [c for c in cmds if isinstance(c, Send) and isinstance(c.message, kind)]
+
+
+def produce_temp_on(s: ManagerState, wid: str, producer: int, name: str, size: int) -> None:
+    """Run ``producer`` on ``wid`` (the only worker with room) to make temp ``name``."""
+    assert step(s, temp(name), submit(spec(producer, outputs=[name]))) == [run(s, wid, producer)]
+    assert step(s, done(wid, producer, outputs=[(name, size)])) == [returned(producer, wid)]
+    assert s.replicas.ready_workers(name) == [wid]
+
+
+# ------------------------------------------------------------------ dispatch order and packing
+
+
+def test_priority_then_submission_order() -> None:
+    s = fresh()
+    specs = [spec(1, priority=0), spec(2, priority=5), spec(3, priority=5), spec(4, priority=0),
+             spec(5, priority=-1), spec(6, priority=10)]
+    assert step(s, *(submit(x) for x in specs)) == []  # no worker yet
+    assert s.count(TState.READY) == 6
+    assert step(s, join("w1", cores=1)) == [run(s, "w1", 6)]
+    order = [6]
+    for _ in range(5):
+        cmds = step(s, done("w1", order[-1]))
+        assert cmds[0] == returned(order[-1], "w1")
+        (nxt,) = sends(cmds, RunTask)
+        order.append(nxt.message.task_id)  # type: ignore[attr-defined]
+        assert cmds == [returned(order[-2], "w1"), run(s, "w1", order[-1])]
+        if len(order) == 6:
+            break
+    assert order == [6, 2, 3, 1, 4, 5]
+    assert step(s, done("w1", 5)) == [returned(5, "w1")]
+    assert s.unfinished() == 0
+    assert s.stats.tasks_done == 6 and s.stats.tasks_submitted == 6
+
+
+def test_packing_two_one_core_tasks_on_a_two_core_worker() -> None:
+    s = fresh()
+    step(s, join("w1", cores=2, memory=2000, disk=4000))
+    assert step(s, submit(spec(1))) == [run(s, "w1", 1)]
+    assert s.tasks[1].alloc is not None
+    assert (s.tasks[1].alloc.cores, s.tasks[1].alloc.memory, s.tasks[1].alloc.disk,
+            s.tasks[1].alloc.gpus) == (1, 1000, 2000, 0)
+    assert step(s, submit(spec(2))) == [run(s, "w1", 2)]
+    assert step(s, submit(spec(3))) == []  # the worker is full
+    assert step(s, submit(spec(4))) == []
+    assert s.tasks[3].state is TState.READY
+    assert step(s, done("w1", 2)) == [returned(2, "w1"), run(s, "w1", 3)]
+    assert step(s, done("w1", 1)) == [returned(1, "w1"), run(s, "w1", 4)]
+    assert step(s, done("w1", 3), done("w1", 4)) == [returned(3, "w1"), returned(4, "w1")]
+    assert s.workers["w1"].free == s.workers["w1"].total
+
+
+def test_task_without_resources_takes_the_whole_worker() -> None:
+    s = fresh()
+    step(s, join("w1", cores=4, memory=8000, disk=16000, gpus=1))
+    cmds = step(s, submit(spec(1, cores=None)), submit(spec(2, cores=None)))
+    assert cmds == [run(s, "w1", 1)]
+    msg = cmds[0].message  # type: ignore[attr-defined]
+    assert (msg.cores, msg.memory, msg.disk, msg.gpus) == (4, 8000, 16000, 1)
+    assert step(s, submit(spec(3, cores=1))) == []  # not even one core is left
+    assert step(s, done("w1", 1)) == [returned(1, "w1"), run(s, "w1", 2)]
+    assert step(s, done("w1", 2)) == [returned(2, "w1"), run(s, "w1", 3)]
+
+
+def test_task_too_big_for_any_worker_stays_ready() -> None:
+    s = fresh()
+    step(s, join("w1", cores=2))
+    assert step(s, submit(spec(1, cores=3))) == []
+    assert s.tasks[1].state is TState.READY
+    assert step(s, join("w2", cores=4)) == [run(s, "w2", 1)]
+
+
+# ------------------------------------------------------------------ locality and transfers
+
+
+def test_consumer_runs_where_its_temp_is() -> None:
+    s = fresh()
+    step(s, join("w1"))
+    step(s, temp("t1"), submit(spec(1, outputs=["t1"])))
+    step(s, join("w2"))
+    assert s.tasks[1].worker == "w1"
+    assert step(s, submit(spec(2, inputs=["t1"]))) == []  # waits for its producer
+    assert s.tasks[2].state is TState.WAITING
+    cmds = step(s, done("w1", 1, outputs=[("t1", 100)]))
+    assert cmds == [returned(1, "w1"), run(s, "w1", 2)]  # no Fetch: the temp is right there
+    assert step(s, done("w1", 2)) == [returned(2, "w1")]
+    assert s.stats.bytes_peer == 0 and s.stats.bytes_sent == 0
+
+
+def test_consumer_on_another_worker_fetches_from_the_peer() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    assert step(s, submit(spec(2))) == [run(s, "w1", 2)]  # w1 is now full
+    step(s, join("w2", cores=1))
+    cmds = step(s, submit(spec(3, inputs=["t1"])))
+    assert cmds == [fetch("w2", 1, "t1", "w1", 100)]
+    assert s.tasks[3].state is TState.STAGING
+    assert step(s, Tick(now=1.0)) == []  # nothing runs before the replica is ready
+    assert step(s, ready("w2", "t1", 100, 1)) == [run(s, "w2", 3)]
+    assert s.stats.bytes_peer == 100 and s.stats.transfers_peer == 1
+    assert s.stats.bytes_sent == 0
+    assert sorted(s.replicas.ready_workers("t1")) == ["w1", "w2"]
+    assert step(s, done("w2", 3)) == [returned(3, "w2")]
+
+
+@pytest.mark.parametrize("how", ["peers", "tune", "file"])
+def test_peer_transfers_can_be_disabled(how: str) -> None:
+    s = fresh()
+    if how == "tune":
+        s.tune.peer_transfers = False
+    step(s, buffer("buf", 10, peer_transfer=(how != "file")), join("w1", cores=1))
+    # the first copy can only come from the manager
+    assert step(s, submit(spec(1, inputs=["buf"]))) == [fetch("w1", 1, "buf", MANAGER, 10)]
+    assert step(s, ready("w1", "buf", 10, 1)) == [run(s, "w1", 1)]
+    assert s.stats.bytes_sent == 10 and s.stats.transfers_sent == 1
+    step(s, join("w2", cores=1))
+    cmds = step(s, submit(spec(2, inputs=["buf"])))  # w1 is busy: w2, while w1 holds a copy
+    source = "w1" if how == "peers" else MANAGER
+    assert cmds == [fetch("w2", 2, "buf", source, 10)]
+    assert step(s, ready("w2", "buf", 10, 2)) == [run(s, "w2", 2)]
+    if how == "peers":
+        assert (s.stats.bytes_sent, s.stats.bytes_peer) == (10, 10)
+    else:
+        assert (s.stats.bytes_sent, s.stats.bytes_peer) == (20, 0)
+
+
+def test_transfer_source_limit_queues_extra_fetches() -> None:
+    s = fresh()
+    s.tune.transfer_source_max = 1
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    step(s, submit(spec(2)))  # keeps w1 busy
+    step(s, join("w2", cores=1), join("w3", cores=1))
+    assert step(s, submit(spec(3, inputs=["t1"]))) == [fetch("w2", 1, "t1", "w1", 100)]
+    assert step(s, submit(spec(4, inputs=["t1"]))) == []  # w1 already serves one transfer
+    assert s.tasks[4].state is TState.STAGING and s.tasks[4].worker == "w3"
+    assert step(s, Tick(now=1.0)) == []  # still busy
+    cmds = step(s, ready("w2", "t1", 100, 1))
+    assert cmds == [run(s, "w2", 3), fetch("w3", 2, "t1", "w1", 100)]
+    assert step(s, ready("w3", "t1", 100, 2)) == [run(s, "w3", 4)]
+    assert s.stats.transfers_peer == 2 and s.stats.bytes_peer == 200
+
+
+def test_transfer_source_limit_spreads_over_holders() -> None:
+    s = fresh()
+    s.tune.transfer_source_max = 1
+    step(s, temp("t1"))
+    step(s, join("w1", cores=0, cached=[("t1", 50)]), join("w2", cores=0, cached=[("t1", 50)]))
+    step(s, join("w3", cores=1), join("w4", cores=1), join("w5", cores=1))
+    assert step(s, submit(spec(1, inputs=["t1"]))) == [fetch("w3", 1, "t1", "w1", 50)]
+    assert step(s, submit(spec(2, inputs=["t1"]))) == [fetch("w4", 2, "t1", "w2", 50)]
+    assert step(s, submit(spec(3, inputs=["t1"]))) == []  # both sources are busy
+    cmds = step(s, ready("w4", "t1", 50, 2))
+    assert cmds == [run(s, "w4", 2), fetch("w5", 3, "t1", "w2", 50)]
+
+
+def test_failed_peer_fetch_retries_from_another_holder() -> None:
+    s = fresh()
+    step(s, temp("t1"))
+    step(s, join("w1", cores=1, cached=[("t1", 100)]), submit(spec(1)))  # w1 busy
+    step(s, join("w2", cores=1, cached=[("t1", 100)]), submit(spec(2)))  # w2 busy
+    assert s.tasks[1].worker == "w1" and s.tasks[2].worker == "w2"
+    step(s, join("w3", cores=1))
+    assert step(s, submit(spec(3, inputs=["t1"]))) == [fetch("w3", 1, "t1", "w1", 100)]
+    cmds = step(s, ReplicaFailed(now=1.0, worker_id="w3", name="t1", transfer_id=1,
+                                 reason="source: connection refused"))
+    assert cmds == [fetch("w3", 2, "t1", "w2", 100)]
+    assert s.replicas.state("t1", "w1") is None  # the source said it has no copy
+    assert step(s, ready("w3", "t1", 100, 2, now=1.5)) == [run(s, "w3", 3)]
+    assert s.stats.files_lost == 0
+
+
+def test_failing_source_is_avoided_for_a_while() -> None:
+    s = fresh()
+    s.tune.transfer_avoid_seconds = 10.0
+    step(s, temp("t1"))
+    step(s, join("w1", cores=0, cached=[("t1", 100)]), join("w2", cores=0, cached=[("t1", 100)]))
+    step(s, join("w3", cores=1), join("w4", cores=1), join("w5", cores=1))
+    assert step(s, submit(spec(1, inputs=["t1"]))) == [fetch("w3", 1, "t1", "w1", 100)]
+    cmds = step(s, ReplicaFailed(now=1.0, worker_id="w3", name="t1", transfer_id=1,
+                                 reason="timeout"))
+    assert cmds == [fetch("w3", 2, "t1", "w2", 100)]
+    assert s.replicas.state("t1", "w1") is not None  # not a "source:" error: w1 keeps it
+    # w1 is avoided for 10 s: another consumer goes to w2 even though w1 is idle
+    assert step(s, submit(spec(2, inputs=["t1"]), now=2.0)) == [fetch("w4", 3, "t1", "w2", 100)]
+    # after the avoid period w1 is a source again
+    assert step(s, submit(spec(3, inputs=["t1"]), now=20.0)) == [fetch("w5", 4, "t1", "w1", 100)]
+
+
+def test_failed_fetch_from_the_only_holder_recovers_the_temp() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    step(s, submit(spec(2)))  # w1 busy
+    step(s, join("w2", cores=1))
+    assert step(s, submit(spec(3, inputs=["t1"]))) == [fetch("w2", 1, "t1", "w1", 100)]
+    cmds = step(s, ReplicaFailed(worker_id="w2", name="t1", transfer_id=1,
+                                 reason="source: no such file"))
+    # no copy is left anywhere: the producer runs again (on w2, the only room) to remake it
+    assert cmds == [run(s, "w2", 1, attempt=1)]
+    assert s.stats.tasks_recovery == 1 and s.stats.files_lost == 1
+    assert s.tasks[3].state is TState.WAITING
+    cmds = step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)]))
+    assert cmds == [run(s, "w2", 3)]  # the consumer; the producer is not returned again
+    assert step(s, done("w2", 3)) == [returned(3, "w2")]
+
+
+# ------------------------------------------------------------------ lost workers and recovery
+
+
+def test_worker_lost_mid_task_is_redispatched() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1), submit(spec(1)), join("w2", cores=1))
+    assert s.tasks[1].worker == "w1"
+    assert step(s, WorkerLeft(worker_id="w1", reason="connection reset")) == [
+        run(s, "w2", 1, attempt=1)]
+    assert s.stats.workers_lost == 1 and s.stats.workers_connected == 1
+    assert step(s, done("w1", 1, attempt=0)) == []  # a stale report from the dead worker
+    assert step(s, done("w2", 1, attempt=0)) == []  # a stale attempt
+    assert step(s, done("w2", 1, attempt=1)) == [returned(1, "w2", attempts=2)]
+
+
+def test_worker_lost_with_no_other_worker_waits() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1), submit(spec(1)))
+    assert step(s, WorkerLeft(worker_id="w1", reason="gone")) == []
+    assert s.tasks[1].state is TState.READY
+    assert step(s, join("w2", cores=1)) == [run(s, "w2", 1, attempt=1)]
+
+
+def test_worker_lost_while_staging_from_it() -> None:
+    """The consumer was fetching the only copy from the worker that died."""
+    s = fresh()
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    step(s, submit(spec(2)))  # w1 busy
+    step(s, join("w2", cores=2))
+    assert step(s, submit(spec(3, inputs=["t1"]))) == [fetch("w2", 1, "t1", "w1", 100)]
+    cmds = step(s, WorkerLeft(worker_id="w1", reason="killed"))
+    # task 2 moves to w2; the producer re-runs there (once) to remake t1
+    assert sorted(cmds, key=lambda c: c.message.task_id) == [  # type: ignore[attr-defined]
+        run(s, "w2", 1, attempt=1), run(s, "w2", 2, attempt=1)]
+    assert s.stats.tasks_recovery == 1
+    assert s.stats.files_lost == 1
+    assert s.tasks[3].state is TState.WAITING
+    assert step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)])) == [run(s, "w2", 3)]
+    assert step(s, done("w2", 2, attempt=1), done("w2", 3)) == [
+        returned(2, "w2", attempts=2), returned(3, "w2")]
+    assert s.stats.tasks_recovery == 1
+    assert s.unfinished() == 0
+
+
+def test_lost_temp_needed_by_waiting_consumer_is_recomputed_once() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)  # task 1 is returned to the user here
+    step(s, join("w2", cores=2))
+    assert step(s, temp("t2"), submit(spec(2, outputs=["t2"]))) == [run(s, "w2", 2)]
+    # the consumer needs t1 (on w1) and t2 (not made yet): it waits
+    assert step(s, submit(spec(3, inputs=["t1", "t2"]))) == []
+    assert s.tasks[3].state is TState.WAITING
+    cmds = step(s, WorkerLeft(worker_id="w1", reason="preempted"))
+    assert cmds == [run(s, "w2", 1, attempt=1)]  # the producer of t1 runs again
+    assert s.stats.tasks_recovery == 1 and s.stats.files_lost == 1
+    assert s.tasks[3].missing == {"t1", "t2"}
+    # t2 arrives first: the consumer still waits for t1
+    assert step(s, done("w2", 2, outputs=[("t2", 5)])) == [returned(2, "w2")]
+    assert s.tasks[3].state is TState.WAITING and s.tasks[3].missing == {"t1"}
+    # the recovery run finishes: not returned to the user a second time
+    cmds = step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)]))
+    assert cmds == [run(s, "w2", 3)]
+    assert step(s, done("w2", 3)) == [returned(3, "w2")]
+    assert s.stats.tasks_recovery == 1
+    assert s.stats.tasks_done == 3
+    assert s.stats.files_lost == 1
+    assert s.unfinished() == 0
+
+
+def test_recovery_waits_for_room_and_runs_once() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    step(s, join("w2", cores=1), submit(spec(2)))  # w1 (first of two idle) gets task 2
+    assert s.tasks[2].worker == "w1"
+    step(s, submit(spec(4)))  # w2 busy
+    assert s.tasks[4].worker == "w2"
+    assert step(s, submit(spec(3, inputs=["t1"]))) == []  # READY, no room anywhere
+    assert s.tasks[3].state is TState.READY
+    cmds = step(s, WorkerLeft(worker_id="w1", reason="gone"))
+    assert cmds == []  # task 2 and the recovery of task 1 wait for w2
+    assert s.tasks[3].state is TState.WAITING
+    assert s.tasks[1].state is TState.READY and s.tasks[1].attempt == 1
+    assert s.stats.tasks_recovery == 1
+    # the recovery run (submitted first) goes before task 2's second attempt
+    assert step(s, done("w2", 4)) == [returned(4, "w2"), run(s, "w2", 1, attempt=1)]
+    assert step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)])) == [run(s, "w2", 2,
+                                                                             attempt=1)]
+    assert s.tasks[3].state is TState.READY
+    assert step(s, done("w2", 2, attempt=1)) == [returned(2, "w2", attempts=2), run(s, "w2", 3)]
+    assert step(s, done("w2", 3)) == [returned(3, "w2")]
+    assert s.stats.tasks_recovery == 1 and s.unfinished() == 0
+
+
+def test_lost_temp_nobody_needs_is_not_recomputed() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    step(s, join("w2", cores=1))
+    assert step(s, WorkerLeft(worker_id="w1", reason="gone")) == []
+    assert s.stats.tasks_recovery == 0
+    # needed later: recovered then
+    assert step(s, submit(spec(2, inputs=["t1"]))) == [run(s, "w2", 1, attempt=1)]
+    assert s.stats.tasks_recovery == 1
+    assert step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)])) == [run(s, "w2", 2)]
+
+
+def test_recovery_is_recursive() -> None:
+    """t2 is made from t1; both lost: t1's producer runs, then t2's, then the consumer."""
+    s = fresh()
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 10)
+    step(s, temp("t2"))
+    assert step(s, submit(spec(2, inputs=["t1"], outputs=["t2"]))) == [run(s, "w1", 2)]
+    assert step(s, done("w1", 2, outputs=[("t2", 20)])) == [returned(2, "w1")]
+    step(s, join("w2", cores=1))
+    assert step(s, WorkerLeft(worker_id="w1", reason="gone")) == []
+    assert step(s, submit(spec(3, inputs=["t2"]))) == [run(s, "w2", 1, attempt=1)]
+    assert s.tasks[2].state is TState.WAITING
+    assert step(s, done("w2", 1, attempt=1, outputs=[("t1", 10)])) == [
+        run(s, "w2", 2, attempt=1)]
+    assert step(s, done("w2", 2, attempt=1, outputs=[("t2", 20)])) == [run(s, "w2", 3)]
+    assert step(s, done("w2", 3)) == [returned(3, "w2")]
+    assert s.stats.tasks_recovery == 2
+    assert s.stats.tasks_done == 3
+
+
+# ------------------------------------------------------------------ failures and retries
+
+
+def test_nonzero_exit_without_retries_is_returned() -> None:
+    s = fresh()
+    step(s, join("w1"), submit(spec(1)))
+    assert step(s, done("w1", 1, exit_code=3, output="boom")) == [
+        returned(1, "w1", exit_code=3, output="boom")]
+    assert s.stats.tasks_failed == 1 and s.stats.tasks_done == 0
+
+
+def test_nonzero_exit_is_retried_max_retries_times() -> None:
+    s = fresh()
+    step(s, join("w1"), submit(spec(1, max_retries=2)))
+    assert step(s, done("w1", 1, attempt=0, exit_code=1)) == [run(s, "w1", 1, attempt=1)]
+    assert step(s, done("w1", 1, attempt=1, exit_code=1)) == [run(s, "w1", 1, attempt=2)]
+    assert step(s, done("w1", 1, attempt=2, exit_code=7, output="e")) == [
+        returned(1, "w1", exit_code=7, output="e", attempts=3)]
+    assert s.stats.tasks_failed == 1
+
+
+def test_retry_that_succeeds() -> None:
+    s = fresh()
+    step(s, join("w1"), submit(spec(1, max_retries=2)))
+    assert step(s, done("w1", 1, attempt=0, exit_code=1)) == [run(s, "w1", 1, attempt=1)]
+    assert step(s, done("w1", 1, attempt=1)) == [returned(1, "w1", attempts=2)]
+    assert s.stats.tasks_done == 1 and s.stats.tasks_failed == 0
+
+
+def test_output_missing() -> None:
+    s = fresh()
+    step(s, join("w1"), temp("t1"), submit(spec(1, outputs=["t1"])))
+    step(s, submit(spec(2, inputs=["t1"])))
+    cmds = step(s, done("w1", 1, result=int(TaskResult.OUTPUT_MISSING), exit_code=0,
+                        message="out-t1 was not created"))
+    msg2 = "input t1 is missing: its producer task 1 failed"
+    assert cmds == [
+        returned(2, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0,
+                 end=0.0, message=msg2),
+        returned(1, "w1", result=int(TaskResult.OUTPUT_MISSING), message="out-t1 was not created"),
+    ]
+
+
+def test_python_task_failure_fails_consumers_of_its_temp_output() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1), temp("pyres-1"))
+    p = spec(1, python_payload=b"fn", python_output="pyres-1", temp_output=True)
+    assert step(s, submit(p)) == [run(s, "w1", 1)]
+    step(s, submit(spec(2, inputs=["pyres-1"])), submit(spec(3, inputs=["pyres-1"])))
+    tb = "Traceback (most recent call last):\nZeroDivisionError: division by zero"
+    cmds = step(s, done("w1", 1, exit_code=1, python_error=tb))
+    msg = "input pyres-1 is missing: its producer task 1 failed"
+    consumer_returns = [c for c in cmds if isinstance(c, TaskReturned) and c.task_id != 1]
+    assert sorted(consumer_returns, key=lambda c: c.task_id) == [
+        returned(2, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0,
+                 end=0.0, message=msg),
+        returned(3, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0,
+                 end=0.0, message=msg),
+    ]
+    assert cmds[-1] == returned(1, "w1", exit_code=1, python_error=tb)
+    assert len(cmds) == 3
+    # a consumer submitted later fails at once
+    assert step(s, submit(spec(4, inputs=["pyres-1"]))) == [
+        returned(4, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0,
+                 end=0.0, message=msg)]
+    assert s.unfinished() == 0
+
+
+def test_python_task_result_inline() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1))
+    assert step(s, submit(spec(1, python_payload=b"fn"))) == [
+        run(s, "w1", 1, python_output="pyout-1-0")]
+    assert step(s, done("w1", 1, python_result=b"\x80\x05K*.")) == [
+        returned(1, "w1", python_result=b"\x80\x05K*.")]
+
+
+def test_python_task_large_result_is_retrieved() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1))
+    step(s, submit(spec(1, python_payload=b"fn")))
+    cmds = step(s, done("w1", 1, outputs=[("pyout-1-0", 10_000_000)]))
+    assert cmds == [Retrieve(1, "w1", host("w1"), port("w1"), "pyout-1-0",
+                             f"{STAGING}/pyout-1-0", 10_000_000)]
+    assert s.tasks[1].state is TState.RETRIEVING
+    cmds = step(s, RetrievalDone(retrieval_id=1, ok=True, size=10_000_000))
+    assert cmds == [Send("w1", Unlink(name="pyout-1-0")),
+                    returned(1, "w1", python_result_path=f"{STAGING}/pyout-1-0")]
+    assert s.stats.bytes_received == 10_000_000
+
+
+# ------------------------------------------------------------------ cancel
+
+
+def test_cancel_running_task_kills_it_and_frees_the_worker() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1), submit(spec(1)), submit(spec(2)))
+    assert s.tasks[1].state is TState.RUNNING and s.tasks[2].state is TState.READY
+    cmds = step(s, TaskCancelled(task_id=1))
+    assert cmds == [
+        Send("w1", Kill(task_id=1)),
+        returned(1, "", result=int(TaskResult.CANCELLED), exit_code=-1, start=0.0, end=0.0,
+                 message="cancelled by the user"),
+        run(s, "w1", 2),
+    ]
+    assert step(s, done("w1", 1)) == []  # the killed attempt's late report is ignored
+    assert step(s, TaskCancelled(task_id=1)) == []  # cancelling twice does nothing
+    assert s.stats.tasks_failed == 1
+
+
+def test_cancel_ready_and_staging_tasks() -> None:
+    s = fresh()
+    step(s, buffer("buf", 10), join("w1", cores=1))
+    assert step(s, submit(spec(1, inputs=["buf"]))) == [fetch("w1", 1, "buf", MANAGER, 10)]
+    step(s, submit(spec(2)))
+    cancelled = dict(result=int(TaskResult.CANCELLED), exit_code=-1, start=0.0, end=0.0,
+                     message="cancelled by the user")
+    assert step(s, TaskCancelled(task_id=2)) == [returned(2, "", **cancelled)]  # type: ignore[arg-type]
+    # staging: no Kill (nothing runs yet); the fetch that arrives later starts nothing
+    assert step(s, TaskCancelled(task_id=1)) == [returned(1, "", **cancelled)]  # type: ignore[arg-type]
+    assert step(s, ready("w1", "buf", 10, 1)) == []
+    assert s.workers["w1"].free == s.workers["w1"].total
+
+
+# ------------------------------------------------------------------ outputs and fetch_file
+
+
+def test_local_file_output_is_retrieved_before_return() -> None:
+    s = fresh()
+    step(s, FileDeclared(spec=FileSpec(name="out1", kind="file", path="/home/u/out.txt")))
+    step(s, join("w1"), submit(spec(1, outputs=["out1"])))
+    cmds = step(s, done("w1", 1, outputs=[("out1", 42)]))
+    assert cmds == [Retrieve(1, "w1", host("w1"), port("w1"), "out1", "/home/u/out.txt", 42)]
+    assert s.tasks[1].state is TState.RETRIEVING
+    assert step(s, RetrievalDone(retrieval_id=1, ok=True, size=42, seconds=0.1)) == [
+        returned(1, "w1")]
+    assert s.stats.bytes_received == 42 and s.stats.transfers_received == 1
+    assert s.files["out1"].at_manager
+
+
+def test_task_level_output_is_unlinked_after_retrieval() -> None:
+    s = fresh()
+    step(s, FileDeclared(spec=FileSpec(name="out1", kind="file", path="/tmp/o",
+                                       cache_level=int(CacheLevel.TASK))))
+    step(s, join("w1"), submit(spec(1, outputs=["out1"])))
+    step(s, done("w1", 1, outputs=[("out1", 5)]))
+    assert step(s, RetrievalDone(retrieval_id=1, ok=True, size=5)) == [
+        Send("w1", Unlink(name="out1")), returned(1, "w1")]
+
+
+def test_failed_retrieval_is_an_output_transfer_error() -> None:
+    s = fresh()
+    step(s, FileDeclared(spec=FileSpec(name="out1", kind="file", path="/home/u/out.txt")))
+    step(s, join("w1"), submit(spec(1, outputs=["out1"])))
+    step(s, done("w1", 1, outputs=[("out1", 42)]))
+    assert step(s, RetrievalDone(retrieval_id=1, ok=False, error="refused")) == [
+        returned(1, "w1", result=int(TaskResult.OUTPUT_TRANSFER_ERROR),
+                 message="could not retrieve output out1: refused")]
+    assert s.stats.bytes_received == 0
+
+
+def test_fetch_file_of_a_temp() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    cmds = step(s, FetchRequested(request_id=7, name="t1"))
+    assert cmds == [Retrieve(1, "w1", host("w1"), port("w1"), "t1", f"{STAGING}/t1", 100)]
+    # a second request while the first is in flight joins it
+    assert step(s, FetchRequested(request_id=8, name="t1")) == []
+    assert step(s, RetrievalDone(retrieval_id=1, ok=True, size=100)) == [
+        FetchDone(7, f"{STAGING}/t1"), FetchDone(8, f"{STAGING}/t1")]
+    assert s.stats.bytes_received == 100
+    # now the manager has it: answered at once
+    assert step(s, FetchRequested(request_id=9, name="t1")) == [FetchDone(9, f"{STAGING}/t1")]
+
+
+def test_fetch_file_of_an_unknown_file() -> None:
+    s = fresh()
+    (cmd,) = step(s, FetchRequested(request_id=1, name="nope"))
+    assert isinstance(cmd, FetchDone) and cmd.request_id == 1 and cmd.path is None
+    assert "nope" in cmd.error
+
+
+def test_fetch_file_of_a_temp_not_made_yet_waits_for_its_producer() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1), temp("t1"), submit(spec(1, outputs=["t1"])))
+    assert step(s, FetchRequested(request_id=3, name="t1")) == []
+    cmds = step(s, done("w1", 1, outputs=[("t1", 9)]))
+    assert cmds == [Retrieve(1, "w1", host("w1"), port("w1"), "t1", f"{STAGING}/t1", 9),
+                    returned(1, "w1")]
+    assert step(s, RetrievalDone(retrieval_id=1, ok=True, size=9)) == [
+        FetchDone(3, f"{STAGING}/t1")]
+
+
+def test_temp_at_the_manager_is_served_by_it_without_peers() -> None:
+    s = fresh()
+    s.tune.peer_transfers = False
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    step(s, FetchRequested(request_id=1, name="t1"), RetrievalDone(retrieval_id=1, ok=True,
+                                                                   size=100))
+    step(s, submit(spec(2)))  # w1 busy
+    step(s, join("w2", cores=1))
+    assert step(s, submit(spec(3, inputs=["t1"]))) == [fetch("w2", 1, "t1", MANAGER, 100)]
+    assert step(s, ready("w2", "t1", 100, 1)) == [run(s, "w2", 3)]
+    assert s.stats.bytes_sent == 100 and s.stats.bytes_peer == 0
+    assert s.stats.bytes_received == 100
+
+
+def test_stats_count_where_the_bytes_went() -> None:
+    s = fresh()
+    step(s, buffer("buf", 10), join("w1", cores=1))
+    step(s, FileDeclared(spec=FileSpec(name="out", kind="file", path="/o")))
+    step(s, temp("t1"), submit(spec(1, inputs=["buf"], outputs=["t1"])))  # buf: manager -> w1
+    step(s, ready("w1", "buf", 10, 1))
+    step(s, done("w1", 1, outputs=[("t1", 100)]))
+    step(s, submit(spec(2)), join("w2", cores=1))  # w1 busy
+    step(s, submit(spec(3, inputs=["t1"], outputs=["out"])))  # t1: w1 -> w2
+    step(s, ready("w2", "t1", 100, 2))
+    step(s, done("w2", 3, outputs=[("out", 1000)]))  # out: w2 -> manager
+    step(s, RetrievalDone(retrieval_id=1, ok=True, size=1000))
+    st = s.stats
+    assert (st.bytes_sent, st.transfers_sent) == (10, 1)
+    assert (st.bytes_peer, st.transfers_peer) == (100, 1)
+    assert (st.bytes_received, st.transfers_received) == (1000, 1)
+    assert s.workers["w1"].bytes_out == 100 and s.workers["w2"].bytes_in == 100
+    assert s.workers["w2"].bytes_out == 1000
+
+
+def test_temp_goes_through_the_manager_when_peer_transfers_are_off() -> None:
+    s = fresh()
+    s.tune.peer_transfers = False
+    step(s, join("w1", cores=1))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    step(s, submit(spec(2)))  # w1 busy
+    step(s, join("w2", cores=1))
+    # the temp is only on w1: it must first come to the manager
+    cmds = step(s, submit(spec(3, inputs=["t1"])))
+    assert cmds == [Retrieve(1, "w1", host("w1"), port("w1"), "t1", f"{STAGING}/t1", 100)]
+    assert s.tasks[3].state is TState.STAGING
+    cmds = step(s, RetrievalDone(retrieval_id=1, ok=True, size=100))
+    assert cmds == [fetch("w2", 1, "t1", MANAGER, 100)]
+    assert step(s, ready("w2", "t1", 100, 1)) == [run(s, "w2", 3)]
+    assert (s.stats.bytes_received, s.stats.bytes_sent, s.stats.bytes_peer) == (100, 100, 0)
+
+
+def test_a_loss_is_logged_before_the_recovery_it_causes() -> None:
+    """The consumer ran on the worker that held its only input: loss first, then recovery."""
+    s = fresh()
+    step(s, join("w1", cores=2))
+    produce_temp_on(s, "w1", 1, "t1", 100)
+    assert step(s, submit(spec(2, inputs=["t1"]))) == [run(s, "w1", 2)]
+    step(s, join("w2", cores=2))
+    out = s.handle(WorkerLeft(worker_id="w1", reason="killed"))
+    validate(s)
+    logs = [(c.kind, c.fields) for c in out if isinstance(c, Log)]
+    lost = logs.index(("FILE", ("t1", "LOST", "last copy was on w1")))
+    recovery = next(i for i, (k, f) in enumerate(logs) if k == "TASK" and f[1] == "RECOVERY")
+    assert logs[recovery][1][0] == 1
+    assert lost < recovery
+    assert [c for c in out if not isinstance(c, Log)] == [run(s, "w2", 1, attempt=1)]
+    assert s.tasks[2].state is TState.WAITING and s.tasks[2].attempt == 1
+    assert s.stats.files_lost == 1 and s.stats.tasks_recovery == 1
+    assert step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)])) == [
+        run(s, "w2", 2, attempt=1)]
+    assert step(s, done("w2", 2, attempt=1)) == [returned(2, "w2", attempts=2)]
+
+
+def test_missing_manager_copy_fails_the_consumer() -> None:
+    s = fresh()
+    step(s, buffer("buf", 10), join("w1", cores=1))
+    assert step(s, submit(spec(1, inputs=["buf"]))) == [fetch("w1", 1, "buf", MANAGER, 10)]
+    cmds = step(s, ReplicaFailed(worker_id="w1", name="buf", transfer_id=1,
+                                 reason="source: no such file /staging/buf"))
+    assert cmds == [returned(
+        1, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0, end=0.0,
+        message="input buf could not be read at the manager: source: no such file /staging/buf")]
+    assert not s.files["buf"].at_manager
+
+
+def test_unknown_cached_files_are_unlinked_known_ones_recorded() -> None:
+    s = fresh()
+    step(s, temp("t1"))
+    cmds = step(s, join("w1", cached=[("t1", 7), ("junk", 3)]))
+    assert cmds == [Send("w1", Unlink(name="junk"))]
+    assert s.replicas.ready_workers("t1") == ["w1"]
+    assert s.files["t1"].size == 7
+
+
+def test_stale_and_unknown_events_are_harmless() -> None:
+    s = fresh()
+    step(s, join("w1", cores=1), submit(spec(1)))
+    assert step(
+        s,
+        WorkerLeft(worker_id="nobody", reason="?"),
+        ReplicaReady(worker_id="nobody", name="x", size=1, seconds=0.0, transfer_id=0),
+        ReplicaFailed(worker_id="nobody", name="x", transfer_id=99, reason="source: ?"),
+        RetrievalDone(retrieval_id=42, ok=True, size=5),
+        TaskCancelled(task_id=99),
+        done("w1", 99),
+        done("w1", 1, attempt=5),
+        Tick(now=100.0),
+    ) == []
+    assert s.tasks[1].state is TState.RUNNING
+    assert step(s, WorkerLeft(worker_id="w1", reason="gone")) == []
+    assert step(s, WorkerLeft(worker_id="w1", reason="again")) == []
+    assert s.stats.workers_lost == 1 and s.stats.workers_connected == 0
