@@ -153,8 +153,16 @@ class PythonTask(Task):
         self.function = fn
         self.payload = cloudpickle.dumps((fn, args, kwargs))
         self.temp_output = False
+        self.exec_mode = ""
         self._output_file: File | None = None
         self.remote_traceback = ""
+
+    def set_exec_mode(self, mode: str) -> None:
+        """How the worker runs the call: "direct" (a warm executor process, reused; the
+        default) or "fork" (a fresh forked child, so no process state leaks between tasks)."""
+        if mode not in ("direct", "fork"):
+            raise ValueError("exec mode must be 'direct' or 'fork'")
+        self.exec_mode = mode
 
     def enable_temp_output(self) -> None:
         """Keep the return value on the worker; pass ``output_file`` to later tasks."""

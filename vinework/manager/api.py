@@ -267,6 +267,7 @@ class Manager:
             env=sorted(t.env.items()), cores=t.cores, memory=t.memory, disk=t.disk, gpus=t.gpus,
             priority=t.priority, max_retries=t.max_retries, time_max=t.time_max, tag=t.tag,
             category=t.category, python_payload=payload, python_output=py_out, temp_output=temp,
+            python_mode=getattr(t, "exec_mode", ""),
         )
         self._tasks[t.id] = t
         self._server.post(TaskSubmitted(now=time.monotonic(), spec=spec))

@@ -34,6 +34,7 @@ class TaskSpec:
     python_payload: bytes | None = None
     python_output: str = ""  # cache name of the PythonTask's result file
     temp_output: bool = False  # keep the PythonTask's result on the worker
+    python_mode: str = ""  # "direct" | "fork" | "" (the manager's python-exec setting)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -579,6 +579,7 @@ class ManagerState:
             inputs=list(s.inputs), outputs=list(s.outputs), env=list(s.env),
             cores=a.cores, memory=a.memory, disk=a.disk, gpus=a.gpus, time_max=s.time_max,
             python_payload=s.python_payload, python_output=py_out,
+            python_mode=(s.python_mode or self.tune.python_exec) if s.python_payload else "",
         ))
         self._task_log(t, "RUNNING")
 

@@ -54,6 +54,7 @@ _KNOBS: dict[str, tuple[str, Any]] = {
     "checkpoint-dir": ("checkpoint_dir", str),
     "prune": ("prune", bool),
     "hungry-minimum": ("hungry_minimum", int),
+    "python-exec": ("python_exec", str),
 }
 
 
@@ -71,6 +72,7 @@ class Tunables:
     prune: bool = True
     hungry_minimum: int = 10
     peer_transfers: bool = True
+    python_exec: str = "direct"  # "direct": warm executors; "fork": a forked child per call
 
     @staticmethod
     def names() -> list[str]:
@@ -85,6 +87,8 @@ class Tunables:
             v = conv(value)
         except (TypeError, ValueError):
             raise ValueError(f"bad value {value!r} for tunable {name!r}") from None
+        if attr == "python_exec" and v not in ("direct", "fork"):
+            raise ValueError("python-exec must be 'direct' or 'fork'")
         if attr == "durability" and v not in ("manual", "auto"):
             raise ValueError("durability must be 'manual' or 'auto'")
         if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:

@@ -1,4 +1,10 @@
-"""Warm interpreters for PythonTasks: a fork server that runs each call in a forked child.
+"""Warm interpreters for PythonTasks: a fork server, and direct executors.
+
+Two ways to run a call, both without paying an interpreter start-up:
+"direct" (the default): a pool of warm executor processes, one per core, each
+running one call at a time in-process and restoring its working directory,
+environment and output afterwards; "fork": a fork server that runs each call
+in a forked child, for full isolation of process state.
 
 The worker starts one fork server process (``python -m vinework.worker.forkserver FD``)
 that has cloudpickle (and any hoisted modules, such as numpy) already imported.
@@ -57,6 +63,41 @@ class Framer:
         return out
 
 
+def call_payload(payload: bytes, out_path: str, inline_max: int) -> list[Any]:
+    """Unpickle ``(fn, args, kwargs)``, call it, and build the reply [kind, data, traceback]."""
+    import cloudpickle
+
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+        value = fn(*args, **kwargs)
+    except BaseException as e:  # the task's own failure, SystemExit included
+        tb = traceback.format_exc()
+        try:
+            blob = cloudpickle.dumps(e)
+        except Exception:
+            blob = b""
+        return ["error", blob, tb]
+    try:
+        data = cloudpickle.dumps(value)
+    except Exception as e:
+        tb = traceback.format_exc()
+        err = TypeError(f"the return value could not be pickled: {e}")
+        return ["error", cloudpickle.dumps(err), f"{err}\n{tb}"]
+    if out_path and (inline_max < 0 or len(data) > inline_max):
+        with open(out_path, "wb") as f:
+            f.write(data)
+        return ["file", len(data), ""]
+    return ["inline", data, ""]
+
+
+def _redirect_output(sandbox: str) -> None:
+    out = os.open(os.path.join(sandbox, ".vinework-output"),
+                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+
+
 def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
            env: list[list[str]], wfd: int) -> None:
     """Run in the forked child: never returns."""
@@ -68,39 +109,10 @@ def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
         os.chdir(sandbox)
         for k, v in env:
             os.environ[k] = v
-        out = os.open(os.path.join(sandbox, ".vinework-output"),
-                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
+        _redirect_output(sandbox)
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-        import cloudpickle
-
-        try:
-            fn, args, kwargs = cloudpickle.loads(payload)
-            value = fn(*args, **kwargs)
-        except BaseException as e:  # the task's own failure
-            tb = traceback.format_exc()
-            try:
-                blob = cloudpickle.dumps(e)
-            except Exception:
-                blob = b""
-            reply = ["error", blob, tb]
-        else:
-            try:
-                data = cloudpickle.dumps(value)
-            except Exception as e:
-                tb = traceback.format_exc()
-                err = TypeError(f"the return value could not be pickled: {e}")
-                reply = ["error", cloudpickle.dumps(err), f"{err}\n{tb}"]
-            else:
-                if out_path and (inline_max < 0 or len(data) > inline_max):
-                    with open(out_path, "wb") as f:
-                        f.write(data)
-                    reply = ["file", len(data), ""]
-                else:
-                    reply = ["inline", data, ""]
+        reply = call_payload(payload, out_path, inline_max)
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -118,6 +130,60 @@ def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
         except Exception:
             pass
     os._exit(code)
+
+
+def serve_direct(fd: int) -> None:
+    """A warm executor: run one call at a time in this process, no fork.
+
+    The working directory, environment and stdout/stderr are restored after
+    every call. A call that kills the process (``os._exit``, a crash) is seen by
+    the worker as end-of-file and reported; the worker starts a fresh executor.
+    """
+    ctl = socket.socket(fileno=fd)
+    framer = Framer()
+    home = os.getcwd()
+    base_env = dict(os.environ)
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        data = ctl.recv(1 << 20)
+        if not data:
+            return
+        for req in framer.feed(data):
+            if req[0] == "hoist":
+                _hoist(req[1])
+                continue
+            if req[0] != "run":
+                continue
+            _, task_id, sandbox, payload, out_path, inline_max, env = req
+            try:
+                os.chdir(sandbox)
+                os.environ.update({k: v for k, v in env})
+                _redirect_output(sandbox)
+                reply = call_payload(payload, out_path, inline_max)
+            except BaseException:  # the sandbox itself was unusable
+                reply = ["error", b"", traceback.format_exc()]
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:
+                        pass
+                os.dup2(saved_out, 1)
+                os.dup2(saved_err, 2)
+                os.chdir(home)
+                if os.environ != base_env:
+                    os.environ.clear()
+                    os.environ.update(base_env)
+            ctl.sendall(pack(["done", task_id, 0, *reply]))
+
+
+def _hoist(modules: list[str]) -> None:
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except Exception:
+            pass
 
 
 def serve(fd: int) -> None:
@@ -175,11 +241,7 @@ def serve(fd: int) -> None:
                         if victim is not None:
                             _kill(victim)
                     elif op == "hoist":
-                        for mod in req[1]:
-                            try:
-                                importlib.import_module(mod)
-                            except Exception:
-                                pass
+                        _hoist(req[1])
             else:
                 rfd = key.fd
                 task_id, pid, buf = children[rfd]
@@ -215,11 +277,11 @@ def _kill(pid: int) -> None:
 
 
 if __name__ == "__main__":
-    for m in sys.argv[2:]:
-        try:
-            importlib.import_module(m)
-        except Exception:
-            pass
-    import cloudpickle  # noqa: F401  (warm it before the first fork)
+    # python -m vinework.worker.forkserver FD fork|direct [MODULE...]
+    _hoist(sys.argv[3:])
+    import cloudpickle  # noqa: F401  (warm it before the first call)
 
-    serve(int(sys.argv[1]))
+    if sys.argv[2] == "direct":
+        serve_direct(int(sys.argv[1]))
+    else:
+        serve(int(sys.argv[1]))

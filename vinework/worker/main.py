@@ -17,8 +17,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,7 +43,7 @@ from ..protocol import (
 )
 from . import sandbox as sb
 from .cache import Cache, CacheError, check_cache_name
-from .forkserver import Framer, pack
+from .pypool import PythonRunner
 from .transfer import TransferError, TransferServer, fetch_file
 
 log = logging.getLogger("vinework.worker")
@@ -106,7 +104,6 @@ class Worker:
                                                           thread_name_prefix="vine-fetch")
         self.running: dict[int, asyncio.Task[None]] = {}
         self.procs: dict[int, sb.CommandProcess] = {}
-        self.py_waiters: dict[int, asyncio.Future[list[object]]] = {}
         self.writer: asyncio.StreamWriter | None = None
         self._outq: list[Message] = []
         self._flush_scheduled = False
@@ -114,9 +111,8 @@ class Worker:
         self.keepalive = 5.0
         self.last_recv = time.monotonic()
         self.tasks_run = 0
-        self.forkserver: subprocess.Popen[bytes] | None = None
-        self.fs_sock: socket.socket | None = None
         self.hoisted: list[str] = list(opts.hoist)
+        self.python: PythonRunner | None = None  # warm interpreters, made on first use
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -129,12 +125,9 @@ class Worker:
         self.server.close()
         for p in self.procs.values():
             p.kill()
-        if self.forkserver is not None:
-            with contextlib.suppress(OSError):
-                self.fs_sock.close()  # type: ignore[union-attr]
-            self.forkserver.kill()
-            self.forkserver.wait()
-            self.forkserver = None
+        if self.python is not None:
+            self.python.close()
+            self.python = None
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.py_sandboxes != self.sandboxes:
             shutil.rmtree(self.py_sandboxes, ignore_errors=True)
@@ -212,9 +205,9 @@ class Worker:
             p.kill()
         for t in self.running.values():
             t.cancel()
-        if self.fs_sock is not None:
-            for tid in list(self.py_waiters):
-                self._fs_send(["kill", tid])
+        if self.python is not None:
+            for tid in list(self.python.waiters):
+                self.python.kill(tid)
         self.running.clear()
 
     async def _heartbeats(self) -> None:
@@ -258,8 +251,8 @@ class Worker:
             p = self.procs.get(msg.task_id)
             if p is not None:
                 p.kill()
-            if msg.task_id in self.py_waiters:
-                self._fs_send(["kill", msg.task_id])
+            if self.python is not None:
+                self.python.kill(msg.task_id)
             t = self.running.pop(msg.task_id, None)
             if t is not None:
                 t.cancel()
@@ -267,9 +260,10 @@ class Worker:
             self.keepalive = msg.keepalive_interval
             self.manager_transfer_port = msg.transfer_port
         elif isinstance(msg, Hoist):
-            self.hoisted.extend(m for m in msg.modules if m not in self.hoisted)
-            if self.fs_sock is not None:
-                self._fs_send(["hoist", list(msg.modules)])
+            if self.python is not None:
+                self.python.hoist(list(msg.modules))
+            else:
+                self.hoisted.extend(m for m in msg.modules if m not in self.hoisted)
         elif isinstance(msg, Heartbeat):
             pass
         else:
@@ -421,29 +415,29 @@ class Worker:
                    python_result=python_result)
 
     async def _run_python(self, msg: RunTask, box: str, start: float) -> None:
-        self._ensure_forkserver()
+        if self.python is None:
+            self.python = PythonRunner(self.resources[0], self.hoisted)
+        runner = self.python
         out_path = self.cache.part_path()
         keep = msg.python_output.startswith("temp-")
-        fut: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
-        self.py_waiters[msg.task_id] = fut
         env = [[k, v] for k, v in msg.env] + [["CORES", str(msg.cores)]]
-        self._fs_send(["run", msg.task_id, box, msg.python_payload, out_path,
-                       -1 if keep else INLINE_RESULT_MAX, env])
+        request = ["run", msg.task_id, box, msg.python_payload, out_path,
+                   -1 if keep else INLINE_RESULT_MAX, env]
         timer = None
         timed_out = False
         if msg.time_max > 0:
             def on_time() -> None:
                 nonlocal timed_out
                 timed_out = True
-                self._fs_send(["kill", msg.task_id])
+                runner.kill(msg.task_id)
             timer = asyncio.get_running_loop().call_later(msg.time_max, on_time)
         try:
-            _, _, status, kind, data, tb = await fut
+            _, _, status, kind, data, tb = await runner.run(
+                msg.task_id, msg.python_mode or "direct", request)
         except asyncio.CancelledError:
-            self._fs_send(["kill", msg.task_id])
+            runner.kill(msg.task_id)
             raise
         finally:
-            self.py_waiters.pop(msg.task_id, None)
             if timer is not None:
                 timer.cancel()
         output = sb.read_output(box)
@@ -483,55 +477,6 @@ class Worker:
                            exit_code=code, output=output, start=start, end=time.time(),
                            outputs=outputs or [], python_result=python_result,
                            python_error=python_error, message=message))
-
-    # ------------------------------------------------------------------ fork server
-    def _ensure_forkserver(self) -> None:
-        if self.forkserver is not None and self.forkserver.poll() is None:
-            return
-        parent, child = socket.socketpair()
-        self.forkserver = subprocess.Popen(
-            [sys.executable, "-m", "vinework.worker.forkserver", str(child.fileno()),
-             *self.hoisted],
-            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-        )
-        child.close()
-        parent.setblocking(False)
-        self.fs_sock = parent
-        framer = Framer()
-        loop = asyncio.get_running_loop()
-
-        def readable() -> None:
-            try:
-                data = parent.recv(1 << 20)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                loop.remove_reader(parent.fileno())
-                for fut in self.py_waiters.values():
-                    if not fut.done():
-                        fut.set_result(["done", 0, 9, "crash", b"", "fork server died"])
-                self.forkserver = None
-                return
-            for frame in framer.feed(data):
-                waiter = self.py_waiters.get(frame[1])
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(frame)
-
-        loop.add_reader(parent.fileno(), readable)
-
-    def _fs_send(self, req: list[object]) -> None:
-        if self.fs_sock is None:
-            return
-        data = pack(req)
-        self.fs_sock.setblocking(True)
-        try:
-            self.fs_sock.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self.fs_sock.setblocking(False)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -1,0 +1,184 @@
+"""The worker's side of its warm Python interpreters (see ``forkserver.py``).
+
+``PythonRunner.run(task_id, mode, request)`` sends one call to a warm
+interpreter and waits for its reply frame ``["done", task_id, status, kind,
+data, traceback]``. Mode "direct" uses a pool of executor processes (one call
+at a time each, started lazily up to the pool size); mode "fork" uses one fork
+server that forks a child per call. ``kill(task_id)`` stops a call: the fork
+server kills its child; a direct executor is killed and replaced. All of it
+runs on the worker's event loop: readers on socketpairs, no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from .forkserver import Framer, pack
+
+CRASH = ["done", 0, 9, "crash", b"", "the Python interpreter running the task died"]
+
+
+class _Interpreter:
+    """One warm process and the socket to it."""
+
+    def __init__(self, mode: str, hoisted: list[str], on_frame: Any, on_eof: Any) -> None:
+        parent, child = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vinework.worker.forkserver", str(child.fileno()), mode,
+             *hoisted],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        parent.setblocking(False)
+        self.sock = parent
+        self.framer = Framer()
+        self.busy_with: int | None = None
+        self.alive = True
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                data = parent.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                on_eof(self)
+                return
+            for frame in self.framer.feed(data):
+                on_frame(self, frame)
+
+        loop.add_reader(parent.fileno(), readable)
+
+    def send(self, req: list[Any]) -> None:
+        if not self.alive:
+            return
+        self.sock.setblocking(True)
+        try:
+            self.sock.sendall(pack(req))
+        except OSError:
+            pass
+        finally:
+            self.sock.setblocking(False)
+
+    def close(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+
+
+class PythonRunner:
+    """Warm interpreters of both modes for one worker."""
+
+    def __init__(self, pool_size: int, hoisted: list[str]) -> None:
+        self.pool_size = max(1, pool_size)
+        self.hoisted = hoisted
+        self.idle: list[_Interpreter] = []
+        self.direct: list[_Interpreter] = []
+        self.forkserver: _Interpreter | None = None
+        self.waiters: dict[int, asyncio.Future[list[Any]]] = {}
+        self.where: dict[int, _Interpreter] = {}
+        self._free = asyncio.Condition()
+
+    # -------------------------------------------------------------- replies
+    def _on_frame(self, interp: _Interpreter, frame: list[Any]) -> None:
+        fut = self.waiters.get(frame[1])
+        if fut is not None and not fut.done():
+            fut.set_result(frame)
+
+    def _on_eof(self, interp: _Interpreter) -> None:
+        if interp is self.forkserver:
+            self.forkserver = None
+            victims = [t for t, i in self.where.items() if i is interp]
+        else:
+            if interp in self.direct:
+                self.direct.remove(interp)
+            if interp in self.idle:
+                self.idle.remove(interp)
+            victims = [interp.busy_with] if interp.busy_with is not None else []
+        for tid in victims:
+            fut = self.waiters.get(tid)
+            if fut is not None and not fut.done():
+                fut.set_result(list(CRASH))
+        asyncio.ensure_future(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._free:
+            self._free.notify_all()
+
+    # -------------------------------------------------------------- running
+    async def _acquire_direct(self) -> _Interpreter:
+        async with self._free:
+            while True:
+                if self.idle:
+                    return self.idle.pop()
+                if len(self.direct) < self.pool_size:
+                    interp = _Interpreter("direct", self.hoisted, self._on_frame, self._on_eof)
+                    self.direct.append(interp)
+                    return interp
+                await self._free.wait()
+
+    async def run(self, task_id: int, mode: str, request: list[Any]) -> list[Any]:
+        """Run one call; returns the reply frame (a crash frame if the interpreter died)."""
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiters[task_id] = fut
+        interp: _Interpreter | None = None
+        try:
+            if mode == "fork":
+                if self.forkserver is None or not self.forkserver.alive:
+                    self.forkserver = _Interpreter("fork", self.hoisted, self._on_frame,
+                                                   self._on_eof)
+                interp = self.forkserver
+            else:
+                interp = await self._acquire_direct()
+                interp.busy_with = task_id
+            self.where[task_id] = interp
+            interp.send(request)
+            return await fut
+        finally:
+            self.waiters.pop(task_id, None)
+            self.where.pop(task_id, None)
+            if interp is not None and interp is not self.forkserver:
+                interp.busy_with = None
+                if interp.alive:
+                    self.idle.append(interp)
+                    await self._notify()
+
+    def kill(self, task_id: int) -> None:
+        """Stop a running call (time limit, cancel)."""
+        interp = self.where.get(task_id)
+        if interp is None:
+            return
+        if interp is self.forkserver:
+            interp.send(["kill", task_id])
+        else:
+            interp.close()
+            self._on_eof(interp)
+
+    def hoist(self, modules: list[str]) -> None:
+        new = [m for m in modules if m not in self.hoisted]
+        self.hoisted.extend(new)
+        if new:
+            for interp in [*self.direct, *([self.forkserver] if self.forkserver else [])]:
+                interp.send(["hoist", new])
+
+    def close(self) -> None:
+        for interp in [*self.direct, *([self.forkserver] if self.forkserver else [])]:
+            interp.close()
+        self.direct.clear()
+        self.idle.clear()
+        self.forkserver = None
