@@ -3,7 +3,8 @@
 A sandbox is a fresh directory per task attempt. Inputs are hard links to
 cache files (symlinks across filesystems), placed under their remote names;
 outputs are moved from the sandbox into the cache afterwards. Command tasks
-run under ``/bin/sh -c`` in their own process group, and are reaped through
+run under ``/bin/sh -c`` (or exec'd directly when the command is plain words
+with nothing for a shell to expand) in their own process group, and are reaped through
 a pidfd registered with the event loop: no thread per child, no SIGCHLD.
 """
 
@@ -12,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
+
+# a command made only of plain words separated by single spaces needs no shell
+_PLAIN = re.compile(r"[A-Za-z0-9_./,:=+@%-]+(?: [A-Za-z0-9_./,:=+@%-]+)*")
 
 OUTPUT_NAME = ".vinework-output"
 OUTPUT_MAX = 1 << 20  # bytes of stdout+stderr returned with a task
@@ -94,15 +99,28 @@ class CommandProcess:
         out = os.open(os.path.join(sandbox, OUTPUT_NAME), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                       0o644)
         try:
-            self.proc = subprocess.Popen(
-                ["/bin/sh", "-c", command], cwd=sandbox, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=out, start_new_session=True, close_fds=True,
-            )
+            argv = ["/bin/sh", "-c", command]
+            if _PLAIN.fullmatch(command):
+                # nothing for a shell to do: exec the words directly (saves a shell start-up)
+                argv = command.split(" ")
+            try:
+                self.proc = self._spawn(argv, sandbox, env, out)
+            except OSError:
+                if argv[0] == "/bin/sh":
+                    raise
+                # not a program (a builtin such as cd, or not found): let the shell say so
+                self.proc = self._spawn(["/bin/sh", "-c", command], sandbox, env, out)
         finally:
             os.close(out)
         self.pid = self.proc.pid
         self.start = time.time()
         self.killed_for_time = False
+
+    @staticmethod
+    def _spawn(argv: list[str], sandbox: str, env: dict[str, str], out: int
+               ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, cwd=sandbox, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, start_new_session=True, close_fds=True)
 
     async def wait(self) -> int:
         """Wait for exit without threads; returns the raw wait status."""
