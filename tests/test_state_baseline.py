@@ -149,3 +149,17 @@ def test_failed_retrieval_is_retried() -> None:
     cmds = st.handle(RetrievalDone(now=6.0, retrieval_id=r2.retrieval_id, ok=True, size=SIZE,
                                    seconds=0.1))
     assert [d for d, _ in fetches(cmds)] == ["w3"]
+
+
+def test_undeclare_removes_the_managers_copy_of_a_temp(tmp_path: object) -> None:
+    import os
+
+    import vinework as vine
+
+    with vine.Manager(port=0, run_info_path=str(tmp_path)) as m:
+        f = m.declare_temp()
+        copy = os.path.join(m.staging_dir, f.cache_name)
+        with open(copy, "wb") as out:  # as a retrieval to the manager leaves it
+            out.write(b"x" * 10)
+        m.undeclare_file(f)
+        assert not os.path.exists(copy)

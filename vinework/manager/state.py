@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import heapq
 import posixpath
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from ..constants import CacheLevel, TaskResult
 from ..protocol import Fetch, Kill, RunTask, TaskDone, Unlink
+from . import retrieval
 from .events import (
     Command,
     DiskReport,
     Event,
-    FetchDone,
     FetchRequested,
     FileDeclared,
     FileReleased,
@@ -48,7 +46,6 @@ from .events import (
     ReplicaFailed,
     ReplicaReady,
     RetrievalDone,
-    Retrieve,
     Send,
     TaskCancelled,
     TaskReported,
@@ -60,83 +57,13 @@ from .events import (
     WorkerJoined,
     WorkerLeft,
 )
+from .records import FileRecord, TaskRecord, TState, WorkerRecord, _RetrievalFor
 from .replicas import MANAGER, ReplicaTable
 from .scheduling import Candidate, Resources, choose_worker, could_ever_fit
 from .stats import ManagerStats, Tunables
 
 INLINE_RESULT_MAX = 4 * 1024 * 1024
 RETRYABLE_ON_ANOTHER_WORKER = (TaskResult.DISK_EXHAUSTION, TaskResult.FORSAKEN)
-
-
-class TState(Enum):
-    WAITING = "WAITING"
-    READY = "READY"
-    STAGING = "STAGING"
-    RUNNING = "RUNNING"
-    RETRIEVING = "RETRIEVING"
-    DONE = "DONE"
-
-
-@dataclass(slots=True)
-class TaskRecord:
-    spec: TaskSpec
-    seq: int
-    state: TState = TState.WAITING
-    worker: str | None = None
-    alloc: Resources | None = None
-    attempt: int = 0
-    retries_used: int = 0
-    forsaken: int = 0
-    recovery: bool = False
-    returned: bool = False
-    succeeded: bool = False
-    missing: set[str] = field(default_factory=set)  # inputs with no copy (WAITING)
-    staging: set[str] = field(default_factory=set)  # inputs not yet on the worker (STAGING)
-    retrievals: set[int] = field(default_factory=set)
-    done: TaskDone | None = None
-    done_worker: str = ""
-    hostname: str = ""
-    python_result: bytes | None = None
-    result_path: str = ""
-    message: str = ""
-
-
-@dataclass(slots=True)
-class FileRecord:
-    spec: FileSpec
-    size: int
-    at_manager: bool  # the manager can serve it (local file, buffer, checkpoint)
-    manager_path: str | None
-    producer: int | None = None
-    consumers: set[int] = field(default_factory=set)  # unfinished tasks that read it
-    waiting: set[int] = field(default_factory=set)  # WAITING tasks that miss it
-    produced: bool = False
-    failed_producer: int | None = None
-    fetch_requests: list[int] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class WorkerRecord:
-    worker_id: str
-    host: str
-    transfer_port: int
-    hostname: str
-    total: Resources
-    free: Resources
-    running: set[int] = field(default_factory=set)
-    disk_used: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    tasks_done: int = 0
-
-
-@dataclass(slots=True)
-class _RetrievalFor:
-    kind: str  # "task" | "fetch" | "python"
-    name: str
-    worker: str
-    task_id: int = 0
-    dest: str = ""
 
 
 class ManagerState:
@@ -759,122 +686,12 @@ class ManagerState:
         t.python_result = d.python_result  # a PythonTask's pickled exception
         self._finish(t, result, d.exit_code, d.output)
 
-    def _retrieve(self, t: TaskRecord, name: str, dest: str, kind: str) -> None:
-        rid = self._start_retrieval(name, t.worker or "", dest, kind, t.spec.task_id)
-        t.retrievals.add(rid)
-
-    def _start_retrieval(self, name: str, wid: str, dest: str, kind: str, task_id: int = 0) -> int:
-        rid = self._next_retrieval
-        self._next_retrieval += 1
-        w = self.workers[wid]
-        self._retrievals[rid] = _RetrievalFor(kind, name, wid, task_id, dest)
-        f = self.files.get(name)
-        self._out.append(Retrieve(rid, wid, w.host, w.transfer_port, name, dest,
-                                  f.size if f else -1))
-        return rid
-
-    def _on_retrieval_done(self, ev: RetrievalDone) -> None:
-        r = self._retrievals.pop(ev.retrieval_id, None)
-        if r is None:
-            return
-        w = self.workers.get(r.worker)
-        if ev.ok:
-            self.stats.bytes_received += ev.size
-            self.stats.transfers_received += 1
-            if w is not None:
-                w.bytes_out += ev.size
-            self._log("TRANSFER", r.name, "DONE", r.worker, MANAGER, ev.size, round(ev.seconds, 6))
-            self.durability.transfer_measured(ev.size, ev.seconds, to_manager=True)
-        else:
-            self._log("TRANSFER", r.name, "FAILED", r.worker, MANAGER, ev.error[:200])
-        if r.kind == "fetch" or r.kind == "checkpoint":
-            f = self.files.get(r.name)
-            if f is None:
-                return
-            if ev.ok:
-                f.at_manager, f.manager_path = True, r.dest
-                if r.kind == "checkpoint":
-                    self.stats.bytes_checkpointed += ev.size
-                    self.durability.checkpointed(r.name)
-                for req in f.fetch_requests:
-                    self._out.append(FetchDone(req, r.dest))
-                f.fetch_requests.clear()
-                self._retry_unsourced()  # transfers waiting for a manager copy can start
-            elif f.fetch_requests:
-                if self.replicas.ready_workers(r.name):
-                    reqs = list(f.fetch_requests)
-                    f.fetch_requests.clear()
-                    for req in reqs:
-                        self._serve_fetch(req, r.name)
-                else:
-                    for req in f.fetch_requests:
-                        self._out.append(FetchDone(req, None, f"could not fetch: {ev.error}"))
-                    f.fetch_requests.clear()
-            return
-        t = self.tasks.get(r.task_id)
-        if t is None or t.state is not TState.RETRIEVING or ev.retrieval_id not in t.retrievals:
-            return
-        t.retrievals.discard(ev.retrieval_id)
-        if ev.ok:
-            f = self.files.get(r.name)
-            if f is not None and r.kind == "task":
-                f.at_manager, f.manager_path = True, r.dest
-                if f.spec.cache_level <= CacheLevel.TASK and w is not None:
-                    self.replicas.remove(r.name, r.worker)
-                    self._send(r.worker, Unlink(name=r.name))
-            if r.kind == "python":
-                t.result_path = r.dest
-                if w is not None:
-                    self.replicas.remove(r.name, r.worker)
-                    self._send(r.worker, Unlink(name=r.name))
-        elif w is None:
-            # the worker went away with the outputs: run the task again
-            t.retrievals.clear()
-            t.worker = None
-            self._requeue(t)
-            return
-        else:
-            t.message = f"could not retrieve output {r.name}: {ev.error}"
-        if not t.retrievals:
-            t.worker = None
-            d = t.done
-            if t.message.startswith("could not retrieve"):
-                self._finish(t, TaskResult.OUTPUT_TRANSFER_ERROR, d.exit_code if d else -1,
-                             d.output if d else "")
-            else:
-                self._finish(t, TaskResult.SUCCESS, d.exit_code if d else 0, d.output if d else "")
-
-    # ================================================================ fetch_file
-    def _on_fetch_requested(self, ev: FetchRequested) -> None:
-        f = self.files.get(ev.name)
-        if f is None:
-            self._out.append(FetchDone(ev.request_id, None, f"unknown file {ev.name}"))
-            return
-        self._serve_fetch(ev.request_id, ev.name)
-
-    def _serve_fetch(self, req: int, name: str) -> None:
-        f = self.files[name]
-        if f.at_manager and f.manager_path:
-            self._out.append(FetchDone(req, f.manager_path))
-            return
-        holders = self.replicas.ready_workers(name)
-        if holders:
-            pending = [r for r in self._retrievals.values()
-                       if r.name == name and r.kind in ("fetch", "checkpoint")]
-            f.fetch_requests.append(req)
-            if not pending:
-                self._start_retrieval(name, holders[0],
-                                      posixpath.join(self.staging_dir, name), "fetch")
-            return
-        if f.failed_producer is not None:
-            self._out.append(FetchDone(req, None, f"producer task {f.failed_producer} failed"))
-            return
-        f.fetch_requests.append(req)
-        if f.producer is None:
-            self._out.append(FetchDone(req, None, f"no copy of {name} exists"))
-            f.fetch_requests.remove(req)
-            return
-        self._ensure_coming(name)
+    # ================================================================ retrieval.py
+    _retrieve = retrieval._retrieve
+    _start_retrieval = retrieval._start_retrieval
+    _on_retrieval_done = retrieval._on_retrieval_done
+    _on_fetch_requested = retrieval._on_fetch_requested
+    _serve_fetch = retrieval._serve_fetch
 
     # ================================================================ misc
     def _on_file_released(self, ev: FileReleased) -> None:
