@@ -64,7 +64,7 @@ SAMPLES: list[Message] = [
     RunTask(task_id=7, attempt=1, command="cat in > out", inputs=[["file-abc", "in"]],
             outputs=[["temp-7", "out"]], env=[["A", "1"], ["B", "two"]], cores=1, memory=500,
             disk=1000, gpus=0, time_max=60.0, python_payload=b"payload",
-            python_output="pyout-7-1", drop_after=["file-abc"]),
+            python_output="pyout-7-1", python_mode="fork"),
     RunTask(task_id=9, attempt=0, command="true", inputs=[], outputs=[], env=[], cores=4,
             memory=8000, disk=16000, gpus=1, time_max=0.0),
     Fetch(transfer_id=5, name="temp-7", host="10.0.0.2", port=40123, size=-1),
@@ -294,7 +294,7 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, {"f": 12}, ""], "cached"),
         ([TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, [], "not-bytes", "", ""], "python_result"),
         ([TaskDone.TAG, 1, 0, 0, 0, b"out", 0.0, 0.0, [], None, "", ""], "output"),
-        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "x"], "drop_after"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5], "python_mode"),
     ],
 )
 def test_wrong_field_types(body: list[Any], field: str) -> None:

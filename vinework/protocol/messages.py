@@ -205,7 +205,6 @@ class RunTask(Message):
     python_payload: bytes | None = None  # cloudpickle of (fn, args, kwargs)
     python_output: str = ""  # cache name for the result when kept on the worker
     python_mode: str = ""  # "direct" (warm executor, default) or "fork" (a child per call)
-    drop_after: list[str] = dataclasses.field(default_factory=list)  # task-level inputs
 
 
 @register(22)
