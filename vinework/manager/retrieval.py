@@ -88,8 +88,12 @@ def _on_retrieval_done(self: ManagerState, ev: RetrievalDone) -> None:
             if w is not None:
                 self.replicas.remove(r.name, r.worker)
                 self._send(r.worker, Unlink(name=r.name))
-    elif w is None:
-        # the worker went away with the outputs: run the task again
+    elif w is None or (ev.error.startswith("source:") and t.forsaken < 3):
+        # the worker went away with the outputs, or cannot serve them (a killed worker
+        # refuses connections before its disconnection is seen): run the task again
+        if w is not None:
+            t.forsaken += 1
+            self._task_log(t, "RETRY", f"output {r.name} not served: {ev.error[:120]}")
         t.retrievals.clear()
         t.worker = None
         self._requeue(t)

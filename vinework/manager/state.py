@@ -212,9 +212,12 @@ class ManagerState:
                     self._source_transfer(tr.name, tr.dest)
                 else:
                     lost.add(tr.name)  # no copy left: handled (once) just below
-        for name in lost:
-            if not self.available(name):
-                self._file_lost(name, f"last copy was on {ev.worker_id}")
+        gone = sorted(n for n in lost if n in self.files and not self.available(n))
+        for name in gone:  # count and log every loss before any recovery: recovering one
+            self.stats.files_lost += 1  # file may re-run the producers of the others
+            self._log("FILE", name, "LOST", f"last copy was on {ev.worker_id}")
+        for name in gone:
+            self._file_lost(name, "", counted=True)
         for t in forsaken:  # after the losses, so that a recovery is logged after its loss
             self._requeue(t)
         self.durability.worker_lost(ev.worker_id, names)
@@ -597,13 +600,14 @@ class ManagerState:
                     t.message = f"input {name} could not be read at the manager: {reason}"
                     self._finish(t, TaskResult.INPUT_MISSING, -1, "")
 
-    def _file_lost(self, name: str, why: str) -> None:
+    def _file_lost(self, name: str, why: str, counted: bool = False) -> None:
         """No copy of ``name`` is left: unstage what needed it, then recover or fail."""
         f = self.files.get(name)
         if f is None:
             return
-        self.stats.files_lost += 1
-        self._log("FILE", name, "LOST", why)
+        if not counted:
+            self.stats.files_lost += 1
+            self._log("FILE", name, "LOST", why)
         needed = False
         for key in [k for k in self._stage_wait if k[0] == name]:
             self._unsourced.pop(key, None)

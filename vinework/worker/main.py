@@ -99,6 +99,8 @@ class Worker:
                 os.makedirs(shm)
                 self.py_sandboxes = shm
         self.resources = detect_resources(opts, self.workdir)
+        self.box_pool = sb.SandboxPool(self.sandboxes)
+        self.py_box_pool = sb.SandboxPool(self.py_sandboxes)
         self.server = TransferServer(self.cache.lookup)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=16,
                                                           thread_name_prefix="vine-fetch")
@@ -304,8 +306,8 @@ class Worker:
 
     # ------------------------------------------------------------------ tasks
     async def _run_task(self, msg: RunTask) -> None:
-        root = self.sandboxes if msg.python_payload is None else self.py_sandboxes
-        box = os.path.join(root, f"t{msg.task_id}.{msg.attempt}")
+        pool = self.box_pool if msg.python_payload is None else self.py_box_pool
+        box = pool.acquire()
         start = time.time()
         try:
             lookup = {}
@@ -331,7 +333,7 @@ class Worker:
             self._done(msg, TaskResult.FORSAKEN, -1, "", start, message=f"worker error: {e}")
         finally:
             self.running.pop(msg.task_id, None)
-            sb.remove(box)
+            pool.release(box)
 
     def _env(self, msg: RunTask) -> dict[str, str]:
         env = dict(os.environ)
