@@ -33,6 +33,7 @@ class TaskRecord:
     attempt: int = 0
     retries_used: int = 0
     forsaken: int = 0
+    recovery_failures: int = 0
     recovery: bool = False
     returned: bool = False
     succeeded: bool = False

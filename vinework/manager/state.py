@@ -63,6 +63,7 @@ from .scheduling import Candidate, Resources, choose_worker, could_ever_fit
 from .stats import ManagerStats, Tunables
 
 INLINE_RESULT_MAX = 4 * 1024 * 1024
+RECOVERY_ATTEMPTS = 2  # extra tries of a failed recovery run before its consumers fail
 RETRYABLE_ON_ANOTHER_WORKER = (TaskResult.DISK_EXHAUSTION, TaskResult.FORSAKEN)
 
 
@@ -677,13 +678,15 @@ class ManagerState:
             self._task_log(t, "RETRY", f"{result} on {d.message[:120]}")
             self._requeue(t)
             return
-        if t.retries_used < t.spec.max_retries and result is not TaskResult.OUTPUT_MISSING:
-            t.retries_used += 1
-            self._task_log(t, "RETRY", f"{result} exit {d.exit_code}")
+        if t.recovery and t.recovery_failures < RECOVERY_ATTEMPTS:
+            # a recovery run has its own budget: the user's retries are not charged
+            t.recovery_failures += 1
+            self._task_log(t, "RETRY", f"recovery run: {result} exit {d.exit_code}")
             self._requeue(t)
             return
-        if t.retries_used < t.spec.max_retries:
+        if not t.recovery and t.retries_used < t.spec.max_retries:
             t.retries_used += 1
+            self._task_log(t, "RETRY", f"{result} exit {d.exit_code}")
             self._requeue(t)
             return
         t.message = d.message

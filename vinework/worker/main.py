@@ -94,6 +94,7 @@ class Worker:
         # cache): on tmpfs their creation and removal cost a fifth of what ext4 charges.
         self.py_sandboxes = self.sandboxes
         if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+            _remove_stale_shm()
             shm = f"/dev/shm/vinework-{os.getpid()}-{uuid.uuid4().hex[:6]}"
             with contextlib.suppress(OSError):
                 os.makedirs(shm)
@@ -479,6 +480,24 @@ class Worker:
                            exit_code=code, output=output, start=start, end=time.time(),
                            outputs=outputs or [], python_result=python_result,
                            python_error=python_error, message=message))
+
+
+def _remove_stale_shm() -> None:
+    """Delete /dev/shm sandboxes left by workers that were killed (their pid is gone)."""
+    try:
+        entries = os.listdir("/dev/shm")
+    except OSError:
+        return
+    for name in entries:
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "vinework" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join("/dev/shm", name), ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
