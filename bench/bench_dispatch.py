@@ -1,4 +1,5 @@
-"""Dispatch throughput: 1,000 trivial command tasks and 1,000 trivial PythonTasks, one 2-core worker.
+"""Dispatch throughput: 1,000 trivial command tasks and 1,000 trivial PythonTasks (warm
+executors, then forked children), one 2-core worker.
 
 Bars from the issues (TaskVine built on this machine kind): 474 command tasks/s and
 42 PythonTasks/s. Run: ``python bench/bench_dispatch.py [N]``.
@@ -47,10 +48,20 @@ def main() -> None:
             done = drain(m, n)
             py_rate = n / (time.perf_counter() - start)
             assert sorted(t.output for t in done) == list(range(1, n + 1))
+            start = time.perf_counter()
+            for i in range(n):
+                t = vine.PythonTask(trivial, i)
+                t.set_cores(1)
+                t.set_exec_mode("fork")
+                m.submit(t)
+            drain(m, n)
+            fork_rate = n / (time.perf_counter() - start)
     print(f"command tasks:  {cmd_rate:8.0f} tasks/s   TaskVine {TASKVINE_COMMAND_RATE:.0f}/s   "
           f"ratio {cmd_rate / TASKVINE_COMMAND_RATE:.2f}x (goal >= 2x)")
     print(f"python tasks:   {py_rate:8.0f} tasks/s   TaskVine {TASKVINE_PYTHON_RATE:.0f}/s   "
           f"ratio {py_rate / TASKVINE_PYTHON_RATE:.2f}x (goal >= 10x)")
+    print(f"python, forked: {fork_rate:8.0f} tasks/s   TaskVine {TASKVINE_PYTHON_RATE:.0f}/s   "
+          f"ratio {fork_rate / TASKVINE_PYTHON_RATE:.2f}x (a fresh child per call)")
 
 
 if __name__ == "__main__":
