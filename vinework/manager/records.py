@@ -34,6 +34,7 @@ class TaskRecord:
     retries_used: int = 0
     forsaken: int = 0
     recovery_failures: int = 0
+    avoid: set[str] = field(default_factory=set)  # workers where it failed for their sake
     recovery: bool = False
     returned: bool = False
     succeeded: bool = False

@@ -418,7 +418,8 @@ class ManagerState:
             for holder in self.replicas.holders(name):
                 input_bytes[holder] = input_bytes.get(holder, 0) + size + 1
         cands = [Candidate(w.worker_id, w.total, w.free, len(w.running))
-                 for w in self.workers.values() if self.durability.can_host(w, t)]
+                 for w in self.workers.values()
+                 if w.worker_id not in t.avoid and self.durability.can_host(w, t)]
         choice = choose_worker(cands, declared, input_bytes)
         if choice is None:
             if not could_ever_fit((w.total for w in self.workers.values()), declared):
@@ -675,7 +676,8 @@ class ManagerState:
     def _task_failed(self, t: TaskRecord, result: TaskResult, d: TaskDone) -> None:
         if result in RETRYABLE_ON_ANOTHER_WORKER and t.forsaken < 3:
             t.forsaken += 1
-            self._task_log(t, "RETRY", f"{result} on {d.message[:120]}")
+            t.avoid.add(t.done_worker)  # it failed there for the worker's sake: go elsewhere
+            self._task_log(t, "RETRY", f"{result} on {t.done_worker}: {d.message[:120]}")
             self._requeue(t)
             return
         if t.recovery and t.recovery_failures < RECOVERY_ATTEMPTS:
