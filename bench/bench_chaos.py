@@ -226,9 +226,9 @@ def main() -> None:
           f"{work:.1f} s of task time, {sum(len(v) for v in expected.values()) / 1e6:.0f} MB "
           f"of outputs; {WORKERS} one-core workers; up to {args.kills} kills, every 2-5 s")
     modes: list[tuple[str, bool, dict[str, object]]] = [
-        ("clean", False, {}),
-        ("1 copy", True, {}),
-        ("2 replicas", True, {"temp-replica-count": 2}),
+        ("clean", False, {"durability": "manual"}),
+        ("1 copy", True, {"durability": "manual"}),
+        ("2 replicas", True, {"durability": "manual", "temp-replica-count": 2}),
         ("auto", True, {"durability": "auto"}),
     ]
     wanted = [w.strip() for w in args.modes.split(",")]

@@ -67,7 +67,7 @@ class Tunables:
     transfer_source_max: int = 3
     transfer_avoid_seconds: float = 10.0
     temp_replica_count: int = 1
-    durability: str = "manual"  # "manual" | "auto"
+    durability: str = "auto"  # "auto" (default) | "manual"
     checkpoint_dir: str = ""
     prune: bool = True
     hungry_minimum: int = 10

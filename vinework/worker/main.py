@@ -215,8 +215,14 @@ class Worker:
 
     async def _heartbeats(self) -> None:
         seq = 0
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.keepalive)
+            # short naps: the interval from Welcome (often shorter than the default) must
+            # apply at once, or an idle new worker looks silent to the manager
+            await asyncio.sleep(min(self.keepalive, 0.5))
+            if time.monotonic() - last < self.keepalive:
+                continue
+            last = time.monotonic()
             seq += 1
             self.send(Heartbeat(seq=seq, disk_used=self.cache.used()))
             if time.monotonic() - self.last_recv > max(30.0, 6 * self.keepalive):
