@@ -7,14 +7,29 @@ events and compares the commands it returns (``Log`` records are left out).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import pytest
 
+from tests.state_helpers import (
+    buffer,
+    done,
+    fetch,
+    fresh,
+    host,
+    join,
+    port,
+    produce_temp_on,
+    ready,
+    returned,
+    run,
+    sends,
+    spec,
+    step,
+    submit,
+    temp,
+    validate,
+)
 from vinework.constants import CacheLevel, TaskResult
 from vinework.manager.events import (
-    Command,
-    Event,
     FetchDone,
     FetchRequested,
     FileDeclared,
@@ -26,173 +41,15 @@ from vinework.manager.events import (
     Retrieve,
     Send,
     TaskCancelled,
-    TaskReported,
     TaskReturned,
-    TaskSpec,
-    TaskSubmitted,
     Tick,
-    WorkerJoined,
     WorkerLeft,
 )
 from vinework.manager.replicas import MANAGER
-from vinework.manager.state import ManagerState, TState
-from vinework.protocol import Fetch, Kill, RunTask, TaskDone, Unlink
+from vinework.manager.state import TState
+from vinework.protocol import Kill, RunTask, Unlink
 
 STAGING = "/staging"
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def validate(s: ManagerState) -> None:
-    """The invariants that must hold between any two events."""
-    for wid, w in s.workers.items():
-        assert w.worker_id == wid
-        used = {"cores": 0, "memory": 0, "disk": 0, "gpus": 0}
-        for tid in w.running:
-            t = s.tasks[tid]
-            assert t.state in (TState.STAGING, TState.RUNNING), (tid, t.state)
-            assert t.worker == wid, (tid, t.worker, wid)
-            assert t.alloc is not None
-            for r in used:
-                used[r] += getattr(t.alloc, r)
-        for r, n in used.items():
-            free, total = getattr(w.free, r), getattr(w.total, r)
-            assert 0 <= free <= total, (wid, r, free, total)
-            assert free + n == total, (wid, r, free, n, total)
-    for tid, t in s.tasks.items():
-        if t.state in (TState.RUNNING, TState.STAGING):
-            assert t.worker in s.workers, (tid, t.state, t.worker)
-            assert tid in s.workers[t.worker].running, (tid, t.worker)
-            assert t.alloc is not None
-        if t.state is TState.STAGING:
-            assert t.staging, tid
-        if t.state is TState.RUNNING:
-            assert not t.staging, tid
-            for name, _ in t.spec.inputs:
-                assert s.replicas.state(name, t.worker) is not None, (tid, name)
-        if t.state in (TState.READY, TState.WAITING, TState.DONE):
-            assert t.worker is None, (tid, t.state, t.worker)
-            assert t.alloc is None, (tid, t.state)
-            assert not any(tid in w.running for w in s.workers.values()), tid
-        if t.state is TState.READY:
-            for name, _ in t.spec.inputs:
-                assert s.available(name), (tid, "READY but input has no copy", name)
-        if t.state is TState.WAITING:
-            assert t.missing, tid
-            for name, _ in t.spec.inputs:
-                if not s.available(name):
-                    assert name in t.missing, (tid, "WAITING but does not wait for", name)
-                    assert tid in s.files[name].waiting, (tid, name)
-    assert s.unfinished() == sum(1 for t in s.tasks.values() if not t.returned)
-    for tr in s.replicas.transfers.values():
-        assert tr.dest in s.workers
-        assert tr.source == MANAGER or tr.source in s.workers
-
-
-def step(s: ManagerState, *events: Event) -> list[Command]:
-    """Feed events, validate after each, return the non-Log commands."""
-    out: list[Command] = []
-    for ev in events:
-        out.extend(c for c in s.handle(ev) if not isinstance(c, Log))
-        validate(s)
-    return out
-
-
-def fresh() -> ManagerState:
-    s = ManagerState(STAGING)
-    validate(s)
-    return s
-
-
-def host(wid: str) -> str:
-    return f"10.0.0.{wid[1:]}"
-
-
-def port(wid: str) -> int:
-    return 9000 + int(wid[1:])
-
-
-def join(wid: str, cores: int = 2, memory: int = 2000, disk: int = 4000, gpus: int = 0,
-         cached: Iterable[tuple[str, int]] = (), now: float = 0.0) -> WorkerJoined:
-    return WorkerJoined(now=now, worker_id=wid, host=host(wid), transfer_port=port(wid),
-                        cores=cores, memory=memory, disk=disk, gpus=gpus,
-                        hostname=f"host-{wid}", cached=list(cached))
-
-
-def spec(tid: int, inputs: Iterable[str] = (), outputs: Iterable[str] = (),
-         **kw: object) -> TaskSpec:
-    kw.setdefault("cores", 1)
-    return TaskSpec(task_id=tid, command=f"cmd{tid}",
-                    inputs=[(n, f"in-{n}") for n in inputs],
-                    outputs=[(n, f"out-{n}") for n in outputs], **kw)  # type: ignore[arg-type]
-
-
-def submit(ts: TaskSpec, now: float = 0.0) -> TaskSubmitted:
-    return TaskSubmitted(now=now, spec=ts)
-
-
-def temp(name: str) -> FileDeclared:
-    return FileDeclared(spec=FileSpec(name=name, kind="temp"))
-
-
-def buffer(name: str, size: int, peer_transfer: bool = True) -> FileDeclared:
-    return FileDeclared(spec=FileSpec(name=name, kind="buffer", path=f"{STAGING}/{name}",
-                                      size=size, peer_transfer=peer_transfer))
-
-
-def done(wid: str, tid: int, attempt: int = 0, result: int = 0, exit_code: int = 0,
-         outputs: Iterable[tuple[str, int]] = (), output: str = "", now: float = 0.0,
-         **kw: object) -> TaskReported:
-    d = TaskDone(task_id=tid, attempt=attempt, result=result, exit_code=exit_code,
-                 output=output, start=1.0, end=2.0, outputs=list(outputs), **kw)  # type: ignore[arg-type]
-    return TaskReported(now=now, worker_id=wid, done=d)
-
-
-def ready(wid: str, name: str, size: int, transfer_id: int, now: float = 0.0) -> ReplicaReady:
-    return ReplicaReady(now=now, worker_id=wid, name=name, size=size, seconds=0.5,
-                        transfer_id=transfer_id)
-
-
-def run(s: ManagerState, wid: str, tid: int, attempt: int = 0, **kw: object) -> Send:
-    """The RunTask the state should send for task ``tid`` (resources from its allocation)."""
-    t = s.tasks[tid]
-    assert t.alloc is not None, f"task {tid} has no allocation"
-    a = t.alloc
-    ts = t.spec
-    fields: dict[str, object] = dict(
-        task_id=tid, attempt=attempt, command=ts.command, inputs=list(ts.inputs),
-        outputs=list(ts.outputs), env=list(ts.env), cores=a.cores, memory=a.memory,
-        disk=a.disk, gpus=a.gpus, time_max=ts.time_max, python_payload=ts.python_payload,
-        python_output=ts.python_output,
-        python_mode=(ts.python_mode or "direct") if ts.python_payload is not None else "")
-    fields.update(kw)
-    return Send(wid, RunTask(**fields))  # type: ignore[arg-type]
-
-
-def fetch(dest: str, tid: int, name: str, source: str, size: int) -> Send:
-    h, p = ("", 0) if source == MANAGER else (host(source), port(source))
-    return Send(dest, Fetch(transfer_id=tid, name=name, host=h, port=p, size=size))
-
-
-def returned(tid: int, wid: str = "", result: int = 0, exit_code: int = 0, output: str = "",
-             attempts: int = 1, start: float = 1.0, end: float = 2.0,
-             **kw: object) -> TaskReturned:
-    return TaskReturned(task_id=tid, result=result, exit_code=exit_code, output=output,
-                        worker_id=wid, hostname=f"host-{wid}" if wid else "", start=start,
-                        end=end, attempts=attempts, **kw)  # type: ignore[arg-type]
-
-
-def sends(cmds: list[Command], kind: type) -> list[Send]:
-    return [c for c in cmds if isinstance(c, Send) and isinstance(c.message, kind)]
-
-
-def produce_temp_on(s: ManagerState, wid: str, producer: int, name: str, size: int) -> None:
-    """Run ``producer`` on ``wid`` (the only worker with room) to make temp ``name``."""
-    assert step(s, temp(name), submit(spec(producer, outputs=[name]))) == [run(s, wid, producer)]
-    assert step(s, done(wid, producer, outputs=[(name, size)])) == [returned(producer, wid)]
-    assert s.replicas.ready_workers(name) == [wid]
-
 
 # ------------------------------------------------------------------ dispatch order and packing
 
