@@ -44,6 +44,7 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from ..protocol import Unlink
+from .records import TState
 
 if TYPE_CHECKING:
     from .state import FileRecord, ManagerState, TaskRecord, WorkerRecord
@@ -61,6 +62,7 @@ class Durability:
         self.wanted_copies: dict[str, int] = {}  # temp -> copies the policy wants
         self.released: set[str] = set()  # temps whose user handle is gone, not yet pruned
         self.user_released: set[str] = set()  # every temp whose user handle is gone
+        self._check: set[str] = set()  # released temps to look at after this event
         self.peer_bw = 100e6  # bytes/s, refined by measurement
         self.mgr_bw = 100e6
         self.start: float | None = None
@@ -82,7 +84,7 @@ class Durability:
         self._last = s.now
         if self.wanted_copies:
             self._replicate()
-        if self.released:
+        if self._check:
             self._prune()
 
     def worker_lost(self, worker_id: str, names: set[str]) -> None:
@@ -110,8 +112,20 @@ class Durability:
                 for n in self.s._outputs_of(t):
                     self._story(n, f"recomputed by task {task_id} in {secs:.3f} s")
 
-    def task_finished(self, task_id: int) -> None:
-        """A user task was returned: its inputs may have become prunable."""
+    def task_ended(self, t: TaskRecord) -> None:
+        """A task (or a recovery run) is done: its inputs and outputs may be prunable now."""
+        if self.released:
+            for name, _ in t.spec.inputs:
+                if name in self.released:
+                    self._check.add(name)
+            for name in self.s._outputs_of(t):
+                if name in self.released:
+                    self._check.add(name)
+
+    def recheck(self, name: str) -> None:
+        """Something that kept ``name`` alive went away (a fetch was answered)."""
+        if name in self.released:
+            self._check.add(name)
 
     def task_ran(self, task_id: int, seconds: float) -> None:
         self.run_seconds[task_id] = max(0.0, seconds)
@@ -133,6 +147,7 @@ class Durability:
         if f is not None and f.spec.kind == "temp":
             self.released.add(name)
             self.user_released.add(name)
+            self._check.add(name)
 
     # ----------------------------------------------------------- a temp was made
     def produced(self, name: str, worker: str, task: TaskRecord) -> None:
@@ -239,19 +254,20 @@ class Durability:
 
     # ----------------------------------------------------------- pruning
     def _prune(self) -> None:
+        """Prune the candidates nothing needs any more: no unfinished consumer (recovery
+        runs included), no pending fetch, and a producer that is not running."""
         s = self.s
-        for name in list(self.released):
+        candidates, self._check = self._check, set()
+        for name in candidates:
             f = s.files.get(name)
-            if f is None:
+            if f is None or name not in self.released:
                 self.released.discard(name)
                 continue
             if f.consumers or f.fetch_requests:
-                continue
+                continue  # looked at again when the last consumer ends
             p = s.tasks.get(f.producer) if f.producer is not None else None
-            if p is not None and p.state.value != "DONE":
-                continue
-            if self._needed_for_recovery(name):
-                continue
+            if p is not None and p.state is not TState.DONE:
+                continue  # looked at again when the producer's run ends
             self.released.discard(name)
             workers = s.replicas.forget_file(name)
             for w in workers:
@@ -261,16 +277,6 @@ class Durability:
             self._story(name, f"pruned from {len(workers)} worker(s)")
             s.stats.files_pruned += 1
             s._log("FILE", name, "PRUNED", len(workers))
-
-    def _needed_for_recovery(self, name: str) -> bool:
-        """True if an unfinished task's lost input can only be remade from ``name``."""
-        s = self.s
-        for t in s.tasks.values():
-            if t.state.value == "DONE" or t.state.value == "WAITING" and not t.recovery:
-                continue
-            if t.recovery and any(n == name for n, _ in t.spec.inputs):
-                return True
-        return False
 
     # ----------------------------------------------------------- disk
     def _disk_free(self, w: WorkerRecord) -> int:

@@ -71,6 +71,7 @@ def _on_retrieval_done(self: ManagerState, ev: RetrievalDone) -> None:
                 for req in f.fetch_requests:
                     self._out.append(FetchDone(req, None, f"could not fetch: {ev.error}"))
                 f.fetch_requests.clear()
+        self.durability.recheck(r.name)
         return
     t = self.tasks.get(r.task_id)
     if t is None or t.state is not TState.RETRIEVING or ev.retrieval_id not in t.retrievals:

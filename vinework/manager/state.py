@@ -58,7 +58,7 @@ from .events import (
     WorkerLeft,
 )
 from .records import FileRecord, TaskRecord, TState, WorkerRecord, _RetrievalFor
-from .replicas import MANAGER, ReplicaTable
+from .replicas import MANAGER, ReplicaState, ReplicaTable
 from .scheduling import Candidate, Resources, choose_worker, could_ever_fit
 from .stats import ManagerStats, Tunables
 
@@ -123,10 +123,6 @@ class ManagerState:
     def story(self, name: str, text: str) -> None:
         """Append to a file's history (``Manager.file_story``)."""
         self.stories.setdefault(name, []).append((self.now, text))
-
-    def task_story(self, task_id: int) -> str:
-        t = self.tasks[task_id]
-        return f"task {task_id}: {t.state.value} attempt {t.attempt} on {t.worker}"
 
     # ================================================================ helpers
     def _log(self, kind: str, *fields: object) -> None:
@@ -287,7 +283,8 @@ class ManagerState:
     def _start_recovery(self, p: TaskRecord, name: str) -> None:
         p.recovery = True
         p.attempt += 1
-        self._unfinished += 0  # recovery runs are not user tasks
+        for inp, _ in p.spec.inputs:  # a consumer again, until this run ends
+            self._file(inp).consumers.add(p.spec.task_id)
         self.stats.tasks_recovery += 1
         self._task_log(p, "RECOVERY", f"to remake {name}")
         self.durability.recovery_started(p.spec.task_id, name)
@@ -360,6 +357,7 @@ class ManagerState:
             for name in self._outputs_of(t):
                 self._fail_consumers(name, t.spec.task_id)
         self._task_log(t, "DONE", str(result))
+        self.durability.task_ended(t)
         if was_recovery and t.returned:
             self.durability.recovery_finished(t.spec.task_id, self.now)
             return
@@ -379,7 +377,6 @@ class ManagerState:
         ))
         t.python_result = None
         t.result_path = ""
-        self.durability.task_finished(t.spec.task_id)
 
     def _outputs_of(self, t: TaskRecord) -> list[str]:
         names = [n for n, _ in t.spec.outputs]
@@ -434,7 +431,7 @@ class ManagerState:
         t.staging.clear()
         for name, _ in s.inputs:
             st = self.replicas.state(name, wid)
-            if st is not None and st.value == "ready":
+            if st is ReplicaState.READY:
                 continue
             t.staging.add(name)
             self._stage_wait.setdefault((name, wid), set()).add(s.task_id)
