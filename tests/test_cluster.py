@@ -427,3 +427,13 @@ def test_status_reports_running_tasks(cluster):
     m.cancel_by_task_id(tid)
     wait_all(m, 1)
     assert os.path.isdir(m.run_dir)
+
+
+def test_hungry_until_enough_tasks_wait(manager: vine.Manager) -> None:
+    m = manager
+    assert m.hungry()  # nothing waiting
+    for _ in range(12):  # more than hungry-minimum (10) with no worker connected
+        m.submit(vine.Task("true"))
+    assert not m.hungry()
+    m.tune("hungry-minimum", 100)
+    assert m.hungry()

@@ -357,10 +357,14 @@ class Manager:
     def hungry(self) -> bool:
         """True if the manager would like more tasks (fewer waiting than workers can take)."""
         st = self._state
-        waiting = sum(1 for t in st.tasks.values()
-                      if t.state in (TState.WAITING, TState.READY))
-        cores = sum(w.total.cores for w in list(st.workers.values()))
-        return waiting < max(st.tune.hungry_minimum, 2 * cores)
+
+        def hungry() -> bool:  # on the loop thread: it owns these dicts
+            waiting = sum(1 for t in st.tasks.values()
+                          if t.state in (TState.WAITING, TState.READY))
+            cores = sum(w.total.cores for w in st.workers.values())
+            return waiting < max(st.tune.hungry_minimum, 2 * cores)
+
+        return bool(self._server.call(hungry))
 
     def cancel_by_task_id(self, task_id: int) -> bool:
         """Cancel a task; it comes back from ``wait()`` with result "cancelled"."""
