@@ -149,7 +149,8 @@ def run(s: ManagerState, wid: str, tid: int, attempt: int = 0, **kw: object) -> 
         outputs=list(ts.outputs), env=list(ts.env), cores=a.cores, memory=a.memory,
         disk=a.disk, gpus=a.gpus, time_max=ts.time_max, python_payload=ts.python_payload,
         python_output=ts.python_output,
-        python_mode=(ts.python_mode or "direct") if ts.python_payload is not None else "")
+        python_mode=(ts.python_mode or "direct") if ts.python_payload is not None else "",
+        python_keep=ts.temp_output)
     fields.update(kw)
     return Send(wid, RunTask(**fields))  # type: ignore[arg-type]
 

@@ -30,6 +30,7 @@ from vinework.protocol import (
     Hello,
     Hoist,
     Kill,
+    Leaving,
     LocalProtocolError,
     Message,
     ProtocolError,
@@ -59,6 +60,7 @@ SAMPLES: list[Message] = [
     CacheUpdate(name="temp-7", size=1024, seconds=0.5, transfer_id=3, source="w2"),
     CacheInvalid(name="temp-7", transfer_id=3, reason="source: gone", source="w2"),
     Heartbeat(seq=42, disk_used=123456789),
+    Leaving(reason="SIGTERM from the batch system"),
     Welcome(version=PROTOCOL_VERSION, worker_id="w1", keepalive_interval=5.0,
             transfer_port=9124, manager_name="mgr"),
     RunTask(task_id=7, attempt=1, command="cat in > out", inputs=[["file-abc", "in"]],
@@ -282,8 +284,8 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Hoist.TAG, "numpy"], "modules"),  # str where a list is expected
         ([Hoist.TAG, ["numpy", 3]], "modules"),  # a bad list item
         ([Fetch.TAG, 1, "n", "h", "80", 0], "port"),
-        ([Welcome.TAG, 1, "w", "5s", 0, ""], "keepalive_interval"),
-        ([Welcome.TAG, 1, "w", True, 0, ""], "keepalive_interval"),
+        ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0], "keepalive_interval"),
+        ([Welcome.TAG, 1, "w", True, 0, "", 30.0], "keepalive_interval"),
         ([FileHeader.TAG, "f", False, ""], "size"),
         ([GetFile.TAG, "f", None], "token"),
         ([CacheUpdate.TAG, "n", 1, 0.5, 2.0, ""], "transfer_id"),
@@ -294,7 +296,10 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, {"f": 12}, ""], "cached"),
         ([TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, [], "not-bytes", "", ""], "python_result"),
         ([TaskDone.TAG, 1, 0, 0, 0, b"out", 0.0, 0.0, [], None, "", ""], "output"),
-        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5], "python_mode"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False], "python_mode"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "", 1], "python_keep"),
+        ([CacheInvalid.TAG, "n", 1, "why", "", "2"], "cause"),
+        ([Leaving.TAG, 3], "reason"),
     ],
 )
 def test_wrong_field_types(body: list[Any], field: str) -> None:
@@ -303,7 +308,7 @@ def test_wrong_field_types(body: list[Any], field: str) -> None:
 
 def test_int_is_accepted_where_a_float_is_expected() -> None:
     dec = FrameDecoder()
-    dec.receive_data(packed([Welcome.TAG, 1, "w", 5, 0, ""]))
+    dec.receive_data(packed([Welcome.TAG, 1, "w", 5, 0, "", 30]))
     msg = dec.next_message()
     assert isinstance(msg, Welcome) and msg.keepalive_interval == 5
 

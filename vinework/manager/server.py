@@ -37,7 +37,7 @@ from ..protocol import (
     encode,
 )
 from ..txnlog import TxnLog
-from ..worker.transfer import TransferError, TransferServer, fetch_file, listen_socket
+from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
 from .events import (
     Command,
     DiskReport,
@@ -256,8 +256,10 @@ class ManagerServer:
                                     seconds=m.seconds, transfer_id=m.transfer_id, source=m.source))
         elif t is CacheInvalid:
             ci: CacheInvalid = msg  # type: ignore[assignment]
+            at_src = ci.cause in (2, 3, 4)  # (temporary: the old core reads a prefix)
             self.apply(ReplicaFailed(now=now, worker_id=conn.worker_id, name=ci.name,
-                                     transfer_id=ci.transfer_id, reason=ci.reason))
+                                     transfer_id=ci.transfer_id,
+                                     reason=("source:" if at_src else "") + ci.reason))
         elif t is Heartbeat:
             hb: Heartbeat = msg  # type: ignore[assignment]
             w = self.state.workers.get(conn.worker_id)
@@ -331,8 +333,9 @@ class ManagerServer:
             except (TransferError, OSError) as e:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+                src = isinstance(e, TransferError) and e.at_source
                 ev = RetrievalDone(now=self.now(), retrieval_id=c.retrieval_id, ok=False,
-                                   error=str(e))
+                                   error=("source:" if src else "") + str(e))
             self.post(ev)
 
         fut.add_done_callback(done)

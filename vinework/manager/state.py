@@ -509,6 +509,7 @@ class ManagerState:
             cores=a.cores, memory=a.memory, disk=a.disk, gpus=a.gpus, time_max=s.time_max,
             python_payload=s.python_payload, python_output=py_out,
             python_mode=(s.python_mode or self.tune.python_exec) if s.python_payload else "",
+            python_keep=s.temp_output,
         ))
         self._task_log(t, "RUNNING")
 

@@ -11,8 +11,11 @@ lists of those), never dicts of arbitrary shape: pairs are lists of two items
 and are typed as ``list[tuple[str, str]]`` and the like.
 
 Control connection (one per worker):
-    worker -> manager: Hello, TaskDone, CacheUpdate, CacheInvalid, Heartbeat
-    manager -> worker: Welcome, RunTask, Fetch, Unlink, Kill, Heartbeat, Shutdown
+    worker -> manager: Hello, TaskDone, CacheUpdate, CacheInvalid, Heartbeat, Leaving
+    manager -> worker: Welcome, RunTask, Fetch, Unlink, Kill, Heartbeat, Hoist, Shutdown
+
+Failure causes travel as typed values (``TransferFailure`` numbers), never as
+prefixes of a human-readable reason string.
 Transfer connection (one per file movement, to a transfer server):
     client -> server: GetFile;  server -> client: FileHeader, then raw bytes.
 """
@@ -24,9 +27,29 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+
+
+class TransferFailure(IntEnum):
+    """Why a file did not arrive (in ``CacheInvalid.cause`` and manager retrievals)."""
+
+    NONE = 0
+    UNKNOWN = 1
+    SOURCE_MISSING = 2  # the source answered that it does not have the file
+    SOURCE_UNREACHABLE = 3  # no connection to the source
+    SOURCE_BROKEN = 4  # the source broke the transfer (bad header, wrong size, closed early)
+    DISK_FULL = 5  # the destination ran out of space
+    LOCAL_IO = 6  # the destination could not write the file
+    BAD_NAME = 7  # the name is not a valid cache name
+
+    @property
+    def at_source(self) -> bool:
+        """True when the source, not the destination, is to blame."""
+        return self in (TransferFailure.SOURCE_MISSING, TransferFailure.SOURCE_UNREACHABLE,
+                        TransferFailure.SOURCE_BROKEN)
 
 Checker = Callable[[Any], bool]
 
@@ -160,6 +183,7 @@ class CacheInvalid(Message):
     transfer_id: int
     reason: str
     source: str = ""
+    cause: int = TransferFailure.UNKNOWN  # a TransferFailure value
 
 
 @register(5)
@@ -169,6 +193,16 @@ class Heartbeat(Message):
 
     seq: int
     disk_used: int = 0
+
+
+@register(6)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leaving(Message):
+    """The worker was told to stop (SIGTERM): it takes no new task and will exit once the
+    manager answers ``Shutdown`` (its only copies of temps moved off) or its drain timeout
+    passes. Its running tasks are killed and placed elsewhere by the manager."""
+
+    reason: str
 
 
 # ---------------------------------------------------------------- control: manager -> worker
@@ -184,6 +218,7 @@ class Welcome(Message):
     keepalive_interval: float
     transfer_port: int  # the manager's own transfer server (files it serves)
     manager_name: str = ""
+    keepalive_timeout: float = 30.0  # both sides drop a peer silent for this long
 
 
 @register(21)
@@ -205,6 +240,7 @@ class RunTask(Message):
     python_payload: bytes | None = None  # cloudpickle of (fn, args, kwargs)
     python_output: str = ""  # cache name for the result when kept on the worker
     python_mode: str = ""  # "direct" (warm executor, default) or "fork" (a child per call)
+    python_keep: bool = False  # keep the result in the cache (temp output), never inline
 
 
 @register(22)

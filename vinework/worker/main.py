@@ -37,6 +37,7 @@ from ..protocol import (
     RunTask,
     Shutdown,
     TaskDone,
+    TransferFailure,
     Unlink,
     Welcome,
     encode,
@@ -44,7 +45,7 @@ from ..protocol import (
 from . import sandbox as sb
 from .cache import Cache, CacheError, check_cache_name
 from .pypool import PythonRunner
-from .transfer import TransferError, TransferServer, fetch_file
+from ..protocol.transfer import TransferError, TransferServer, fetch_file
 
 log = logging.getLogger("vinework.worker")
 INLINE_RESULT_MAX = 4 * 1024 * 1024
@@ -286,7 +287,8 @@ class Worker:
         try:
             check_cache_name(msg.name)
         except CacheError as e:
-            self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id, reason=str(e)))
+            self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id, reason=str(e),
+                                   cause=TransferFailure.BAD_NAME))
             return
         if self.cache.has(msg.name):
             self.send(CacheUpdate(name=msg.name, size=self.cache.sizes[msg.name], seconds=0.0,
@@ -300,13 +302,14 @@ class Worker:
             self.cache.commit(msg.name, tmp)
         except TransferError as e:
             self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id, reason=str(e),
-                                   source=source))
+                                   source=source, cause=e.cause))
             return
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id,
-                                   reason=f"cannot store {msg.name}: {e}", source=source))
+                                   reason=f"cannot store {msg.name}: {e}", source=source,
+                                   cause=TransferFailure.LOCAL_IO))
             return
         self.send(CacheUpdate(name=msg.name, size=size, seconds=secs,
                               transfer_id=msg.transfer_id, source=source))
@@ -428,7 +431,7 @@ class Worker:
             self.python = PythonRunner(self.resources[0], self.hoisted)
         runner = self.python
         out_path = self.cache.part_path()
-        keep = msg.python_output.startswith("temp-")
+        keep = msg.python_keep
         env = [[k, v] for k, v in msg.env] + [["CORES", str(msg.cores)]]
         request = ["run", msg.task_id, box, msg.python_payload, out_path,
                    -1 if keep else INLINE_RESULT_MAX, env]

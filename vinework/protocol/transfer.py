@@ -18,7 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..protocol import FileHeader, FrameDecoder, GetFile, RemoteProtocolError, encode
+from .codec import FrameDecoder, RemoteProtocolError, encode
+from .messages import FileHeader, GetFile, TransferFailure
 
 log = logging.getLogger("vinework.transfer")
 
@@ -27,12 +28,19 @@ HEADER_MAX = 64 * 1024
 
 
 class TransferError(Exception):
-    """A transfer failed; ``at_source`` is True if the source could not serve the file."""
+    """A transfer failed; ``cause`` (a ``TransferFailure``) says who is to blame."""
 
-    def __init__(self, message: str, at_source: bool = False, disk_full: bool = False) -> None:
+    def __init__(self, message: str, cause: TransferFailure = TransferFailure.UNKNOWN) -> None:
         super().__init__(message)
-        self.at_source = at_source
-        self.disk_full = disk_full
+        self.cause = cause
+
+    @property
+    def at_source(self) -> bool:
+        return self.cause.at_source
+
+    @property
+    def disk_full(self) -> bool:
+        return self.cause is TransferFailure.DISK_FULL
 
 
 def listen_socket(port: int = 0, host: str | None = None) -> socket.socket:
@@ -141,7 +149,8 @@ def fetch_file(
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
-        raise TransferError(f"source:{host}:{port} unreachable: {e}", at_source=True) from None
+        raise TransferError(f"{host}:{port} unreachable: {e}",
+                            TransferFailure.SOURCE_UNREACHABLE) from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(encode(GetFile(name=name)))
@@ -149,21 +158,25 @@ def fetch_file(
         try:
             hdr = _recv_frame(sock, dec)
         except (OSError, ConnectionError, RemoteProtocolError) as e:
-            raise TransferError(f"source:{host}:{port} failed: {e}", at_source=True) from None
+            raise TransferError(f"{host}:{port} failed: {e}",
+                                TransferFailure.SOURCE_BROKEN) from None
         if not isinstance(hdr, FileHeader) or hdr.name != name:
-            raise TransferError(f"source:{host}:{port} sent a bad header", at_source=True)
+            raise TransferError(f"{host}:{port} sent a bad header",
+                                TransferFailure.SOURCE_BROKEN)
         if hdr.size < 0:
-            raise TransferError(f"source:{host}:{port} has no {name}: {hdr.error}", at_source=True)
+            raise TransferError(f"{host}:{port} has no {name}: {hdr.error}",
+                                TransferFailure.SOURCE_MISSING)
         if expected_size >= 0 and hdr.size != expected_size:
             raise TransferError(
-                f"source:{host}:{port} offers {hdr.size} bytes of {name}, expected {expected_size}",
-                at_source=True,
+                f"{host}:{port} offers {hdr.size} bytes of {name}, expected {expected_size}",
+                TransferFailure.SOURCE_BROKEN,
             )
         got = 0
         try:
             fd = os.open(dest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as e:
-            raise TransferError(f"cannot create {dest_path}: {e}") from None
+            raise TransferError(f"cannot create {dest_path}: {e}",
+                                TransferFailure.LOCAL_IO) from None
         try:
             leftover = dec.take_raw(hdr.size)
             if leftover:
@@ -175,8 +188,8 @@ def fetch_file(
                 n = sock.recv_into(view, min(CHUNK, hdr.size - got))
                 if n == 0:
                     raise TransferError(
-                        f"source:{host}:{port} closed after {got} of {hdr.size} bytes of {name}",
-                        at_source=True,
+                        f"{host}:{port} closed after {got} of {hdr.size} bytes of {name}",
+                        TransferFailure.SOURCE_BROKEN,
                     )
                 _write_all(fd, view[:n])
                 got += n
@@ -187,7 +200,9 @@ def fetch_file(
 
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
             where = "disk full" if full else "I/O error"
-            raise TransferError(f"{where} receiving {name}: {e}", disk_full=full) from None
+            raise TransferError(f"{where} receiving {name}: {e}",
+                                TransferFailure.DISK_FULL if full else TransferFailure.LOCAL_IO
+                                ) from None
         except BaseException:
             os.close(fd)
             _unlink(dest_path)

@@ -1,0 +1,289 @@
+"""Events into the manager's pure core and the commands it returns.
+
+Theory of operation: the asyncio shell (``vinework.manager.server``) and the
+user API turn what happens (a worker connects, a message arrives, a retrieval
+ends, the user submits or waits) into these events and calls
+``ManagerState.handle(event)``; it carries out the returned commands. Every
+event carries the time ``now`` (the core never reads a clock) and a
+``stimulus_id`` naming its cause; every command, transition and story line the
+event leads to carries the same stimulus id, so any change can be traced back
+to what caused it. An event without a stimulus id gets one from the core
+(``<EventName>-<sequence>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..protocol import Message, TaskDone, TransferFailure
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    """What the core needs to know of a submitted task."""
+
+    task_id: int
+    command: str
+    inputs: list[tuple[str, str]]  # (file cache name, remote name)
+    outputs: list[tuple[str, str]]
+    env: list[tuple[str, str]] = field(default_factory=list)
+    cores: int | None = None
+    memory: int | None = None
+    disk: int | None = None
+    gpus: int | None = None
+    priority: float = 0.0
+    max_retries: int = 0
+    time_max: float = 0.0
+    tag: str | None = None
+    category: str = "default"
+    python_payload: bytes | None = None
+    python_output: str = ""  # cache name of the PythonTask's result file
+    temp_output: bool = False  # keep the PythonTask's result on the worker
+    python_mode: str = ""  # "direct" | "fork" | "" (the manager's python-exec setting)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSpec:
+    """A file the manager knows: where its bytes come from and how to keep them."""
+
+    name: str
+    kind: str  # "file" | "buffer" | "temp"
+    path: str | None = None  # manager-side path (local files, staged buffers)
+    size: int = -1
+    cache_level: int = 1
+    peer_transfer: bool = True
+    checkpoint: bool = False
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event; ``now`` is seconds on the shell's monotonic clock."""
+
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerJoined(Event):
+    worker_id: str
+    host: str
+    transfer_port: int
+    cores: int
+    memory: int
+    disk: int
+    gpus: int
+    hostname: str = ""
+    cached: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLeft(Event):
+    """The worker's connection is gone (closed, broken, or dropped by the core)."""
+
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerHeard(Event):
+    """A heartbeat from a worker (every other worker event also counts as one)."""
+
+    worker_id: str
+    disk_used: int = -1  # bytes in its cache, -1 if not reported
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLeaving(Event):
+    """The worker was told to stop (SIGTERM from a batch system): drain it."""
+
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileDeclared(Event):
+    spec: FileSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileUndeclared(Event):
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileReleased(Event):
+    """The user no longer holds a handle to this file (it may be pruned once unneeded)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSubmitted(Event):
+    spec: TaskSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskCancelled(Event):
+    task_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskCollected(Event):
+    """``wait()`` handed the task to the user (RETRIEVED -> DONE)."""
+
+    task_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskReported(Event):
+    """A worker's TaskDone message."""
+
+    worker_id: str
+    done: TaskDone
+    wire_bytes: int = 0  # size of the message on the wire (inline results are counted)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaReady(Event):
+    worker_id: str
+    name: str
+    size: int
+    seconds: float
+    transfer_id: int
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaFailed(Event):
+    worker_id: str
+    name: str
+    transfer_id: int
+    reason: str
+    cause: TransferFailure = TransferFailure.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrievalDone(Event):
+    """The shell finished (or failed) bringing a file from a worker to the manager."""
+
+    retrieval_id: int
+    ok: bool
+    size: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    cause: TransferFailure = TransferFailure.NONE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchRequested(Event):
+    """The user asked for a file's bytes at the manager (``fetch_file``)."""
+
+    request_id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick(Event):
+    """Periodic (about once a second): keepalives, expiring avoidances, explained waits."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tuned(Event):
+    name: str
+    value: object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoistRequested(Event):
+    """Modules every worker's warm interpreters should import (now and on joining)."""
+
+    modules: list[str]
+
+
+# ------------------------------------------------------------------ commands
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Base of every command the core returns; each has a ``stimulus_id`` field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Command):
+    worker_id: str
+    message: Message
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieve(Command):
+    """Bring ``name`` from ``worker_id``'s transfer server to ``dest`` on the manager."""
+
+    retrieval_id: int
+    worker_id: str
+    host: str
+    port: int
+    name: str
+    dest: str
+    size: int
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReturned(Command):
+    """A user task reached its end: fill in the user's object and wake ``wait()``."""
+
+    task_id: int
+    result: int
+    exit_code: int
+    output: str
+    worker_id: str
+    hostname: str
+    start: float
+    end: float
+    attempts: int
+    python_result: bytes | None = None
+    python_error: str = ""
+    message: str = ""
+    python_result_path: str = ""  # a large result retrieved to the staging directory
+    story: tuple[tuple[float, str, str, str], ...] = ()
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchDone(Command):
+    """Answer to FetchRequested: the manager-side path now holding the bytes, or an error."""
+
+    request_id: int
+    path: str | None
+    error: str = ""
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DropWorker(Command):
+    """Close this worker's connection (the core already treats it as gone)."""
+
+    worker_id: str
+    reason: str
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Log(Command):
+    """One transaction-log record."""
+
+    kind: str
+    fields: tuple[object, ...]
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(Command):
+    """Something the user should see in the manager's log (an explained wait)."""
+
+    text: str
+    stimulus_id: str = ""
