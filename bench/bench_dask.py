@@ -31,8 +31,8 @@ import dask.array as da  # noqa: E402
 import numpy as np  # noqa: E402
 from common import local_workers  # noqa: E402
 
-from vinework.dask_executor import DaskVine  # noqa: E402
-from vinework.dask_graph import DaskGraph  # noqa: E402
+from vinework.dask import DaskVine  # noqa: E402
+from vinework.dask.graph import DaskGraph  # noqa: E402
 
 
 def _inc(v: int) -> int:

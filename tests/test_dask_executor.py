@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import poll_until, stop_process
-from vinework.dask_executor import DaskVine
+from vinework.dask import DaskVine
 
 # workers cannot import this test module: ship its functions by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

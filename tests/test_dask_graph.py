@@ -1,4 +1,4 @@
-"""Tests for vinework.dask_graph: pure bookkeeping of Dask graphs."""
+"""Tests for vinework.dask.graph: pure bookkeeping of Dask graphs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from dask._task_spec import Alias, DataNode, Dict, List, Task, TaskRef
 from dask.local import get_sync
 
-from vinework.dask_graph import (
+from vinework.dask.graph import (
     KIND_ALIAS,
     KIND_DATA,
     KIND_TASK,
