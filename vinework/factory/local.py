@@ -1,4 +1,10 @@
-"""The local factory: ``vinework worker`` processes on this machine, kept alive by a thread."""
+"""The local factory: ``vinework worker`` processes on this machine, kept alive by a thread.
+
+The workers belong to the process that made the Factory: each is started with
+``--parent-pid`` (it exits within a second of that process dying, however it
+dies), and ``stop()`` ends them at once, without a drain: SIGINT, then SIGKILL
+of the worker's process group after ``STOP_GRACE`` seconds.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import sys
 import tempfile
 import threading
 from typing import Any
+
+STOP_GRACE = 3.0  # seconds a worker has to exit after SIGINT before it is SIGKILLed
 
 
 class Factory:
@@ -52,7 +60,7 @@ class Factory:
 
     def _argv(self) -> list[str]:
         argv = [sys.executable, "-m", "vinework", "worker", self.host, str(self.port),
-                "--timeout", str(self.timeout)]
+                "--timeout", str(self.timeout), "--parent-pid", str(os.getpid())]
         for opt in ("cores", "memory", "disk", "gpus"):
             v = getattr(self, opt)
             if v is not None:
@@ -107,18 +115,19 @@ class Factory:
             for p in self.procs:
                 if p.poll() is None:
                     try:
-                        os.killpg(p.pid, signal.SIGTERM)
+                        os.kill(p.pid, signal.SIGINT)  # at once: no drain
                     except OSError:
                         pass
             for p in self.procs:
                 try:
-                    p.wait(timeout=10)
+                    p.wait(timeout=STOP_GRACE)
                 except subprocess.TimeoutExpired:
-                    try:
-                        os.killpg(p.pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-                    p.wait()
+                    pass
+                try:  # the worker leads its own group: its fork server goes with it
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                p.wait()
             self.procs.clear()
         if self.scratch_dir and self.scratch_dir.startswith(tempfile.gettempdir()):
             import shutil

@@ -1,9 +1,11 @@
-"""The worker's on-disk cache of named files.
+"""The worker's cache directory: the disk side of the cache entries in ``state.py``.
 
 Every file a worker holds (inputs fetched for tasks, outputs tasks made,
 temps kept for later tasks) lives in one flat directory under its cache name.
-Files arrive under a temporary name and are renamed into place only once
-complete, so a name in the cache is always a whole file.
+Files arrive under a temporary ``.part-*`` name and are renamed into place only
+once complete, so a name in the directory is always a whole file. Which names
+exist, their sizes and their pins are the core's business (``WorkerState``);
+this module only does the file operations it asks for.
 """
 
 from __future__ import annotations
@@ -21,36 +23,39 @@ class CacheError(Exception):
 
 
 def check_cache_name(name: str) -> str:
-    """Refuse names that could escape the cache directory."""
+    """Refuse names that could escape the cache directory (pure: no I/O)."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise CacheError(f"invalid cache name {name!r}")
     return name
 
 
 class Cache:
-    """A directory of complete, named files, with their sizes tracked."""
+    """File operations on one cache directory."""
 
     def __init__(self, directory: str) -> None:
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
-        self.sizes: dict[str, int] = {}
-        for entry in os.scandir(directory):
+
+    def scan(self) -> list[tuple[str, int]]:
+        """The complete files present (name, size); leftover part files are deleted."""
+        found = []
+        for entry in os.scandir(self.dir):
             if entry.name.startswith(".part-"):
                 os.unlink(entry.path)
-            elif entry.is_file() and _NAME.match(entry.name):
-                self.sizes[entry.name] = entry.stat().st_size
+            elif entry.is_file() and _NAME.match(entry.name) and ".." not in entry.name:
+                found.append((entry.name, entry.stat().st_size))
+        return found
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, check_cache_name(name))
 
-    def has(self, name: str) -> bool:
-        return name in self.sizes
-
     def lookup(self, name: str) -> str | None:
-        """The path of a complete cached file, or None."""
-        if name in self.sizes:
-            return os.path.join(self.dir, name)
-        return None
+        """The path of a complete cached file, or None (for the transfer server's threads)."""
+        try:
+            path = self.path(name)
+        except CacheError:
+            return None
+        return path if os.path.isfile(path) else None
 
     def part_path(self) -> str:
         """A fresh temporary path inside the cache for a file being written."""
@@ -60,9 +65,7 @@ class Cache:
         """Move a finished file into the cache under ``name``; return its size."""
         dest = self.path(name)
         os.replace(tmp_path, dest)
-        size = os.stat(dest).st_size
-        self.sizes[name] = size
-        return size
+        return os.stat(dest).st_size
 
     def store_from(self, name: str, src: str) -> int:
         """Move (or copy, across filesystems) a task's output into the cache."""
@@ -73,19 +76,10 @@ class Cache:
             os.replace(src, dest)
         except OSError:
             shutil.copyfile(src, dest)
-        size = os.stat(dest).st_size
-        self.sizes[name] = size
-        return size
+        return os.stat(dest).st_size
 
     def remove(self, name: str) -> None:
-        if self.sizes.pop(name, None) is not None:
-            try:
-                os.unlink(os.path.join(self.dir, name))
-            except FileNotFoundError:
-                pass
-
-    def used(self) -> int:
-        return sum(self.sizes.values())
-
-    def items(self) -> list[tuple[str, int]]:
-        return list(self.sizes.items())
+        try:
+            os.unlink(self.path(name))
+        except (FileNotFoundError, CacheError):
+            pass

@@ -1,17 +1,28 @@
-"""The worker process: connects to a manager, runs tasks, keeps and serves cached files.
+"""The worker process: the asyncio shell around the pure core in ``state.py``.
 
-Wiring only: one asyncio loop owns the manager connection (framed messages,
-batched writes, heartbeats both ways); a thread-based transfer server serves
-cached files to peers and the manager; fetches run in a thread pool so bulk
-bytes never block control messages; command tasks are reaped via pidfds and
-PythonTasks run in forked children of a warm fork server.
+Wiring only. One asyncio loop turns everything that happens into events for
+``WorkerState.handle`` (manager messages, connection ups and downs, signals,
+process exits, fetch ends, a tick every ``TICK`` seconds, the death of the
+parent process) and carries out the instructions it returns, in order. No
+decision is taken here: when to connect, retry, give up, drop a silent
+manager, drain, what a task's outcome is, which files to keep, all come from
+the core.
+
+Bulk bytes stay off the loop: a thread-based transfer server serves cached
+files to peers and the manager, and fetches run in a thread pool. Command
+tasks are reaped through pidfds; PythonTasks run in warm interpreters
+(``pypool.py``). Events are queued and handled one at a time, so an
+instruction that produces an event (``CollectOutputs``) never re-enters the core.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import errno
+import itertools
 import logging
 import os
 import shutil
@@ -20,62 +31,61 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from ..constants import TaskResult
+from ..protocol import Fetch as FetchMsg
 from ..protocol import (
-    PROTOCOL_VERSION,
-    CacheInvalid,
-    CacheUpdate,
-    Fetch,
     FrameDecoder,
     Heartbeat,
-    Hello,
     Hoist,
     Kill,
     Message,
     ProtocolError,
     RunTask,
     Shutdown,
-    TaskDone,
-    TransferFailure,
     Unlink,
     Welcome,
     encode,
 )
-from . import sandbox as sb
-from .cache import Cache, CacheError, check_cache_name
-from .pypool import PythonRunner
 from ..protocol.transfer import TransferError, TransferServer, fetch_file
+from . import events as ev
+from . import sandbox as sb
+from .cache import Cache, CacheError
+from .outcome import Resources
+from .pypool import PythonRunner
+from .state import WorkerConfig, WorkerState
 
 log = logging.getLogger("vinework.worker")
-INLINE_RESULT_MAX = 4 * 1024 * 1024
+TICK = 0.1  # seconds between two Tick events
 
 
 @dataclass
 class WorkerOptions:
-    """Command-line options of ``vinework worker``."""
+    """Command-line options of ``vinework worker`` (0 or None resources: detect)."""
 
     host: str
     port: int
     cores: int | None = None
     memory: int | None = None  # MB
     disk: int | None = None  # MB
-    gpus: int = 0
+    gpus: int | None = None
     workdir: str | None = None
-    timeout: float = 900.0  # give up reconnecting after this long
+    timeout: float = 900.0  # give up after this long without a manager
+    connect_timeout: float = 30.0  # one connection attempt, handshake included
+    drain_timeout: float = 20.0
     single_shot: bool = False
     hoist: tuple[str, ...] = ()
+    parent_pid: int = 0  # exit when this process exits (0: no parent to watch)
+    debug: bool = False
 
 
-def detect_resources(opts: WorkerOptions, workdir: str) -> tuple[int, int, int, int]:
-    cores = opts.cores if opts.cores is not None else (os.cpu_count() or 1)
-    if opts.memory is not None:
-        memory = opts.memory
-    else:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+def detect_resources(opts: WorkerOptions, workdir: str) -> Resources:
+    """What the worker offers: the options, or what the machine has where they are 0/unset."""
+    cores = opts.cores or os.cpu_count() or 1
+    memory = opts.memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
     free = shutil.disk_usage(workdir).free // (1 << 20)
-    disk = min(opts.disk, free) if opts.disk is not None else free
-    return cores, memory, disk, opts.gpus
+    disk = min(opts.disk, free) if opts.disk else free
+    return Resources(cores, memory, disk, opts.gpus or 0)
 
 
 class Worker:
@@ -106,15 +116,27 @@ class Worker:
         self.server = TransferServer(self.cache.lookup)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=16,
                                                           thread_name_prefix="vine-fetch")
-        self.running: dict[int, asyncio.Task[None]] = {}
-        self.procs: dict[int, sb.CommandProcess] = {}
+        self.state = WorkerState(
+            WorkerConfig(manager_host=opts.host, manager_port=opts.port,
+                         hostname=socket.gethostname(), transfer_port=self.server.port,
+                         resources=self.resources, timeout=opts.timeout,
+                         connect_timeout=opts.connect_timeout,
+                         drain_timeout=opts.drain_timeout, single_shot=opts.single_shot),
+            cached=self.cache.scan())
+        self._queue: collections.deque[ev.Event] = collections.deque()
+        self._handling = False
+        self._ids = itertools.count(1)
+        self._exit: asyncio.Future[int] | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.session: asyncio.Task[None] | None = None
+        self._drop_reason = ""
         self._outq: list[Message] = []
         self._flush_scheduled = False
-        self.manager_transfer_port = 0
-        self.keepalive = 5.0
-        self.last_recv = time.monotonic()
-        self.tasks_run = 0
+        self.parts: dict[int, str] = {}  # fetch id -> part file
+        self.procs: dict[int, sb.CommandProcess] = {}  # run id -> command process
+        self.py_calls: dict[int, asyncio.Task[list[Any]]] = {}  # run id -> runner call
+        self.boxes: dict[int, tuple[sb.SandboxPool, str]] = {}  # run id -> sandbox
+        self.py_out: dict[int, str] = {}  # run id -> result part file
         self.hoisted: list[str] = list(opts.hoist)
         self.python: PythonRunner | None = None  # warm interpreters, made on first use
 
@@ -135,105 +157,201 @@ class Worker:
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.py_sandboxes != self.sandboxes:
             shutil.rmtree(self.py_sandboxes, ignore_errors=True)
+        shutil.rmtree(self.sandboxes, ignore_errors=True)
+        for part in self.parts.values():
+            with contextlib.suppress(OSError):
+                os.unlink(part)
         if self.owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        stop = loop.create_future()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _resolve, stop)
-        deadline = time.monotonic() + self.opts.timeout
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection(self.opts.host, self.opts.port)
-            except OSError as e:
-                if time.monotonic() > deadline:
-                    log.error("cannot reach manager %s:%d: %s", self.opts.host, self.opts.port, e)
-                    return 1
-                await asyncio.sleep(1.0)
-                continue
-            served = await self._session(reader, writer, stop)
-            if stop.done() or (self.opts.single_shot and served):
-                return 0
-            if served == "shutdown":
-                return 0
-            deadline = time.monotonic() + self.opts.timeout
-            await asyncio.sleep(0.5)
+        self._exit = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, self._signal, "SIGTERM", True)
+        loop.add_signal_handler(signal.SIGINT, self._signal, "SIGINT", False)
+        self._watch_parent(loop)
+        self.post(ev.Started(now=time.monotonic()))
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            return await self._exit
+        finally:
+            ticker.cancel()
+            if self.session is not None:
+                self.session.cancel()
+            if self.writer is not None:
+                self.writer.close()
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       stop: asyncio.Future[None]) -> str:
+    def _signal(self, name: str, drain: bool) -> None:
+        self.post(ev.StopRequested(now=time.monotonic(), signal_name=name, drain=drain))
+
+    def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
+        pid = self.opts.parent_pid
+        if not pid:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.post(ev.ParentGone(now=time.monotonic(), pid=pid))
+            return
+        except OSError:
+            return  # no pidfd: the tick polls getppid() instead
+
+        def gone() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            self.post(ev.ParentGone(now=time.monotonic(), pid=pid))
+
+        loop.add_reader(fd, gone)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            if self.opts.parent_pid and os.getppid() != self.opts.parent_pid:
+                self.post(ev.ParentGone(now=time.monotonic(), pid=self.opts.parent_pid))
+            self.post(ev.Tick(now=time.monotonic()))
+
+    # ------------------------------------------------------------------ the core
+    def post(self, event: ev.Event) -> None:
+        """Queue an event for the core; handle the queue unless already handling it."""
+        if not event.stimulus_id:
+            object.__setattr__(event, "stimulus_id",
+                               f"{type(event).__name__}-{next(self._ids)}")
+        self._queue.append(event)
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            while self._queue:
+                e = self._queue.popleft()
+                try:
+                    instructions = self.state.handle(e)
+                except Exception:
+                    log.exception("internal error handling %s; stopping", type(e).__name__)
+                    self._finish(70)
+                    return
+                for ins in instructions:
+                    self._carry_out(ins)
+        finally:
+            self._handling = False
+
+    def _finish(self, code: int) -> None:
+        self._queue.clear()
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(code)
+
+    def _carry_out(self, ins: ev.Instruction) -> None:
+        t = type(ins)
+        if t is ev.Send:
+            self._send(ins.message)  # type: ignore[attr-defined]
+        elif t is ev.Log:
+            log.log(ins.level, "%s", ins.text)  # type: ignore[attr-defined]
+        elif t is ev.StartTask:
+            self._start_task(ins)  # type: ignore[arg-type]
+        elif t is ev.CollectOutputs:
+            self._collect(ins)  # type: ignore[arg-type]
+        elif t is ev.CleanupTask:
+            self._cleanup(ins.run_id)  # type: ignore[attr-defined]
+        elif t is ev.KillTask:
+            self._kill(ins.run_id)  # type: ignore[attr-defined]
+        elif t is ev.StartFetch:
+            self._start_fetch(ins)  # type: ignore[arg-type]
+        elif t is ev.CommitFetch:
+            self._commit_fetch(ins)  # type: ignore[arg-type]
+        elif t is ev.DiscardFetch:
+            part = self.parts.pop(ins.fetch_id, "")  # type: ignore[attr-defined]
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+        elif t is ev.RemoveFile:
+            self.cache.remove(ins.name)  # type: ignore[attr-defined]
+        elif t is ev.Connect:
+            self.session = asyncio.ensure_future(self._session(ins.timeout))  # type: ignore[attr-defined]
+        elif t is ev.DropConnection:
+            self._drop_reason = ins.reason  # type: ignore[attr-defined]
+            if self.session is not None:
+                self.session.cancel()
+        elif t is ev.Exit:
+            code, reason = ins.code, ins.reason  # type: ignore[attr-defined]
+            log.log(logging.INFO if code == 0 else logging.ERROR, "%s", reason)
+            if self.writer is not None:
+                self._flush()
+            self._finish(code)
+        else:
+            raise AssertionError(f"unknown instruction {t.__name__}")
+
+    # ------------------------------------------------------------------ the connection
+    async def _session(self, timeout: float) -> None:
+        """One connection: connect, then read until it ends; every outcome becomes an event."""
+        now = time.monotonic
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.opts.host, self.opts.port), timeout)
+        except (OSError, TimeoutError) as e:
+            why = str(e) or f"no answer within {timeout:g} s"
+            self.post(ev.ConnectFailed(now=now(), reason=why))
+            return
         sock = writer.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.writer = writer
-        cores, memory, disk, gpus = self.resources
-        self.send(Hello(version=PROTOCOL_VERSION, hostname=socket.gethostname(), cores=cores,
-                        memory=memory, disk=disk, gpus=gpus, transfer_port=self.server.port,
-                        cached=self.cache.items()))
+        self._drop_reason = ""
+        self.post(ev.ConnectionOpened(now=now()))
         dec = FrameDecoder()
-        self.last_recv = time.monotonic()
-        hb = asyncio.ensure_future(self._heartbeats())
-        result = "lost"
+        reason = "the manager closed the connection"
         try:
-            while not stop.done():
-                read: asyncio.Future[bytes] = asyncio.ensure_future(reader.read(1 << 20))
-                done, _ = await asyncio.wait({read, stop},  # type: ignore[type-var]
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if stop in done:
-                    read.cancel()
-                    result = "stopped"
-                    break
-                data = read.result()
+            while True:
+                data = await reader.read(1 << 20)
                 if not data:
                     break
-                self.last_recv = time.monotonic()
                 dec.receive_data(data)
                 while (msg := dec.next_message()) is not None:
-                    if isinstance(msg, Shutdown):
-                        return "shutdown"
-                    self._dispatch(msg)
+                    self.post(self._event_of(msg))
         except ProtocolError as e:
-            log.error("manager sent an invalid message: %s", e)
+            reason = f"protocol error: {e}"
+            self.post(ev.ProtocolViolation(now=now(), error=str(e)))
         except (ConnectionError, OSError) as e:
-            log.info("manager connection lost: %s", e)
+            reason = f"connection error: {e}"
+        except asyncio.CancelledError:
+            reason = self._drop_reason or "stopping"
         finally:
-            hb.cancel()
-            self._abandon_tasks()
             self.writer = None
+            self._outq.clear()
             writer.close()
-        return result
+        self.post(ev.ConnectionLost(now=now(), reason=reason))
 
-    def _abandon_tasks(self) -> None:
-        for p in self.procs.values():
-            p.kill()
-        for t in self.running.values():
-            t.cancel()
-        if self.python is not None:
-            for tid in list(self.python.waiters):
-                self.python.kill(tid)
-        self.running.clear()
+    def _event_of(self, msg: Message) -> ev.Event:
+        now = time.monotonic()
+        t = type(msg)
+        if t is RunTask:
+            return ev.RunRequested(now=now, task=msg, wall=time.time())  # type: ignore[arg-type]
+        if t is FetchMsg:
+            f: FetchMsg = msg  # type: ignore[assignment]
+            return ev.FetchRequested(now=now, transfer_id=f.transfer_id, name=f.name,
+                                     host=f.host, port=f.port, size=f.size)
+        if t is Unlink:
+            return ev.UnlinkRequested(now=now, name=msg.name)  # type: ignore[attr-defined]
+        if t is Kill:
+            return ev.KillRequested(now=now, task_id=msg.task_id)  # type: ignore[attr-defined]
+        if t is Heartbeat:
+            return ev.HeartbeatReceived(now=now)
+        if t is Welcome:
+            w: Welcome = msg  # type: ignore[assignment]
+            return ev.WelcomeReceived(now=now, version=w.version, worker_id=w.worker_id,
+                                      keepalive_interval=w.keepalive_interval,
+                                      keepalive_timeout=w.keepalive_timeout,
+                                      transfer_port=w.transfer_port,
+                                      manager_name=w.manager_name)
+        if t is Shutdown:
+            return ev.ShutdownReceived(now=now, reason=msg.reason)  # type: ignore[attr-defined]
+        if t is Hoist:
+            mods = [m for m in msg.modules if m not in self.hoisted]  # type: ignore[attr-defined]
+            self.hoisted.extend(mods)
+            if self.python is not None:
+                self.python.hoist(mods)
+            return ev.HeartbeatReceived(now=now)  # no state to change: it proves liveness
+        return ev.ProtocolViolation(now=now, error=f"unexpected {t.__name__} from the manager")
 
-    async def _heartbeats(self) -> None:
-        seq = 0
-        last = time.monotonic()
-        while True:
-            # short naps: the interval from Welcome (often shorter than the default) must
-            # apply at once, or an idle new worker looks silent to the manager
-            await asyncio.sleep(min(self.keepalive, 0.5))
-            if time.monotonic() - last < self.keepalive:
-                continue
-            last = time.monotonic()
-            seq += 1
-            self.send(Heartbeat(seq=seq, disk_used=self.cache.used()))
-            if time.monotonic() - self.last_recv > max(30.0, 6 * self.keepalive):
-                log.error("manager silent for too long; dropping the connection")
-                if self.writer is not None:
-                    self.writer.close()
-                return
-
-    # ------------------------------------------------------------------ sending
-    def send(self, msg: Message) -> None:
+    def _send(self, msg: Message) -> None:
         self._outq.append(msg)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -247,248 +365,197 @@ class Worker:
         self.writer.write(b"".join(encode(m) for m in self._outq))
         self._outq.clear()
 
-    # ------------------------------------------------------------------ dispatch
-    def _dispatch(self, msg: Message) -> None:
-        if isinstance(msg, RunTask):
-            self.running[msg.task_id] = asyncio.ensure_future(self._run_task(msg))
-        elif isinstance(msg, Fetch):
-            asyncio.ensure_future(self._fetch(msg))
-        elif isinstance(msg, Unlink):
-            with contextlib.suppress(CacheError):
-                check_cache_name(msg.name)
-                self.cache.remove(msg.name)
-        elif isinstance(msg, Kill):
-            p = self.procs.get(msg.task_id)
-            if p is not None:
-                p.kill()
-            if self.python is not None:
-                self.python.kill(msg.task_id)
-            t = self.running.pop(msg.task_id, None)
-            if t is not None:
-                t.cancel()
-        elif isinstance(msg, Welcome):
-            self.keepalive = msg.keepalive_interval
-            self.manager_transfer_port = msg.transfer_port
-        elif isinstance(msg, Hoist):
-            if self.python is not None:
-                self.python.hoist(list(msg.modules))
-            else:
-                self.hoisted.extend(m for m in msg.modules if m not in self.hoisted)
-        elif isinstance(msg, Heartbeat):
-            pass
-        else:
-            log.error("unexpected message %s from manager", type(msg).__name__)
+    # ------------------------------------------------------------------ fetches
+    def _start_fetch(self, ins: ev.StartFetch) -> None:
+        part = self.parts[ins.fetch_id] = self.cache.part_path()
+        fut = asyncio.get_running_loop().run_in_executor(
+            self.pool, fetch_file, ins.host, ins.port, ins.name, part, ins.size)
 
-    # ------------------------------------------------------------------ transfers
-    async def _fetch(self, msg: Fetch) -> None:
-        host = msg.host or self.opts.host
-        port = msg.port or self.manager_transfer_port
-        source = f"{host}:{port}"
+        def done(f: asyncio.Future[tuple[int, float]]) -> None:
+            if f.cancelled():
+                return
+            e = f.exception()
+            if e is None:
+                size, secs = f.result()
+                self.post(ev.FetchFinished(fetch_id=ins.fetch_id, ok=True, size=size,
+                                           seconds=secs))
+            elif isinstance(e, TransferError):
+                self.post(ev.FetchFinished(fetch_id=ins.fetch_id, ok=False, cause=e.cause,
+                                           reason=str(e)))
+            else:
+                self.post(ev.FetchFinished(fetch_id=ins.fetch_id, ok=False, cause=6,
+                                           reason=f"cannot store {ins.name}: {e}"))
+
+        fut.add_done_callback(done)
+
+    def _commit_fetch(self, ins: ev.CommitFetch) -> None:
+        part = self.parts.pop(ins.fetch_id)
         try:
-            check_cache_name(msg.name)
-        except CacheError as e:
-            self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id, reason=str(e),
-                                   cause=TransferFailure.BAD_NAME))
-            return
-        if self.cache.has(msg.name):
-            self.send(CacheUpdate(name=msg.name, size=self.cache.sizes[msg.name], seconds=0.0,
-                                  transfer_id=msg.transfer_id, source=source))
-            return
-        tmp = self.cache.part_path()
-        loop = asyncio.get_running_loop()
-        try:
-            size, secs = await loop.run_in_executor(
-                self.pool, fetch_file, host, port, msg.name, tmp, msg.size)
-            self.cache.commit(msg.name, tmp)
-        except TransferError as e:
-            self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id, reason=str(e),
-                                   source=source, cause=e.cause))
-            return
-        except OSError as e:
+            self.cache.commit(ins.name, part)
+        except (OSError, CacheError) as e:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            self.send(CacheInvalid(name=msg.name, transfer_id=msg.transfer_id,
-                                   reason=f"cannot store {msg.name}: {e}", source=source,
-                                   cause=TransferFailure.LOCAL_IO))
-            return
-        self.send(CacheUpdate(name=msg.name, size=size, seconds=secs,
-                              transfer_id=msg.transfer_id, source=source))
+                os.unlink(part)
+            self.post(ev.FileLost(name=ins.name, reason=f"cannot store {ins.name}: {e}"))
 
     # ------------------------------------------------------------------ tasks
-    async def _run_task(self, msg: RunTask) -> None:
-        pool = self.box_pool if msg.python_payload is None else self.py_box_pool
-        box = pool.acquire()
-        start = time.time()
-        try:
-            lookup = {}
-            for name, _ in msg.inputs:
-                p = self.cache.lookup(name)
-                if p is not None:
-                    lookup[name] = p
-            try:
-                sb.prepare(box, [(n, r) for n, r in msg.inputs], lookup)
-                for _, remote in msg.outputs:
-                    sb.safe_join(box, remote)
-            except (sb.SandboxError, OSError) as e:
-                self._done(msg, TaskResult.INPUT_MISSING, -1, "", start, message=str(e))
-                return
-            if msg.python_payload is not None:
-                await self._run_python(msg, box, start)
-            else:
-                await self._run_command(msg, box, start)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a worker-side bug must not kill the worker
-            log.exception("task %d failed inside the worker", msg.task_id)
-            self._done(msg, TaskResult.FORSAKEN, -1, "", start, message=f"worker error: {e}")
-        finally:
-            self.running.pop(msg.task_id, None)
-            pool.release(box)
+    def _start_task(self, ins: ev.StartTask) -> None:
+        asyncio.ensure_future(self._run_task(ins.run_id, ins.task, ins.inline_max))
 
-    def _env(self, msg: RunTask) -> dict[str, str]:
+    async def _run_task(self, run_id: int, task: RunTask, inline_max: int) -> None:
+        pool = self.box_pool if task.python_payload is None else self.py_box_pool
+        box = pool.acquire()
+        self.boxes[run_id] = (pool, box)
+        try:
+            sb.prepare(box, list(task.inputs), {n: self.cache.path(n) for n, _ in task.inputs})
+            for _, remote in task.outputs:
+                sb.safe_join(box, remote)
+        except (sb.SandboxError, CacheError, OSError) as e:
+            self.post(ev.TaskExited(run_id=run_id, wall=time.time(), setup_error=str(e)))
+            return
+        try:
+            if task.python_payload is not None:
+                done = await self._run_python(run_id, task, box, inline_max)
+            else:
+                done = await self._run_command(run_id, task, box)
+        except Exception as e:  # a worker-side bug must not kill the worker
+            log.exception("task %d failed inside the worker", task.task_id)
+            done = ev.TaskExited(run_id=run_id, wall=time.time(), worker_error=str(e),
+                                 output=sb.read_output(box))
+        self.post(done)
+
+    def _env(self, task: RunTask) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"CORES": str(msg.cores), "MEMORY": str(msg.memory), "DISK": str(msg.disk),
-                    "GPUS": str(msg.gpus), "OMP_NUM_THREADS": str(max(1, msg.cores))})
-        env.update(dict(msg.env))
+        env.update({"CORES": str(task.cores), "MEMORY": str(task.memory),
+                    "DISK": str(task.disk), "GPUS": str(task.gpus),
+                    "OMP_NUM_THREADS": str(max(1, task.cores))})
+        env.update(dict(task.env))
         return env
 
-    async def _run_command(self, msg: RunTask, box: str, start: float) -> None:
-        proc = sb.CommandProcess(msg.command, box, self._env(msg))
-        self.procs[msg.task_id] = proc
+    async def _run_command(self, run_id: int, task: RunTask, box: str) -> ev.TaskExited:
+        try:
+            proc = sb.CommandProcess(task.command, box, self._env(task))
+        except OSError as e:
+            return ev.TaskExited(run_id=run_id, wall=time.time(), status=127 << 8,
+                                 output=f"vinework: cannot start the command: {e}\n")
+        self.procs[run_id] = proc
         timer = None
-        if msg.time_max > 0:
+        if task.time_max > 0:
             def on_time() -> None:
                 proc.killed_for_time = True
                 proc.kill()
-            timer = asyncio.get_running_loop().call_later(msg.time_max, on_time)
+            timer = asyncio.get_running_loop().call_later(task.time_max, on_time)
         try:
             status = await proc.wait()
         finally:
             if timer is not None:
                 timer.cancel()
-            self.procs.pop(msg.task_id, None)
-        output = sb.read_output(box)
-        if proc.killed_for_time:
-            self._done(msg, TaskResult.MAX_WALL_TIME, -1, output, start,
-                       message=f"killed after {msg.time_max} s")
-            return
-        if os.WIFSIGNALED(status):
-            self._done(msg, TaskResult.SIGNAL, -os.WTERMSIG(status), output, start,
-                       message=f"killed by signal {os.WTERMSIG(status)}")
-            return
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0 and self._disk_exhausted(box, msg.disk):
-            self._done(msg, TaskResult.DISK_EXHAUSTION, code, output, start,
-                       message=f"the task filled the disk of worker {socket.gethostname()}")
-            return
-        self._finish_outputs(msg, box, code, output, start)
+            self.procs.pop(run_id, None)
+        full = False
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
+            full = _disk_exhausted(box, task.disk)
+        return ev.TaskExited(run_id=run_id, wall=time.time(), status=status,
+                             timed_out=proc.killed_for_time, disk_exhausted=full,
+                             output=sb.read_output(box))
 
-    def _disk_exhausted(self, box: str, disk_mb: int) -> bool:
-        """Did a failed task run out of disk (the filesystem, or its own allocation)?"""
-        try:
-            if shutil.disk_usage(box).free < 4 * (1 << 20):
-                return True
-            if disk_mb > 0:
-                used = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(box)
-                           if e.is_file(follow_symlinks=False) and e.stat().st_nlink == 1)
-                return used > disk_mb * (1 << 20)
-        except OSError:
-            return False
-        return False
-
-    def _finish_outputs(self, msg: RunTask, box: str, code: int, output: str, start: float,
-                        python_result: bytes | None = None,
-                        extra: list[tuple[str, int]] | None = None) -> None:
-        produced: list[tuple[str, int]] = list(extra or [])
-        missing = []
-        if code == 0:
-            for name, remote in msg.outputs:
-                src = sb.safe_join(box, remote)
-                if not os.path.exists(src):
-                    missing.append(remote)
-                    continue
-                try:
-                    produced.append((name, self.cache.store_from(name, src)))
-                except (OSError, CacheError) as e:
-                    import errno
-
-                    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                        self._done(msg, TaskResult.DISK_EXHAUSTION, code, output, start,
-                                   message=f"disk full storing {remote}")
-                        return
-                    missing.append(f"{remote} ({e})")
-        if missing:
-            for name, _ in produced:
-                self.cache.remove(name)
-            self._done(msg, TaskResult.OUTPUT_MISSING, code, output, start,
-                       message="output missing: " + ", ".join(missing))
-            return
-        self._done(msg, TaskResult.SUCCESS, code, output, start, outputs=produced,
-                   python_result=python_result)
-
-    async def _run_python(self, msg: RunTask, box: str, start: float) -> None:
+    async def _run_python(self, run_id: int, task: RunTask, box: str,
+                          inline_max: int) -> ev.TaskExited:
         if self.python is None:
-            self.python = PythonRunner(self.resources[0], self.hoisted)
+            self.python = PythonRunner(self.resources.cores, self.hoisted)
         runner = self.python
-        out_path = self.cache.part_path()
-        keep = msg.python_keep
-        env = [[k, v] for k, v in msg.env] + [["CORES", str(msg.cores)]]
-        request = ["run", msg.task_id, box, msg.python_payload, out_path,
-                   -1 if keep else INLINE_RESULT_MAX, env]
-        timer = None
+        out_path = self.py_out[run_id] = self.cache.part_path()
+        env = [[k, v] for k, v in task.env] + [["CORES", str(task.cores)]]
+        # the runner knows calls by our run id: a task id may come again from a new manager
+        request = ["run", run_id, box, task.python_payload, out_path, inline_max, env]
         timed_out = False
-        if msg.time_max > 0:
+        timer = None
+        if task.time_max > 0:
             def on_time() -> None:
                 nonlocal timed_out
                 timed_out = True
-                runner.kill(msg.task_id)
-            timer = asyncio.get_running_loop().call_later(msg.time_max, on_time)
+                self._kill(run_id)
+            timer = asyncio.get_running_loop().call_later(task.time_max, on_time)
+        call = self.py_calls[run_id] = asyncio.ensure_future(
+            runner.run(run_id, task.python_mode or "direct", request))
         try:
-            _, _, status, kind, data, tb = await runner.run(
-                msg.task_id, msg.python_mode or "direct", request)
-        except asyncio.CancelledError:
-            runner.kill(msg.task_id)
-            raise
+            _, _, status, kind, data, tb = await call
+        except asyncio.CancelledError:  # killed before an interpreter took it
+            if not call.cancelled():
+                raise
+            status, kind, data, tb = signal.SIGKILL, "crash", b"", ""
         finally:
             if timer is not None:
                 timer.cancel()
-        output = sb.read_output(box)
-        if timed_out:
-            self._done(msg, TaskResult.MAX_WALL_TIME, -1, output, start,
-                       message=f"killed after {msg.time_max} s")
-            return
-        assert isinstance(status, int)
-        if kind == "error":
-            self._done(msg, TaskResult.SUCCESS, 1, output, start,
-                       python_result=data or None, python_error=str(tb),  # type: ignore[arg-type]
-                       message="the function raised an exception")
-            return
-        if kind == "crash" or not os.WIFEXITED(status):
-            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-            self._done(msg, TaskResult.SIGNAL if sig else TaskResult.UNKNOWN, -sig or 1, output,
-                       start, message=f"the Python process died (status {status})")
-            return
-        extra: list[tuple[str, int]] = []
-        result: bytes | None = None
-        if kind == "file":
-            try:
-                extra.append((msg.python_output, self.cache.commit(msg.python_output, out_path)))
-            except (OSError, CacheError) as e:
-                self._done(msg, TaskResult.OUTPUT_MISSING, 1, output, start,
-                           message=f"result could not be stored: {e}")
-                return
-        else:
-            result = data  # type: ignore[assignment]
-        self._finish_outputs(msg, box, 0, output, start, python_result=result, extra=extra)
+            self.py_calls.pop(run_id, None)
+        return ev.TaskExited(run_id=run_id, wall=time.time(), status=int(status),
+                             timed_out=timed_out, output=sb.read_output(box),
+                             python_kind=str(kind),
+                             python_data=data if isinstance(data, bytes) else None,
+                             python_traceback=str(tb or ""))
 
-    def _done(self, msg: RunTask, result: TaskResult, code: int, output: str, start: float,
-              outputs: list[tuple[str, int]] | None = None, python_result: bytes | None = None,
-              python_error: str = "", message: str = "") -> None:
-        self.tasks_run += 1
-        self.send(TaskDone(task_id=msg.task_id, attempt=msg.attempt, result=int(result),
-                           exit_code=code, output=output, start=start, end=time.time(),
-                           outputs=outputs or [], python_result=python_result,
-                           python_error=python_error, message=message))
+    def _kill(self, run_id: int) -> None:
+        proc = self.procs.get(run_id)
+        if proc is not None:
+            proc.kill()
+            return
+        call = self.py_calls.get(run_id)
+        if call is None or self.python is None:
+            return
+        if run_id in self.python.where:
+            self.python.kill(run_id)
+        else:
+            call.cancel()
+
+    def _collect(self, ins: ev.CollectOutputs) -> None:
+        _, box = self.boxes[ins.run_id]
+        stored: list[tuple[str, int]] = []
+        missing: list[str] = []
+        disk_full = result_error = ""
+        if ins.python_result:
+            try:
+                stored.append((ins.python_result,
+                               self.cache.commit(ins.python_result, self.py_out[ins.run_id])))
+            except (OSError, CacheError) as e:
+                result_error = str(e)
+        for name, remote in ins.outputs:
+            if result_error:
+                break
+            src = sb.safe_join(box, remote)
+            if not os.path.lexists(src):
+                missing.append(remote)
+                continue
+            try:
+                stored.append((name, self.cache.store_from(name, src)))
+            except (OSError, CacheError) as e:
+                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    disk_full = remote
+                    break
+                missing.append(f"{remote} ({e})")
+        self.post(ev.OutputsCollected(run_id=ins.run_id, wall=time.time(), stored=stored,
+                                      missing=missing, disk_full=disk_full,
+                                      result_error=result_error))
+
+    def _cleanup(self, run_id: int) -> None:
+        pool, box = self.boxes.pop(run_id, (None, ""))
+        if pool is not None:
+            pool.release(box)
+        part = self.py_out.pop(run_id, "")
+        if part:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+
+
+def _disk_exhausted(box: str, disk_mb: int) -> bool:
+    """Did a failed task run out of disk (the filesystem, or its own allocation)?"""
+    try:
+        if shutil.disk_usage(box).free < 4 * (1 << 20):
+            return True
+        if disk_mb > 0:
+            used = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(box)
+                       if e.is_file(follow_symlinks=False) and e.stat().st_nlink == 1)
+            return used > disk_mb * (1 << 20)
+    except OSError:
+        return False
+    return False
 
 
 def _remove_stale_shm() -> None:
@@ -509,12 +576,11 @@ def _remove_stale_shm() -> None:
             pass
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def run_worker(opts: WorkerOptions) -> int:
-    """Run a worker until the manager says stop (or cannot be reached)."""
-    logging.basicConfig(level=logging.WARNING, format="vinework worker: %(message)s")
+    """Run a worker until the manager says stop, a signal, or no manager for ``timeout``."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("vinework worker: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    log.propagate = False
     return Worker(opts).run()

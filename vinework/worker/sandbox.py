@@ -1,11 +1,15 @@
 """Running one task in its own directory, with its inputs linked in from the cache.
 
-A sandbox is a fresh directory per task attempt. Inputs are hard links to
-cache files (symlinks across filesystems), placed under their remote names;
-outputs are moved from the sandbox into the cache afterwards. Command tasks
-run under ``/bin/sh -c`` (or exec'd directly when the command is plain words
-with nothing for a shell to expand) in their own process group, and are reaped through
-a pidfd registered with the event loop: no thread per child, no SIGCHLD.
+Each task attempt gets an empty directory (released directories are emptied
+and reused: see ``SandboxPool``). Inputs are hard links to cache files
+(symlinks across filesystems), placed under their remote names; outputs are
+moved from the sandbox into the cache afterwards. Command tasks run under
+``/bin/sh -c`` (or exec'd directly when the command is plain words with
+nothing for a shell to expand) in their own session and process group, so a
+kill reaches every process they started. They are reaped through a pidfd
+registered with the event loop (no thread per child, no SIGCHLD); where
+``os.pidfd_open`` fails, ``waitpid(WNOHANG)`` is polled instead. Either way the
+caller gets the real wait status.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
-import time
 
 # a command made only of plain words separated by single spaces needs no shell
 _PLAIN = re.compile(r"[A-Za-z0-9_./,:=+@%-]+(?: [A-Za-z0-9_./,:=+@%-]+)*")
@@ -67,8 +71,6 @@ class SandboxPool:
                 if e.name == OUTPUT_NAME:
                     continue
                 if e.is_dir(follow_symlinks=False):
-                    import shutil
-
                     shutil.rmtree(e.path)
                 else:
                     os.unlink(e.path)
@@ -121,15 +123,11 @@ def remove(sandbox: str) -> None:
     try:
         for e in entries:
             if e.is_dir(follow_symlinks=False):
-                import shutil
-
                 shutil.rmtree(e.path, ignore_errors=True)
             else:
                 os.unlink(e.path)
         os.rmdir(sandbox)
     except OSError:
-        import shutil
-
         shutil.rmtree(sandbox, ignore_errors=True)
 
 
@@ -154,7 +152,6 @@ class CommandProcess:
         finally:
             os.close(out)
         self.pid = self.proc.pid
-        self.start = time.time()
         self.killed_for_time = False
 
     @staticmethod
@@ -164,37 +161,49 @@ class CommandProcess:
                                 stdout=out, stderr=out, start_new_session=True, close_fds=True)
 
     async def wait(self) -> int:
-        """Wait for exit without threads; returns the raw wait status."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except OSError:
-            pidfd = -1
-        if pidfd >= 0:
-            def wake() -> None:
-                if not fut.done():
-                    fut.set_result(None)
+        """Wait for the exit without a thread; return the raw wait status.
 
-            loop.add_reader(pidfd, wake)
+        Cancelled (the worker is going away), the process is killed and reaped
+        before the cancellation goes on: no zombie is left.
+        """
+        try:
             try:
-                await fut
-            except asyncio.CancelledError:
-                # cancelled (task killed by the manager): kill and reap, leave no zombie
-                self.kill()
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(self.pid, 0)
-                self.proc.returncode = -9
-                raise
-            finally:
-                loop.remove_reader(pidfd)
-                os.close(pidfd)
-        else:  # pragma: no cover - kernels without pidfd
-            while self.proc.poll() is None:
-                await asyncio.sleep(0.01)
-        _, status = os.waitpid(self.pid, 0) if self.proc.returncode is None else (0, 0)
+                pidfd = os.pidfd_open(self.pid)
+            except OSError:
+                pidfd = -1
+            if pidfd >= 0:
+                await self._readable(pidfd)
+                _, status = os.waitpid(self.pid, 0)
+            else:
+                while True:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                    if pid:
+                        break
+                    await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            self.kill()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.proc.returncode = -signal.SIGKILL
+            raise
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         return status
+
+    @staticmethod
+    async def _readable(fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
 
     def kill(self) -> None:
         try:
