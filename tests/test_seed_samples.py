@@ -145,9 +145,11 @@ def test_sample_2_enable_temp_output(tmp_path, start_seed_workers):
         with pytest.raises(vine.TaskOutputUnavailable, match="output_file"):
             _ = tA.output
         st = m.stats
-        # ~30 MB of make_big's result stayed on workers: nothing came back to the
-        # manager (tB's small result travels inline in its completion message)
-        assert st.bytes_received == 0, st
+        # ~30 MB of make_big's result stayed on workers: no file came back to the
+        # manager; only tB's small result, inline in its completion message (counted)
+        assert st.bytes_received_files == 0, st
+        assert 0 < st.bytes_received_inline < 100, st
+        assert st.bytes_received == st.bytes_received_inline, st
         assert st.bytes_sent == 0, st
         if tA.worker != tB.worker:
             assert st.bytes_peer >= 30_000_000

@@ -52,6 +52,7 @@ class Task:
         self._reset_results()
 
     def _reset_results(self) -> None:
+        self._story: tuple[tuple[float, str, str, str], ...] = ()
         self.result: TaskResult = TaskResult.UNKNOWN
         self.exit_code: int = -1
         self._output: Any = None

@@ -10,9 +10,15 @@ TIME is microseconds since the Unix epoch. KIND and its fields:
     MANAGER  START|END  name
     WORKER   worker_id CONNECTION host cores memory_mb disk_mb
     WORKER   worker_id DISCONNECTION reason
+    WORKER   worker_id DRAINING reason | DRAINED -
+    MANAGER  TUNE name value | HINT text | ERROR stimulus_id event
     TASK     task_id STATE worker attempt [detail]
-             STATE is SUBMITTED, WAITING, READY, STAGING, RUNNING, RETRY, RECOVERY,
-             FORSAKEN or DONE (detail is the result name, e.g. "success")
+             STATE is a state the task entered (INITIAL, WAITING, READY, STAGING,
+             RUNNING, WAITING_RETRIEVAL, RETRIEVED, DONE; detail says why, e.g. the
+             result name "success" on RETRIEVED), or a marker: SUBMITTED, RETRY (a run
+             failed and another starts), FORSAKEN (its worker was lost or drained),
+             RECOVERY (a finished task runs again to remake a lost temp), UNPLACEABLE
+             (no connected worker could ever run it)
     TRANSFER file START source dest transfer_id
     TRANSFER file DONE source dest bytes seconds
     TRANSFER file FAILED source dest reason

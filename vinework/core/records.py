@@ -82,6 +82,7 @@ class TaskRecord:
     python_result: bytes | None = None
     result_path: str = ""
     unplaceable_since: float = -1.0  # when no connected worker could ever run it
+    unplaceable_noted: bool = False
 
     @property
     def run(self) -> RunRecord:
@@ -109,13 +110,14 @@ class FileRecord:
     at_manager: bool  # the manager can serve it (local file, buffer, checkpoint)
     manager_path: str | None
     producer: int | None = None
-    consumers: set[int] = field(default_factory=set)  # unfinished tasks (and runs) reading it
+    consumers: dict[int, None] = field(default_factory=dict)  # unfinished tasks/runs reading it
     waiting: set[int] = field(default_factory=set)  # WAITING tasks that miss it
     readers: int = 0  # task records that read it and are still kept (lineage)
     produced: bool = False
     failed_producer: int | None = None
     fetch_requests: list[int] = field(default_factory=list)
     released: bool = False  # the user dropped every handle (or undeclared it)
+    undeclared: bool = False  # the user undeclared it: it is gone for good
     pruned: bool = False  # deleted from every worker (may be remade by a recovery)
     decision: str = ""  # the automatic durability policy's choice
     story: list[tuple[float, str, str]] = field(default_factory=list)

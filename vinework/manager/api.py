@@ -1,16 +1,22 @@
 """The user-facing Manager: TaskVine's synchronous API over the manager's loop thread.
 
-Threading model: all state belongs to one event-loop thread (``server.py``)
-that does the I/O, so transfers proceed while user code runs. Every public
-method here is safe to call from the user's thread: it hands an event to the
-loop and, where it needs an answer, waits for it. A Task's result fields are
-filled in on the loop thread before ``wait()`` can return it.
+Threading model: the core (``vinework.core``) belongs to one event-loop thread
+(``server.py``) that does the I/O, so transfers proceed while user code runs.
+Nothing here reads or writes the core from the user's thread: every change
+(submit, cancel, tune, hoist, undeclare, wait's hand-over) is an event posted
+to the loop, and every query (stats, status, hungry, task_state, stories) is
+answered on the loop. What this module keeps itself is the user's side of the
+bargain: the Task objects submitted and not yet returned by ``wait()``, which
+makes ``empty()`` exact. A Task's result fields are filled in on the loop
+thread before ``wait()`` can return it. If the core fails, every later call
+that needs it raises the ``ManagerError`` the shell recorded.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
+import logging
 import os
 import threading
 import time
@@ -20,25 +26,32 @@ from typing import Any
 import cloudpickle
 
 from ..constants import VINE_DEFAULT_PORT, CacheLevel, TaskResult, cache_level
-from ..file import File, FileKind
-from ..task import PythonTask, RemoteTaskError, Task
-from ..txnlog import TxnLog
-from .events import (
+from ..core import (
+    Event,
     FetchDone,
     FetchRequested,
     FileDeclared,
     FileReleased,
     FileSpec,
     FileUndeclared,
+    HoistRequested,
+    ManagerState,
+    ManagerStats,
     TaskCancelled,
+    TaskCollected,
     TaskReturned,
     TaskSpec,
     TaskSubmitted,
+    Tunables,
     Tuned,
 )
+from ..file import File, FileKind
+from ..task import PythonTask, RemoteTaskError, Task
+from ..txnlog import TxnLog
+from .errors import ManagerError
 from .server import ManagerServer
-from .state import ManagerState, TState
-from .stats import ManagerStats, Tunables
+
+log = logging.getLogger("vinework.manager")
 
 
 class Manager:
@@ -77,10 +90,34 @@ class Manager:
         self._next_fetch = 1
         self._declared: set[str] = set()
         self._closed = False
+        self._error: ManagerError | None = None
+        self.notices: list[str] = []  # hints the manager gave (explained waits)
         self._server = ManagerServer(
             self._state, port, self._txn, self._file_at_manager, self._on_task_returned,
-            self._on_fetch_done, name=self.name,
+            self._on_fetch_done, self._on_error, self._on_notice, name=self.name,
         )
+
+    # ------------------------------------------------------------------ loop plumbing
+    def _post(self, event: Event) -> None:
+        """Hand an event to the loop thread (raises the core's error, if it failed)."""
+        if self._error is not None:
+            raise self._error
+        self._server.post(event)
+
+    def _ask(self, fn: Any) -> Any:
+        """Answer a query on the loop thread, where the core lives."""
+        if self._error is not None:
+            raise self._error
+        return self._server.call(fn)
+
+    def _on_error(self, err: ManagerError) -> None:
+        with self._cond:
+            self._error = err
+            self._cond.notify_all()
+
+    def _on_notice(self, text: str) -> None:
+        self.notices.append(text)
+        log.warning("%s", text)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -143,27 +180,30 @@ class Manager:
                         cache_level=int(f.cache), peer_transfer=f.peer_transfer,
                         checkpoint=f.checkpoint)
         self._declared.add(spec.name)
-        self._server.post(FileDeclared(now=time.monotonic(), spec=spec))
+        self._post(FileDeclared(now=time.monotonic(), spec=spec))
         if f.kind is FileKind.TEMP:
             # once the user drops every handle, the temp may be pruned when no task needs it
             weakref.finalize(f, self._release, spec.name)
 
     def _release(self, name: str) -> None:
-        if not self._closed:
+        if not self._closed and self._error is None:
             try:
                 self._server.post(FileReleased(now=time.monotonic(), name=name))
             except RuntimeError:  # the loop is gone
                 pass
 
     def _file_at_manager(self, name: str) -> str | None:
-        f = self._state.files.get(name)
-        if f is not None and f.at_manager:
-            return f.manager_path
-        return None
+        """For the manager's transfer server (its own threads): asked on the loop."""
+        if self._closed or self._error is not None:
+            return None
+        try:
+            return self._server.call(lambda: self._state.manager_path(name))  # type: ignore[return-value]
+        except Exception:
+            return None
 
     def undeclare_file(self, f: File) -> None:
         """Forget a file: delete it from every worker's cache."""
-        self._server.post(FileUndeclared(now=time.monotonic(), name=f.cache_name))
+        self._post(FileUndeclared(now=time.monotonic(), name=f.cache_name))
         self._declared.discard(f.cache_name)
         if f.kind is FileKind.LOCAL and f.unlink_when_done and f.path:
             try:
@@ -179,16 +219,18 @@ class Manager:
     def fetch_file(self, f: File, timeout: float | None = None) -> bytes:
         """The bytes of a file, brought from a worker if only workers have it."""
         if f.kind is not FileKind.TEMP and f.path and os.path.exists(f.path) \
-                and f.cache_name not in self._state.files:
+                and (f._name is None or f._name not in self._declared):
             with open(f.path, "rb") as fh:
                 return fh.read()
         with self._cond:
             rid = self._next_fetch
             self._next_fetch += 1
-        self._server.post(FetchRequested(now=time.monotonic(), request_id=rid, name=f.cache_name))
+        self._post(FetchRequested(now=time.monotonic(), request_id=rid, name=f.cache_name))
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while rid not in self._fetches:
+                if self._error is not None:
+                    raise self._error
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"fetch_file({f!r}) timed out")
@@ -205,29 +247,57 @@ class Manager:
             self._cond.notify_all()
 
     def file_story(self, f: File) -> list[str]:
-        """A file's history: who made it, where its copies are and were, what was recomputed."""
+        """A file's history: who made it, where its copies are and were, what was recomputed
+        (each line: time, what happened, and the stimulus that caused it)."""
+        name = f.cache_name
+
         def lines() -> list[str]:
-            out = [f"{t:.3f} {text}" for t, text in self._state.stories.get(f.cache_name, [])]
-            holders = self._state.replicas.ready_workers(f.cache_name)
-            rec = self._state.files.get(f.cache_name)
+            st = self._state
+            out = [f"{t:.3f} {text} [{stim}]" for t, text, stim in st.file_story(name)]
+            holders = st.replicas.ready_workers(name)
+            rec = st.files.get(name)
             where = ", ".join(sorted(holders)) or "no worker"
             if rec is not None and rec.at_manager:
                 where += " and the manager"
             out.append(f"now: copies on {where}")
             return out
-        return self._server.call(lines)  # type: ignore[return-value]
+        return self._ask(lines)  # type: ignore[no-any-return]
+
+    def task_story(self, t: Task | int) -> list[str]:
+        """A task's history: every state change with its time and cause (stimulus id),
+        including recovery runs made after it was returned."""
+        task_id = t if isinstance(t, int) else t.id
+        rows = self._ask(lambda: self._state.task_story(task_id))
+        if not rows and not isinstance(t, int):
+            rows = list(t._story)
+        return [f"{when:.3f} {old or '-'} -> {new} [{why}]" for when, old, new, why in rows]
+
+    def task_state(self, task_id: int) -> int:
+        """TaskVine's state of a task (``VINE_TASK_*``: INITIAL 0, READY 1, RUNNING 2,
+        WAITING_RETRIEVAL 3, RETRIEVED 4, DONE 5); UNKNOWN (-1) for an id never submitted."""
+        with self._cond:
+            t = self._tasks.get(task_id)
+            returned = task_id < self._next_id and t is None
+        if returned:
+            return 5  # wait() returned it (the core may have forgotten it)
+        v = self._ask(lambda: self._state.task_state(task_id))
+        if v is None:
+            return 0 if t is not None else -1  # submitted, not yet seen by the loop
+        return int(v)
 
     def get_file_replica_count(self, f: File) -> int:
         """How many workers hold a ready copy of ``f``."""
-        n: Any = self._server.call(lambda: self._state.replicas.count_ready(f.cache_name))
-        return int(n)
+        name = f.cache_name
+        return int(self._ask(lambda: self._state.replicas.count_ready(name)))
 
     # ------------------------------------------------------------------ tasks
     def submit(self, t: Task) -> int:
         """Queue a task; returns its id. Raises if a local input file does not exist."""
         if self._closed:
             raise RuntimeError("the manager is closed")
-        if t.id and t.id in self._tasks and not self._tasks[t.id]._done:
+        if self._error is not None:
+            raise self._error
+        if t.id and self._tasks.get(t.id) is t:
             raise ValueError(f"task {t.id} is already submitted")
         inputs = []
         for f, remote in t.inputs:
@@ -269,12 +339,14 @@ class Manager:
             category=t.category, python_payload=payload, python_output=py_out, temp_output=temp,
             python_mode=getattr(t, "exec_mode", ""),
         )
-        self._tasks[t.id] = t
-        self._server.post(TaskSubmitted(now=time.monotonic(), spec=spec))
+        with self._cond:
+            self._tasks[t.id] = t
+        self._post(TaskSubmitted(now=time.monotonic(), spec=spec))
         return t.id
 
     def _on_task_returned(self, c: TaskReturned) -> None:
-        t = self._tasks.get(c.task_id)
+        with self._cond:
+            t = self._tasks.get(c.task_id)
         if t is None:
             return
         t.result = TaskResult(c.result)
@@ -286,6 +358,7 @@ class Manager:
         t.wall_time = max(0.0, c.end - c.start)
         t.retries = c.attempts - 1
         t.error_message = c.message
+        t._story = c.story
         if isinstance(t, PythonTask):
             t._output = self._python_output(t, c)
         t._done = True
@@ -327,80 +400,85 @@ class Manager:
             return RemoteTaskError(f"the result of task {t.id} could not be unpickled: {e}")
 
     def wait(self, timeout: float | None = 5) -> Task | None:
-        """The next finished task, waiting up to ``timeout`` seconds (None: forever)."""
+        """The next finished task, waiting up to ``timeout`` seconds (None: forever).
+
+        Returns None at once when no submitted task is left to return. Raises the
+        ``ManagerError`` if the manager's core failed.
+        """
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + float(timeout)
         with self._cond:
             while not self._done:
-                if self.empty_locked():
+                if self._error is not None:
+                    raise self._error
+                if not self._tasks:
                     return None
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
                 self._cond.wait(left)
             t = self._done.popleft()
-            if t._done:  # handed back: like TaskVine, forget it, so that its files can
-                self._tasks.pop(t.id, None)  # be released (and temps pruned) with it
-            return t
-
-    def empty_locked(self) -> bool:
-        return not self._done and self._state.unfinished() == 0 and not self._pending_submits()
-
-    def _pending_submits(self) -> bool:
-        """Submitted by the user but not yet seen by the loop thread."""
-        return self._state.stats.tasks_submitted < self._next_id - 1
+            # handed back: like TaskVine, forget it, so that its files can be released
+            # (and temps pruned) with it
+            self._tasks.pop(t.id, None)
+        self._post(TaskCollected(now=time.monotonic(), task_id=t.id))
+        return t
 
     def empty(self) -> bool:
-        """True when no submitted task is left unfinished or un-waited-for."""
+        """True when every submitted task has been returned by ``wait()`` (cancelled ones
+        included: they come back with result "cancelled")."""
         with self._cond:
-            return self.empty_locked()
+            if self._error is not None:
+                raise self._error
+            return not self._tasks
 
-    def hungry(self) -> bool:
-        """True if the manager would like more tasks (fewer waiting than workers can take)."""
-        st = self._state
-
-        def hungry() -> bool:  # on the loop thread: it owns these dicts
-            waiting = sum(1 for t in st.tasks.values()
-                          if t.state in (TState.WAITING, TState.READY))
-            cores = sum(w.total.cores for w in st.workers.values())
-            return waiting < max(st.tune.hungry_minimum, 2 * cores)
-
-        return bool(self._server.call(hungry))
+    def hungry(self) -> int:
+        """How many more tasks the manager would like now (0 when it has enough waiting);
+        TaskVine's ``hungry``, usable as a bool."""
+        return int(self._ask(self._state.hungry))
 
     def cancel_by_task_id(self, task_id: int) -> bool:
         """Cancel a task; it comes back from ``wait()`` with result "cancelled"."""
-        t = self._tasks.get(task_id)
+        with self._cond:
+            t = self._tasks.get(task_id)
         if t is None or t._done:
             return False
-        self._server.post(TaskCancelled(now=time.monotonic(), task_id=task_id))
+        self._post(TaskCancelled(now=time.monotonic(), task_id=task_id))
         return True
 
     def cancel_by_task_tag(self, tag: str) -> int:
         """Cancel every unfinished task with this tag; returns how many."""
         n = 0
-        for t in list(self._tasks.values()):
+        with self._cond:
+            tasks = list(self._tasks.values())
+        for t in tasks:
             if t.tag == tag and not t._done and self.cancel_by_task_id(t.id):
                 n += 1
         return n
 
     # ------------------------------------------------------------------ tuning & stats
     def tune(self, name: str, value: Any) -> None:
-        """Set a parameter; an unknown name raises ValueError listing the known ones."""
-        Tunables().set(name, value)  # validate here, in the caller's thread
-        self._server.call(lambda: self._state.tune.set(name, value))
-        self._server.post(Tuned(now=time.monotonic(), name=name, value=value))
+        """Set a parameter; an unknown name or a bad value raises ValueError (checked here,
+        in the caller's thread; the change itself is an event on the loop)."""
+        Tunables().set(name, value)
+        self._post(Tuned(now=time.monotonic(), name=name, value=value))
 
     def disable_peer_transfers(self) -> None:
         """Move every file through the manager (the comparison baseline)."""
-        self._server.call(lambda: setattr(self._state.tune, "peer_transfers", False))
+        self.tune("peer-transfers", False)
 
     def enable_peer_transfers(self) -> None:
         """Let workers fetch files from each other (the default)."""
-        self._server.call(lambda: setattr(self._state.tune, "peer_transfers", True))
+        self.tune("peer-transfers", True)
 
     @property
     def stats(self) -> ManagerStats:
         """A snapshot of the manager's counters."""
-        return self._server.call(self._state.stats.copy)  # type: ignore[return-value]
+        def snap() -> ManagerStats:
+            st = self._state.stats.copy()
+            st.bytes_control_in = self._server.bytes_in
+            st.bytes_control_out = self._server.bytes_out
+            return st
+        return self._ask(snap)  # type: ignore[no-any-return]
 
     def worker_stats(self) -> list[dict[str, Any]]:
         """One row per connected worker: resources, running tasks, bytes in and out."""
@@ -413,33 +491,29 @@ class Manager:
                     "gpus": w.total.gpus, "running": len(w.running), "tasks_done": w.tasks_done,
                     "bytes_in": w.bytes_in, "bytes_out": w.bytes_out, "disk_used": w.disk_used,
                     "files": len(self._state.replicas.files_on(w.worker_id)),
+                    "draining": w.draining,
                 })
             return out
-        return self._server.call(rows)  # type: ignore[return-value]
+        return self._ask(rows)  # type: ignore[no-any-return]
 
     def status(self, what: str = "workers") -> list[dict[str, Any]]:
-        """TaskVine's ``status``: "workers" (see ``worker_stats``) or "tasks"."""
+        """TaskVine's ``status``: "workers" (see ``worker_stats``) or "tasks" (every task
+        the core holds: state, worker, attempt, and why it waits when it cannot run)."""
         if what == "workers":
             return self.worker_stats()
         if what == "tasks":
             def rows() -> list[dict[str, Any]]:
                 return [{"task_id": tid, "state": t.state.value, "worker": t.worker or "",
-                         "attempt": t.attempt, "category": t.spec.category}
+                         "attempt": t.attempt, "category": t.spec.category,
+                         "recovery": t.run.recovery, "message": t.message}
                         for tid, t in self._state.tasks.items()]
-            return self._server.call(rows)  # type: ignore[return-value]
+            return self._ask(rows)  # type: ignore[no-any-return]
         raise ValueError(f"unknown status {what!r}; use 'workers' or 'tasks'")
 
     def hoist_modules(self, *modules: str) -> None:
         """Have every worker's warm interpreter import these modules (TaskVine's hoisting)."""
-        from ..protocol import Hoist
-
-        msg = Hoist(modules=list(modules))
-        def send() -> None:
-            self._server.hoisted.extend(m for m in modules if m not in self._server.hoisted)
-            for wid in list(self._server.conns):
-                self._server._send(wid, msg)
-        self._server.call(send)
+        self._post(HoistRequested(now=time.monotonic(), modules=list(modules)))
 
     @property
     def workers_connected(self) -> int:
-        return len(self._server.conns)
+        return int(self._ask(lambda: len(self._state.workers)))

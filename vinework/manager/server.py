@@ -1,11 +1,18 @@
 """The manager's I/O shell: an asyncio loop in its own thread around ``ManagerState``.
 
-It accepts worker connections, decodes and validates their frames, turns them
-into events, feeds the pure state, and carries out the commands it returns:
+Theory of operation: the loop thread is the only owner of the core. It
+accepts worker connections, decodes and validates their frames, turns them
+into events, feeds the core, and carries out the commands it returns:
 batched writes to workers, retrievals of files from workers (in a thread pool,
-so bulk bytes never stall the loop), returning finished tasks to the user.
-It also runs the manager's transfer server (files the manager itself serves)
-and enforces liveness with heartbeats in both directions.
+so bulk bytes never stall the loop), returning finished tasks to the user,
+closing the connections the core decided are dead. It makes no decision of
+its own: liveness, heartbeats, hoisting and draining are the core's, driven
+by a ``Tick`` event twice a second. It also runs the manager's transfer server
+(files the manager itself serves) and counts the control bytes in and out.
+
+If the core raises, the shell records the event, its stimulus id and the
+traceback as a ``ManagerError``, stops feeding the core, and tells the API,
+which raises that error at the user's next call.
 """
 
 from __future__ import annotations
@@ -18,33 +25,18 @@ import os
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..protocol import (
-    PROTOCOL_VERSION,
-    CacheInvalid,
-    CacheUpdate,
-    FrameDecoder,
-    Heartbeat,
-    Hello,
-    Hoist,
-    Message,
-    ProtocolError,
-    Shutdown,
-    TaskDone,
-    Welcome,
-    encode,
-)
-from ..txnlog import TxnLog
-from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
-from .events import (
+from ..core import (
     Command,
-    DiskReport,
     DropWorker,
     Event,
     FetchDone,
     Log,
+    ManagerState,
+    Notice,
     ReplicaFailed,
     ReplicaReady,
     RetrievalDone,
@@ -53,13 +45,35 @@ from .events import (
     TaskReported,
     TaskReturned,
     Tick,
+    WorkerHeard,
     WorkerJoined,
+    WorkerLeaving,
     WorkerLeft,
 )
-from .state import ManagerState
+from ..protocol import (
+    PROTOCOL_VERSION,
+    CacheInvalid,
+    CacheUpdate,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    Leaving,
+    Message,
+    ProtocolError,
+    RemoteProtocolError,
+    Shutdown,
+    TaskDone,
+    TransferFailure,
+    Welcome,
+    encode,
+)
+from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
+from ..txnlog import TxnLog
+from .errors import ManagerError
 
 log = logging.getLogger("vinework.manager")
 HELLO_TIMEOUT = 10.0
+TICK_SECONDS = 0.5
 
 
 @dataclass
@@ -67,7 +81,6 @@ class Connection:
     worker_id: str
     writer: asyncio.StreamWriter
     host: str
-    last_recv: float
     outq: list[Message] = field(default_factory=list)
     flush_scheduled: bool = False
     closed: bool = False
@@ -84,6 +97,8 @@ class ManagerServer:
         files_at_manager: Callable[[str], str | None],
         on_task_returned: Callable[[TaskReturned], None],
         on_fetch_done: Callable[[FetchDone], None],
+        on_error: Callable[[ManagerError], None],
+        on_notice: Callable[[str], None],
         name: str = "",
     ) -> None:
         self.state = state
@@ -91,8 +106,12 @@ class ManagerServer:
         self.name = name
         self.on_task_returned = on_task_returned
         self.on_fetch_done = on_fetch_done
+        self.on_error = on_error
+        self.on_notice = on_notice
+        self.error: ManagerError | None = None
+        self.bytes_in = 0  # control frames from workers
+        self.bytes_out = 0  # control frames to workers
         self.conns: dict[str, Connection] = {}
-        self.hoisted: list[str] = []  # modules every worker's warm interpreter imports
         self._next_worker = 1
         self.listen = self._bind(port)
         self.port: int = self.listen.getsockname()[1]
@@ -150,11 +169,17 @@ class ManagerServer:
         return fut.result(timeout=30)
 
     def apply(self, event: Event) -> None:
-        """Feed the state one event and carry out its commands (loop thread only)."""
+        """Feed the core one event and carry out its commands (loop thread only)."""
+        if self.error is not None:
+            return  # the core is not trusted after an error; the API raises it
         try:
             cmds = self.state.handle(event)
         except Exception:
-            log.exception("internal error handling %s", type(event).__name__)
+            err = ManagerError(self.state.stimulus, type(event).__name__, traceback.format_exc())
+            self.error = err
+            log.error("%s", err)
+            self.txn.write("MANAGER", ("ERROR", err.stimulus_id, err.event))
+            self.on_error(err)
             return
         self.execute(cmds)
 
@@ -175,6 +200,8 @@ class ManagerServer:
                 conn = self.conns.get(c.worker_id)
                 if conn is not None:
                     self._drop(conn, c.reason)
+            elif type(c) is Notice:
+                self.on_notice(c.text)
 
     def now(self) -> float:
         return time.monotonic()
@@ -206,13 +233,13 @@ class ManagerServer:
             return
         wid = f"w{self._next_worker}"
         self._next_worker += 1
-        conn = Connection(wid, writer, host, self.now())
+        conn = Connection(wid, writer, host)
         self.conns[wid] = conn
+        tune = self.state.tune
         self._send(wid, Welcome(version=PROTOCOL_VERSION, worker_id=wid,
-                                keepalive_interval=self.state.tune.keepalive_interval,
-                                transfer_port=self.transfer.port, manager_name=self.name))
-        if self.hoisted:
-            self._send(wid, Hoist(modules=list(self.hoisted)))
+                                keepalive_interval=tune.keepalive_interval,
+                                transfer_port=self.transfer.port, manager_name=self.name,
+                                keepalive_timeout=tune.keepalive_timeout))
         self.apply(WorkerJoined(now=self.now(), worker_id=wid, host=host,
                                 transfer_port=hello.transfer_port, cores=hello.cores,
                                 memory=hello.memory, disk=hello.disk, gpus=hello.gpus,
@@ -223,7 +250,7 @@ class ManagerServer:
                 data = await reader.read(1 << 20)
                 if not data:
                     break
-                conn.last_recv = self.now()
+                self.bytes_in += len(data)
                 dec.receive_data(data)
                 while (msg := dec.next_message()) is not None:
                     self._on_message(conn, msg)
@@ -256,15 +283,17 @@ class ManagerServer:
                                     seconds=m.seconds, transfer_id=m.transfer_id, source=m.source))
         elif t is CacheInvalid:
             ci: CacheInvalid = msg  # type: ignore[assignment]
-            at_src = ci.cause in (2, 3, 4)  # (temporary: the old core reads a prefix)
+            cause = TransferFailure(ci.cause) if ci.cause in TransferFailure._value2member_map_ \
+                else TransferFailure.UNKNOWN
             self.apply(ReplicaFailed(now=now, worker_id=conn.worker_id, name=ci.name,
-                                     transfer_id=ci.transfer_id,
-                                     reason=("source:" if at_src else "") + ci.reason))
+                                     transfer_id=ci.transfer_id, reason=ci.reason,
+                                     cause=cause))
         elif t is Heartbeat:
             hb: Heartbeat = msg  # type: ignore[assignment]
-            w = self.state.workers.get(conn.worker_id)
-            if w is not None and w.disk_used != hb.disk_used:
-                self.apply(DiskReport(now=now, worker_id=conn.worker_id, used=hb.disk_used))
+            self.apply(WorkerHeard(now=now, worker_id=conn.worker_id, disk_used=hb.disk_used))
+        elif t is Leaving:
+            lv: Leaving = msg  # type: ignore[assignment]
+            self.apply(WorkerLeaving(now=now, worker_id=conn.worker_id, reason=lv.reason))
         else:
             raise _remote(f"unexpected {t.__name__} from a worker")
 
@@ -292,24 +321,18 @@ class ManagerServer:
         if conn.closed or not conn.outq:
             return
         try:
-            conn.writer.write(b"".join(encode(m) for m in conn.outq))
+            data = b"".join(encode(m) for m in conn.outq)
+            self.bytes_out += len(data)
+            conn.writer.write(data)
         except Exception as e:
             log.warning("write to %s failed: %s", conn.worker_id, e)
         conn.outq.clear()
 
     async def _keepalive(self) -> None:
-        seq = 0
+        """Time for the core: a Tick twice a second (keepalives, hints, retries)."""
         while True:
-            interval = self.state.tune.keepalive_interval
-            await asyncio.sleep(min(interval, 1.0))
-            seq += 1
-            now = self.now()
-            for conn in list(self.conns.values()):
-                if now - conn.last_recv > self.state.tune.keepalive_timeout:
-                    self._drop(conn, f"no message for {self.state.tune.keepalive_timeout} s")
-                elif seq % max(1, int(interval)) == 0:
-                    self._send(conn.worker_id, Heartbeat(seq=seq))
-            self.apply(Tick(now=now))
+            await asyncio.sleep(TICK_SECONDS)
+            self.apply(Tick(now=self.now()))
             self.txn.maybe_flush()
 
     # ------------------------------------------------------------------ retrievals
@@ -333,9 +356,9 @@ class ManagerServer:
             except (TransferError, OSError) as e:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-                src = isinstance(e, TransferError) and e.at_source
+                cause = e.cause if isinstance(e, TransferError) else TransferFailure.LOCAL_IO
                 ev = RetrievalDone(now=self.now(), retrieval_id=c.retrieval_id, ok=False,
-                                   error=("source:" if src else "") + str(e))
+                                   error=str(e), cause=cause)
             self.post(ev)
 
         fut.add_done_callback(done)
@@ -368,6 +391,4 @@ class ManagerServer:
 
 
 def _remote(msg: str) -> ProtocolError:
-    from ..protocol import RemoteProtocolError
-
     return RemoteProtocolError(msg)

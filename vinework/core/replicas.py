@@ -1,16 +1,22 @@
 """Pure bookkeeping of where each file lives and which transfers are in flight.
 
-A replica is a copy of a file in one worker's cache, PENDING while it is being
-transferred or produced and READY once the worker confirmed it. A transfer
-has one source: a peer worker or the manager (``MANAGER``). Each source serves
-at most ``limit`` transfers at once; a source that failed is avoided until a
-given time. No I/O, no clock: times come from the caller.
+Theory of operation: a replica is a copy of a file in one worker's cache,
+PENDING while it is being transferred or produced and READY once the worker
+confirmed it. Every change of a replica's state goes through ``_set``, which
+checks it against ``transitions.REPLICA``. A transfer has one source: a peer
+worker or the manager (``MANAGER``); each source serves at most ``limit``
+transfers at once, and a source that failed is avoided until a given time.
+Iteration orders are insertion orders (dicts, never sets of strings), so the
+same inputs give the same decisions under any hash seed. No I/O, no clock:
+times come from the caller.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+
+from .transitions import check_replica
 
 MANAGER = "manager"
 
@@ -29,6 +35,7 @@ class Transfer:
     dest: str
     source: str  # a worker id or MANAGER
     started: float
+    replication: bool = False  # made by the durability policy, not for a task
 
 
 class ReplicaTable:
@@ -37,7 +44,8 @@ class ReplicaTable:
     def __init__(self) -> None:
         self.where: dict[str, dict[str, ReplicaState]] = {}
         self.sizes: dict[tuple[str, str], int] = {}
-        self.by_worker: dict[str, set[str]] = {}
+        self.by_worker: dict[str, dict[str, None]] = {}  # ordered sets
+        self.bytes_by_worker: dict[str, int] = {}
         self.transfers: dict[int, Transfer] = {}
         self.pending_by_dest: dict[tuple[str, str], int] = {}  # (name, dest) -> transfer id
         self.source_load: dict[str, int] = {}
@@ -46,63 +54,86 @@ class ReplicaTable:
 
     # ---------------------------------------------------------- queries
     def state(self, name: str, worker: str) -> ReplicaState | None:
-        return self.where.get(name, {}).get(worker)
+        h = self.where.get(name)
+        return h.get(worker) if h is not None else None
 
     def ready_workers(self, name: str) -> list[str]:
-        return [w for w, s in self.where.get(name, {}).items() if s is ReplicaState.READY]
+        h = self.where.get(name)
+        if h is None:
+            return []
+        return [w for w, s in h.items() if s is ReplicaState.READY]
 
     def count_ready(self, name: str) -> int:
-        return sum(1 for s in self.where.get(name, {}).values() if s is ReplicaState.READY)
+        h = self.where.get(name)
+        if h is None:
+            return 0
+        return sum(1 for s in h.values() if s is ReplicaState.READY)
 
     def holders(self, name: str) -> list[str]:
         """Workers with a replica in any state."""
-        return list(self.where.get(name, {}))
+        h = self.where.get(name)
+        return list(h) if h is not None else []
 
-    def files_on(self, worker: str) -> set[str]:
-        return self.by_worker.get(worker, set())
+    def files_on(self, worker: str) -> list[str]:
+        return list(self.by_worker.get(worker, ()))
 
     def bytes_on(self, worker: str) -> int:
-        return sum(max(0, self.sizes.get((n, worker), 0)) for n in self.by_worker.get(worker, ()))
+        return self.bytes_by_worker.get(worker, 0)
 
     # ---------------------------------------------------------- changes
+    def _set(self, name: str, worker: str, new: ReplicaState | None, size: int = 0) -> None:
+        h = self.where.get(name)
+        old = h.get(worker) if h is not None else None
+        check_replica(old.value if old is not None else None,
+                      new.value if new is not None else None)
+        if new is None:
+            if h is not None:
+                del h[worker]
+                if not h:
+                    del self.where[name]
+            files = self.by_worker.get(worker)
+            if files is not None:
+                files.pop(name, None)
+            self.bytes_by_worker[worker] = (self.bytes_by_worker.get(worker, 0)
+                                            - self.sizes.pop((name, worker), 0))
+            return
+        if h is None:
+            h = self.where[name] = {}
+        h[worker] = new
+        self.by_worker.setdefault(worker, {})[name] = None
+        if new is ReplicaState.READY:
+            size = max(0, size)
+            before = self.sizes.get((name, worker), 0)
+            self.sizes[(name, worker)] = size
+            self.bytes_by_worker[worker] = self.bytes_by_worker.get(worker, 0) + size - before
+
     def set_ready(self, name: str, worker: str, size: int) -> None:
-        self.where.setdefault(name, {})[worker] = ReplicaState.READY
-        self.by_worker.setdefault(worker, set()).add(name)
-        self.sizes[(name, worker)] = size
+        self._set(name, worker, ReplicaState.READY, size)
 
     def set_pending(self, name: str, worker: str) -> None:
-        self.where.setdefault(name, {})[worker] = ReplicaState.PENDING
-        self.by_worker.setdefault(worker, set()).add(name)
+        self._set(name, worker, ReplicaState.PENDING)
 
     def remove(self, name: str, worker: str) -> None:
-        holders = self.where.get(name)
-        if holders is not None:
-            holders.pop(worker, None)
-            if not holders:
-                del self.where[name]
-        files = self.by_worker.get(worker)
-        if files is not None:
-            files.discard(name)
-        self.sizes.pop((name, worker), None)
+        if self.state(name, worker) is not None:
+            self._set(name, worker, None)
 
     def forget_file(self, name: str) -> list[str]:
-        """Drop every replica of ``name``; return the workers that held one."""
-        workers = list(self.where.pop(name, {}))
+        """Drop every replica of ``name`` and its transfers in flight; return the workers
+        that held (or were getting) one."""
+        workers = self.holders(name)
+        for tid in [t.transfer_id for t in self.transfers.values() if t.name == name]:
+            self.end_transfer(tid)
         for w in workers:
-            self.by_worker.get(w, set()).discard(name)
-            self.sizes.pop((name, w), None)
+            self._set(name, w, None)
         return workers
 
-    def drop_worker(self, worker: str) -> tuple[set[str], list[Transfer]]:
+    def drop_worker(self, worker: str) -> tuple[list[str], list[Transfer]]:
         """Forget a worker: the files it held and the transfers to or from it."""
-        names = self.by_worker.pop(worker, set())
+        names = self.files_on(worker)
         for n in names:
-            holders = self.where.get(n)
-            if holders is not None:
-                holders.pop(worker, None)
-                if not holders:
-                    del self.where[n]
-            self.sizes.pop((n, worker), None)
+            self._set(n, worker, None)
+        self.by_worker.pop(worker, None)
+        self.bytes_by_worker.pop(worker, None)
         dead = [t for t in self.transfers.values() if t.dest == worker or t.source == worker]
         for t in dead:
             self.end_transfer(t.transfer_id)
@@ -129,8 +160,9 @@ class ReplicaTable:
                 return MANAGER
         return best
 
-    def start_transfer(self, name: str, dest: str, source: str, now: float) -> Transfer:
-        t = Transfer(self._next_transfer, name, dest, source, now)
+    def start_transfer(self, name: str, dest: str, source: str, now: float,
+                       replication: bool = False) -> Transfer:
+        t = Transfer(self._next_transfer, name, dest, source, now, replication)
         self._next_transfer += 1
         self.transfers[t.transfer_id] = t
         self.pending_by_dest[(name, dest)] = t.transfer_id

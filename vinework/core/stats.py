@@ -1,7 +1,13 @@
 """Counters the manager keeps (``m.stats``) and the knobs ``m.tune`` sets.
 
-Pure data: the state machine updates the counters; ``Manager.stats`` hands
-the user a copy. Names follow TaskVine's where TaskVine has one.
+Pure data: the core updates the counters; ``Manager.stats`` hands the user a
+copy (made on the manager's loop thread). Names follow TaskVine's where
+TaskVine has one. Every byte that crosses the manager's link is counted by
+path: files sent to workers (``bytes_sent``), files brought back
+(``bytes_received_files``), results carried inside completion messages
+(``bytes_received_inline``), and control messages both ways
+(``bytes_control_in``/``bytes_control_out``, counted by the shell);
+``bytes_received`` is files plus inline results.
 """
 
 from __future__ import annotations
@@ -22,8 +28,12 @@ class ManagerStats:
     workers_connected: int = 0
     workers_joined: int = 0
     workers_lost: int = 0
-    bytes_sent: int = 0  # manager -> workers
-    bytes_received: int = 0  # workers -> manager
+    bytes_sent: int = 0  # files, manager -> workers
+    bytes_received: int = 0  # files and inline results, workers -> manager
+    bytes_received_files: int = 0  # retrievals: outputs, fetch_file, checkpoints
+    bytes_received_inline: int = 0  # results and output text inside TaskDone messages
+    bytes_control_in: int = 0  # every frame from workers (inline results included)
+    bytes_control_out: int = 0  # every frame to workers
     bytes_peer: int = 0  # worker -> worker
     transfers_sent: int = 0
     transfers_received: int = 0
@@ -52,9 +62,12 @@ _KNOBS: dict[str, tuple[str, Any]] = {
     "temp-replica-count": ("temp_replica_count", int),
     "durability": ("durability", str),
     "checkpoint-dir": ("checkpoint_dir", str),
-    "prune": ("prune", bool),
+    "validate": ("validate", bool),
+    "unplaceable-hint-delay": ("unplaceable_hint_delay", float),
+    "no-worker-hint-delay": ("no_worker_hint_delay", float),
     "hungry-minimum": ("hungry_minimum", int),
     "python-exec": ("python_exec", str),
+    "peer-transfers": ("peer_transfers", bool),
 }
 
 
@@ -69,7 +82,9 @@ class Tunables:
     temp_replica_count: int = 1
     durability: str = "auto"  # "auto" (default) | "manual"
     checkpoint_dir: str = ""
-    prune: bool = True
+    validate: bool = False  # check every invariant after every event (slow; for debugging)
+    unplaceable_hint_delay: float = 5.0  # say why a task no worker can run waits, after this
+    no_worker_hint_delay: float = 10.0  # hint that no worker is connected, after this
     hungry_minimum: int = 10
     peer_transfers: bool = True
     python_exec: str = "direct"  # "direct": warm executors; "fork": a forked child per call
