@@ -61,8 +61,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from ..constants import TaskResult
@@ -122,6 +120,16 @@ from .events import (
 )
 from .outcome import Ledger, OverCommit, Resources, Verdict, classify_exit, classify_outputs
 from .outcome import inline_limit as _inline_limit
+from .records import (
+    CacheEntry,
+    EntryState,
+    InFlight,
+    Link,
+    TaskRun,
+    TaskState,
+    Waiter,
+    WorkerConfig,
+)
 
 STORY_MAX = 100_000  # story records kept (oldest dropped first)
 RETRY_AFTER_SESSION = 0.5  # seconds before reconnecting after a session ended
@@ -130,13 +138,6 @@ RETRY_MAX = 10.0  # longest pause between two connection attempts
 
 class InvalidTransition(Exception):
     """A cache entry was asked to make a move the table does not allow (a worker bug)."""
-
-
-class EntryState(Enum):
-    FETCHING = "fetching"
-    READY = "ready"
-    FAILED = "failed"
-    REMOVED = "removed"
 
 
 F, R, X, D = EntryState.FETCHING, EntryState.READY, EntryState.FAILED, EntryState.REMOVED
@@ -151,86 +152,6 @@ ALLOWED: dict[tuple[EntryState | None, EntryState], str] = {
     (R, D): "unlinked (after its last pin) or lost",
 }
 TERMINAL = (X, D)
-
-
-class TaskState(Enum):
-    RUNNING = "running"
-    COLLECTING = "collecting"  # the process succeeded; its outputs are being stored
-    KILLED = "killed"  # given up; waiting for the process to be gone
-
-
-class Link(Enum):
-    IDLE = "idle"  # not connected; a retry is scheduled
-    CONNECTING = "connecting"
-    HANDSHAKE = "handshake"
-    CONNECTED = "connected"
-    DONE = "done"  # an Exit was given: nothing more happens
-
-
-@dataclass(frozen=True, slots=True)
-class Waiter:
-    """One manager ``Fetch`` waiting for its answer."""
-
-    transfer_id: int
-    host: str
-    port: int
-    size: int
-
-    @property
-    def source(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(slots=True)
-class InFlight:
-    """The one transfer of a name in flight."""
-
-    fetch_id: int
-    name: str
-    host: str
-    port: int
-    waiters: list[Waiter] = field(default_factory=list)
-    cancelled: list[Waiter] = field(default_factory=list)
-
-    @property
-    def source(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(slots=True)
-class CacheEntry:
-    name: str
-    state: EntryState
-    size: int = -1
-    pins: int = 0
-    doomed: bool = False  # remove when the last pin is released / when the fetch ends
-
-
-@dataclass(slots=True)
-class TaskRun:
-    run_id: int
-    task: RunTask
-    ask: Resources
-    inputs: tuple[str, ...]  # distinct cache names pinned
-    start: float  # wall clock
-    state: TaskState = TaskState.RUNNING
-    output: str = ""
-    python_result: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """What the core must know about this worker and its manager."""
-
-    manager_host: str
-    manager_port: int
-    hostname: str
-    transfer_port: int
-    resources: Resources
-    timeout: float = 900.0  # give up after this long without a manager
-    connect_timeout: float = 30.0  # one connection attempt, handshake included
-    drain_timeout: float = 20.0
-    single_shot: bool = False
 
 
 class WorkerState:
@@ -484,9 +405,7 @@ class WorkerState:
         session = self.link is Link.CONNECTED
         self.dropping = False
         self._give_up_tasks("the connection to the manager was lost")
-        for fl in self.fetching.values():  # answers cannot reach a manager that is gone
-            fl.waiters.clear()
-            fl.cancelled.clear()
+        self._forget_waiters()
         if not session:
             self.failures += 1
             self._retry(ev.now, f"{self.manager} closed the connection during the handshake "
@@ -519,8 +438,15 @@ class WorkerState:
     def _on_shutdown(self, ev: ShutdownReceived) -> None:
         self._exit(0, f"the manager said shutdown ({ev.reason})")
 
+    def _forget_waiters(self) -> None:
+        """Answers cannot reach a manager that is gone: the fetches go on for the cache."""
+        for fl in self.fetching.values():
+            fl.waiters.clear()
+            fl.cancelled.clear()
+
     def _exit(self, code: int, reason: str) -> None:
         self._give_up_tasks(reason)
+        self._forget_waiters()
         self.link = Link.DONE
         self._emit(Exit(stimulus_id=self._sid, code=code, reason=reason))
 

@@ -1,0 +1,533 @@
+"""Pure tests of the worker's core (``vinework.worker.state``): no socket, no process, no clock.
+
+Each test builds a ``WorkerState``, feeds events and asserts the exact
+instructions; ``validate_state()`` runs after the interesting steps.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.test_worker_helpers import (
+    MANAGER,
+    config,
+    connected,
+    fetch,
+    finish_ok,
+    of,
+    one,
+    run_task,
+    sent,
+    start_run,
+    welcome,
+)
+from vinework.constants import TaskResult
+from vinework.protocol import (
+    CacheInvalid,
+    CacheUpdate,
+    Heartbeat,
+    Hello,
+    Leaving,
+    TaskDone,
+    TransferFailure,
+)
+from vinework.worker import events as ev
+from vinework.worker.outcome import (
+    INLINE_RESULT_MAX,
+    Ledger,
+    OverCommit,
+    Resources,
+    classify_exit,
+    classify_outputs,
+    inline_limit,
+)
+from vinework.worker.state import EntryState, InvalidTransition, Link, WorkerState
+
+SIGTERM_STATUS = signal.SIGTERM  # wait status of a process killed by SIGTERM
+EXIT = lambda code: code << 8  # noqa: E731  (wait status of exit(code))
+
+
+# ====================================================================== race (a): joined fetches
+def test_second_fetch_of_a_file_in_flight_joins_it() -> None:
+    ws = connected()
+    first = ws.handle(fetch(1))
+    second = ws.handle(fetch(2))
+    ws.validate_state()
+    start = one(first, ev.StartFetch)
+    assert (start.name, start.host, start.port) == ("temp-a", "peer1", 8000)
+    assert second == []  # no second transfer
+    out = ws.handle(ev.FetchFinished(fetch_id=start.fetch_id, ok=True, size=10, seconds=0.5))
+    ws.validate_state()
+    assert len(of(out, ev.CommitFetch)) == 1
+    answers = sent(out, CacheUpdate)
+    assert sorted(a.transfer_id for a in answers) == [1, 2]
+    assert all(a.size == 10 for a in answers)
+    assert ws.entries["temp-a"].state is EntryState.READY
+    assert any("joins" in text for text, _ in ws.story("temp-a"))
+
+
+def test_fetch_of_a_ready_file_is_answered_at_once() -> None:
+    ws = connected(cached=[("temp-a", 5)])
+    out = ws.handle(fetch(3))
+    assert of(out, ev.StartFetch) == []
+    (upd,) = sent(out, CacheUpdate)
+    assert (upd.transfer_id, upd.size, upd.seconds) == (3, 5, 0.0)
+
+
+def test_joined_fetch_failing_at_one_source_is_retried_from_the_other() -> None:
+    ws = connected()
+    start = one(ws.handle(fetch(1, host="peer1")), ev.StartFetch)
+    ws.handle(fetch(2, host="peer2"))
+    out = ws.handle(ev.FetchFinished(fetch_id=start.fetch_id, ok=False, reason="no such file",
+                                     cause=int(TransferFailure.SOURCE_MISSING)))
+    ws.validate_state()
+    (inv,) = sent(out, CacheInvalid)
+    assert (inv.transfer_id, inv.cause, inv.source) == (1, TransferFailure.SOURCE_MISSING,
+                                                       "peer1:8000")
+    again = one(out, ev.StartFetch)
+    assert again.host == "peer2" and again.fetch_id != start.fetch_id
+    out = ws.handle(ev.FetchFinished(fetch_id=again.fetch_id, ok=True, size=10))
+    assert [u.transfer_id for u in sent(out, CacheUpdate)] == [2]
+
+
+def test_local_failure_answers_every_waiter() -> None:
+    ws = connected()
+    start = one(ws.handle(fetch(1, host="peer1")), ev.StartFetch)
+    ws.handle(fetch(2, host="peer2"))
+    out = ws.handle(ev.FetchFinished(fetch_id=start.fetch_id, ok=False, reason="disk full",
+                                     cause=int(TransferFailure.DISK_FULL)))
+    ws.validate_state()
+    assert sorted(i.transfer_id for i in sent(out, CacheInvalid)) == [1, 2]
+    assert all(i.cause == TransferFailure.DISK_FULL for i in sent(out, CacheInvalid))
+    assert of(out, ev.StartFetch) == [] and "temp-a" not in ws.entries
+
+
+def test_bad_name_is_refused_with_a_typed_cause() -> None:
+    ws = connected()
+    out = ws.handle(fetch(1, name="../etc/passwd"))
+    (inv,) = sent(out, CacheInvalid)
+    assert inv.cause == TransferFailure.BAD_NAME and of(out, ev.StartFetch) == []
+
+
+def test_fetch_from_the_manager_uses_its_transfer_port() -> None:
+    ws = connected()
+    start = one(ws.handle(fetch(1, host="", port=0)), ev.StartFetch)
+    assert (start.host, start.port) == (MANAGER[0], 9124)
+
+
+# ====================================================================== race (b): unlink while fetching
+def test_unlink_during_a_fetch_discards_the_bytes() -> None:
+    ws = connected()
+    start = one(ws.handle(fetch(1)), ev.StartFetch)
+    assert ws.handle(ev.UnlinkRequested(now=0.1, name="temp-a")) == []
+    ws.validate_state()
+    assert ws.entries["temp-a"].doomed
+    out = ws.handle(ev.FetchFinished(fetch_id=start.fetch_id, ok=True, size=10))
+    ws.validate_state()
+    assert of(out, ev.CommitFetch) == []
+    assert one(out, ev.DiscardFetch).fetch_id == start.fetch_id
+    (inv,) = sent(out, CacheInvalid)
+    assert (inv.transfer_id, inv.cause) == (1, TransferFailure.NONE)
+    assert sent(out, CacheUpdate) == []
+    assert "temp-a" not in ws.entries
+    assert "fetching -> removed" in " ".join(t for t, _ in ws.story("temp-a"))
+
+
+def test_fetch_after_unlink_during_a_fetch_revives_the_file() -> None:
+    ws = connected()
+    start = one(ws.handle(fetch(1)), ev.StartFetch)
+    ws.handle(ev.UnlinkRequested(now=0.1, name="temp-a"))
+    assert of(ws.handle(fetch(2)), ev.StartFetch) == []
+    ws.validate_state()
+    out = ws.handle(ev.FetchFinished(fetch_id=start.fetch_id, ok=True, size=10))
+    ws.validate_state()
+    assert len(of(out, ev.CommitFetch)) == 1
+    assert [(m.transfer_id, m.cause) for m in sent(out, CacheInvalid)] == \
+        [(1, TransferFailure.NONE)]
+    assert [m.transfer_id for m in sent(out, CacheUpdate)] == [2]
+
+
+def test_unlink_of_an_unknown_file_does_nothing() -> None:
+    ws = connected()
+    assert ws.handle(ev.UnlinkRequested(now=0.0, name="nothing")) == []
+
+
+# ====================================================================== race (c): unlink under a task
+def test_unlink_of_a_pinned_file_waits_for_the_last_task() -> None:
+    ws = connected(cached=[("temp-a", 5)])
+    r1 = start_run(ws, run_task(1, inputs=[("temp-a", "in")]))
+    r2 = start_run(ws, run_task(2, inputs=[("temp-a", "in")]))
+    assert ws.entries["temp-a"].pins == 2
+    assert ws.handle(ev.UnlinkRequested(now=0.1, name="temp-a")) == []
+    ws.validate_state()
+    out = finish_ok(ws, r1)
+    assert of(out, ev.RemoveFile) == []
+    out = finish_ok(ws, r2)
+    assert [r.name for r in of(out, ev.RemoveFile)] == ["temp-a"]
+    # the file goes after the task's sandbox is released
+    kinds = [type(i) for i in out]
+    assert kinds.index(ev.CleanupTask) < kinds.index(ev.RemoveFile)
+    assert "temp-a" not in ws.entries
+    ws.validate_state()
+
+
+def test_doomed_file_is_not_given_to_a_new_task_nor_announced() -> None:
+    ws = connected(cached=[("temp-a", 5)])
+    start_run(ws, run_task(1, inputs=[("temp-a", "in")]))
+    ws.handle(ev.UnlinkRequested(now=0.1, name="temp-a"))
+    out = ws.handle(ev.RunRequested(now=0.2, task=run_task(2, inputs=[("temp-a", "in")]),
+                                    wall=1.0))
+    (done,) = sent(out, TaskDone)
+    assert done.result == TaskResult.INPUT_MISSING and of(out, ev.StartTask) == []
+    assert ws.cached() == []
+
+
+def test_fetch_of_a_doomed_file_cancels_its_removal() -> None:
+    ws = connected(cached=[("temp-a", 5)])
+    r1 = start_run(ws, run_task(1, inputs=[("temp-a", "in")]))
+    ws.handle(ev.UnlinkRequested(now=0.1, name="temp-a"))
+    out = ws.handle(fetch(9))
+    assert [m.transfer_id for m in sent(out, CacheUpdate)] == [9]
+    assert of(finish_ok(ws, r1), ev.RemoveFile) == []
+    assert ws.entries["temp-a"].state is EntryState.READY
+
+
+# ====================================================================== the transition table
+def test_illegal_transition_raises() -> None:
+    ws = connected(cached=[("temp-a", 5)])
+    with pytest.raises(InvalidTransition):
+        ws._transition("temp-a", EntryState.FAILED, "a READY file cannot fail a fetch")
+    with pytest.raises(InvalidTransition):
+        ws._transition("new", EntryState.REMOVED, "nothing to remove")
+
+
+# ====================================================================== tasks and outcomes
+def test_task_outputs_become_cache_entries() -> None:
+    ws = connected()
+    rid = start_run(ws, run_task(1, outputs=[("temp-out", "out")]))
+    out = ws.handle(ev.TaskExited(run_id=rid, wall=101.0, status=0, output="hi"))
+    coll = one(out, ev.CollectOutputs)
+    assert coll.outputs == [("temp-out", "out")] and coll.python_result == ""
+    out = ws.handle(ev.OutputsCollected(run_id=rid, wall=102.0, stored=[("temp-out", 3)]))
+    ws.validate_state()
+    (done,) = sent(out, TaskDone)
+    assert (done.result, done.exit_code, done.outputs, done.output) == \
+        (TaskResult.SUCCESS, 0, [("temp-out", 3)], "hi")
+    assert (done.start, done.end) == (100.0, 102.0)
+    assert ws.entries["temp-out"].size == 3 and ws.disk_used() == 3
+
+
+def test_missing_output_fails_the_task_and_removes_the_others() -> None:
+    ws = connected()
+    rid = start_run(ws, run_task(1, outputs=[("o1", "a"), ("o2", "b")]))
+    ws.handle(ev.TaskExited(run_id=rid, wall=101.0, status=0))
+    out = ws.handle(ev.OutputsCollected(run_id=rid, wall=102.0, stored=[("o1", 3)],
+                                        missing=["b"]))
+    ws.validate_state()
+    (done,) = sent(out, TaskDone)
+    assert done.result == TaskResult.OUTPUT_MISSING and "b" in done.message
+    assert [r.name for r in of(out, ev.RemoveFile)] == ["o1"] and "o1" not in ws.entries
+
+
+def test_nonzero_exit_is_success_with_that_code_and_collects_nothing() -> None:
+    ws = connected()
+    rid = start_run(ws, run_task(1, outputs=[("o1", "a")]))
+    out = ws.handle(ev.TaskExited(run_id=rid, wall=101.0, status=EXIT(3)))
+    (done,) = sent(out, TaskDone)
+    assert (done.result, done.exit_code) == (TaskResult.SUCCESS, 3)
+    assert of(out, ev.CollectOutputs) == [] and len(of(out, ev.CleanupTask)) == 1
+
+
+def test_python_file_result_is_collected_into_the_cache() -> None:
+    ws = connected()
+    task = run_task(1, python=True)
+    rid = start_run(ws, task)
+    out = ws.handle(ev.TaskExited(run_id=rid, wall=1.0, status=0, python_kind="file"))
+    assert one(out, ev.CollectOutputs).python_result == "pyout-1-1"
+    out = ws.handle(ev.OutputsCollected(run_id=rid, wall=2.0, stored=[("pyout-1-1", 50)]))
+    (done,) = sent(out, TaskDone)
+    assert done.outputs == [("pyout-1-1", 50)] and done.python_result is None
+
+
+def test_python_inline_result_travels_in_task_done() -> None:
+    ws = connected()
+    rid = start_run(ws, run_task(1, python=True))
+    ws.handle(ev.TaskExited(run_id=rid, wall=1.0, status=0, python_kind="inline",
+                            python_data=b"pickled"))
+    out = ws.handle(ev.OutputsCollected(run_id=rid, wall=2.0))
+    (done,) = sent(out, TaskDone)
+    assert done.python_result == b"pickled" and done.result == TaskResult.SUCCESS
+
+
+def test_keep_versus_inline() -> None:
+    assert inline_limit(run_task(python=True, keep=True)) == -1
+    assert inline_limit(run_task(python=True)) == INLINE_RESULT_MAX
+    ws = connected()
+    out = ws.handle(ev.RunRequested(now=0, task=run_task(1, python=True, keep=True), wall=0))
+    assert one(out, ev.StartTask).inline_max == -1
+
+
+@pytest.mark.parametrize("facts, python, draining, want", [
+    (dict(status=0), False, False, None),
+    (dict(status=EXIT(3)), False, False, (TaskResult.SUCCESS, 3)),
+    (dict(status=signal.SIGKILL), False, False, (TaskResult.SIGNAL, -9)),
+    (dict(status=SIGTERM_STATUS), False, True, (TaskResult.FORSAKEN, -15)),
+    (dict(status=signal.SIGKILL, timed_out=True), False, False, (TaskResult.MAX_WALL_TIME, -1)),
+    (dict(status=EXIT(1), disk_exhausted=True), False, False, (TaskResult.DISK_EXHAUSTION, 1)),
+    (dict(status=0, setup_error="input x missing"), False, False,
+     (TaskResult.INPUT_MISSING, -1)),
+    (dict(status=0, worker_error="bug"), False, False, (TaskResult.FORSAKEN, -1)),
+    (dict(status=0, python_kind="inline"), True, False, None),
+    (dict(status=0, python_kind="error"), True, False, (TaskResult.SUCCESS, 1)),
+    (dict(status=9, python_kind="crash"), True, False, (TaskResult.SIGNAL, -9)),
+    (dict(status=EXIT(70), python_kind="crash"), True, False, (TaskResult.UNKNOWN, 1)),
+    (dict(status=9, python_kind="crash"), True, True, (TaskResult.FORSAKEN, -9)),
+])
+def test_classify_exit(facts: dict[str, object], python: bool, draining: bool,
+                       want: tuple[TaskResult, int] | None) -> None:
+    args: dict[str, object] = dict(timed_out=False, disk_exhausted=False, setup_error="")
+    args.update(facts)
+    verdict = classify_exit(run_task(python=python), draining=draining, **args)  # type: ignore[arg-type]
+    got = None if verdict is None else (verdict.result, verdict.exit_code)
+    assert got == want
+
+
+def test_classify_outputs() -> None:
+    assert classify_outputs(missing=[], disk_full="", result_error="",
+                            python_result=None).result is TaskResult.SUCCESS
+    assert classify_outputs(missing=["x"], disk_full="", result_error="",
+                            python_result=None).result is TaskResult.OUTPUT_MISSING
+    assert classify_outputs(missing=[], disk_full="big", result_error="",
+                            python_result=None).result is TaskResult.DISK_EXHAUSTION
+    v = classify_outputs(missing=[], disk_full="", result_error="EIO", python_result=None)
+    assert (v.result, v.exit_code) == (TaskResult.OUTPUT_MISSING, 1)
+
+
+# ====================================================================== the resource ledger
+def test_ledger_refuses_over_commit_and_changes_nothing() -> None:
+    led = Ledger(Resources(4, 1000, 1000, 0))
+    led.commit(Resources(3, 500, 0, 0))
+    with pytest.raises(OverCommit, match="free 1 cores"):
+        led.commit(Resources(2, 10, 0, 0))
+    with pytest.raises(OverCommit):
+        led.commit(Resources(0, 0, 0, 1))
+    assert led.committed == Resources(3, 500, 0, 0)
+    led.release(Resources(3, 500, 0, 0))
+    assert led.free == led.total
+
+
+def test_over_committing_task_is_forsaken_not_started() -> None:
+    ws = connected()
+    start_run(ws, run_task(1, cores=3))
+    out = ws.handle(ev.RunRequested(now=0, task=run_task(2, cores=2), wall=5.0))
+    ws.validate_state()
+    (done,) = sent(out, TaskDone)
+    assert done.result == TaskResult.FORSAKEN and "cores" in done.message
+    assert of(out, ev.StartTask) == []
+
+
+def test_kill_releases_resources_at_once_and_is_not_reported() -> None:
+    ws = connected()
+    rid = start_run(ws, run_task(1, cores=4))
+    out = ws.handle(ev.KillRequested(now=0.1, task_id=1))
+    assert one(out, ev.KillTask).run_id == rid
+    ws.validate_state()
+    rid2 = start_run(ws, run_task(2, cores=4))  # fits: the killed task's cores are free
+    out = ws.handle(ev.TaskExited(run_id=rid, wall=1.0, status=signal.SIGKILL))
+    assert sent(out, TaskDone) == [] and one(out, ev.CleanupTask).run_id == rid
+    assert rid2 != rid
+    ws.validate_state()
+
+
+def test_duplicate_run_task_is_a_protocol_error() -> None:
+    ws = connected()
+    start_run(ws, run_task(1))
+    out = ws.handle(ev.RunRequested(now=0, task=run_task(1), wall=0))
+    assert len(of(out, ev.DropConnection)) == 1 and of(out, ev.StartTask) == []
+
+
+# ====================================================================== the manager link
+def test_start_connects_and_handshake_sends_hello() -> None:
+    ws = WorkerState(config(), cached=[("f", 2)])
+    assert one(ws.handle(ev.Started(now=0.0)), ev.Connect).timeout == 5.0
+    (hello,) = sent(ws.handle(ev.ConnectionOpened(now=0.1)), Hello)
+    assert (hello.cores, hello.memory, hello.disk, hello.gpus, hello.cached) == \
+        (4, 4000, 10000, 1, [("f", 2)])
+    out = ws.handle(welcome(0.2))
+    assert ws.link is Link.CONNECTED and "as w7" in one(out, ev.Log).text
+
+
+def test_failed_connections_back_off_and_give_up_exactly_at_the_timeout() -> None:
+    ws = WorkerState(config(timeout=10.0, connect_timeout=30.0))
+    assert one(ws.handle(ev.Started(now=0.0)), ev.Connect).timeout == 10.0
+    out = ws.handle(ev.ConnectFailed(now=0.0, reason="refused"))
+    assert "retrying in 1 s" in one(out, ev.Log).text
+    assert of(ws.handle(ev.Tick(now=0.5)), ev.Connect) == []
+    assert one(ws.handle(ev.Tick(now=1.0)), ev.Connect).timeout == 9.0
+    out = ws.handle(ev.ConnectFailed(now=1.0, reason="refused"))
+    assert "retrying in 2 s" in one(out, ev.Log).text
+    assert of(ws.handle(ev.Tick(now=9.99)), ev.Exit) == []
+    ex = one(ws.handle(ev.Tick(now=10.0)), ev.Exit)
+    assert ex.code == 1 and "giving up" in ex.reason
+    assert ws.handle(ev.Tick(now=11.0)) == []
+
+
+def test_silent_handshake_is_dropped_after_the_connect_timeout() -> None:
+    ws = WorkerState(config(connect_timeout=2.0))
+    ws.handle(ev.Started(now=0.0))
+    ws.handle(ev.ConnectionOpened(now=0.0))
+    assert of(ws.handle(ev.Tick(now=1.9)), ev.DropConnection) == []
+    assert "no Welcome" in one(ws.handle(ev.Tick(now=2.0)), ev.DropConnection).reason
+    out = ws.handle(ev.ConnectionLost(now=2.0, reason="dropped"))
+    assert "retrying" in one(out, ev.Log).text
+
+
+def test_protocol_error_in_the_first_handshake_exits_2() -> None:
+    ws = WorkerState(config())
+    ws.handle(ev.Started(now=0.0))
+    ws.handle(ev.ConnectionOpened(now=0.0))
+    ex = one(ws.handle(ev.ProtocolViolation(now=0.1, error="frame too large")), ev.Exit)
+    assert ex.code == 2 and "does not speak the vinework protocol" in ex.reason
+
+
+def test_message_before_welcome_or_wrong_version_exits_2() -> None:
+    for bad in (fetch(1), welcome(version=1)):
+        ws = WorkerState(config())
+        ws.handle(ev.Started(now=0.0))
+        ws.handle(ev.ConnectionOpened(now=0.0))
+        assert one(ws.handle(bad), ev.Exit).code == 2
+
+
+def test_protocol_error_after_a_session_drops_and_reconnects() -> None:
+    ws = connected()
+    out = ws.handle(ev.ProtocolViolation(now=1.0, error="garbage"))
+    assert of(out, ev.Exit) == [] and len(of(out, ev.DropConnection)) == 1
+
+
+def test_heartbeats_and_liveness_follow_the_welcome() -> None:
+    ws = connected(cached=[("f", 7)], interval=1.0, keepalive_timeout=3.0)
+    assert sent(ws.handle(ev.Tick(now=0.5))) == []
+    (hb,) = sent(ws.handle(ev.Tick(now=1.0)), Heartbeat)
+    assert hb.disk_used == 7
+    ws.handle(ev.HeartbeatReceived(now=2.5))
+    assert of(ws.handle(ev.Tick(now=5.4)), ev.DropConnection) == []
+    drop = one(ws.handle(ev.Tick(now=5.6)), ev.DropConnection)
+    assert "silent for 3 s" in drop.reason
+    assert of(ws.handle(ev.Tick(now=5.7)), ev.DropConnection) == []  # only once
+
+
+def test_disconnect_gives_up_every_task_and_reports_none() -> None:
+    ws = connected(cached=[("in", 1)])
+    r1 = start_run(ws, run_task(1, inputs=[("in", "x")]))
+    start_fetch = one(ws.handle(fetch(5, name="other")), ev.StartFetch)
+    out = ws.handle(ev.ConnectionLost(now=3.0, reason="reset"))
+    ws.validate_state()
+    assert [k.run_id for k in of(out, ev.KillTask)] == [r1]
+    assert "disconnected" in of(out, ev.Log)[0].text
+    out = ws.handle(ev.TaskExited(run_id=r1, wall=4.0, status=signal.SIGKILL))
+    assert sent(out, TaskDone) == []  # nothing to tell, nobody to tell
+    # the fetch goes on and keeps the file for the next manager
+    out = ws.handle(ev.FetchFinished(fetch_id=start_fetch.fetch_id, ok=True, size=4))
+    assert len(of(out, ev.CommitFetch)) == 1 and sent(out) == []
+    ws.handle(ev.Tick(now=3.5))
+    ws.handle(ev.ConnectionOpened(now=3.6))
+    assert ws.link is Link.HANDSHAKE
+    ws.validate_state()
+
+
+def test_new_manager_reusing_a_task_id_gets_a_new_run() -> None:
+    ws = connected()
+    r1 = start_run(ws, run_task(1))
+    ws.handle(ev.ConnectionLost(now=1.0, reason="gone"))
+    ws.handle(ev.Tick(now=2.0))
+    ws.handle(ev.ConnectionOpened(now=2.0))
+    ws.handle(welcome(2.0))
+    r2 = start_run(ws, run_task(1))
+    assert r2 != r1
+    assert sent(ws.handle(ev.TaskExited(run_id=r1, wall=3.0, status=9)), TaskDone) == []
+    ws.validate_state()
+    assert ws.live == {1: r2}
+
+
+def test_idle_timeout_counts_from_the_disconnection() -> None:
+    ws = connected(timeout=10.0)
+    ws.handle(ev.ConnectionLost(now=100.0, reason="gone"))
+    assert of(ws.handle(ev.Tick(now=109.9)), ev.Exit) == []
+    assert one(ws.handle(ev.Tick(now=110.0)), ev.Exit).code == 1
+
+
+# ====================================================================== stopping and draining
+def test_signal_without_a_manager_exits_at_once() -> None:
+    ws = WorkerState(config())
+    ws.handle(ev.Started(now=0.0))
+    ws.handle(ev.ConnectFailed(now=0.0, reason="refused"))
+    ex = one(ws.handle(ev.StopRequested(now=0.1, signal_name="SIGTERM", drain=True)), ev.Exit)
+    assert ex.code == 0 and "SIGTERM" in ex.reason
+
+
+def test_first_sigterm_drains() -> None:
+    ws = connected(cached=[("temp-a", 1)])
+    rid = start_run(ws, run_task(1))
+    out = ws.handle(ev.StopRequested(now=1.0, signal_name="SIGTERM", drain=True))
+    (leaving,) = sent(out, Leaving)
+    assert "SIGTERM" in leaving.reason and of(out, ev.KillTask) == [] and ws.draining
+    # no new task
+    (refused,) = sent(ws.handle(ev.RunRequested(now=1.1, task=run_task(2), wall=1.1)),
+                      TaskDone)
+    assert refused.result == TaskResult.FORSAKEN
+    # fetches still served
+    assert sent(ws.handle(fetch(4)), CacheUpdate)
+    # the batch system's SIGTERM to the task is not the task's failure
+    (done,) = sent(ws.handle(ev.TaskExited(run_id=rid, wall=2.0, status=SIGTERM_STATUS)),
+                   TaskDone)
+    assert done.result == TaskResult.FORSAKEN
+    assert one(ws.handle(ev.ShutdownReceived(now=2.5, reason="drained")), ev.Exit).code == 0
+    ws.validate_state()
+
+
+def test_drain_ends_after_the_drain_timeout() -> None:
+    ws = connected(drain_timeout=20.0, timeout=100.0)
+    ws.handle(ev.StopRequested(now=1.0, signal_name="SIGTERM", drain=True))
+    ws.handle(ev.HeartbeatReceived(now=20.0))
+    assert of(ws.handle(ev.Tick(now=20.9)), ev.Exit) == []
+    assert "no Shutdown" in one(ws.handle(ev.Tick(now=21.0)), ev.Exit).reason
+
+
+def test_second_signal_or_sigint_stops_at_once() -> None:
+    for second in (ev.StopRequested(now=2, signal_name="SIGTERM", drain=True),
+                   ev.StopRequested(now=2, signal_name="SIGINT", drain=False)):
+        ws = connected()
+        rid = start_run(ws, run_task(1))
+        ws.handle(ev.StopRequested(now=1.0, signal_name="SIGTERM", drain=True))
+        out = ws.handle(second)
+        assert [k.run_id for k in of(out, ev.KillTask)] == [rid]
+        assert isinstance(out[-1], ev.Exit)
+        ws.validate_state()
+
+
+def test_sigint_while_connected_stops_at_once() -> None:
+    ws = connected()
+    out = ws.handle(ev.StopRequested(now=1.0, signal_name="SIGINT", drain=False))
+    assert sent(out, Leaving) == [] and one(out, ev.Exit).code == 0
+
+
+def test_connection_lost_while_draining_exits() -> None:
+    ws = connected()
+    ws.handle(ev.StopRequested(now=1.0, signal_name="SIGTERM", drain=True))
+    assert one(ws.handle(ev.ConnectionLost(now=1.5, reason="closed")), ev.Exit).code == 0
+
+
+def test_parent_gone_stops_at_once() -> None:
+    ws = connected()
+    start_run(ws, run_task(1))
+    out = ws.handle(ev.ParentGone(now=1.0, pid=4242))
+    assert len(of(out, ev.KillTask)) == 1 and "4242" in one(out, ev.Exit).reason
+
+
+def test_story_traces_a_task_by_stimulus() -> None:
+    ws = connected()
+    ws.handle(ev.RunRequested(now=0, task=run_task(3), wall=0, stimulus_id="run-3"))
+    story = ws.story(3)
+    assert story and story[0][1] == "run-3" and "started" in story[0][0]
