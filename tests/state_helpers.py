@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vinework.manager.events import (
+from vinework.core.events import (
     Command,
     Event,
     FileDeclared,
@@ -18,8 +18,8 @@ from vinework.manager.events import (
     TaskSubmitted,
     WorkerJoined,
 )
-from vinework.manager.replicas import MANAGER
-from vinework.manager.state import ManagerState, TState
+from vinework.core.replicas import MANAGER
+from vinework.core.state import ManagerState
 from vinework.protocol import Fetch, RunTask, TaskDone
 
 STAGING = "/staging"
@@ -29,49 +29,8 @@ STAGING = "/staging"
 
 
 def validate(s: ManagerState) -> None:
-    """The invariants that must hold between any two events."""
-    for wid, w in s.workers.items():
-        assert w.worker_id == wid
-        used = {"cores": 0, "memory": 0, "disk": 0, "gpus": 0}
-        for tid in w.running:
-            t = s.tasks[tid]
-            assert t.state in (TState.STAGING, TState.RUNNING), (tid, t.state)
-            assert t.worker == wid, (tid, t.worker, wid)
-            assert t.alloc is not None
-            for r in used:
-                used[r] += getattr(t.alloc, r)
-        for r, n in used.items():
-            free, total = getattr(w.free, r), getattr(w.total, r)
-            assert 0 <= free <= total, (wid, r, free, total)
-            assert free + n == total, (wid, r, free, n, total)
-    for tid, t in s.tasks.items():
-        if t.state in (TState.RUNNING, TState.STAGING):
-            assert t.worker in s.workers, (tid, t.state, t.worker)
-            assert tid in s.workers[t.worker].running, (tid, t.worker)
-            assert t.alloc is not None
-        if t.state is TState.STAGING:
-            assert t.staging, tid
-        if t.state is TState.RUNNING:
-            assert not t.staging, tid
-            for name, _ in t.spec.inputs:
-                assert s.replicas.state(name, t.worker) is not None, (tid, name)
-        if t.state in (TState.READY, TState.WAITING, TState.DONE):
-            assert t.worker is None, (tid, t.state, t.worker)
-            assert t.alloc is None, (tid, t.state)
-            assert not any(tid in w.running for w in s.workers.values()), tid
-        if t.state is TState.READY:
-            for name, _ in t.spec.inputs:
-                assert s.available(name), (tid, "READY but input has no copy", name)
-        if t.state is TState.WAITING:
-            assert t.missing, tid
-            for name, _ in t.spec.inputs:
-                if not s.available(name):
-                    assert name in t.missing, (tid, "WAITING but does not wait for", name)
-                    assert tid in s.files[name].waiting, (tid, name)
-    assert s.unfinished() == sum(1 for t in s.tasks.values() if not t.returned)
-    for tr in s.replicas.transfers.values():
-        assert tr.dest in s.workers
-        assert tr.source == MANAGER or tr.source in s.workers
+    """The invariants that must hold between any two events (the core's own check)."""
+    s.validate_state()
 
 
 def step(s: ManagerState, *events: Event) -> list[Command]:
@@ -141,8 +100,8 @@ def ready(wid: str, name: str, size: int, transfer_id: int, now: float = 0.0) ->
 def run(s: ManagerState, wid: str, tid: int, attempt: int = 0, **kw: object) -> Send:
     """The RunTask the state should send for task ``tid`` (resources from its allocation)."""
     t = s.tasks[tid]
-    assert t.alloc is not None, f"task {tid} has no allocation"
-    a = t.alloc
+    assert t.run.alloc is not None, f"task {tid} has no allocation"
+    a = t.run.alloc
     ts = t.spec
     fields: dict[str, object] = dict(
         task_id=tid, attempt=attempt, command=ts.command, inputs=list(ts.inputs),

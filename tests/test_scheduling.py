@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vinework.manager.scheduling import (
+from vinework.core.scheduling import (
     Candidate,
     Resources,
     choose_worker,

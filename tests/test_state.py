@@ -29,7 +29,7 @@ from tests.state_helpers import (
     validate,
 )
 from vinework.constants import CacheLevel, TaskResult
-from vinework.manager.events import (
+from vinework.core.events import (
     FetchDone,
     FetchRequested,
     FileDeclared,
@@ -45,9 +45,9 @@ from vinework.manager.events import (
     Tick,
     WorkerLeft,
 )
-from vinework.manager.replicas import MANAGER
-from vinework.manager.state import TState
-from vinework.protocol import Kill, RunTask, Unlink
+from vinework.core.replicas import MANAGER
+from vinework.core.state import TaskState as TState
+from vinework.protocol import Heartbeat, Kill, RunTask, TransferFailure, Unlink
 
 STAGING = "/staging"
 
@@ -72,7 +72,7 @@ def test_priority_then_submission_order() -> None:
             break
     assert order == [6, 2, 3, 1, 4, 5]
     assert step(s, done("w1", 5)) == [returned(5, "w1")]
-    assert s.unfinished() == 0
+    assert s.unreturned() == 0
     assert s.stats.tasks_done == 6 and s.stats.tasks_submitted == 6
 
 
@@ -80,9 +80,9 @@ def test_packing_two_one_core_tasks_on_a_two_core_worker() -> None:
     s = fresh()
     step(s, join("w1", cores=2, memory=2000, disk=4000))
     assert step(s, submit(spec(1))) == [run(s, "w1", 1)]
-    assert s.tasks[1].alloc is not None
-    assert (s.tasks[1].alloc.cores, s.tasks[1].alloc.memory, s.tasks[1].alloc.disk,
-            s.tasks[1].alloc.gpus) == (1, 1000, 2000, 0)
+    assert s.tasks[1].run.alloc is not None
+    assert (s.tasks[1].run.alloc.cores, s.tasks[1].run.alloc.memory, s.tasks[1].run.alloc.disk,
+            s.tasks[1].run.alloc.gpus) == (1, 1000, 2000, 0)
     assert step(s, submit(spec(2))) == [run(s, "w1", 2)]
     assert step(s, submit(spec(3))) == []  # the worker is full
     assert step(s, submit(spec(4))) == []
@@ -207,7 +207,8 @@ def test_failed_peer_fetch_retries_from_another_holder() -> None:
     step(s, join("w3", cores=1))
     assert step(s, submit(spec(3, inputs=["t1"]))) == [fetch("w3", 1, "t1", "w1", 100)]
     cmds = step(s, ReplicaFailed(now=1.0, worker_id="w3", name="t1", transfer_id=1,
-                                 reason="source: connection refused"))
+                                 reason="connection refused",
+                                 cause=TransferFailure.SOURCE_UNREACHABLE))
     assert cmds == [fetch("w3", 2, "t1", "w2", 100)]
     assert s.replicas.state("t1", "w1") is None  # the source said it has no copy
     assert step(s, ready("w3", "t1", 100, 2, now=1.5)) == [run(s, "w3", 3)]
@@ -224,7 +225,7 @@ def test_failing_source_is_avoided_for_a_while() -> None:
     cmds = step(s, ReplicaFailed(now=1.0, worker_id="w3", name="t1", transfer_id=1,
                                  reason="timeout"))
     assert cmds == [fetch("w3", 2, "t1", "w2", 100)]
-    assert s.replicas.state("t1", "w1") is not None  # not a "source:" error: w1 keeps it
+    assert s.replicas.state("t1", "w1") is not None  # not the source's fault: w1 keeps it
     # w1 is avoided for 10 s: another consumer goes to w2 even though w1 is idle
     assert step(s, submit(spec(2, inputs=["t1"]), now=2.0)) == [fetch("w4", 3, "t1", "w2", 100)]
     # after the avoid period w1 is a source again
@@ -239,14 +240,17 @@ def test_failed_fetch_from_the_only_holder_recovers_the_temp() -> None:
     step(s, join("w2", cores=1))
     assert step(s, submit(spec(3, inputs=["t1"]))) == [fetch("w2", 1, "t1", "w1", 100)]
     cmds = step(s, ReplicaFailed(worker_id="w2", name="t1", transfer_id=1,
-                                 reason="source: no such file"))
+                                 reason="no such file",
+                                 cause=TransferFailure.SOURCE_MISSING))
     # no copy is left anywhere: the producer runs again (on w2, the only room) to remake it
     assert cmds == [run(s, "w2", 1, attempt=1)]
     assert s.stats.tasks_recovery == 1 and s.stats.files_lost == 1
     assert s.tasks[3].state is TState.WAITING
     cmds = step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)]))
-    assert cmds == [run(s, "w2", 3)]  # the consumer; the producer is not returned again
-    assert step(s, done("w2", 3)) == [returned(3, "w2")]
+    # the consumer (its first run, staging from w1, ended with its source); the producer is
+    # not returned again
+    assert cmds == [run(s, "w2", 3, attempt=1)]
+    assert step(s, done("w2", 3, attempt=1)) == [returned(3, "w2", attempts=2)]
 
 
 # ------------------------------------------------------------------ lost workers and recovery
@@ -287,11 +291,13 @@ def test_worker_lost_while_staging_from_it() -> None:
     assert s.stats.tasks_recovery == 1
     assert s.stats.files_lost == 1
     assert s.tasks[3].state is TState.WAITING
-    assert step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)])) == [run(s, "w2", 3)]
-    assert step(s, done("w2", 2, attempt=1), done("w2", 3)) == [
-        returned(2, "w2", attempts=2), returned(3, "w2")]
+    # task 3's staging run ended with its source: it runs as its second run (attempt 1)
+    assert step(s, done("w2", 1, attempt=1, outputs=[("t1", 100)])) == [
+        run(s, "w2", 3, attempt=1)]
+    assert step(s, done("w2", 2, attempt=1), done("w2", 3, attempt=1)) == [
+        returned(2, "w2", attempts=2), returned(3, "w2", attempts=2)]
     assert s.stats.tasks_recovery == 1
-    assert s.unfinished() == 0
+    assert s.unreturned() == 0
 
 
 def test_lost_temp_needed_by_waiting_consumer_is_recomputed_once() -> None:
@@ -317,7 +323,7 @@ def test_lost_temp_needed_by_waiting_consumer_is_recomputed_once() -> None:
     assert s.stats.tasks_recovery == 1
     assert s.stats.tasks_done == 3
     assert s.stats.files_lost == 1
-    assert s.unfinished() == 0
+    assert s.unreturned() == 0
 
 
 def test_recovery_waits_for_room_and_runs_once() -> None:
@@ -342,7 +348,7 @@ def test_recovery_waits_for_room_and_runs_once() -> None:
     assert s.tasks[3].state is TState.READY
     assert step(s, done("w2", 2, attempt=1)) == [returned(2, "w2", attempts=2), run(s, "w2", 3)]
     assert step(s, done("w2", 3)) == [returned(3, "w2")]
-    assert s.stats.tasks_recovery == 1 and s.unfinished() == 0
+    assert s.stats.tasks_recovery == 1 and s.unreturned() == 0
 
 
 def test_lost_temp_nobody_needs_is_not_recomputed() -> None:
@@ -414,10 +420,10 @@ def test_output_missing() -> None:
     cmds = step(s, done("w1", 1, result=int(TaskResult.OUTPUT_MISSING), exit_code=0,
                         message="out-t1 was not created"))
     msg2 = "input t1 is missing: its producer task 1 failed"
-    assert cmds == [
+    assert cmds == [  # the producer is settled first; the failure then cascades
+        returned(1, "w1", result=int(TaskResult.OUTPUT_MISSING), message="out-t1 was not created"),
         returned(2, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0,
                  end=0.0, message=msg2),
-        returned(1, "w1", result=int(TaskResult.OUTPUT_MISSING), message="out-t1 was not created"),
     ]
 
 
@@ -437,13 +443,14 @@ def test_python_task_failure_fails_consumers_of_its_temp_output() -> None:
         returned(3, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0,
                  end=0.0, message=msg),
     ]
-    assert cmds[-1] == returned(1, "w1", exit_code=1, python_error=tb)
+    # the producer is settled first; the failure then cascades to its consumers
+    assert cmds[0] == returned(1, "w1", exit_code=1, python_error=tb)
     assert len(cmds) == 3
     # a consumer submitted later fails at once
     assert step(s, submit(spec(4, inputs=["pyres-1"]))) == [
         returned(4, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0,
                  end=0.0, message=msg)]
-    assert s.unfinished() == 0
+    assert s.unreturned() == 0
 
 
 def test_python_task_result_inline() -> None:
@@ -462,7 +469,7 @@ def test_python_task_large_result_is_retrieved() -> None:
     cmds = step(s, done("w1", 1, outputs=[("pyout-1-0", 10_000_000)]))
     assert cmds == [Retrieve(1, "w1", host("w1"), port("w1"), "pyout-1-0",
                              f"{STAGING}/pyout-1-0", 10_000_000)]
-    assert s.tasks[1].state is TState.RETRIEVING
+    assert s.tasks[1].state is TState.WAITING_RETRIEVAL
     cmds = step(s, RetrievalDone(retrieval_id=1, ok=True, size=10_000_000))
     assert cmds == [Send("w1", Unlink(name="pyout-1-0")),
                     returned(1, "w1", python_result_path=f"{STAGING}/pyout-1-0")]
@@ -511,7 +518,7 @@ def test_local_file_output_is_retrieved_before_return() -> None:
     step(s, join("w1"), submit(spec(1, outputs=["out1"])))
     cmds = step(s, done("w1", 1, outputs=[("out1", 42)]))
     assert cmds == [Retrieve(1, "w1", host("w1"), port("w1"), "out1", "/home/u/out.txt", 42)]
-    assert s.tasks[1].state is TState.RETRIEVING
+    assert s.tasks[1].state is TState.WAITING_RETRIEVAL
     assert step(s, RetrievalDone(retrieval_id=1, ok=True, size=42, seconds=0.1)) == [
         returned(1, "w1")]
     assert s.stats.bytes_received == 42 and s.stats.transfers_received == 1
@@ -651,10 +658,11 @@ def test_missing_manager_copy_fails_the_consumer() -> None:
     step(s, buffer("buf", 10), join("w1", cores=1))
     assert step(s, submit(spec(1, inputs=["buf"]))) == [fetch("w1", 1, "buf", MANAGER, 10)]
     cmds = step(s, ReplicaFailed(worker_id="w1", name="buf", transfer_id=1,
-                                 reason="source: no such file /staging/buf"))
+                                 reason="no such file /staging/buf",
+                                 cause=TransferFailure.SOURCE_MISSING))
     assert cmds == [returned(
         1, "", result=int(TaskResult.INPUT_MISSING), exit_code=-1, start=0.0, end=0.0,
-        message="input buf could not be read at the manager: source: no such file /staging/buf")]
+        message="input buf could not be read at the manager: no such file /staging/buf")]
     assert not s.files["buf"].at_manager
 
 
@@ -674,13 +682,14 @@ def test_stale_and_unknown_events_are_harmless() -> None:
         s,
         WorkerLeft(worker_id="nobody", reason="?"),
         ReplicaReady(worker_id="nobody", name="x", size=1, seconds=0.0, transfer_id=0),
-        ReplicaFailed(worker_id="nobody", name="x", transfer_id=99, reason="source: ?"),
+        ReplicaFailed(worker_id="nobody", name="x", transfer_id=99, reason="?",
+                      cause=TransferFailure.SOURCE_MISSING),
         RetrievalDone(retrieval_id=42, ok=True, size=5),
         TaskCancelled(task_id=99),
         done("w1", 99),
         done("w1", 1, attempt=5),
-        Tick(now=100.0),
-    ) == []
+        Tick(now=10.0),  # (within the keepalive timeout: w1 is not silent yet)
+    ) == [Send("w1", Heartbeat(seq=1))]  # the core's own keepalive, nothing else
     assert s.tasks[1].state is TState.RUNNING
     assert step(s, WorkerLeft(worker_id="w1", reason="gone")) == []
     assert step(s, WorkerLeft(worker_id="w1", reason="again")) == []

@@ -12,7 +12,7 @@ import posixpath
 import pytest
 
 from vinework.constants import TaskResult
-from vinework.manager.events import (
+from vinework.core.events import (
     FileDeclared,
     FileSpec,
     ReplicaReady,
@@ -26,8 +26,9 @@ from vinework.manager.events import (
     Tick,
     WorkerJoined,
 )
-from vinework.manager.replicas import MANAGER
-from vinework.manager.state import ManagerState, TState
+from vinework.core.replicas import MANAGER
+from vinework.core.state import ManagerState
+from vinework.core.state import TaskState as TState
 from vinework.protocol import Fetch, RunTask, TaskDone
 
 STAGING = "/staging"

@@ -208,14 +208,15 @@ class HoistRequested(Event):
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """Base of every command the core returns; each has a ``stimulus_id`` field."""
+    """Base of every command the core returns; each has a ``stimulus_id`` field (not part
+    of equality: two commands are equal when they ask for the same thing)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Send(Command):
     worker_id: str
     message: Message
-    stimulus_id: str = ""
+    stimulus_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ class Retrieve(Command):
     name: str
     dest: str
     size: int
-    stimulus_id: str = ""
+    stimulus_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +250,8 @@ class TaskReturned(Command):
     python_error: str = ""
     message: str = ""
     python_result_path: str = ""  # a large result retrieved to the staging directory
-    story: tuple[tuple[float, str, str, str], ...] = ()
-    stimulus_id: str = ""
+    story: tuple[tuple[float, str, str, str], ...] = field(default=(), compare=False)
+    stimulus_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +261,7 @@ class FetchDone(Command):
     request_id: int
     path: str | None
     error: str = ""
-    stimulus_id: str = ""
+    stimulus_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +270,7 @@ class DropWorker(Command):
 
     worker_id: str
     reason: str
-    stimulus_id: str = ""
+    stimulus_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +279,7 @@ class Log(Command):
 
     kind: str
     fields: tuple[object, ...]
-    stimulus_id: str = ""
+    stimulus_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,4 +287,4 @@ class Notice(Command):
     """Something the user should see in the manager's log (an explained wait)."""
 
     text: str
-    stimulus_id: str = ""
+    stimulus_id: str = field(default="", compare=False)
