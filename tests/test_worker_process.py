@@ -423,3 +423,17 @@ def test_dead_parent_pid_at_start_stops_at_once(start: Any) -> None:
     w = start("127.0.0.1", str(free_port()), "--parent-pid", str(child.pid))
     assert w.wait(5) == 0
     assert f"parent process {child.pid}" in w.lines[-1]
+
+
+def test_sigint_removes_a_workdir_the_worker_made(tmp_path: Path, fake: FakeManager) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    w = WorkerProc(["127.0.0.1", str(fake.port)], env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        fake.handshake()
+        assert [p.name for p in scratch.iterdir() if p.name.startswith("vinework-worker-")]
+        os.kill(w.p.pid, signal.SIGINT)
+        assert w.wait(3) == 0
+        assert not [p for p in scratch.iterdir() if p.name.startswith("vinework-worker-")]
+    finally:
+        w.stop()

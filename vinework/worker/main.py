@@ -53,7 +53,8 @@ from . import sandbox as sb
 from .cache import Cache, CacheError
 from .outcome import Resources
 from .pypool import PythonRunner
-from .state import WorkerConfig, WorkerState
+from .records import WorkerConfig
+from .state import WorkerState
 
 log = logging.getLogger("vinework.worker")
 TICK = 0.1  # seconds between two Tick events

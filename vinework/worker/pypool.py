@@ -1,10 +1,11 @@
 """The worker's side of its warm Python interpreters (see ``forkserver.py``).
 
-``PythonRunner.run(task_id, mode, request)`` sends one call to a warm
-interpreter and waits for its reply frame ``["done", task_id, status, kind,
+``PythonRunner.run(call_id, mode, request)`` sends one call (``call_id`` is the
+worker's own run id, never a manager task id, which a new manager may reuse) to a warm
+interpreter and waits for its reply frame ``["done", call_id, status, kind,
 data, traceback]``. Mode "direct" uses a pool of executor processes (one call
 at a time each, started lazily up to the pool size); mode "fork" uses one fork
-server that forks a child per call. ``kill(task_id)`` stops a call: the fork
+server that forks a child per call. ``kill(call_id)`` stops a call: the fork
 server kills its child; a direct executor is killed and replaced. All of it
 runs on the worker's event loop: readers on socketpairs, no threads.
 """
@@ -132,10 +133,10 @@ class PythonRunner:
                     return interp
                 await self._free.wait()
 
-    async def run(self, task_id: int, mode: str, request: list[Any]) -> list[Any]:
+    async def run(self, call_id: int, mode: str, request: list[Any]) -> list[Any]:
         """Run one call; returns the reply frame (a crash frame if the interpreter died)."""
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[task_id] = fut
+        self.waiters[call_id] = fut
         interp: _Interpreter | None = None
         try:
             if mode == "fork":
@@ -145,26 +146,26 @@ class PythonRunner:
                 interp = self.forkserver
             else:
                 interp = await self._acquire_direct()
-                interp.busy_with = task_id
-            self.where[task_id] = interp
+                interp.busy_with = call_id
+            self.where[call_id] = interp
             interp.send(request)
             return await fut
         finally:
-            self.waiters.pop(task_id, None)
-            self.where.pop(task_id, None)
+            self.waiters.pop(call_id, None)
+            self.where.pop(call_id, None)
             if interp is not None and interp is not self.forkserver:
                 interp.busy_with = None
                 if interp.alive:
                     self.idle.append(interp)
                     await self._notify()
 
-    def kill(self, task_id: int) -> None:
+    def kill(self, call_id: int) -> None:
         """Stop a running call (time limit, cancel)."""
-        interp = self.where.get(task_id)
+        interp = self.where.get(call_id)
         if interp is None:
             return
         if interp is self.forkserver:
-            interp.send(["kill", task_id])
+            interp.send(["kill", call_id])
         else:
             interp.close()
             self._on_eof(interp)
