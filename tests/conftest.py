@@ -28,6 +28,9 @@ import vinework as vine
 
 WORKER_EXIT_GRACE = 5.0
 
+# every Manager made by a test checks all of its core's invariants after every event
+os.environ["VINEWORK_VALIDATE"] = "1"
+
 
 # ---------------------------------------------------------------------- bounded waits
 def poll_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "a condition",

@@ -50,7 +50,17 @@ from collections.abc import Callable
 from typing import Any
 
 from ..constants import CacheLevel, TaskResult
-from ..protocol import Fetch, Heartbeat, Hoist, Kill, RunTask, Shutdown, TaskDone, Unlink
+from ..protocol import (
+    Fetch,
+    Heartbeat,
+    Hoist,
+    Kill,
+    RunTask,
+    Shutdown,
+    TaskDone,
+    TransferFailure,
+    Unlink,
+)
 from . import durability as dur
 from .events import (
     Command,
@@ -1103,6 +1113,11 @@ class ManagerState:
     def _on_replica_failed(self, ev: ReplicaFailed) -> None:
         tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
         self.replicas.remove(ev.name, ev.worker_id)
+        if ev.cause is TransferFailure.NONE:  # the worker cancelled it for our Unlink
+            if ev.worker_id in self.workers and ev.name in self.files \
+                    and self._stage_wait.get((ev.name, ev.worker_id)):
+                self._source_transfer(ev.name, ev.worker_id)
+            return
         self._log("TRANSFER", ev.name, "FAILED", tr.source if tr else "-", ev.worker_id,
                   f"{ev.cause.name}: {ev.reason[:200]}")
         at_source = ev.cause.at_source

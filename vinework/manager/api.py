@@ -81,7 +81,10 @@ class Manager:
         self.txn_path = os.path.join(self.run_dir, "vine-logs", "transactions")
         self._txn = TxnLog(self.txn_path)
         self._txn.write("MANAGER", ("START", self.name or "-"))
-        self._state = ManagerState(self.staging_dir, Tunables())
+        tunables = Tunables()
+        if os.environ.get("VINEWORK_VALIDATE") == "1":  # check every invariant (test suites)
+            tunables.validate = True
+        self._state = ManagerState(self.staging_dir, tunables)
         self._tasks: dict[int, Task] = {}
         self._next_id = 1
         self._done: collections.deque[Task] = collections.deque()
