@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from vinework.constants import TaskResult
+from vinework.core import TaskState as TState
 from vinework.core.events import (
     FileDeclared,
     FileReleased,
@@ -29,7 +30,6 @@ from vinework.core.events import (
     WorkerLeft,
 )
 from vinework.core.state import RECOVERY_ATTEMPTS, ManagerState
-from vinework.core.state import TaskState as TState
 from vinework.protocol import Fetch, RunTask, TaskDone, TransferFailure, Unlink
 
 STAGING = "/staging"

@@ -29,6 +29,7 @@ from tests.state_helpers import (
     validate,
 )
 from vinework.constants import CacheLevel, TaskResult
+from vinework.core import TaskState as TState
 from vinework.core.events import (
     FetchDone,
     FetchRequested,
@@ -46,7 +47,6 @@ from vinework.core.events import (
     WorkerLeft,
 )
 from vinework.core.replicas import MANAGER
-from vinework.core.state import TaskState as TState
 from vinework.protocol import Heartbeat, Kill, RunTask, TransferFailure, Unlink
 
 STAGING = "/staging"

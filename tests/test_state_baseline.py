@@ -12,6 +12,7 @@ import posixpath
 import pytest
 
 from vinework.constants import TaskResult
+from vinework.core import TaskState as TState
 from vinework.core.events import (
     FileDeclared,
     FileSpec,
@@ -28,7 +29,6 @@ from vinework.core.events import (
 )
 from vinework.core.replicas import MANAGER
 from vinework.core.state import ManagerState
-from vinework.core.state import TaskState as TState
 from vinework.protocol import Fetch, RunTask, TaskDone
 
 STAGING = "/staging"

@@ -1,0 +1,203 @@
+"""The data and the primitives every part of the manager's core shares.
+
+``CoreBase`` holds the records (tasks, files, workers, replicas), the output
+list of the event being handled, the queue of cascade steps, and the few
+primitives the rest is built on: ``_transition`` (the one place a task's state
+changes), ``_later`` (queue a cascade step instead of recursing), ``_log`` and
+``_send`` (append commands), and the read-only queries. The behaviour lives in
+three parts, one noun each, combined into ``ManagerState`` (``state.py``):
+``tasks.TaskLifecycle``, ``workers.WorkerLifecycle`` and ``files.FileLogistics``;
+the methods they call across parts are declared here, for type checking only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..constants import TaskResult
+from . import durability as dur
+from .events import (
+    Command,
+    FileSpec,
+    Log,
+    Send,
+)
+from .records import (
+    FileRecord,
+    RetrievalKind,
+    RetrievalRecord,
+    RunOutcome,
+    RunRecord,
+    TaskRecord,
+    TaskState,
+    WorkerRecord,
+)
+from .replicas import ReplicaTable
+from .stats import ManagerStats, Tunables
+from .transitions import VINE_TASK_STATE, check_task
+
+T = TaskState
+RECOVERY_ATTEMPTS = 2  # extra tries of a failed recovery run before its consumers fail
+WORKER_FAULT_ATTEMPTS = 3  # runs that may fail for a worker's sake before the task does
+RETRYABLE_ON_ANOTHER_WORKER = (TaskResult.DISK_EXHAUSTION, TaskResult.FORSAKEN)
+PLACE_SKIP_MAX = 64  # ready tasks looked at per scheduling pass that do not fit anywhere
+
+
+class CoreBase:
+    """The shared records and primitives of the core (see the module docstring)."""
+
+    def __init__(self, staging_dir: str = "/nonexistent", tunables: Tunables | None = None,
+                 validate: bool = False) -> None:
+        self.staging_dir = staging_dir
+        self.tune = tunables or Tunables()
+        if validate:
+            self.tune.validate = True
+        self.stats = ManagerStats()
+        self.tasks: dict[int, TaskRecord] = {}
+        self.files: dict[str, FileRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.replicas = ReplicaTable()
+        self.durability = dur.Durability(self.files, self.tasks, self.workers, self.replicas,
+                                         self.stats, self.tune)
+        self.now = 0.0
+        self.hoisted: list[str] = []
+        self._seq = 0
+        self._events = 0
+        self._stim = ""
+        self._ready: list[tuple[float, int, int]] = []
+        self._stage_wait: dict[tuple[str, str], dict[int, None]] = {}
+        self._unsourced: dict[tuple[str, str], None] = {}  # fetches waiting for a source
+        self._retrievals: dict[int, RetrievalRecord] = {}
+        self._next_retrieval = 1
+        self._drain_wait: dict[str, dict[str, None]] = {}  # draining worker -> files to save
+        self._out: list[Command] = []
+        self._work: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._unreturned = 0  # submitted tasks not yet handed to the API
+        self._heartbeat_at = 0.0
+        self._heartbeat_seq = 0
+        self._unplaceable: dict[int, None] = {}  # READY tasks no connected worker can run
+        self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        self._no_worker_since: float | None = None
+        self._no_worker_noted = False
+
+    def _later(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue one step of a cascade (run by ``_drain``, never recursively)."""
+        self._work.append((fn, args))
+
+    # ================================================================ queries
+    @property
+    def stimulus(self) -> str:
+        """The stimulus id of the event being (or last) handled."""
+        return self._stim
+
+    def unreturned(self) -> int:
+        """Submitted tasks not yet handed to the API (RETRIEVED)."""
+        return self._unreturned
+
+    def count(self, state: TaskState) -> int:
+        """Tasks the core holds in ``state`` (DONE tasks are forgotten once nothing needs
+        them, so DONE counts only those kept for their lineage)."""
+        return self._counts[state]
+
+    def available(self, name: str) -> bool:
+        f = self.files.get(name)
+        if f is None:
+            return False
+        return f.at_manager or self.replicas.count_ready(name) > 0
+
+    def manager_path(self, name: str) -> str | None:
+        """Where the manager holds a copy of ``name`` it can serve, if it does."""
+        f = self.files.get(name)
+        return f.manager_path if f is not None and f.at_manager else None
+
+    def task_state(self, task_id: int) -> int | None:
+        """TaskVine's VINE_TASK_* value for a task the core still holds (else None)."""
+        t = self.tasks.get(task_id)
+        if t is None:
+            return None
+        if t.runs and t.run.recovery and t.run.return_to is not None:
+            return VINE_TASK_STATE[t.run.return_to]  # the user sees the finished task
+        return VINE_TASK_STATE[t.state]
+
+    def task_story(self, task_id: int) -> list[tuple[float, str, str, str]]:
+        t = self.tasks.get(task_id)
+        return list(t.story) if t is not None else []
+
+    def file_story(self, name: str) -> list[tuple[float, str, str]]:
+        f = self.files.get(name)
+        return list(f.story) if f is not None else []
+
+    def file_story_add(self, name: str, text: str) -> None:
+        """Append to a file's history (``Manager.file_story``)."""
+        f = self.files.get(name)
+        if f is not None:
+            f.story.append((self.now, text, self._stim))
+
+    def hungry(self) -> int:
+        """How many more tasks the manager would take now (TaskVine's ``hungry``)."""
+        waiting = self._counts[T.WAITING] + self._counts[T.READY]
+        cores = sum(w.total.cores for w in self.workers.values() if not w.draining)
+        return max(0, max(self.tune.hungry_minimum, 2 * cores) - waiting)
+
+    # ================================================================ helpers
+    def _log(self, kind: str, *fields: object) -> None:
+        self._out.append(Log(kind, fields, self._stim))
+
+    def _send(self, worker_id: str, msg: Any) -> None:
+        self._out.append(Send(worker_id, msg, self._stim))
+
+    def _file(self, name: str) -> FileRecord:
+        f = self.files.get(name)
+        if f is None:  # a name only a worker knew: a produced output we were not told about
+            f = FileRecord(FileSpec(name=name, kind="temp"), -1, False, None)
+            self.files[name] = f
+        return f
+
+    def _outputs_of(self, t: TaskRecord) -> list[str]:
+        names = [n for n, _ in t.spec.outputs]
+        if t.spec.python_output and t.spec.temp_output:
+            names.append(t.spec.python_output)
+        return names
+
+    # ================================================================ transitions
+    def _transition(self, t: TaskRecord, new: TaskState, why: str = "") -> None:
+        """The one place a task's state changes (checked against ``transitions.TASK``)."""
+        old = t.state
+        check_task(old, new)
+        t.state = new
+        counts = self._counts
+        counts[old] -= 1
+        counts[new] += 1
+        t.story.append((self.now, old.value, new.value, f"{self._stim}: {why}" if why
+                        else self._stim))
+        self._out.append(Log("TASK", (t.spec.task_id, new.value, t.worker or "-", t.attempt,
+                                      why), self._stim))
+
+    def _new_run(self, t: TaskRecord, recovery: bool = False) -> RunRecord:
+        return_to = t.state if recovery else None
+        r = RunRecord(attempt=len(t.runs), recovery=recovery, return_to=return_to)
+        t.runs.append(r)
+        return r
+
+    if TYPE_CHECKING:  # implemented by the parts combined in ManagerState
+        def _requeue(self, t: TaskRecord, outcome: RunOutcome, why: str) -> None: ...
+        def _end(self, t: TaskRecord, outcome: RunOutcome, result: TaskResult,
+                 exit_code: int, output: str, why: str = "") -> None: ...
+        def _file_lost(self, name: str, why: str) -> None: ...
+        def _file_failed(self, name: str, producer: int) -> None: ...
+        def _file_became_available(self, name: str) -> None: ...
+        def _ensure_coming(self, name: str) -> None: ...
+        def _maybe_forget_file(self, name: str) -> None: ...
+        def _maybe_forget_task(self, task_id: int) -> None: ...
+        def _run(self, t: TaskRecord) -> None: ...
+        def _prune(self, name: str) -> None: ...
+        def _source_transfer(self, name: str, dest: str, replication: bool = False) -> None: ...
+        def _retry_unsourced(self) -> None: ...
+        def _start_retrieval(self, name: str, wid: str, dest: str, kind: RetrievalKind,
+                             task_id: int = 0) -> int: ...
+        def _serve_fetch(self, req: int, name: str) -> None: ...
+        def _drain_saved(self, name: str) -> None: ...
+        def _save_from_draining(self, name: str, w: WorkerRecord) -> None: ...
+        def _maybe_drained(self, wid: str) -> None: ...

@@ -1,0 +1,371 @@
+"""Files in the core: declarations, transfers between caches, retrievals, fetch_file.
+
+``FileLogistics`` keeps the manager's view of every file and moves copies: it
+picks a source for each transfer (a peer first, the manager if it holds a
+copy; at most ``worker-source-max-transfers`` at once per source; a failing
+source avoided for a while), routes a temp through the manager when peer
+transfers are off, brings outputs, large results, checkpoints and
+``fetch_file`` copies back to the manager, and answers each fetch request.
+Failure causes are typed (``TransferFailure``): who is to blame decides what
+happens next.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from ..constants import CacheLevel, TaskResult
+from ..protocol import (
+    Fetch,
+    TransferFailure,
+    Unlink,
+)
+from .base import (
+    WORKER_FAULT_ATTEMPTS,
+    CoreBase,
+    T,
+)
+from .events import (
+    FetchDone,
+    FetchRequested,
+    FileDeclared,
+    FileReleased,
+    FileUndeclared,
+    ReplicaFailed,
+    ReplicaReady,
+    RetrievalDone,
+    Retrieve,
+)
+from .records import (
+    FileRecord,
+    RetrievalKind,
+    RetrievalRecord,
+    RunOutcome,
+    WorkerRecord,
+)
+from .replicas import MANAGER
+
+
+class FileLogistics(CoreBase):
+    """Files: declarations, transfers, retrievals and fetch requests."""
+
+    # ================================================================ files
+    def _on_file_declared(self, ev: FileDeclared) -> None:
+        s = ev.spec
+        old = self.files.get(s.name)
+        at_manager = s.kind in ("file", "buffer") and s.path is not None and s.size >= 0
+        if old is not None:
+            old.spec = s
+            old.released = old.pruned = old.undeclared = False
+            if at_manager:
+                old.at_manager, old.manager_path, old.size = True, s.path, s.size
+            return
+        self.files[s.name] = FileRecord(s, s.size, at_manager, s.path if at_manager else None)
+
+    def _on_file_undeclared(self, ev: FileUndeclared) -> None:
+        f = self.files.get(ev.name)
+        if f is None:
+            return
+        for w in self.replicas.forget_file(ev.name):
+            if w in self.workers:
+                self._send(w, Unlink(name=ev.name))
+        self.stats.files_pruned += 1 if f.spec.kind == "temp" else 0
+        self._log("FILE", ev.name, "UNDECLARED", f.size)
+        self.file_story_add(ev.name, "undeclared by the user")
+        f.released = f.pruned = f.undeclared = True
+        f.at_manager = False
+        for key in [k for k in self._stage_wait if k[0] == ev.name]:
+            self._unsourced.pop(key, None)
+            for tid in self._stage_wait.pop(key):
+                t = self.tasks.get(tid)
+                if t is not None and t.state is T.STAGING:
+                    t.message = f"input {ev.name} was undeclared"
+                    self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "",
+                              "input undeclared")
+        for tid in list(f.consumers):
+            t = self.tasks.get(tid)
+            if t is not None and t.state in (T.WAITING, T.READY):
+                t.message = f"input {ev.name} was undeclared"
+                self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "",
+                          "input undeclared")
+        self._later(self._maybe_forget_file, ev.name)
+
+    def _on_file_released(self, ev: FileReleased) -> None:
+        f = self.files.get(ev.name)
+        if f is None:
+            return
+        if f.spec.kind == "temp":
+            self.durability.released_by_user(ev.name)
+        else:
+            f.released = True
+            self._later(self._maybe_forget_file, ev.name)
+
+    # ================================================================ transfers
+    def _source_transfer(self, name: str, dest: str, replication: bool = False) -> None:
+        """Start bringing ``name`` to ``dest``, or remember to when a source frees up."""
+        if self.replicas.in_flight_to(name, dest) is not None:
+            return
+        f = self.files[name]
+        peers_ok = self.tune.peer_transfers and f.spec.peer_transfer
+        src = self.replicas.pick_source(
+            name, dest, self.now, self.tune.transfer_source_max, peers_ok, f.at_manager
+        )
+        if src is None and not peers_ok and not f.at_manager \
+                and self.replicas.ready_workers(name):
+            # no peer transfers: the file must come to the manager first, then go out
+            if not replication:  # (a replication is retried by the durability policy)
+                self._unsourced[(name, dest)] = None
+            if not any(r.name == name and r.kind in (RetrievalKind.FETCH, RetrievalKind.CHECKPOINT)
+                       for r in self._retrievals.values()):
+                holder = self.replicas.ready_workers(name)[0]
+                self._start_retrieval(name, holder, posixpath.join(self.staging_dir, name),
+                                      RetrievalKind.FETCH)
+                self._log("TRANSFER", name, "QUEUED", "-", dest, f"via the manager from {holder}")
+            return
+        if src is None:
+            if replication:
+                return  # retried by the durability policy after the next event
+            self._unsourced[(name, dest)] = None
+            if not self.available(name):
+                self._later(self._file_lost, name, "no source left")
+            else:
+                self._log("TRANSFER", name, "QUEUED", "-", dest, "all sources busy or avoided")
+            return
+        self._unsourced.pop((name, dest), None)
+        tr = self.replicas.start_transfer(name, dest, src, self.now, replication)
+        if src == MANAGER:
+            host, port = "", 0  # the worker uses the manager's address it knows
+        else:
+            sw = self.workers[src]
+            host, port = sw.host, sw.transfer_port
+        self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host=host, port=port,
+                               size=f.size))
+        self._log("TRANSFER", name, "START", src, dest, tr.transfer_id)
+
+    def _retry_unsourced(self) -> None:
+        if not self._unsourced:
+            return
+        for name, dest in list(self._unsourced):
+            if dest in self.workers and name in self.files and self._stage_wait.get((name, dest)):
+                del self._unsourced[(name, dest)]
+                self._source_transfer(name, dest)
+            elif dest not in self.workers or not self._stage_wait.get((name, dest)):
+                self._unsourced.pop((name, dest), None)
+
+    def _on_replica_ready(self, ev: ReplicaReady) -> None:
+        if ev.worker_id not in self.workers:
+            return
+        tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
+        f = self.files.get(ev.name)
+        if f is None or f.pruned:  # undeclared or pruned meanwhile: it is not wanted there
+            self.replicas.remove(ev.name, ev.worker_id)
+            self._send(ev.worker_id, Unlink(name=ev.name))
+            return
+        if f.size < 0 or ev.size > 0:
+            f.size = ev.size
+        self.replicas.set_ready(ev.name, ev.worker_id, ev.size)
+        dest = self.workers[ev.worker_id]
+        if tr is not None:
+            dest.bytes_in += ev.size
+            if tr.source == MANAGER:
+                self.stats.bytes_sent += ev.size
+                self.stats.transfers_sent += 1
+            else:
+                self.stats.bytes_peer += ev.size
+                self.stats.transfers_peer += 1
+                src = self.workers.get(tr.source)
+                if src is not None:
+                    src.bytes_out += ev.size
+            self._log("TRANSFER", ev.name, "DONE", tr.source, ev.worker_id, ev.size,
+                      round(ev.seconds, 6))
+            self.durability.transfer_measured(ev.size, ev.seconds)
+            if tr.replication:
+                self.stats.replicas_made += 1
+                self.file_story_add(ev.name, f"replica made on {ev.worker_id}")
+        self._stage_arrived(ev.name, ev.worker_id)
+        self._file_became_available(ev.name)
+        self._drain_saved(ev.name)
+        self._retry_unsourced()
+
+    def _stage_arrived(self, name: str, wid: str) -> None:
+        for tid in self._stage_wait.pop((name, wid), ()):
+            t = self.tasks.get(tid)
+            if t is None or t.state is not T.STAGING or t.worker != wid:
+                continue
+            t.staging.discard(name)
+            if not t.staging:
+                self._run(t)
+
+    def _on_replica_failed(self, ev: ReplicaFailed) -> None:
+        tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
+        self.replicas.remove(ev.name, ev.worker_id)
+        if ev.cause is TransferFailure.NONE:  # the worker cancelled it for our Unlink
+            if ev.worker_id in self.workers and ev.name in self.files \
+                    and self._stage_wait.get((ev.name, ev.worker_id)):
+                self._source_transfer(ev.name, ev.worker_id)
+            return
+        self._log("TRANSFER", ev.name, "FAILED", tr.source if tr else "-", ev.worker_id,
+                  f"{ev.cause.name}: {ev.reason[:200]}")
+        at_source = ev.cause.at_source
+        if tr is not None and tr.source != MANAGER:
+            self.replicas.avoid(tr.source, self.now + self.tune.transfer_avoid_seconds)
+            if at_source:
+                self.replicas.remove(ev.name, tr.source)  # the source no longer has it
+                src = self.workers.get(tr.source)
+                if src is not None and src.draining and ev.name in self._drain_wait.get(
+                        tr.source, {}):
+                    self._save_from_draining(ev.name, src)  # try the manager instead
+        if ev.worker_id not in self.workers or ev.name not in self.files:
+            return
+        if tr is not None and tr.source == MANAGER and at_source:
+            self._manager_copy_missing(ev.name, ev.reason)
+            return
+        if self._stage_wait.get((ev.name, ev.worker_id)):
+            self._source_transfer(ev.name, ev.worker_id)  # a lost file is handled there
+        elif not self.available(ev.name):
+            self._later(self._file_lost, ev.name, ev.reason)
+
+    def _manager_copy_missing(self, name: str, reason: str) -> None:
+        f = self.files[name]
+        f.at_manager = False
+        for key in [k for k in self._stage_wait if k[0] == name]:
+            for tid in self._stage_wait.pop(key):
+                t = self.tasks.get(tid)
+                if t is not None and t.state is T.STAGING:
+                    t.message = f"input {name} could not be read at the manager: {reason}"
+                    self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "",
+                              "input missing at the manager")
+
+    # ================================================================ retrievals
+    def _start_retrieval(self, name: str, wid: str, dest: str, kind: RetrievalKind,
+                         task_id: int = 0) -> int:
+        rid = self._next_retrieval
+        self._next_retrieval += 1
+        w = self.workers[wid]
+        self._retrievals[rid] = RetrievalRecord(kind, name, wid, task_id, dest)
+        f = self.files.get(name)
+        self._out.append(Retrieve(rid, wid, w.host, w.transfer_port, name, dest,
+                                  f.size if f else -1, self._stim))
+        return rid
+
+    def _on_retrieval_done(self, ev: RetrievalDone) -> None:
+        r = self._retrievals.pop(ev.retrieval_id, None)
+        if r is None:
+            return
+        w = self.workers.get(r.worker)
+        if ev.ok:
+            self.stats.bytes_received += ev.size
+            self.stats.bytes_received_files += ev.size
+            self.stats.transfers_received += 1
+            if w is not None:
+                w.bytes_out += ev.size
+            self._log("TRANSFER", r.name, "DONE", r.worker, MANAGER, ev.size,
+                      round(ev.seconds, 6))
+            self.durability.transfer_measured(ev.size, ev.seconds, to_manager=True)
+        else:
+            self._log("TRANSFER", r.name, "FAILED", r.worker, MANAGER,
+                      f"{ev.cause.name}: {ev.error[:200]}")
+        if r.kind in (RetrievalKind.FETCH, RetrievalKind.CHECKPOINT):
+            self._file_retrieved(r, ev)
+        else:
+            self._output_retrieved(r, ev, w)
+
+    def _file_retrieved(self, r: RetrievalRecord, ev: RetrievalDone) -> None:
+        f = self.files.get(r.name)
+        if f is None:
+            return
+        if ev.ok:
+            f.at_manager, f.manager_path = True, r.dest
+            if r.kind is RetrievalKind.CHECKPOINT:
+                self.stats.bytes_checkpointed += ev.size
+                self.file_story_add(r.name, "checkpointed at the manager")
+            for req in f.fetch_requests:
+                self._out.append(FetchDone(req, r.dest, "", self._stim))
+            f.fetch_requests.clear()
+            self._drain_saved(r.name)
+            self._retry_unsourced()  # transfers waiting for a manager copy can start
+        else:
+            if r.worker in self._drain_wait and r.name in self._drain_wait[r.worker]:
+                del self._drain_wait[r.worker][r.name]  # nowhere to save it: it may be lost
+                self._later(self._maybe_drained, r.worker)
+            if f.fetch_requests:
+                if self.replicas.ready_workers(r.name):
+                    reqs, f.fetch_requests = f.fetch_requests, []
+                    for req in reqs:
+                        self._serve_fetch(req, r.name)
+                else:
+                    for req in f.fetch_requests:
+                        self._out.append(FetchDone(req, None, f"could not fetch: {ev.error}",
+                                                   self._stim))
+                    f.fetch_requests.clear()
+        self.durability.recheck(r.name)
+
+    def _output_retrieved(self, r: RetrievalRecord, ev: RetrievalDone,
+                          w: WorkerRecord | None) -> None:
+        t = self.tasks.get(r.task_id)
+        if t is None or t.state is not T.WAITING_RETRIEVAL or ev.retrieval_id not in t.retrievals:
+            return
+        t.retrievals.discard(ev.retrieval_id)
+        if ev.ok:
+            f = self.files.get(r.name)
+            if f is not None and r.kind is RetrievalKind.TASK_OUTPUT:
+                f.at_manager, f.manager_path = True, r.dest
+                if f.spec.cache_level <= CacheLevel.TASK and w is not None:
+                    self.replicas.remove(r.name, r.worker)
+                    self._send(r.worker, Unlink(name=r.name))
+            if r.kind is RetrievalKind.PYTHON_RESULT:
+                t.result_path = r.dest
+                self.replicas.remove(r.name, r.worker)
+                if w is not None:
+                    self._send(r.worker, Unlink(name=r.name))
+        elif w is None or (ev.cause.at_source
+                           and t.count(RunOutcome.OUTPUT_LOST) < WORKER_FAULT_ATTEMPTS):
+            # the worker went away with the outputs, or cannot serve them (a killed worker
+            # refuses connections before its disconnection is seen): run the task again
+            t.retrievals.clear()
+            self._requeue(t, RunOutcome.OUTPUT_LOST, f"output {r.name} not served: "
+                                                     f"{ev.error[:120]}")
+            return
+        else:
+            t.message = f"could not retrieve output {r.name}: {ev.error}"
+        if not t.retrievals:
+            d = t.done
+            code = d.exit_code if d else -1
+            out = d.output if d else ""
+            if t.message.startswith("could not retrieve output"):
+                self._end(t, RunOutcome.OUTPUT_LOST, TaskResult.OUTPUT_TRANSFER_ERROR, code, out)
+            else:
+                self._end(t, RunOutcome.SUCCEEDED, TaskResult.SUCCESS, code, out)
+
+    # ---------------------------------------------------------------- fetch_file
+    def _on_fetch_requested(self, ev: FetchRequested) -> None:
+        if ev.name not in self.files:
+            self._out.append(FetchDone(ev.request_id, None, f"unknown file {ev.name}",
+                                       self._stim))
+            return
+        self._serve_fetch(ev.request_id, ev.name)
+
+    def _serve_fetch(self, req: int, name: str) -> None:
+        f = self.files[name]
+        if f.at_manager and f.manager_path:
+            self._out.append(FetchDone(req, f.manager_path, "", self._stim))
+            return
+        holders = self.replicas.ready_workers(name)
+        if holders:
+            pending = any(r.name == name and r.kind in (RetrievalKind.FETCH,
+                                                        RetrievalKind.CHECKPOINT)
+                          for r in self._retrievals.values())
+            f.fetch_requests.append(req)
+            if not pending:
+                self._start_retrieval(name, holders[0], posixpath.join(self.staging_dir, name),
+                                      RetrievalKind.FETCH)
+            return
+        if f.failed_producer is not None:
+            self._out.append(FetchDone(req, None, f"producer task {f.failed_producer} failed",
+                                       self._stim))
+            return
+        if f.producer is None or f.pruned and f.spec.kind != "temp":
+            self._out.append(FetchDone(req, None, f"no copy of {name} exists", self._stim))
+            return
+        f.fetch_requests.append(req)
+        self._later(self._ensure_coming, name)

@@ -1,0 +1,527 @@
+"""A task's life in the core: readiness, placement, runs, results, and the cascades.
+
+``TaskLifecycle`` moves tasks through their states (always by ``_transition``):
+WAITING or READY by their inputs, STAGING and RUNNING once placed, then
+RETRIEVED (or back to READY/WAITING for a new run: a retry, a worker lost, a
+recovery). When a run is over for good it settles the files it made and the
+consumers downstream; a failure, a loss, a recovery and a pruning each move
+on by queueing their next step (``_later``), never by calling themselves.
+A DONE task's record is forgotten as soon as no kept temp can need it re-run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import posixpath
+
+from ..constants import CacheLevel, TaskResult
+from ..protocol import (
+    Kill,
+    RunTask,
+    TaskDone,
+    Unlink,
+)
+from .base import (
+    PLACE_SKIP_MAX,
+    RECOVERY_ATTEMPTS,
+    RETRYABLE_ON_ANOTHER_WORKER,
+    WORKER_FAULT_ATTEMPTS,
+    CoreBase,
+    T,
+)
+from .events import (
+    FetchDone,
+    TaskCancelled,
+    TaskCollected,
+    TaskReported,
+    TaskReturned,
+    TaskSubmitted,
+)
+from .records import (
+    RetrievalKind,
+    RunOutcome,
+    RunRecord,
+    TaskRecord,
+    WorkerRecord,
+)
+from .replicas import ReplicaState
+from .scheduling import Candidate, Resources, choose_worker, could_ever_fit, task_allocation
+
+
+class TaskLifecycle(CoreBase):
+    """Tasks: readiness, placement, runs, results and the cascades they start."""
+
+    def _wait_or_ready(self, t: TaskRecord, why: str = "") -> None:
+        """Move a task to READY if every input can be had, else to WAITING (asking for
+        what is missing to be made), or end it if an input can never exist."""
+        t.missing.clear()
+        for name, _ in t.spec.inputs:
+            f = self._file(name)
+            if f.failed_producer is not None:
+                self._end_input_failed(t, name, f.failed_producer)
+                return
+            if f.undeclared:
+                t.message = f"input {name} was undeclared"
+                self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "",
+                          "input undeclared")
+                return
+            if not self.available(name):
+                t.missing.add(name)
+        if t.missing:
+            for name in t.missing:
+                self.files[name].waiting.add(t.spec.task_id)
+            self._transition(t, T.WAITING, why or "missing " + ",".join(sorted(t.missing))[:200])
+            for name in sorted(t.missing):
+                self._later(self._ensure_coming, name)
+        else:
+            self._transition(t, T.READY, why)
+            heapq.heappush(self._ready, (-t.spec.priority, t.seq, t.spec.task_id))
+
+    def _requeue(self, t: TaskRecord, outcome: RunOutcome, why: str) -> None:
+        """End the current run with ``outcome`` and start a new one (same recovery-ness)."""
+        marker = "FORSAKEN" if outcome is RunOutcome.WORKER_LOST else "RETRY"
+        self._log("TASK", t.spec.task_id, marker, t.worker or "-", t.attempt, why)
+        rec = t.run.recovery
+        ret = t.run.return_to
+        t.run.outcome = outcome
+        self._release(t)
+        r = RunRecord(attempt=len(t.runs), recovery=rec, return_to=ret)
+        t.runs.append(r)
+        self._wait_or_ready(t, why)
+
+    def _end(self, t: TaskRecord, outcome: RunOutcome, result: TaskResult, exit_code: int,
+             output: str, why: str = "") -> None:
+        """A run is over for good: settle the task (RETRIEVED, or back where a recovery
+        run came from) and tell the files and the consumers downstream."""
+        run = t.run
+        run.outcome = outcome
+        self._release(t)
+        ok = outcome is RunOutcome.SUCCEEDED
+        for name, _ in t.spec.inputs:
+            f = self.files.get(name)
+            if f is not None:
+                f.consumers.pop(t.spec.task_id, None)
+                f.waiting.discard(t.spec.task_id)
+        outputs = self._outputs_of(t)
+        if not ok:
+            for name in outputs:
+                self._later(self._file_failed, name, t.spec.task_id)
+        self.durability.task_ended(t, outputs)
+        if run.recovery and run.return_to is not None:
+            self._transition(t, run.return_to, why or f"recovery run {outcome.value}")
+            self.durability.recovery_finished(t, outputs, self.now)
+            if run.return_to is T.DONE:
+                self._later(self._maybe_forget_task, t.spec.task_id)
+            return
+        t.result, t.exit_code, t.output = result, exit_code, output
+        self._transition(t, T.RETRIEVED, why or str(result))
+        self._unreturned -= 1
+        if ok:
+            self.stats.tasks_done += 1
+        else:
+            self.stats.tasks_failed += 1
+        d = t.done
+        self._out.append(TaskReturned(
+            task_id=t.spec.task_id, result=int(result), exit_code=exit_code, output=output,
+            worker_id=t.done_worker, hostname=t.hostname,
+            start=d.start if d else 0.0, end=d.end if d else 0.0, attempts=len(t.runs),
+            python_result=t.python_result, python_error=d.python_error if d else "",
+            message=t.message or (d.message if d else ""), python_result_path=t.result_path,
+            story=tuple(t.story), stimulus_id=self._stim,
+        ))
+        t.python_result = None
+        t.result_path = ""
+        t.done = None
+        t.output = ""
+
+    def _end_input_failed(self, t: TaskRecord, name: str, producer: int) -> None:
+        t.message = f"input {name} is missing: its producer task {producer} failed"
+        self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "", "input missing")
+
+    def _free(self, t: TaskRecord) -> None:
+        """Give back the resources the current run holds (it keeps its worker, whose
+        transfer server may still serve its outputs)."""
+        run = t.run
+        if run.alloc is None or run.worker is None:
+            return
+        w = self.workers.get(run.worker)
+        if w is not None:
+            w.running.discard(t.spec.task_id)
+            w.free.add(run.alloc)
+            self._drop_task_level_inputs(t, w)
+        run.alloc = None
+
+    def _release(self, t: TaskRecord) -> None:
+        """Give back everything the current run holds on its worker."""
+        run = t.run
+        wid = run.worker
+        if wid is None:
+            return
+        self._free(t)
+        for name in t.staging:
+            waiters = self._stage_wait.get((name, wid))
+            if waiters is not None:
+                waiters.pop(t.spec.task_id, None)
+        t.staging.clear()
+        run.worker, run.alloc = None, None
+
+    def _drop_task_level_inputs(self, t: TaskRecord, w: WorkerRecord) -> None:
+        for name, _ in t.spec.inputs:
+            f = self.files.get(name)
+            if f is None or f.spec.cache_level > CacheLevel.TASK or f.spec.kind == "temp":
+                continue
+            if any(name in (n for n, _ in self.tasks[o].spec.inputs) for o in w.running):
+                continue
+            if self.replicas.state(name, w.worker_id) is not None:
+                self.replicas.remove(name, w.worker_id)
+                self._send(w.worker_id, Unlink(name=name))
+
+    # ================================================================ cascade steps
+    def _ensure_coming(self, name: str) -> None:
+        """A needed file has no copy: make sure something will make it, or say why not."""
+        f = self.files.get(name)
+        if f is None or self.available(name) or f.undeclared:
+            return
+        if f.failed_producer is not None:
+            self._file_failed(name, f.failed_producer)
+            return
+        if f.producer is None:
+            self._log("FILE", name, "UNAVAILABLE", "no copy and no task produces it")
+            return
+        p = self.tasks.get(f.producer)
+        if p is None or p.state not in (T.RETRIEVED, T.DONE):
+            return  # it is being made (or will be)
+        if p.run.outcome is RunOutcome.SUCCEEDED:
+            self._start_recovery(p, name)
+        else:
+            self._file_failed(name, p.spec.task_id)
+
+    def _start_recovery(self, p: TaskRecord, name: str) -> None:
+        self._new_run(p, recovery=True)
+        for inp, _ in p.spec.inputs:  # a consumer again, until this run ends
+            self._file(inp).consumers[p.spec.task_id] = None
+        self.stats.tasks_recovery += 1
+        self._log("TASK", p.spec.task_id, "RECOVERY", "-", p.attempt, f"to remake {name}")
+        self.durability.recovery_started(p.spec.task_id, name, self.now)
+        self._wait_or_ready(p, f"recovery: to remake {name}")
+
+    def _file_failed(self, name: str, producer: int) -> None:
+        """``name`` can never exist (its producer failed): end every task waiting for it."""
+        f = self.files.get(name)
+        if f is None:
+            return
+        f.failed_producer = producer
+        for tid in list(f.consumers):
+            t = self.tasks.get(tid)
+            if t is not None and t.state in (T.WAITING, T.READY):
+                self._end_input_failed(t, name, producer)
+        if f.fetch_requests:
+            for req in f.fetch_requests:
+                self._out.append(FetchDone(req, None, f"producer task {producer} failed",
+                                           self._stim))
+            f.fetch_requests.clear()
+
+    def _file_lost(self, name: str, why: str) -> None:
+        """No copy of ``name`` is left: unstage what needed it, then recover or fail."""
+        f = self.files.get(name)
+        if f is None or self.available(name):
+            return
+        self.stats.files_lost += 1
+        self._log("FILE", name, "LOST", why)
+        self.file_story_add(name, f"lost: {why}")
+        needed = False
+        for key in [k for k in self._stage_wait if k[0] == name]:
+            self._unsourced.pop(key, None)
+            for tid in self._stage_wait.pop(key):
+                t = self.tasks.get(tid)
+                if t is not None and t.state is T.STAGING:
+                    self._requeue(t, RunOutcome.WORKER_LOST, f"input {name} lost")
+                    needed = True
+        for tid in list(f.consumers):
+            t = self.tasks.get(tid)
+            if t is None:
+                continue
+            if t.state is T.READY:
+                t.missing.add(name)
+                f.waiting.add(tid)
+                self._transition(t, T.WAITING, f"input {name} lost")
+                needed = True
+            elif t.state is T.WAITING:
+                t.missing.add(name)
+                f.waiting.add(tid)
+                needed = True
+        if needed or f.fetch_requests:
+            self._later(self._ensure_coming, name)
+
+    def _file_became_available(self, name: str) -> None:
+        f = self.files.get(name)
+        if f is None:
+            return
+        if f.waiting:
+            for tid in list(f.waiting):
+                t = self.tasks.get(tid)
+                f.waiting.discard(tid)
+                if t is None or t.state is not T.WAITING:
+                    continue
+                t.missing.discard(name)
+                if not t.missing:
+                    self._transition(t, T.READY, f"input {name} available")
+                    heapq.heappush(self._ready, (-t.spec.priority, t.seq, t.spec.task_id))
+        if f.fetch_requests:
+            reqs, f.fetch_requests = f.fetch_requests, []
+            for req in reqs:
+                self._serve_fetch(req, name)
+
+    def _prune(self, name: str) -> None:
+        f = self.files.get(name)
+        if f is None or f.pruned:
+            return
+        workers = self.replicas.forget_file(name)
+        for w in workers:
+            if w in self.workers:
+                self._send(w, Unlink(name=name))
+        f.pruned = True
+        self.file_story_add(name, f"pruned from {len(workers)} worker(s)")
+        self.stats.files_pruned += 1
+        self._log("FILE", name, "PRUNED", len(workers))
+        self._later(self._maybe_forget_file, name)
+
+    # ---------------------------------------------------------------- lineage
+    def _maybe_forget_task(self, task_id: int) -> None:
+        """Drop a DONE task's record once no kept file can need it to be re-run."""
+        t = self.tasks.get(task_id)
+        if t is None or t.state is not T.DONE:
+            return
+        for name in self._outputs_of(t):
+            f = self.files.get(name)
+            if f is not None and f.spec.kind == "temp":
+                return  # its output may be lost and need this task again
+        del self.tasks[task_id]
+        self._counts[T.DONE] -= 1
+        for name, _ in t.spec.inputs:
+            f = self.files.get(name)
+            if f is not None:
+                f.readers -= 1
+                if f.readers <= 0 and (f.pruned or f.spec.kind != "temp"):
+                    self._later(self._maybe_forget_file, name)
+
+    def _maybe_forget_file(self, name: str) -> None:
+        """Drop a pruned temp's record once no kept task reads it (nothing downstream can
+        need it remade)."""
+        f = self.files.get(name)
+        if f is None or f.readers > 0 or f.consumers or f.fetch_requests:
+            return
+        if f.spec.kind == "temp" and not f.pruned:
+            return
+        if f.spec.kind != "temp" and not f.released:
+            return
+        if self.replicas.holders(name):
+            return
+        del self.files[name]
+        self.durability.forget(name)
+        if f.producer is not None:
+            self._later(self._maybe_forget_task, f.producer)
+
+    # ================================================================ tasks
+    def _on_task_submitted(self, ev: TaskSubmitted) -> None:
+        s = ev.spec
+        if s.task_id in self.tasks:
+            raise ValueError(f"task {s.task_id} submitted twice")
+        self._seq += 1
+        t = TaskRecord(s, self._seq)
+        self.tasks[s.task_id] = t
+        self._counts[T.INITIAL] += 1
+        self._unreturned += 1
+        self.stats.tasks_submitted += 1
+        for name in self._outputs_of(t):
+            self._file(name).producer = s.task_id
+        for name, _ in s.inputs:
+            f = self._file(name)
+            f.consumers[s.task_id] = None
+            f.readers += 1
+        t.story.append((self.now, "", T.INITIAL.value, self._stim))
+        self._log("TASK", s.task_id, "SUBMITTED", "-", 0, s.command[:80])
+        self._new_run(t)
+        self._wait_or_ready(t)
+
+    def _on_task_cancelled(self, ev: TaskCancelled) -> None:
+        t = self.tasks.get(ev.task_id)
+        if t is None or t.state in (T.RETRIEVED, T.DONE):
+            return
+        if t.state is T.RUNNING and t.worker is not None:
+            self._send(t.worker, Kill(task_id=t.spec.task_id))
+        if t.state is T.WAITING_RETRIEVAL:
+            t.retrievals.clear()
+        if t.run.recovery:  # a recovery run is the core's business, not the user's
+            return
+        t.message = "cancelled by the user"
+        self._end(t, RunOutcome.CANCELLED, TaskResult.CANCELLED, -1, "", "cancelled")
+
+    def _on_task_collected(self, ev: TaskCollected) -> None:
+        t = self.tasks.get(ev.task_id)
+        if t is None:
+            return
+        if t.state is T.RETRIEVED:
+            self._transition(t, T.DONE, "returned by wait()")
+            self._maybe_forget_task(t.spec.task_id)
+        elif t.run.recovery and t.run.return_to is T.RETRIEVED:
+            t.run.return_to = T.DONE  # collected while a recovery run remakes its output
+
+    def _on_task_reported(self, ev: TaskReported) -> None:
+        d = ev.done
+        inline = len(d.python_result or b"")
+        self.stats.bytes_received_inline += inline
+        self.stats.bytes_received += inline
+        t = self.tasks.get(d.task_id)
+        if t is None or t.worker != ev.worker_id or t.attempt != d.attempt \
+                or t.state is not T.RUNNING:
+            return  # a stale report (the task was cancelled or moved)
+        w = self.workers.get(ev.worker_id)
+        if w is None:
+            return
+        w.tasks_done += 1
+        self._free(t)
+        run = t.run
+        run.seconds = max(0.0, d.end - d.start)
+        self.durability.task_ran(run.seconds)
+        t.done, t.done_worker, t.hostname = d, ev.worker_id, w.hostname
+        result = TaskResult(d.result) if d.result in TaskResult._value2member_map_ \
+            else TaskResult.UNKNOWN
+        if not (result is TaskResult.SUCCESS and d.exit_code == 0):
+            self._task_failed(t, result, d)
+            return
+        for name, size in d.outputs:
+            f = self._file(name)
+            f.size, f.produced = size, True
+            f.failed_producer = None
+            if f.pruned and f.released and f.spec.kind == "temp":
+                f.pruned = False  # remade by a recovery run
+            self.replicas.set_ready(name, ev.worker_id, size)
+            self.durability.produced(name, ev.worker_id, t)
+        t.python_result = d.python_result
+        if not run.recovery:
+            for name, _ in t.spec.outputs:
+                f = self.files[name]
+                if f.spec.kind == "file" and f.spec.path:
+                    t.retrievals.add(self._start_retrieval(
+                        name, ev.worker_id, f.spec.path, RetrievalKind.TASK_OUTPUT,
+                        t.spec.task_id))
+            if t.spec.python_payload is not None and not t.spec.temp_output \
+                    and d.python_result is None:
+                pyout = f"pyout-{t.spec.task_id}-{t.attempt}"
+                if any(n == pyout for n, _ in d.outputs):
+                    t.retrievals.add(self._start_retrieval(
+                        pyout, ev.worker_id, posixpath.join(self.staging_dir, pyout),
+                        RetrievalKind.PYTHON_RESULT, t.spec.task_id))
+        for name, _ in d.outputs:
+            self._file_became_available(name)
+            self._drain_saved(name)
+        if t.retrievals:
+            self._transition(t, T.WAITING_RETRIEVAL)
+        else:
+            self._end(t, RunOutcome.SUCCEEDED, TaskResult.SUCCESS, d.exit_code, d.output)
+
+    def _task_failed(self, t: TaskRecord, result: TaskResult, d: TaskDone) -> None:
+        if result in RETRYABLE_ON_ANOTHER_WORKER \
+                and t.count(RunOutcome.WORKER_FAULT) < WORKER_FAULT_ATTEMPTS:
+            t.avoid.add(t.done_worker)  # it failed there for the worker's sake: go elsewhere
+            self._requeue(t, RunOutcome.WORKER_FAULT,
+                          f"retry: {result} on {t.done_worker}: {d.message[:120]}")
+            return
+        if t.run.recovery:
+            if t.count(RunOutcome.FAILED, recovery=True) < RECOVERY_ATTEMPTS:
+                # a recovery run has its own budget: the user's retries are not charged
+                self._requeue(t, RunOutcome.FAILED, f"retry recovery: {result} exit {d.exit_code}")
+                return
+        elif t.count(RunOutcome.FAILED, recovery=False) < t.spec.max_retries:
+            self._requeue(t, RunOutcome.FAILED, f"retry: {result} exit {d.exit_code}")
+            return
+        t.message = d.message
+        t.python_result = d.python_result  # a PythonTask's pickled exception
+        self._end(t, RunOutcome.FAILED, result, d.exit_code, d.output)
+
+    # ================================================================ dispatch
+    def _schedule(self) -> None:
+        if not self._ready or not self.workers:
+            return
+        skipped: list[tuple[float, int, int]] = []
+        workers = self.workers
+        while self._ready:
+            if not any((w.free.cores > 0 or w.free.gpus > 0) and not w.draining
+                       for w in workers.values()):
+                break
+            item = heapq.heappop(self._ready)
+            t = self.tasks.get(item[2])
+            if t is None or t.state is not T.READY:
+                continue
+            if not self._place(t):
+                skipped.append(item)
+                if len(skipped) > PLACE_SKIP_MAX:
+                    break
+        for item in skipped:
+            heapq.heappush(self._ready, item)
+
+    def _place(self, t: TaskRecord) -> bool:
+        s = t.spec
+        declared = (s.cores, s.memory, s.disk, s.gpus)
+        input_bytes: dict[str, int] = {}
+        for name, _ in s.inputs:
+            size = max(0, self.files[name].size)
+            for holder in self.replicas.holders(name):
+                input_bytes[holder] = input_bytes.get(holder, 0) + size + 1
+        cands = [Candidate(w.worker_id, w.total, w.free, len(w.running))
+                 for w in self.workers.values()
+                 if not w.draining and w.worker_id not in t.avoid
+                 and self.durability.can_host(w, t)]
+        choice = choose_worker(cands, declared, input_bytes)
+        if choice is None:
+            if t.unplaceable_since < 0 and not could_ever_fit(
+                    (w.total for w in self.workers.values() if not w.draining), declared):
+                t.unplaceable_since = self.now
+                self._unplaceable[s.task_id] = None
+            return False
+        wid, alloc = choice
+        w = self.workers[wid]
+        w.free.sub(alloc)
+        w.running.add(s.task_id)
+        t.run.worker, t.run.alloc = wid, alloc
+        if t.unplaceable_since >= 0:
+            t.unplaceable_since = -1.0
+            self._unplaceable.pop(s.task_id, None)
+        t.staging.clear()
+        for name, _ in s.inputs:
+            st = self.replicas.state(name, wid)
+            if st is ReplicaState.READY:
+                continue
+            t.staging.add(name)
+            self._stage_wait.setdefault((name, wid), {})[s.task_id] = None
+        if not t.staging:
+            self._transition(t, T.STAGING, wid)
+            self._run(t)
+            return True
+        self._transition(t, T.STAGING, ",".join(sorted(t.staging))[:200])
+        for name in sorted(t.staging):
+            if self.replicas.state(name, wid) is None:
+                self._source_transfer(name, wid)
+        return True
+
+    def _run(self, t: TaskRecord) -> None:
+        s = t.spec
+        a = t.run.alloc or Resources()
+        py_out = s.python_output
+        if s.python_payload is not None and not s.temp_output:
+            py_out = f"pyout-{s.task_id}-{t.attempt}"
+        self._send(t.worker or "", RunTask(
+            task_id=s.task_id, attempt=t.attempt, command=s.command,
+            inputs=list(s.inputs), outputs=list(s.outputs), env=list(s.env),
+            cores=a.cores, memory=a.memory, disk=a.disk, gpus=a.gpus, time_max=s.time_max,
+            python_payload=s.python_payload, python_output=py_out,
+            python_mode=(s.python_mode or self.tune.python_exec) if s.python_payload else "",
+            python_keep=s.temp_output,
+        ))
+        self._transition(t, T.RUNNING, t.worker or "")
+
+    def allocation(self, task_id: int, worker_id: str) -> Resources:
+        """What a task would take of a worker (for status and tests)."""
+        s = self.tasks[task_id].spec
+        return task_allocation(self.workers[worker_id].total, s.cores, s.memory, s.disk, s.gpus)

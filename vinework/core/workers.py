@@ -1,0 +1,242 @@
+"""Workers in the core: joining, liveness, leaving, draining, and explained waits.
+
+``WorkerLifecycle`` records what each worker offers, decides liveness from
+``Tick`` events (one timeout, ``keepalive-timeout``, the same one the worker
+is told in its Welcome) and sends heartbeats; a lost worker's tasks get new
+runs and its only copies are handled as losses. A draining worker (SIGTERM
+from a batch system) takes no task; its running tasks go elsewhere and the
+temps only it holds are copied to a peer with room (or checkpointed) before it
+is told to go. It also explains waits: a task no connected worker could ever
+run, and a manager with no worker, are each said once after a delay.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from ..protocol import (
+    Fetch,
+    Heartbeat,
+    Hoist,
+    Kill,
+    Shutdown,
+    Unlink,
+)
+from .base import (
+    CoreBase,
+    T,
+)
+from .events import (
+    DropWorker,
+    HoistRequested,
+    Notice,
+    Tick,
+    Tuned,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLeaving,
+    WorkerLeft,
+)
+from .records import (
+    RetrievalKind,
+    RunOutcome,
+    WorkerRecord,
+)
+from .replicas import ReplicaState
+from .scheduling import Resources
+
+
+class WorkerLifecycle(CoreBase):
+    """Workers: join, liveness, loss, drain, hints; and tuning and hoisting."""
+
+    # ================================================================ workers
+    def _on_worker_joined(self, ev: WorkerJoined) -> None:
+        total = Resources(ev.cores, ev.memory, ev.disk, ev.gpus)
+        w = WorkerRecord(ev.worker_id, ev.host, ev.transfer_port, ev.hostname, total,
+                         Resources(ev.cores, ev.memory, ev.disk, ev.gpus), last_heard=self.now)
+        self.workers[ev.worker_id] = w
+        self.stats.workers_connected += 1
+        self.stats.workers_joined += 1
+        self._no_worker_since, self._no_worker_noted = None, False
+        self._log("WORKER", ev.worker_id, "CONNECTION", ev.host, ev.cores, ev.memory, ev.disk)
+        if self.hoisted:
+            self._send(ev.worker_id, Hoist(modules=list(self.hoisted)))
+        for name, size in ev.cached:
+            f = self.files.get(name)
+            if f is not None and not f.pruned:
+                if f.size < 0:
+                    f.size = size
+                self.replicas.set_ready(name, ev.worker_id, size)
+                self._file_became_available(name)
+            else:
+                self._send(ev.worker_id, Unlink(name=name))
+        for tid in self._unplaceable:  # a bigger worker may make them placeable
+            u = self.tasks.get(tid)
+            if u is not None:
+                u.unplaceable_since = -1.0
+        self._unplaceable.clear()
+        self._retry_unsourced()
+
+    def _on_worker_heard(self, ev: WorkerHeard) -> None:
+        w = self.workers.get(ev.worker_id)
+        if w is not None and ev.disk_used >= 0:
+            w.disk_used = ev.disk_used
+
+    def _on_worker_left(self, ev: WorkerLeft) -> None:
+        self._worker_gone(ev.worker_id, ev.reason)
+
+    def _worker_gone(self, wid: str, reason: str) -> None:
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return
+        self.stats.workers_connected -= 1
+        if not w.draining or self._drain_wait.get(wid):
+            self.stats.workers_lost += 1  # a drained worker left as agreed: not a loss
+        self._drain_wait.pop(wid, None)
+        self._log("WORKER", wid, "DISCONNECTION", reason)
+        if not self.workers:
+            self._no_worker_since = self.now
+        names, transfers = self.replicas.drop_worker(wid)
+        for key in [k for k in self._stage_wait if k[1] == wid]:
+            del self._stage_wait[key]
+        for key in [k for k in self._unsourced if k[1] == wid]:
+            del self._unsourced[key]
+        forsaken = sorted(w.running)
+        for tid in forsaken:
+            t = self.tasks[tid]
+            t.staging.clear()
+            t.run.worker, t.run.alloc = None, None  # (the worker's resources are gone too)
+        w.running.clear()
+        lost = dict.fromkeys(names)
+        for tr in transfers:  # transfers from the lost worker to others must find a new source
+            if tr.dest != wid and tr.dest in self.workers:
+                self.replicas.remove(tr.name, tr.dest)
+                if self.available(tr.name):
+                    if self._stage_wait.get((tr.name, tr.dest)):
+                        self._source_transfer(tr.name, tr.dest)
+                else:
+                    lost[tr.name] = None
+        for name in lost:
+            f = self.files.get(name)
+            if f is not None and not f.pruned and not self.available(name):
+                self._later(self._file_lost, name, f"last copy was on {wid}")
+        for tid in forsaken:  # after the losses, so a recovery is logged after its loss
+            t = self.tasks[tid]
+            self._later(self._requeue, t, RunOutcome.WORKER_LOST, f"worker lost: {reason}")
+        self.durability.worker_lost(wid, names)
+
+    def _on_worker_leaving(self, ev: WorkerLeaving) -> None:
+        """Drain: no new task there; its running tasks go elsewhere; the temps only it
+        holds are copied to a peer with room (else checkpointed); then tell it to go."""
+        w = self.workers.get(ev.worker_id)
+        if w is None or w.draining:
+            return
+        w.draining = True
+        self._log("WORKER", w.worker_id, "DRAINING", ev.reason)
+        for tid in sorted(w.running):
+            t = self.tasks[tid]
+            if t.state is T.RUNNING:
+                self._send(w.worker_id, Kill(task_id=tid))
+            self._requeue(t, RunOutcome.WORKER_LOST, f"worker draining: {ev.reason}")
+        save: dict[str, None] = {}
+        for name in self.replicas.files_on(w.worker_id):
+            f = self.files.get(name)
+            if f is None or f.at_manager or f.pruned or f.spec.kind != "temp":
+                continue
+            if self.replicas.state(name, w.worker_id) is not ReplicaState.READY:
+                continue
+            if self.replicas.count_ready(name) > 1:
+                continue
+            save[name] = None
+            self._save_from_draining(name, w)
+        self._drain_wait[w.worker_id] = save
+        self._maybe_drained(w.worker_id)
+
+    def _save_from_draining(self, name: str, w: WorkerRecord) -> None:
+        f = self.files[name]
+        dests = sorted((x for x in self.workers.values() if not x.draining
+                        and self.replicas.state(name, x.worker_id) is None
+                        and self.durability.disk_free(x) > max(0, f.size)),
+                       key=lambda x: (-self.durability.disk_free(x), x.worker_id))
+        if dests and self.tune.peer_transfers and f.spec.peer_transfer:
+            dest = dests[0].worker_id
+            tr = self.replicas.start_transfer(name, dest, w.worker_id, self.now, replication=True)
+            self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host=w.host,
+                                   port=w.transfer_port, size=f.size))
+            self._log("TRANSFER", name, "START", w.worker_id, dest, tr.transfer_id)
+            self.file_story_add(name, f"moving off draining {w.worker_id} to {dest}")
+        else:
+            base = self.tune.checkpoint_dir or self.staging_dir
+            self._start_retrieval(name, w.worker_id, posixpath.join(base, name),
+                                  RetrievalKind.CHECKPOINT)
+            self.file_story_add(name, f"checkpointing off draining {w.worker_id}")
+
+    def _drain_saved(self, name: str) -> None:
+        for wid, names in self._drain_wait.items():
+            if name in names and (self.replicas.count_ready(name) > 1 or self.available(name)
+                                  and self.files[name].at_manager or wid not in self.workers):
+                del names[name]
+                self._later(self._maybe_drained, wid)
+
+    def _maybe_drained(self, wid: str) -> None:
+        names = self._drain_wait.get(wid)
+        if names is not None and not names:
+            self._send(wid, Shutdown(reason="drained"))
+            self._log("WORKER", wid, "DRAINED", "-")
+
+    def _on_tick(self, ev: Tick) -> None:
+        timeout = self.tune.keepalive_timeout
+        for w in list(self.workers.values()):
+            if self.now - w.last_heard > timeout:
+                why = f"no message for {timeout:g} s"
+                self._out.append(DropWorker(w.worker_id, why, self._stim))
+                self._worker_gone(w.worker_id, why)
+        if self.now - self._heartbeat_at >= self.tune.keepalive_interval:
+            self._heartbeat_at = self.now
+            self._heartbeat_seq += 1
+            for wid in self.workers:
+                self._send(wid, Heartbeat(seq=self._heartbeat_seq))
+        self._retry_unsourced()
+        self._explain_waits()
+
+    def _explain_waits(self) -> None:
+        if not self.workers and self._unreturned > 0:
+            if self._no_worker_since is None:
+                self._no_worker_since = self.now
+            elif (not self._no_worker_noted
+                  and self.now - self._no_worker_since >= self.tune.no_worker_hint_delay):
+                self._no_worker_noted = True
+                text = (f"{self._unreturned} task(s) wait, and no worker has been connected "
+                        f"for {self.now - self._no_worker_since:.0f} s: start workers with "
+                        f"'vinework worker HOST PORT' or a Factory")
+                self._out.append(Notice(text, self._stim))
+                self._log("MANAGER", "HINT", text)
+        delay = self.tune.unplaceable_hint_delay
+        for tid in list(self._unplaceable):
+            t = self.tasks.get(tid)
+            if t is None or t.state is not T.READY or t.unplaceable_since < 0:
+                del self._unplaceable[tid]
+                continue
+            if self.now - t.unplaceable_since >= delay and not t.unplaceable_noted:
+                t.unplaceable_noted = True
+                s = t.spec
+                biggest = max(self.workers.values(), key=lambda w: w.total.cores, default=None)
+                have = (f"the largest has {biggest.total.cores} cores, {biggest.total.memory} MB "
+                        f"memory, {biggest.total.disk} MB disk, {biggest.total.gpus} gpus"
+                        if biggest else "none is connected")
+                t.message = (f"no connected worker could ever run it: it needs cores={s.cores} "
+                             f"memory={s.memory} disk={s.disk} gpus={s.gpus}; {have}")
+                self._out.append(Notice(f"task {s.task_id}: {t.message}", self._stim))
+                self._log("TASK", s.task_id, "UNPLACEABLE", "-", t.attempt, t.message)
+
+    # ================================================================ misc
+    def _on_tuned(self, ev: Tuned) -> None:
+        self.tune.set(ev.name, ev.value)
+        self._log("MANAGER", "TUNE", ev.name, ev.value)
+
+    def _on_hoist(self, ev: HoistRequested) -> None:
+        new = [m for m in ev.modules if m not in self.hoisted]
+        self.hoisted.extend(new)
+        if new:
+            for wid in self.workers:
+                self._send(wid, Hoist(modules=list(new)))
