@@ -145,12 +145,13 @@ def test_defaults_fill_in_on_construction() -> None:
     assert decode_body(encode(h)[4:]) == Heartbeat(seq=3, disk_used=0)
 
 
-def test_messages_are_frozen_and_keyword_only() -> None:
+def test_messages_are_slotted_and_keyword_only() -> None:
     k = Kill(task_id=1)
     with pytest.raises(AttributeError):
-        k.task_id = 2  # type: ignore[misc]
+        k.other = 2  # type: ignore[attr-defined]  # nothing but its fields
     with pytest.raises(TypeError):
         Kill(1)  # type: ignore[misc]
+    assert not hasattr(k, "__dict__")
 
 
 def test_many_frames_in_one_buffer() -> None:

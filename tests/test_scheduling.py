@@ -185,11 +185,11 @@ def test_packing_never_overcommits(
                 assert not task_allocation(w.total, *decl).fits_in(w.free)  # type: ignore[arg-type]
             continue
         wid, alloc = got
-        w = next(c for c in ws if c.worker_id == wid)
+        i, w = next((i, c) for i, c in enumerate(ws) if c.worker_id == wid)
         assert alloc == task_allocation(w.total, *decl)  # type: ignore[arg-type]
         assert alloc.fits_in(w.free)
         w.free.sub(alloc)
-        w.running += 1
+        ws[i] = w = w._replace(running=w.running + 1)
         placed.append((w, alloc))
         for c in ws:
             for r in ("cores", "memory", "disk", "gpus"):

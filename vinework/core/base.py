@@ -24,6 +24,7 @@ from .events import (
     Log,
     Send,
 )
+from .fast import T
 from .records import (
     FileRecord,
     RetrievalKind,
@@ -38,7 +39,6 @@ from .replicas import ReplicaTable
 from .stats import ManagerStats, Tunables
 from .transitions import VINE_TASK_STATE, check_task
 
-T = TaskState
 RECOVERY_ATTEMPTS = 2  # extra tries of a failed recovery run before its consumers fail
 WORKER_FAULT_ATTEMPTS = 3  # runs that may fail for a worker's sake before the task does
 RETRYABLE_ON_ANOTHER_WORKER = (TaskResult.DISK_EXHAUSTION, TaskResult.FORSAKEN)
@@ -170,9 +170,9 @@ class CoreBase:
         counts = self._counts
         counts[old] -= 1
         counts[new] += 1
-        t.story.append((self.now, old.value, new.value, f"{self._stim}: {why}" if why
+        t.story.append((self.now, old._value_, new._value_, f"{self._stim}: {why}" if why
                         else self._stim))
-        self._out.append(Log("TASK", (t.spec.task_id, new.value, t.worker or "-", t.attempt,
+        self._out.append(Log("TASK", (t.spec.task_id, new._value_, t.worker or "-", t.attempt,
                                       why), self._stim))
 
     def _new_run(self, t: TaskRecord, recovery: bool = False) -> RunRecord:

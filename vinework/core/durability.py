@@ -46,7 +46,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .records import FileRecord, TaskRecord, TaskState, WorkerRecord
+from .fast import T
+from .records import FileRecord, TaskRecord, WorkerRecord
 from .replicas import ReplicaTable
 from .stats import ManagerStats, Tunables
 
@@ -54,30 +55,30 @@ MB = 1 << 20
 LINEAGE_MAX = 256  # producers looked at when estimating a recomputation
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Replicate:
     name: str
     dest: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Checkpoint:
     name: str
     worker: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prune:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Story:
     name: str
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """The auto policy's choice for a temp, with its numbers (for the log)."""
 
@@ -305,7 +306,7 @@ class Durability:
             if f.consumers or f.fetch_requests:
                 continue  # looked at again when the last consumer ends
             p = self.tasks.get(f.producer) if f.producer is not None else None
-            if p is not None and p.state not in (TaskState.RETRIEVED, TaskState.DONE):
+            if p is not None and p.state not in (T.RETRIEVED, T.DONE):
                 continue  # looked at again when the producer's run ends
             self.wanted_copies.pop(name, None)
             self.out.append(Prune(name))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import posixpath
 
-from ..constants import CacheLevel, TaskResult
+from ..constants import CacheLevel
 from ..protocol import (
     Fetch,
     TransferFailure,
@@ -23,7 +23,6 @@ from ..protocol import (
 from .base import (
     WORKER_FAULT_ATTEMPTS,
     CoreBase,
-    T,
 )
 from .events import (
     FetchDone,
@@ -36,11 +35,11 @@ from .events import (
     RetrievalDone,
     Retrieve,
 )
+from .fast import RK, RO, TR, T
 from .records import (
     FileRecord,
     RetrievalKind,
     RetrievalRecord,
-    RunOutcome,
     WorkerRecord,
 )
 from .replicas import MANAGER
@@ -80,13 +79,13 @@ class FileLogistics(CoreBase):
                 t = self.tasks.get(tid)
                 if t is not None and t.state is T.STAGING:
                     t.message = f"input {ev.name} was undeclared"
-                    self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "",
+                    self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "",
                               "input undeclared")
         for tid in list(f.consumers):
             t = self.tasks.get(tid)
             if t is not None and t.state in (T.WAITING, T.READY):
                 t.message = f"input {ev.name} was undeclared"
-                self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "",
+                self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "",
                           "input undeclared")
         self._later(self._maybe_forget_file, ev.name)
 
@@ -115,11 +114,11 @@ class FileLogistics(CoreBase):
             # no peer transfers: the file must come to the manager first, then go out
             if not replication:  # (a replication is retried by the durability policy)
                 self._unsourced[(name, dest)] = None
-            if not any(r.name == name and r.kind in (RetrievalKind.FETCH, RetrievalKind.CHECKPOINT)
+            if not any(r.name == name and r.kind in (RK.FETCH, RK.CHECKPOINT)
                        for r in self._retrievals.values()):
                 holder = self.replicas.ready_workers(name)[0]
                 self._start_retrieval(name, holder, posixpath.join(self.staging_dir, name),
-                                      RetrievalKind.FETCH)
+                                      RK.FETCH)
                 self._log("TRANSFER", name, "QUEUED", "-", dest, f"via the manager from {holder}")
             return
         if src is None:
@@ -233,7 +232,7 @@ class FileLogistics(CoreBase):
                 t = self.tasks.get(tid)
                 if t is not None and t.state is T.STAGING:
                     t.message = f"input {name} could not be read at the manager: {reason}"
-                    self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "",
+                    self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "",
                               "input missing at the manager")
 
     # ================================================================ retrievals
@@ -265,7 +264,7 @@ class FileLogistics(CoreBase):
         else:
             self._log("TRANSFER", r.name, "FAILED", r.worker, MANAGER,
                       f"{ev.cause.name}: {ev.error[:200]}")
-        if r.kind in (RetrievalKind.FETCH, RetrievalKind.CHECKPOINT):
+        if r.kind in (RK.FETCH, RK.CHECKPOINT):
             self._file_retrieved(r, ev)
         else:
             self._output_retrieved(r, ev, w)
@@ -276,7 +275,7 @@ class FileLogistics(CoreBase):
             return
         if ev.ok:
             f.at_manager, f.manager_path = True, r.dest
-            if r.kind is RetrievalKind.CHECKPOINT:
+            if r.kind is RK.CHECKPOINT:
                 self.stats.bytes_checkpointed += ev.size
                 self.file_story_add(r.name, "checkpointed at the manager")
             for req in f.fetch_requests:
@@ -308,22 +307,22 @@ class FileLogistics(CoreBase):
         t.retrievals.discard(ev.retrieval_id)
         if ev.ok:
             f = self.files.get(r.name)
-            if f is not None and r.kind is RetrievalKind.TASK_OUTPUT:
+            if f is not None and r.kind is RK.TASK_OUTPUT:
                 f.at_manager, f.manager_path = True, r.dest
                 if f.spec.cache_level <= CacheLevel.TASK and w is not None:
                     self.replicas.remove(r.name, r.worker)
                     self._send(r.worker, Unlink(name=r.name))
-            if r.kind is RetrievalKind.PYTHON_RESULT:
+            if r.kind is RK.PYTHON_RESULT:
                 t.result_path = r.dest
                 self.replicas.remove(r.name, r.worker)
                 if w is not None:
                     self._send(r.worker, Unlink(name=r.name))
         elif w is None or (ev.cause.at_source
-                           and t.count(RunOutcome.OUTPUT_LOST) < WORKER_FAULT_ATTEMPTS):
+                           and t.count(RO.OUTPUT_LOST) < WORKER_FAULT_ATTEMPTS):
             # the worker went away with the outputs, or cannot serve them (a killed worker
             # refuses connections before its disconnection is seen): run the task again
             t.retrievals.clear()
-            self._requeue(t, RunOutcome.OUTPUT_LOST, f"output {r.name} not served: "
+            self._requeue(t, RO.OUTPUT_LOST, f"output {r.name} not served: "
                                                      f"{ev.error[:120]}")
             return
         else:
@@ -333,9 +332,9 @@ class FileLogistics(CoreBase):
             code = d.exit_code if d else -1
             out = d.output if d else ""
             if t.message.startswith("could not retrieve output"):
-                self._end(t, RunOutcome.OUTPUT_LOST, TaskResult.OUTPUT_TRANSFER_ERROR, code, out)
+                self._end(t, RO.OUTPUT_LOST, TR.OUTPUT_TRANSFER_ERROR, code, out)
             else:
-                self._end(t, RunOutcome.SUCCEEDED, TaskResult.SUCCESS, code, out)
+                self._end(t, RO.SUCCEEDED, TR.SUCCESS, code, out)
 
     # ---------------------------------------------------------------- fetch_file
     def _on_fetch_requested(self, ev: FetchRequested) -> None:
@@ -352,13 +351,13 @@ class FileLogistics(CoreBase):
             return
         holders = self.replicas.ready_workers(name)
         if holders:
-            pending = any(r.name == name and r.kind in (RetrievalKind.FETCH,
-                                                        RetrievalKind.CHECKPOINT)
+            pending = any(r.name == name and r.kind in (RK.FETCH,
+                                                        RK.CHECKPOINT)
                           for r in self._retrievals.values())
             f.fetch_requests.append(req)
             if not pending:
                 self._start_retrieval(name, holders[0], posixpath.join(self.staging_dir, name),
-                                      RetrievalKind.FETCH)
+                                      RK.FETCH)
             return
         if f.failed_producer is not None:
             self._out.append(FetchDone(req, None, f"producer task {f.failed_producer} failed",

@@ -25,6 +25,8 @@ from .scheduling import Resources
 class TaskState(Enum):
     """Where a task is (TaskVine's names where TaskVine has the state)."""
 
+    __hash__ = object.__hash__  # members are singletons: hash by identity (hot path)
+
     INITIAL = "INITIAL"  # submitted, not yet looked at
     WAITING = "WAITING"  # some input has no copy anywhere yet (vinework)
     READY = "READY"  # every input can be had; waiting for a worker
@@ -37,6 +39,8 @@ class TaskState(Enum):
 
 class RunOutcome(Enum):
     """How one run of a task ended (who is to blame decides what happens next)."""
+
+    __hash__ = object.__hash__  # members are singletons: hash by identity (hot path)
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # the task's own failure (exit code, signal, missing output, ...)
@@ -141,6 +145,7 @@ class WorkerRecord:
 
 
 class RetrievalKind(Enum):
+    __hash__ = object.__hash__  # members are singletons: hash by identity (hot path)
     TASK_OUTPUT = "task"  # a task's output file, to its path at the manager
     PYTHON_RESULT = "python"  # a large PythonTask result, to the staging directory
     FETCH = "fetch"  # fetch_file, or a temp on its way through the manager

@@ -22,8 +22,13 @@ MANAGER = "manager"
 
 
 class ReplicaState(Enum):
+    __hash__ = object.__hash__  # members are singletons: hash by identity (hot path)
     PENDING = "pending"
     READY = "ready"
+
+
+_PENDING = ReplicaState.PENDING  # (plain names: Enum class attributes are slow in 3.11)
+_READY = ReplicaState.READY
 
 
 @dataclass(slots=True)
@@ -61,13 +66,13 @@ class ReplicaTable:
         h = self.where.get(name)
         if h is None:
             return []
-        return [w for w, s in h.items() if s is ReplicaState.READY]
+        return [w for w, s in h.items() if s is _READY]
 
     def count_ready(self, name: str) -> int:
         h = self.where.get(name)
         if h is None:
             return 0
-        return sum(1 for s in h.values() if s is ReplicaState.READY)
+        return sum(1 for s in h.values() if s is _READY)
 
     def holders(self, name: str) -> list[str]:
         """Workers with a replica in any state."""
@@ -84,8 +89,8 @@ class ReplicaTable:
     def _set(self, name: str, worker: str, new: ReplicaState | None, size: int = 0) -> None:
         h = self.where.get(name)
         old = h.get(worker) if h is not None else None
-        check_replica(old.value if old is not None else None,
-                      new.value if new is not None else None)
+        check_replica(old._value_ if old is not None else None,
+                      new._value_ if new is not None else None)
         if new is None:
             if h is not None:
                 del h[worker]
@@ -101,17 +106,17 @@ class ReplicaTable:
             h = self.where[name] = {}
         h[worker] = new
         self.by_worker.setdefault(worker, {})[name] = None
-        if new is ReplicaState.READY:
+        if new is _READY:
             size = max(0, size)
             before = self.sizes.get((name, worker), 0)
             self.sizes[(name, worker)] = size
             self.bytes_by_worker[worker] = self.bytes_by_worker.get(worker, 0) + size - before
 
     def set_ready(self, name: str, worker: str, size: int) -> None:
-        self._set(name, worker, ReplicaState.READY, size)
+        self._set(name, worker, _READY, size)
 
     def set_pending(self, name: str, worker: str) -> None:
-        self._set(name, worker, ReplicaState.PENDING)
+        self._set(name, worker, _PENDING)
 
     def remove(self, name: str, worker: str) -> None:
         if self.state(name, worker) is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(slots=True)
@@ -52,6 +53,11 @@ def task_allocation(
     gpus: int | None,
 ) -> Resources:
     """What a task with these declarations takes of a worker whose total is ``total``."""
+    if memory is None and disk is None and gpus is None and cores is not None:
+        # the common case, fast: cores only; the rest in proportion (rounded down)
+        frac = min(1.0, cores / total.cores) if total.cores > 0 else 0.0
+        return Resources(cores, int(math.floor(frac * total.memory + 1e-9)),
+                         int(math.floor(frac * total.disk + 1e-9)), 0)
     asked = {"cores": cores, "memory": memory, "disk": disk, "gpus": gpus}
     if all(v is None for v in asked.values()):
         return Resources(total.cores, total.memory, total.disk, total.gpus)
@@ -76,9 +82,8 @@ def task_allocation(
     return alloc
 
 
-@dataclass(slots=True)
-class Candidate:
-    """A worker as the scheduler sees it."""
+class Candidate(NamedTuple):
+    """A worker as the scheduler sees it (a tuple: one is made per worker per placement)."""
 
     worker_id: str
     total: Resources

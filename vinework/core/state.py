@@ -71,10 +71,8 @@ from .events import (
     WorkerLeaving,
     WorkerLeft,
 )
+from .fast import RK
 from .files import FileLogistics
-from .records import (
-    RetrievalKind,
-)
 from .tasks import TaskLifecycle
 from .workers import WorkerLifecycle
 
@@ -135,7 +133,7 @@ class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics):
             elif type(it) is dur.Checkpoint:
                 base = self.tune.checkpoint_dir or self.staging_dir
                 self._start_retrieval(it.name, it.worker, posixpath.join(base, it.name),
-                                      RetrievalKind.CHECKPOINT)
+                                      RK.CHECKPOINT)
                 self._log("FILE", it.name, "CHECKPOINT", it.worker)
             elif type(it) is dur.Prune:
                 self._prune(it.name)

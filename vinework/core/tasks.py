@@ -27,7 +27,6 @@ from .base import (
     RETRYABLE_ON_ANOTHER_WORKER,
     WORKER_FAULT_ATTEMPTS,
     CoreBase,
-    T,
 )
 from .events import (
     FetchDone,
@@ -37,14 +36,13 @@ from .events import (
     TaskReturned,
     TaskSubmitted,
 )
+from .fast import RK, RO, RS, TR, T
 from .records import (
-    RetrievalKind,
     RunOutcome,
     RunRecord,
     TaskRecord,
     WorkerRecord,
 )
-from .replicas import ReplicaState
 from .scheduling import Candidate, Resources, choose_worker, could_ever_fit, task_allocation
 
 
@@ -62,7 +60,7 @@ class TaskLifecycle(CoreBase):
                 return
             if f.undeclared:
                 t.message = f"input {name} was undeclared"
-                self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "",
+                self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "",
                           "input undeclared")
                 return
             if not self.available(name):
@@ -79,7 +77,7 @@ class TaskLifecycle(CoreBase):
 
     def _requeue(self, t: TaskRecord, outcome: RunOutcome, why: str) -> None:
         """End the current run with ``outcome`` and start a new one (same recovery-ness)."""
-        marker = "FORSAKEN" if outcome is RunOutcome.WORKER_LOST else "RETRY"
+        marker = "FORSAKEN" if outcome is RO.WORKER_LOST else "RETRY"
         self._log("TASK", t.spec.task_id, marker, t.worker or "-", t.attempt, why)
         rec = t.run.recovery
         ret = t.run.return_to
@@ -96,7 +94,7 @@ class TaskLifecycle(CoreBase):
         run = t.run
         run.outcome = outcome
         self._release(t)
-        ok = outcome is RunOutcome.SUCCEEDED
+        ok = outcome is RO.SUCCEEDED
         for name, _ in t.spec.inputs:
             f = self.files.get(name)
             if f is not None:
@@ -136,7 +134,7 @@ class TaskLifecycle(CoreBase):
 
     def _end_input_failed(self, t: TaskRecord, name: str, producer: int) -> None:
         t.message = f"input {name} is missing: its producer task {producer} failed"
-        self._end(t, RunOutcome.INPUT_FAILED, TaskResult.INPUT_MISSING, -1, "", "input missing")
+        self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "", "input missing")
 
     def _free(self, t: TaskRecord) -> None:
         """Give back the resources the current run holds (it keeps its worker, whose
@@ -191,7 +189,7 @@ class TaskLifecycle(CoreBase):
         p = self.tasks.get(f.producer)
         if p is None or p.state not in (T.RETRIEVED, T.DONE):
             return  # it is being made (or will be)
-        if p.run.outcome is RunOutcome.SUCCEEDED:
+        if p.run.outcome is RO.SUCCEEDED:
             self._start_recovery(p, name)
         else:
             self._file_failed(name, p.spec.task_id)
@@ -235,7 +233,7 @@ class TaskLifecycle(CoreBase):
             for tid in self._stage_wait.pop(key):
                 t = self.tasks.get(tid)
                 if t is not None and t.state is T.STAGING:
-                    self._requeue(t, RunOutcome.WORKER_LOST, f"input {name} lost")
+                    self._requeue(t, RO.WORKER_LOST, f"input {name} lost")
                     needed = True
         for tid in list(f.consumers):
             t = self.tasks.get(tid)
@@ -355,7 +353,7 @@ class TaskLifecycle(CoreBase):
         if t.run.recovery:  # a recovery run is the core's business, not the user's
             return
         t.message = "cancelled by the user"
-        self._end(t, RunOutcome.CANCELLED, TaskResult.CANCELLED, -1, "", "cancelled")
+        self._end(t, RO.CANCELLED, TR.CANCELLED, -1, "", "cancelled")
 
     def _on_task_collected(self, ev: TaskCollected) -> None:
         t = self.tasks.get(ev.task_id)
@@ -386,8 +384,8 @@ class TaskLifecycle(CoreBase):
         self.durability.task_ran(run.seconds)
         t.done, t.done_worker, t.hostname = d, ev.worker_id, w.hostname
         result = TaskResult(d.result) if d.result in TaskResult._value2member_map_ \
-            else TaskResult.UNKNOWN
-        if not (result is TaskResult.SUCCESS and d.exit_code == 0):
+            else TR.UNKNOWN
+        if not (result is TR.SUCCESS and d.exit_code == 0):
             self._task_failed(t, result, d)
             return
         for name, size in d.outputs:
@@ -404,7 +402,7 @@ class TaskLifecycle(CoreBase):
                 f = self.files[name]
                 if f.spec.kind == "file" and f.spec.path:
                     t.retrievals.add(self._start_retrieval(
-                        name, ev.worker_id, f.spec.path, RetrievalKind.TASK_OUTPUT,
+                        name, ev.worker_id, f.spec.path, RK.TASK_OUTPUT,
                         t.spec.task_id))
             if t.spec.python_payload is not None and not t.spec.temp_output \
                     and d.python_result is None:
@@ -412,33 +410,33 @@ class TaskLifecycle(CoreBase):
                 if any(n == pyout for n, _ in d.outputs):
                     t.retrievals.add(self._start_retrieval(
                         pyout, ev.worker_id, posixpath.join(self.staging_dir, pyout),
-                        RetrievalKind.PYTHON_RESULT, t.spec.task_id))
+                        RK.PYTHON_RESULT, t.spec.task_id))
         for name, _ in d.outputs:
             self._file_became_available(name)
             self._drain_saved(name)
         if t.retrievals:
             self._transition(t, T.WAITING_RETRIEVAL)
         else:
-            self._end(t, RunOutcome.SUCCEEDED, TaskResult.SUCCESS, d.exit_code, d.output)
+            self._end(t, RO.SUCCEEDED, TR.SUCCESS, d.exit_code, d.output)
 
     def _task_failed(self, t: TaskRecord, result: TaskResult, d: TaskDone) -> None:
         if result in RETRYABLE_ON_ANOTHER_WORKER \
-                and t.count(RunOutcome.WORKER_FAULT) < WORKER_FAULT_ATTEMPTS:
+                and t.count(RO.WORKER_FAULT) < WORKER_FAULT_ATTEMPTS:
             t.avoid.add(t.done_worker)  # it failed there for the worker's sake: go elsewhere
-            self._requeue(t, RunOutcome.WORKER_FAULT,
+            self._requeue(t, RO.WORKER_FAULT,
                           f"retry: {result} on {t.done_worker}: {d.message[:120]}")
             return
         if t.run.recovery:
-            if t.count(RunOutcome.FAILED, recovery=True) < RECOVERY_ATTEMPTS:
+            if t.count(RO.FAILED, recovery=True) < RECOVERY_ATTEMPTS:
                 # a recovery run has its own budget: the user's retries are not charged
-                self._requeue(t, RunOutcome.FAILED, f"retry recovery: {result} exit {d.exit_code}")
+                self._requeue(t, RO.FAILED, f"retry recovery: {result} exit {d.exit_code}")
                 return
-        elif t.count(RunOutcome.FAILED, recovery=False) < t.spec.max_retries:
-            self._requeue(t, RunOutcome.FAILED, f"retry: {result} exit {d.exit_code}")
+        elif t.count(RO.FAILED, recovery=False) < t.spec.max_retries:
+            self._requeue(t, RO.FAILED, f"retry: {result} exit {d.exit_code}")
             return
         t.message = d.message
         t.python_result = d.python_result  # a PythonTask's pickled exception
-        self._end(t, RunOutcome.FAILED, result, d.exit_code, d.output)
+        self._end(t, RO.FAILED, result, d.exit_code, d.output)
 
     # ================================================================ dispatch
     def _schedule(self) -> None:
@@ -469,10 +467,12 @@ class TaskLifecycle(CoreBase):
             size = max(0, self.files[name].size)
             for holder in self.replicas.holders(name):
                 input_bytes[holder] = input_bytes.get(holder, 0) + size + 1
+        avoid = t.avoid
+        can_host = self.durability.can_host
         cands = [Candidate(w.worker_id, w.total, w.free, len(w.running))
                  for w in self.workers.values()
-                 if not w.draining and w.worker_id not in t.avoid
-                 and self.durability.can_host(w, t)]
+                 if not w.draining and (not avoid or w.worker_id not in avoid)
+                 and (not s.inputs or can_host(w, t))]
         choice = choose_worker(cands, declared, input_bytes)
         if choice is None:
             if t.unplaceable_since < 0 and not could_ever_fit(
@@ -491,13 +491,12 @@ class TaskLifecycle(CoreBase):
         t.staging.clear()
         for name, _ in s.inputs:
             st = self.replicas.state(name, wid)
-            if st is ReplicaState.READY:
+            if st is RS.READY:
                 continue
             t.staging.add(name)
             self._stage_wait.setdefault((name, wid), {})[s.task_id] = None
         if not t.staging:
-            self._transition(t, T.STAGING, wid)
-            self._run(t)
+            self._run(t)  # every input is there already: READY -> RUNNING
             return True
         self._transition(t, T.STAGING, ",".join(sorted(t.staging))[:200])
         for name in sorted(t.staging):

@@ -10,7 +10,8 @@ Task lifecycle (TaskVine's names plus WAITING and STAGING)::
 
     INITIAL -> WAITING | READY | RETRIEVED
     WAITING -> READY | RETRIEVED                      (inputs came / failed, cancelled)
-    READY   -> STAGING | WAITING | RETRIEVED          (placed / an input lost / ...)
+    READY   -> STAGING | RUNNING | WAITING | RETRIEVED  (placed: inputs to fetch / all
+                                                        there / an input lost / ...)
     STAGING -> RUNNING | READY | WAITING | RETRIEVED  (inputs arrived / worker lost / ...)
     RUNNING -> WAITING_RETRIEVAL | RETRIEVED | READY | WAITING | DONE
     WAITING_RETRIEVAL -> RETRIEVED | READY | WAITING
@@ -36,7 +37,7 @@ class InvalidTransition(AssertionError):
 TASK: frozenset[tuple[TaskState, TaskState]] = frozenset({
     (T.INITIAL, T.WAITING), (T.INITIAL, T.READY), (T.INITIAL, T.RETRIEVED),
     (T.WAITING, T.READY), (T.WAITING, T.RETRIEVED),
-    (T.READY, T.STAGING), (T.READY, T.WAITING), (T.READY, T.RETRIEVED),
+    (T.READY, T.STAGING), (T.READY, T.RUNNING), (T.READY, T.WAITING), (T.READY, T.RETRIEVED),
     (T.STAGING, T.RUNNING), (T.STAGING, T.READY), (T.STAGING, T.WAITING),
     (T.STAGING, T.RETRIEVED),
     (T.RUNNING, T.WAITING_RETRIEVAL), (T.RUNNING, T.RETRIEVED), (T.RUNNING, T.READY),

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .fast import RS, T
 from .records import TaskState
 from .replicas import MANAGER, ReplicaState
 from .transitions import TASK
-
-T = TaskState
 
 
 def validate(s: Any) -> None:
@@ -105,6 +104,6 @@ def validate(s: Any) -> None:
     for tr in s.replicas.transfers.values():
         assert tr.dest in s.workers, tr
         assert tr.source == MANAGER or tr.source in s.workers, tr
-        assert s.replicas.state(tr.name, tr.dest) is ReplicaState.PENDING, tr
+        assert s.replicas.state(tr.name, tr.dest) is RS.PENDING, tr
     for wid in s._drain_wait:
         assert wid in s.workers and s.workers[wid].draining, wid

@@ -24,7 +24,6 @@ from ..protocol import (
 )
 from .base import (
     CoreBase,
-    T,
 )
 from .events import (
     DropWorker,
@@ -37,12 +36,10 @@ from .events import (
     WorkerLeaving,
     WorkerLeft,
 )
+from .fast import RK, RO, RS, T
 from .records import (
-    RetrievalKind,
-    RunOutcome,
     WorkerRecord,
 )
-from .replicas import ReplicaState
 from .scheduling import Resources
 
 
@@ -122,7 +119,7 @@ class WorkerLifecycle(CoreBase):
                 self._later(self._file_lost, name, f"last copy was on {wid}")
         for tid in forsaken:  # after the losses, so a recovery is logged after its loss
             t = self.tasks[tid]
-            self._later(self._requeue, t, RunOutcome.WORKER_LOST, f"worker lost: {reason}")
+            self._later(self._requeue, t, RO.WORKER_LOST, f"worker lost: {reason}")
         self.durability.worker_lost(wid, names)
 
     def _on_worker_leaving(self, ev: WorkerLeaving) -> None:
@@ -137,13 +134,13 @@ class WorkerLifecycle(CoreBase):
             t = self.tasks[tid]
             if t.state is T.RUNNING:
                 self._send(w.worker_id, Kill(task_id=tid))
-            self._requeue(t, RunOutcome.WORKER_LOST, f"worker draining: {ev.reason}")
+            self._requeue(t, RO.WORKER_LOST, f"worker draining: {ev.reason}")
         save: dict[str, None] = {}
         for name in self.replicas.files_on(w.worker_id):
             f = self.files.get(name)
             if f is None or f.at_manager or f.pruned or f.spec.kind != "temp":
                 continue
-            if self.replicas.state(name, w.worker_id) is not ReplicaState.READY:
+            if self.replicas.state(name, w.worker_id) is not RS.READY:
                 continue
             if self.replicas.count_ready(name) > 1:
                 continue
@@ -168,7 +165,7 @@ class WorkerLifecycle(CoreBase):
         else:
             base = self.tune.checkpoint_dir or self.staging_dir
             self._start_retrieval(name, w.worker_id, posixpath.join(base, name),
-                                  RetrievalKind.CHECKPOINT)
+                                  RK.CHECKPOINT)
             self.file_story_add(name, f"checkpointing off draining {w.worker_id}")
 
     def _drain_saved(self, name: str) -> None:

@@ -18,6 +18,7 @@ which raises that error at the user's next call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -112,6 +113,8 @@ class ManagerServer:
         self.bytes_in = 0  # control frames from workers
         self.bytes_out = 0  # control frames to workers
         self.conns: dict[str, Connection] = {}
+        self._inbox: collections.deque[Event] = collections.deque()
+        self._inbox_scheduled = False
         self._next_worker = 1
         self.listen = self._bind(port)
         self.port: int = self.listen.getsockname()[1]
@@ -152,15 +155,27 @@ class ManagerServer:
         self._ticker = asyncio.ensure_future(self._keepalive())
 
     def post(self, event: Event) -> None:
-        """Hand an event to the loop thread (safe from any thread)."""
-        self.loop.call_soon_threadsafe(self.apply, event)
+        """Hand an event to the loop thread (safe from any thread). Events posted in a
+        burst share one wake-up of the loop; they are applied in the order posted."""
+        self._inbox.append(event)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            self.loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False  # (first: an event posted from now on wakes us again)
+        inbox = self._inbox
+        while inbox:
+            self.apply(inbox.popleft())
 
     def call(self, fn: Callable[[], object]) -> object:
-        """Run ``fn`` on the loop thread and return its result (from another thread)."""
+        """Run ``fn`` on the loop thread and return its result (from another thread),
+        after every event posted before it."""
         fut: concurrent.futures.Future[object] = concurrent.futures.Future()
 
         def run() -> None:
             try:
+                self._drain_inbox()
                 fut.set_result(fn())
             except BaseException as e:
                 fut.set_exception(e)

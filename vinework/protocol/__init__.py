@@ -1,6 +1,6 @@
 """Wire protocol of vinework: typed messages and a sans-IO framing codec.
 
-This package does no I/O. ``messages`` defines one frozen dataclass per message
+This package does no I/O. ``messages`` defines one slotted dataclass per message
 type; ``codec`` frames them as length-prefixed msgpack and validates what it
 decodes. The manager's server, the worker and the transfer servers use it;
 ``transfer`` (the one module here that does I/O) is the peer-transfer server and
