@@ -7,12 +7,20 @@ Usage::
         result = collection.compute()
     collection.compute(scheduler=m.get, worker_transfers=False)
 
-Every Dask task becomes a :class:`~vinework.task.PythonTask` running
-:func:`_run_node`, which reads the values of its dependencies from its input
-files (``d0``, ``d1``, ... in the order of the node's dependency keys) and
-evaluates the node with :func:`vinework.dask.graph.execute_node`. The graph
-bookkeeping (culling, readiness, pruning, packing the result) is
+Every Dask task becomes a :class:`~vinework.task.PythonTask` that reads the
+values of its dependencies from its input files (``d0``, ``d1``, ... in the
+order of the node's dependency keys) and evaluates the node. Its payload is
+normally built by :class:`vinework.dask.payload.PayloadEncoder` (the node as
+plain tuples, by-value functions pickled once per run, no cloudpickle per
+task) and run by :func:`vinework.dask.payload.run_encoded`; nodes it cannot
+encode (and every node when a ``wrapper`` is given) are cloudpickled whole and
+run by :func:`_run_node` with :func:`vinework.dask.graph.execute_node`. The
+graph bookkeeping (culling, readiness, pruning, packing the result) is
 :class:`vinework.dask.graph.DaskGraph`.
+
+Per-task cost on the manager is kept flat: one payload encoding, one
+``submit``; the run keeps one File handle per produced value (released at the
+end, or earlier with ``prune_depth``) and nothing per finished task.
 
 With ``worker_transfers=True`` (the default) an intermediate result is a temp
 output that stays on the worker that made it and reaches its dependents
@@ -33,9 +41,10 @@ import cloudpickle
 
 from ..file import File
 from ..manager.api import Manager
-from ..task import PythonTask, RemoteTaskError
+from ..task import PythonTask, RemoteTaskError, Task
 from . import graph as dask_graph
 from .graph import DaskGraph, Key, modules_of_graph
+from .payload import CannotEncode, PayloadEncoder, run_encoded
 
 __all__ = ["DaskVine", "DaskVineTaskError"]
 
@@ -67,6 +76,29 @@ def _run_node(node: Any, dep_names: list[tuple[Key, str]], wrapper: Any = None,
     return dask_graph.execute_node(node, values)
 
 
+def _python_task_defaults() -> dict[str, Any] | None:
+    """What ``PythonTask.__init__`` sets beyond ``Task.__init__``, if all immutable."""
+    base = set(vars(Task("python:run_encoded")))
+    extra = {k: v for k, v in vars(PythonTask(run_encoded)).items() if k not in base}
+    simple = (type(None), bool, int, float, str, bytes, type(run_encoded))
+    return extra if all(isinstance(v, simple) for v in extra.values()) else None
+
+
+_PY_DEFAULTS = _python_task_defaults()
+
+
+class _DaskTask(PythonTask):
+    """A PythonTask whose payload :class:`PayloadEncoder` built (no cloudpickle per task)."""
+
+    def __init__(self, payload: bytes) -> None:
+        if _PY_DEFAULTS is None:  # PythonTask grew mutable state: take the slow, safe way
+            super().__init__(run_encoded)
+        else:
+            Task.__init__(self, "python:run_encoded")
+            self.__dict__.update(_PY_DEFAULTS)
+        self.payload = payload
+
+
 class DaskVine(Manager):
     """A Manager that computes Dask graphs: pass ``m.get`` as Dask's scheduler."""
 
@@ -82,7 +114,8 @@ class DaskVine(Manager):
         """
         if not hasattr(self, "_dask_hoisted"):
             self._dask_hoisted = set()
-        want = {"cloudpickle", "vinework.dask", "vinework.dask.graph", "vinework.dask.executor"}
+        want = {"cloudpickle", "vinework.dask", "vinework.dask.graph", "vinework.dask.executor",
+                "vinework.dask.payload"}
         for top in tops:
             want.add(top)
             if "." in top:
@@ -255,6 +288,8 @@ class _Run:
         self.running: dict[int, tuple[Key, PythonTask]] = {}
         self.attempts: dict[Key, int] = {}
         self.queue: list[Key] = []
+        self.encoder = PayloadEncoder()
+        self.tag = f"dask-{id(self)}"
 
     # ------------------------------------------------------------------ submit
     def _priority(self, key: Key) -> float:
@@ -272,10 +307,14 @@ class _Run:
         temp = self.worker_transfers and not g.is_target(key)
         if temp and self.checkpoint_fn is not None and self.checkpoint_fn(g, key):
             temp = False  # bring this one back (a checkpoint at the manager)
+        t: PythonTask | None = None
         if self.wrapper is not None:
             t = PythonTask(_run_node, node, dep_names, self.wrapper, key)
         else:
-            t = PythonTask(_run_node, node, dep_names)
+            try:
+                t = _DaskTask(self.encoder.payload(node, deps))
+            except CannotEncode:
+                t = PythonTask(_run_node, node, dep_names)
         for d, name in dep_names:
             t.add_input(self.files[d], name)
         for f, name in self.extra_files.items():
@@ -293,7 +332,7 @@ class _Run:
             t.set_env_var(name, value(self.m, t) if callable(value) else value)
         t.set_priority(self._priority(key))
         t.set_category(_category(node))
-        t.set_tag(f"dask-{id(self)}")
+        t.set_tag(self.tag)
         tid = self.m.submit(t)
         self.running[tid] = (key, t)
 
