@@ -8,7 +8,6 @@ object is only written again when the task completes.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import cloudpickle
@@ -18,7 +17,6 @@ from .file import File, FileKind, check_remote_name
 
 PYTHON_OUTPUT_NAME = ".vinework-result.p"
 
-_local_ids = itertools.count(1)
 
 
 class TaskOutputUnavailable(RuntimeError):

@@ -149,7 +149,6 @@ class TaskReported(Event):
 
     worker_id: str
     done: TaskDone
-    wire_bytes: int = 0  # size of the message on the wire (inline results are counted)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -43,7 +43,7 @@ from .records import (
     TaskRecord,
     WorkerRecord,
 )
-from .scheduling import Candidate, Resources, choose_worker, could_ever_fit, task_allocation
+from .scheduling import Candidate, Resources, choose_worker, could_ever_fit
 
 
 class TaskLifecycle(CoreBase):
@@ -519,8 +519,3 @@ class TaskLifecycle(CoreBase):
             python_keep=s.temp_output,
         ))
         self._transition(t, T.RUNNING, t.worker or "")
-
-    def allocation(self, task_id: int, worker_id: str) -> Resources:
-        """What a task would take of a worker (for status and tests)."""
-        s = self.tasks[task_id].spec
-        return task_allocation(self.workers[worker_id].total, s.cores, s.memory, s.disk, s.gpus)
