@@ -85,6 +85,7 @@ class Driver:
         self.retrievals: dict[int, Retrieve] = {}
         self.runs: dict[tuple[int, int], str] = {}  # (task id, attempt) -> worker
         self.kinds: set[str] = set()
+        self.stimuli: list[str] = []  # the stimulus id of every event fed
 
     # ---------------------------------------------------------- feeding
     def ev(self, event_type: type[Event], **kw: Any) -> list[Command]:
@@ -97,6 +98,7 @@ class Driver:
     def feed(self, event: Event) -> list[Command]:
         out = self.s.handle(event)
         want = event.stimulus_id or self.s.stimulus
+        self.stimuli.append(want)
         for c in out:
             assert isinstance(c, STIMULATED), c
             assert stimulus_of(c) == want, (want, c)
