@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import cloudpickle
-
 from .constants import TaskResult
 from .file import File, FileKind, check_remote_name
+from .pickling import dumps_call
 
 PYTHON_OUTPUT_NAME = ".vinework-result.p"
 
@@ -150,7 +149,7 @@ class PythonTask(Task):
         name = getattr(fn, "__name__", "function")
         super().__init__(f"python:{name}")
         self.function = fn
-        self.payload = cloudpickle.dumps((fn, args, kwargs))
+        self.payload = dumps_call(fn, args, kwargs)
         self.temp_output = False
         self.exec_mode = ""
         self._output_file: File | None = None

@@ -37,6 +37,8 @@ from typing import Any
 
 import msgpack
 
+from ..pickling import loads_call
+
 _LEN = struct.Struct(">I")
 
 
@@ -68,7 +70,7 @@ def call_payload(payload: bytes, out_path: str, inline_max: int) -> list[Any]:
     import cloudpickle
 
     try:
-        fn, args, kwargs = cloudpickle.loads(payload)
+        fn, args, kwargs = loads_call(payload)
         value = fn(*args, **kwargs)
     except BaseException as e:  # the task's own failure, SystemExit included
         tb = traceback.format_exc()
