@@ -11,9 +11,9 @@ fork server), ``factory`` (starting workers), ``dask`` (DaskVine). This module o
 
 from .constants import *  # noqa: F403
 from .constants import CacheLevel, TaskResult
+from .core import ManagerStats
 from .factory import Factory
 from .file import File, FileKind
-from .core import ManagerStats
 from .manager.api import Manager
 from .manager.errors import ManagerError
 from .task import PythonTask, RemoteTaskError, Task, TaskOutputUnavailable

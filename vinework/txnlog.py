@@ -46,12 +46,15 @@ class TxnLog:
         self._f: io.TextIOWrapper | None = open(path, "a", buffering=1 << 16)  # noqa: SIM115
         self._last_flush = time.monotonic()
 
-    def write(self, kind: str, fields: tuple[object, ...]) -> None:
+    def write(self, kind: str, fields: tuple[object, ...], when_us: int = 0) -> None:
+        """Append one record (``when_us``: its time, microseconds since the epoch; now if 0)."""
         f = self._f
         if f is None:
             return
-        line = " ".join(str(x).replace("\n", " ") for x in fields)
-        f.write(f"{int(time.time() * 1e6)} {kind} {line}\n")
+        line = " ".join(map(str, fields))
+        if "\n" in line:
+            line = line.replace("\n", " ")
+        f.write(f"{when_us or int(time.time() * 1e6)} {kind} {line}\n")
 
     def maybe_flush(self) -> None:
         now = time.monotonic()

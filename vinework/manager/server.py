@@ -200,11 +200,12 @@ class ManagerServer:
 
     def execute(self, cmds: list[Command]) -> None:
         txn = self.txn
+        when = int(time.time() * 1e6)  # one timestamp for the records of one event
         for c in cmds:
             if type(c) is Send:
                 self._send(c.worker_id, c.message)
             elif type(c) is Log:
-                txn.write(c.kind, c.fields)
+                txn.write(c.kind, c.fields, when)
             elif type(c) is TaskReturned:
                 self.on_task_returned(c)
             elif type(c) is Retrieve:
