@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.core_helpers import Driver, joined, messages, task_done
+from tests.core_helpers import Driver, joined, messages, task_done, task_spec
 from vinework.constants import TaskResult
 from vinework.core.events import (
     Command,
@@ -48,6 +48,7 @@ from vinework.core.events import (
     TaskCancelled,
     TaskCollected,
     TaskReported,
+    TaskSubmitted,
     Tick,
     Tuned,
     WorkerHeard,
@@ -55,7 +56,7 @@ from vinework.core.events import (
     WorkerLeft,
 )
 from vinework.core.records import TaskState
-from vinework.protocol import Shutdown, TransferFailure, Unlink
+from vinework.protocol import RunTask, Shutdown, TransferFailure, Unlink
 
 EXAMPLES = int(os.environ.get("VINEWORK_CORE_FUZZ_EXAMPLES", "40"))
 STEPS = int(os.environ.get("VINEWORK_CORE_FUZZ_STEPS", "40"))
@@ -64,6 +65,10 @@ MAX_WORKERS = 4
 # test_undeclaring_an_input_of_a_running_task_keeps_the_state_valid): while that bug
 # stands, the machine releases such a file instead, so it can look for other bugs.
 UNDECLARE_RUNNING_INPUTS = os.environ.get("VINEWORK_CORE_FUZZ_UNDECLARE_RUNNING") == "1"
+# Likewise a late answer to a transfer the core already replaced (see
+# test_a_late_answer_to_a_replaced_transfer_keeps_the_state_valid): while that bug stands,
+# such an answer is dropped unless VINEWORK_CORE_FUZZ_LATE_ANSWERS=1.
+LATE_ANSWERS = os.environ.get("VINEWORK_CORE_FUZZ_LATE_ANSWERS") == "1"
 SETTLE_ROUNDS = 400
 
 T = TaskState
@@ -267,7 +272,8 @@ class CoreMachine(RuleBasedStateMachine):
                 self.unmade.remove(n)
                 self.inputs.append(n)  # it has a producer now: later tasks may read it
         self.submitted.append(tid)
-        self.d.submit(tid, ins, outs, cores=cores, max_retries=retries, priority=priority)
+        self.ev(TaskSubmitted, spec=task_spec(tid, ins, outs, cores=cores, max_retries=retries,
+                                              priority=priority))
 
     @precondition(lambda self: bool(self.d.running()))
     @rule(data=st.data(), outcome=st.sampled_from(OUTCOMES))
@@ -312,6 +318,13 @@ class CoreMachine(RuleBasedStateMachine):
         self.ev(TaskCollected, task_id=tid)
 
     # ------------------------------------------------------------------ transfers
+    def replaced(self, tr: int) -> bool:
+        """True if the core ended transfer ``tr`` and has started another of the same file
+        to the same worker."""
+        dest, msg = self.d.fetches[tr]
+        newer = self.s.replicas.in_flight_to(msg.name, dest)
+        return tr not in self.s.replicas.transfers and newer is not None and newer != tr
+
     def open_fetches(self) -> list[int]:
         return sorted(t for t in self.d.fetches if t not in self.answered_fetch)
 
@@ -322,6 +335,8 @@ class CoreMachine(RuleBasedStateMachine):
         tr = data.draw(st.sampled_from(self.open_fetches()))
         self.answered_fetch.add(tr)
         dest, msg = self.d.fetches[tr]
+        if not LATE_ANSWERS and self.replaced(tr):
+            return
         if ok:
             self.ev(ReplicaReady, worker_id=dest, name=msg.name,
                     size=self.size.get(msg.name, 7), seconds=0.01, transfer_id=tr)
@@ -386,7 +401,7 @@ class CoreMachine(RuleBasedStateMachine):
             for tr in self.open_fetches():
                 self.answered_fetch.add(tr)
                 dest, msg = self.d.fetches[tr]
-                if dest in self.s.workers:
+                if dest in self.s.workers and (LATE_ANSWERS or not self.replaced(tr)):
                     moved = True
                     self.ev(ReplicaReady, worker_id=dest, name=msg.name,
                             size=self.size.get(msg.name, 7), seconds=0.01, transfer_id=tr)
@@ -455,3 +470,36 @@ def test_undeclaring_an_input_of_a_running_task_keeps_the_state_valid(kind: str)
     assert d.s.tasks[2].state is T.RUNNING  # the task already has its input
     d.report(2)
     assert d.returns[2].result == int(TaskResult.SUCCESS)
+
+
+def resourced_fetch() -> Driver:
+    """w3 fetches ``a`` from w1; w1 is lost, so the core fetches it again from w2."""
+    d = Driver()
+    d.temp("a")
+    d.join("w1", cores=0, cached=[("a", 10)])
+    d.join("w2", cores=0, cached=[("a", 10)])
+    d.join("w3", cores=1)
+    d.submit(1, inputs=["a"])
+    assert [(dest, m.host) for dest, m in d.fetches.values()] == [("w3", "h-w1")]
+    d.ev(WorkerLeft, worker_id="w1", reason="killed")
+    assert [(dest, m.host) for dest, m in d.fetches.values()] == [("w3", "h-w1"), ("w3", "h-w2")]
+    return d
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: a late answer to a transfer the core "
+                   "already replaced sets the replica while the newer transfer stays in flight; "
+                   "validate_state fails")
+@pytest.mark.parametrize("answer", ["ready", "failed"])
+def test_a_late_answer_to_a_replaced_transfer_keeps_the_state_valid(answer: str) -> None:
+    d = resourced_fetch()
+    if answer == "ready":  # the copy from w1 made it before w1's loss was seen
+        out = d.ev(ReplicaReady, worker_id="w3", name="a", size=10, seconds=0.1, transfer_id=1)
+        assert messages(out, RunTask) and d.s.tasks[1].state is T.RUNNING
+    else:  # the worker joined both fetches and tells the one naming w1 that w1 is gone
+        d.ev(ReplicaFailed, worker_id="w3", name="a", transfer_id=1, reason="refused",
+             cause=TransferFailure.SOURCE_UNREACHABLE)
+        assert d.s.tasks[1].state is T.STAGING  # still waiting for the copy from w2
+    d.ev(ReplicaReady, worker_id="w3", name="a", size=10, seconds=0.1, transfer_id=2)
+    assert d.s.tasks[1].state is T.RUNNING and not d.s.replicas.transfers
+    d.report(1)
+    assert d.returned == [1]
