@@ -448,8 +448,6 @@ TestCoreMachine = CoreMachine.TestCase
 # ------------------------------------------------------------------ what the machine found
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: FileUndeclared of an input of a RUNNING "
-                   "task forgets the replica under the running task; validate_state fails")
 @pytest.mark.parametrize("kind", ["buffer", "temp"])
 def test_undeclaring_an_input_of_a_running_task_keeps_the_state_valid(kind: str) -> None:
     d = Driver()
@@ -486,9 +484,6 @@ def resourced_fetch() -> Driver:
     return d
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a late answer to a transfer the core "
-                   "already replaced sets the replica while the newer transfer stays in flight; "
-                   "validate_state fails")
 @pytest.mark.parametrize("answer", ["ready", "failed"])
 def test_a_late_answer_to_a_replaced_transfer_keeps_the_state_valid(answer: str) -> None:
     d = resourced_fetch()

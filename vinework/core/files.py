@@ -155,6 +155,12 @@ class FileLogistics(CoreBase):
         if ev.worker_id not in self.workers:
             return
         tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
+        if tr is None:
+            # a late answer to a transfer the core already gave up on (its source was lost):
+            # the bytes are there all the same, so a newer transfer to here is not needed
+            newer = self.replicas.in_flight_to(ev.name, ev.worker_id)
+            if newer is not None:
+                tr = self.replicas.end_transfer(newer)
         f = self.files.get(ev.name)
         if f is None or f.pruned:  # undeclared or pruned meanwhile: it is not wanted there
             self.replicas.remove(ev.name, ev.worker_id)
@@ -197,6 +203,12 @@ class FileLogistics(CoreBase):
 
     def _on_replica_failed(self, ev: ReplicaFailed) -> None:
         tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
+        if ev.transfer_id and tr is None:
+            # a late failure of a transfer the core already ended (replaced after its source
+            # was lost, or made moot by a copy that arrived): nothing of it is left to undo
+            self._log("TRANSFER", ev.name, "FAILED", "-", ev.worker_id,
+                      f"{ev.cause.name}: (stale) {ev.reason[:200]}")
+            return
         self.replicas.remove(ev.name, ev.worker_id)
         if ev.cause is TransferFailure.NONE:  # the worker cancelled it for our Unlink
             if ev.worker_id in self.workers and ev.name in self.files \

@@ -60,8 +60,10 @@ def validate(s: Any) -> None:
                 assert tid in s._stage_wait.get((name, t.worker), ()), (tid, name)
         if t.state is T.RUNNING:
             assert not t.staging, tid
-            for name, _ in t.spec.inputs:
-                assert s.replicas.state(name, t.worker) is not None, (tid, name)
+            for name, _ in t.spec.inputs:  # (an input undeclared meanwhile: the worker
+                f = s.files.get(name)  # keeps it pinned until the task ends)
+                assert s.replicas.state(name, t.worker) is not None or f is None \
+                    or f.undeclared, (tid, name)
         if t.state in (T.INITIAL, T.READY, T.WAITING, T.RETRIEVED, T.DONE):
             assert t.worker is None, (tid, t.state, t.worker)
             assert t.run.alloc is None, (tid, t.state)
