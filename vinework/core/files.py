@@ -334,16 +334,16 @@ class FileLogistics(CoreBase):
             # the worker went away with the outputs, or cannot serve them (a killed worker
             # refuses connections before its disconnection is seen): run the task again
             t.retrievals.clear()
-            self._requeue(t, RO.OUTPUT_LOST, f"output {r.name} not served: "
-                                                     f"{ev.error[:120]}")
+            self._requeue(t, RO.OUTPUT_LOST, f"output {r.name} not served: {ev.error[:120]}")
             return
         else:
+            t.run.unretrieved = r.name
             t.message = f"could not retrieve output {r.name}: {ev.error}"
         if not t.retrievals:
             d = t.done
             code = d.exit_code if d else -1
             out = d.output if d else ""
-            if t.message.startswith("could not retrieve output"):
+            if t.run.unretrieved:
                 self._end(t, RO.OUTPUT_LOST, TR.OUTPUT_TRANSFER_ERROR, code, out)
             else:
                 self._end(t, RO.SUCCEEDED, TR.SUCCESS, code, out)

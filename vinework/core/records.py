@@ -62,6 +62,7 @@ class RunRecord:
     alloc: Resources | None = None
     outcome: RunOutcome | None = None
     seconds: float = 0.0
+    unretrieved: str = ""  # an output of this run that could not be brought back
 
 
 @dataclass(slots=True)
