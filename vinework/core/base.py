@@ -78,6 +78,7 @@ class CoreBase:
         self._heartbeat_at = 0.0
         self._heartbeat_seq = 0
         self._unplaceable: dict[int, None] = {}  # READY tasks no connected worker can run
+        self._peaks: dict[str, int] = {}  # the most entries each big dict has held
         self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._no_worker_since: float | None = None
         self._no_worker_noted = False

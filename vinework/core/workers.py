@@ -13,6 +13,7 @@ run, and a manager with no worker, are each said once after a delay.
 from __future__ import annotations
 
 import posixpath
+from typing import Any
 
 from ..protocol import (
     Fetch,
@@ -195,6 +196,22 @@ class WorkerLifecycle(CoreBase):
                 self._send(wid, Heartbeat(seq=self._heartbeat_seq))
         self._retry_unsourced()
         self._explain_waits()
+        self._compact()
+
+    def _compact(self) -> None:
+        """Give back the tables of the big dicts once most of their entries are gone (a
+        dict never shrinks by itself: after a burst of 100,000 tasks its table would stay)."""
+        tables: tuple[tuple[dict[Any, Any], str], ...] = ((self.tasks, "tasks"),
+                                                          (self.files, "files"))
+        for d, name in tables:
+            peak = self._peaks.get(name, 0)
+            if len(d) > peak:
+                self._peaks[name] = len(d)
+            elif peak > 1024 and len(d) < peak // 4:
+                keep = dict(d)  # the same dict object stays (the policy holds it)
+                d.clear()
+                d.update(keep)
+                self._peaks[name] = len(d)
 
     def _explain_waits(self) -> None:
         if not self.workers and self._unreturned > 0:
