@@ -207,8 +207,8 @@ def test_failed_peer_fetch_retries_from_another_holder() -> None:
     step(s, join("w3", cores=1))
     assert step(s, submit(spec(3, inputs=["t1"]))) == [fetch("w3", 1, "t1", "w1", 100)]
     cmds = step(s, ReplicaFailed(now=1.0, worker_id="w3", name="t1", transfer_id=1,
-                                 reason="connection refused",
-                                 cause=TransferFailure.SOURCE_UNREACHABLE))
+                                 reason="no such file",
+                                 cause=TransferFailure.SOURCE_MISSING))
     assert cmds == [fetch("w3", 2, "t1", "w2", 100)]
     assert s.replicas.state("t1", "w1") is None  # the source said it has no copy
     assert step(s, ready("w3", "t1", 100, 2, now=1.5)) == [run(s, "w3", 3)]
@@ -230,6 +230,21 @@ def test_failing_source_is_avoided_for_a_while() -> None:
     assert step(s, submit(spec(2, inputs=["t1"]), now=2.0)) == [fetch("w4", 3, "t1", "w2", 100)]
     # after the avoid period w1 is a source again
     assert step(s, submit(spec(3, inputs=["t1"]), now=20.0)) == [fetch("w5", 4, "t1", "w1", 100)]
+
+
+def test_an_unreachable_source_keeps_its_copy_and_is_avoided() -> None:
+    s = fresh()
+    step(s, temp("t1"))
+    step(s, join("w1", cores=0, cached=[("t1", 100)]), join("w2", cores=0, cached=[("t1", 100)]))
+    step(s, join("w3", cores=1))
+    assert step(s, submit(spec(1, inputs=["t1"]))) == [fetch("w3", 1, "t1", "w1", 100)]
+    cmds = step(s, ReplicaFailed(now=1.0, worker_id="w3", name="t1", transfer_id=1,
+                                 reason="connection refused",
+                                 cause=TransferFailure.SOURCE_UNREACHABLE))
+    assert cmds == [fetch("w3", 2, "t1", "w2", 100)]
+    # unreachable is not "has no copy": w1 keeps its replica, avoided for a while
+    assert s.replicas.state("t1", "w1") is not None
+    assert s.stats.files_lost == 0
 
 
 def test_failed_fetch_from_the_only_holder_recovers_the_temp() -> None:

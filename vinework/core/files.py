@@ -220,9 +220,18 @@ class FileLogistics(CoreBase):
         at_source = ev.cause.at_source
         if tr is not None and tr.source != MANAGER:
             self.replicas.avoid(tr.source, self.now + self.tune.transfer_avoid_seconds)
+            src = self.workers.get(tr.source)
+            if ev.cause is TransferFailure.SOURCE_MISSING and src is not None and not any(
+                    self.tasks[o].state is T.RUNNING and any(
+                        n == ev.name for n, _ in self.tasks[o].spec.inputs)
+                    for o in src.running):
+                # the source said it has no copy (an unreachable or broken source may still
+                # have one: it is only avoided for a while); a task running there with it
+                # as input has it linked, and its own outcome will tell
+                self.replicas.remove(ev.name, tr.source)
+                if not self.available(ev.name):
+                    self._later(self._file_lost, ev.name, f"{tr.source} no longer has it")
             if at_source:
-                self.replicas.remove(ev.name, tr.source)  # the source no longer has it
-                src = self.workers.get(tr.source)
                 if src is not None and src.draining and ev.name in self._drain_wait.get(
                         tr.source, {}):
                     self._save_from_draining(ev.name, src)  # try the manager instead
@@ -237,15 +246,33 @@ class FileLogistics(CoreBase):
             self._later(self._file_lost, ev.name, ev.reason)
 
     def _manager_copy_missing(self, name: str, reason: str) -> None:
+        """The manager could not read its own copy of ``name``: fetch it from a worker that
+        has one, or remake it (a temp), or end every task that needs it."""
         f = self.files[name]
         f.at_manager = False
-        for key in [k for k in self._stage_wait if k[0] == name]:
+        keys = [k for k in self._stage_wait if k[0] == name]
+        if self.available(name):  # a worker still has a copy
+            for _, dest in keys:
+                if dest in self.workers and self._stage_wait.get((name, dest)):
+                    self._source_transfer(name, dest)
+            return
+        if f.producer is not None and f.spec.kind == "temp":
+            self._later(self._file_lost, name, f"the manager's copy is unreadable: {reason}")
+            return
+        why = f"input {name} could not be read at the manager: {reason}"
+        for key in keys:
             for tid in self._stage_wait.pop(key):
                 t = self.tasks.get(tid)
                 if t is not None and t.state is T.STAGING:
-                    t.message = f"input {name} could not be read at the manager: {reason}"
+                    t.message = why
                     self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "",
                               "input missing at the manager")
+        for tid in list(f.consumers):
+            t = self.tasks.get(tid)
+            if t is not None and t.state in (T.WAITING, T.READY):
+                t.message = why
+                self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "",
+                          "input missing at the manager")
 
     # ================================================================ retrievals
     def _start_retrieval(self, name: str, wid: str, dest: str, kind: RetrievalKind,
@@ -287,6 +314,7 @@ class FileLogistics(CoreBase):
             return
         if ev.ok:
             f.at_manager, f.manager_path = True, r.dest
+            f.lost = False
             if r.kind is RK.CHECKPOINT:
                 self.stats.bytes_checkpointed += ev.size
                 self.file_story_add(r.name, "checkpointed at the manager")
@@ -316,7 +344,7 @@ class FileLogistics(CoreBase):
         t = self.tasks.get(r.task_id)
         if t is None or t.state is not T.WAITING_RETRIEVAL or ev.retrieval_id not in t.retrievals:
             return
-        t.retrievals.discard(ev.retrieval_id)
+        t.retrievals = t.retrievals - {ev.retrieval_id}
         if ev.ok:
             f = self.files.get(r.name)
             if f is not None and r.kind is RK.TASK_OUTPUT:
@@ -333,7 +361,7 @@ class FileLogistics(CoreBase):
                            and t.count(RO.OUTPUT_LOST) < WORKER_FAULT_ATTEMPTS):
             # the worker went away with the outputs, or cannot serve them (a killed worker
             # refuses connections before its disconnection is seen): run the task again
-            t.retrievals.clear()
+            t.retrievals = frozenset()
             self._requeue(t, RO.OUTPUT_LOST, f"output {r.name} not served: {ev.error[:120]}")
             return
         else:

@@ -71,10 +71,11 @@ class TaskRecord:
     seq: int
     state: TaskState = TaskState.INITIAL
     runs: list[RunRecord] = field(default_factory=list)
-    avoid: set[str] = field(default_factory=set)  # workers where it failed for their sake
+    # (sets rarely needed start as the shared empty frozenset: an empty set costs 216 bytes)
+    avoid: frozenset[str] = frozenset()  # workers where it failed for their sake
     missing: set[str] = field(default_factory=set)  # inputs with no copy (WAITING)
     staging: set[str] = field(default_factory=set)  # inputs not yet on the worker (STAGING)
-    retrievals: set[int] = field(default_factory=set)
+    retrievals: frozenset[int] = frozenset()  # outputs on their way to the manager
     story: list[tuple[float, str, str, str]] = field(default_factory=list)
     # the result the user sees (set when the task is finished)
     result: TaskResult = TaskResult.UNKNOWN
@@ -124,6 +125,7 @@ class FileRecord:
     released: bool = False  # the user dropped every handle (or undeclared it)
     undeclared: bool = False  # the user undeclared it: it is gone for good
     pruned: bool = False  # deleted from every worker (may be remade by a recovery)
+    lost: bool = False  # its last copy went (counted once, until a copy exists again)
     decision: str = ""  # the automatic durability policy's choice
     story: list[tuple[float, str, str]] = field(default_factory=list)
 

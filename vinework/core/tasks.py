@@ -64,6 +64,12 @@ class TaskLifecycle(CoreBase):
                           "input undeclared")
                 return
             if not self.available(name):
+                if f.producer is None and f.spec.kind != "temp":
+                    # a file or buffer of the manager's that it can no longer serve, and
+                    # that no task makes: it can never come
+                    t.message = f"input {name} has no copy anywhere and no task makes it"
+                    self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "", "input missing")
+                    return
                 t.missing.add(name)
         if t.missing:
             for name in t.missing:
@@ -224,6 +230,11 @@ class TaskLifecycle(CoreBase):
         f = self.files.get(name)
         if f is None or self.available(name):
             return
+        if f.lost:  # (already counted and handled since its last copy went)
+            if f.consumers or f.fetch_requests:
+                self._later(self._ensure_coming, name)
+            return
+        f.lost = True
         self.stats.files_lost += 1
         self._log("FILE", name, "LOST", why)
         self.file_story_add(name, f"lost: {why}")
@@ -255,6 +266,7 @@ class TaskLifecycle(CoreBase):
         f = self.files.get(name)
         if f is None:
             return
+        f.lost = False
         if f.waiting:
             for tid in list(f.waiting):
                 t = self.tasks.get(tid)
@@ -349,7 +361,7 @@ class TaskLifecycle(CoreBase):
         if t.state is T.RUNNING and t.worker is not None:
             self._send(t.worker, Kill(task_id=t.spec.task_id))
         if t.state is T.WAITING_RETRIEVAL:
-            t.retrievals.clear()
+            t.retrievals = frozenset()
         if t.run.recovery:  # a recovery run is the core's business, not the user's
             return
         t.message = "cancelled by the user"
@@ -401,16 +413,16 @@ class TaskLifecycle(CoreBase):
             for name, _ in t.spec.outputs:
                 f = self.files[name]
                 if f.spec.kind == "file" and f.spec.path:
-                    t.retrievals.add(self._start_retrieval(
+                    t.retrievals |= {self._start_retrieval(
                         name, ev.worker_id, f.spec.path, RK.TASK_OUTPUT,
-                        t.spec.task_id))
+                        t.spec.task_id)}
             if t.spec.python_payload is not None and not t.spec.temp_output \
                     and d.python_result is None:
                 pyout = f"pyout-{t.spec.task_id}-{t.attempt}"
                 if any(n == pyout for n, _ in d.outputs):
-                    t.retrievals.add(self._start_retrieval(
+                    t.retrievals |= {self._start_retrieval(
                         pyout, ev.worker_id, posixpath.join(self.staging_dir, pyout),
-                        RK.PYTHON_RESULT, t.spec.task_id))
+                        RK.PYTHON_RESULT, t.spec.task_id)}
         for name, _ in d.outputs:
             self._file_became_available(name)
             self._drain_saved(name)
@@ -422,7 +434,7 @@ class TaskLifecycle(CoreBase):
     def _task_failed(self, t: TaskRecord, result: TaskResult, d: TaskDone) -> None:
         if result in RETRYABLE_ON_ANOTHER_WORKER \
                 and t.count(RO.WORKER_FAULT) < WORKER_FAULT_ATTEMPTS:
-            t.avoid.add(t.done_worker)  # it failed there for the worker's sake: go elsewhere
+            t.avoid |= {t.done_worker}  # it failed there for the worker's sake: go elsewhere
             self._requeue(t, RO.WORKER_FAULT,
                           f"retry: {result} on {t.done_worker}: {d.message[:120]}")
             return
