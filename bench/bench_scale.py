@@ -136,6 +136,7 @@ def child_vine(workload: str, n: int) -> dict[str, float]:
             local_workers(m, n=1, cores=2, workdir=os.path.join(base, "workers")):
         def settle() -> None:
             m.stats  # noqa: B018 -- a round trip: the loop has handled what was posted
+            time.sleep(1.2)  # idle a moment (two of the manager's ticks; it trims the heap)
 
         # warm up: the worker's warm interpreter imports dask, and this module's code paths run
         dsk, root, _ = tree_graph(200)

@@ -157,9 +157,13 @@ class CoreBase:
         return f
 
     def _outputs_of(self, t: TaskRecord) -> list[str]:
-        names = [n for n, _ in t.spec.outputs]
-        if t.spec.python_output and t.spec.temp_output:
-            names.append(t.spec.python_output)
+        """The files a task makes (its outputs, and its result when kept as a temp)."""
+        s = t.spec
+        if not s.temp_output:
+            return [n for n, _ in s.outputs] if s.outputs else []
+        names = [n for n, _ in s.outputs]
+        if s.python_output:
+            names.append(s.python_output)
         return names
 
     # ================================================================ transitions

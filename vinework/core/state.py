@@ -95,14 +95,24 @@ class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics):
         out: list[Command] = []
         self._out = out
         _HANDLERS[type(event)](self, event)
-        self._drain()
-        self._apply_intents(self.durability.after_event(self.now))
-        self._schedule()
-        self._drain()
+        if self._work:
+            self._drain()
+        intents = self.durability.after_event(self.now)
+        if intents:
+            self._apply_intents(intents)
+        if self._ready:
+            self._schedule()
+        if self._work:
+            self._drain()
         if self.tune.validate:
             self.validate_state()
         self._out = []
         return out
+
+    @property
+    def events_handled(self) -> int:
+        """How many events the core has handled."""
+        return self._events
 
     def _drain(self) -> None:
         work = self._work
