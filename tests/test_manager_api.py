@@ -160,8 +160,7 @@ def test_a_task_no_worker_can_run_says_why_once(manager: vine.Manager, workers: 
     time.sleep(1.5)  # several more ticks: still said only once
     assert sum(1 for r in _txn(m) if len(r) > 2 and r[0] == "TASK" and r[2] == "UNPLACEABLE") == 1
     assert sum(1 for n in m.notices if f"task {big.id}" in n) == 1
-    assert m.task_state(big.id) == vine.VINE_TASK_READY if hasattr(vine, "VINE_TASK_READY") \
-        else m.task_state(big.id) == 1
+    assert m.task_state(big.id) == vine.VINE_TASK_READY
     m.cancel_by_task_id(big.id)
     [c] = wait_all(m, 1, timeout=10)
     assert c is big and c.result == vine.TaskResult.CANCELLED
@@ -175,7 +174,7 @@ def test_task_state_and_story_follow_a_task(cluster: vine.Manager) -> None:
     tid = m.submit(t)
     [back] = wait_all(m, 1)
     assert back is t and t.successful()
-    assert m.task_state(tid) == 5  # VINE_TASK_DONE: wait() returned it
+    assert m.task_state(tid) == vine.VINE_TASK_DONE == 5  # wait() returned it
     assert m.task_state(9999) == -1
     story = m.task_story(t)
     states = [ln.split(" ")[3] for ln in story]

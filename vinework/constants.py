@@ -97,6 +97,15 @@ VINE_CACHE_LEVEL_WORKER = CacheLevel.WORKER
 VINE_CACHE_LEVEL_FOREVER = CacheLevel.FOREVER
 
 VINE_DEFAULT_PORT = 9123
+VINE_WAIT_FOREVER = -1  # ``m.wait(VINE_WAIT_FOREVER)`` waits until a task comes back
+
+# What ``Manager.task_state(task_id)`` returns (TaskVine's ``VINE_TASK_*`` numbers).
+VINE_TASK_INITIAL = 0
+VINE_TASK_READY = 1
+VINE_TASK_RUNNING = 2
+VINE_TASK_WAITING_RETRIEVAL = 3
+VINE_TASK_RETRIEVED = 4
+VINE_TASK_DONE = 5
 
 
 def cache_level(cache: bool | str | int | CacheLevel) -> CacheLevel:

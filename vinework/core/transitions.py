@@ -25,6 +25,14 @@ it is a new ``RunRecord`` of the same task, never a rewind of what the user saw.
 
 from __future__ import annotations
 
+from ..constants import (
+    VINE_TASK_DONE,
+    VINE_TASK_INITIAL,
+    VINE_TASK_READY,
+    VINE_TASK_RETRIEVED,
+    VINE_TASK_RUNNING,
+    VINE_TASK_WAITING_RETRIEVAL,
+)
 from .records import TaskState
 
 T = TaskState
@@ -57,8 +65,10 @@ REPLICA: frozenset[tuple[str | None, str | None]] = frozenset({
 # What ``Manager.task_state`` reports: TaskVine's VINE_TASK_* numbers
 # (INITIAL 0, READY 1, RUNNING 2, WAITING_RETRIEVAL 3, RETRIEVED 4, DONE 5).
 VINE_TASK_STATE: dict[TaskState, int] = {
-    T.INITIAL: 0, T.WAITING: 1, T.READY: 1, T.STAGING: 2, T.RUNNING: 2,
-    T.WAITING_RETRIEVAL: 3, T.RETRIEVED: 4, T.DONE: 5,
+    T.INITIAL: VINE_TASK_INITIAL, T.WAITING: VINE_TASK_READY, T.READY: VINE_TASK_READY,
+    T.STAGING: VINE_TASK_RUNNING, T.RUNNING: VINE_TASK_RUNNING,
+    T.WAITING_RETRIEVAL: VINE_TASK_WAITING_RETRIEVAL, T.RETRIEVED: VINE_TASK_RETRIEVED,
+    T.DONE: VINE_TASK_DONE,
 }
 
 

@@ -25,7 +25,14 @@ from typing import Any
 
 import cloudpickle
 
-from ..constants import VINE_DEFAULT_PORT, CacheLevel, TaskResult, cache_level
+from ..constants import (
+    VINE_DEFAULT_PORT,
+    VINE_TASK_DONE,
+    VINE_TASK_INITIAL,
+    CacheLevel,
+    TaskResult,
+    cache_level,
+)
 from ..core import (
     Event,
     FetchDone,
@@ -282,10 +289,10 @@ class Manager:
             t = self._tasks.get(task_id)
             returned = task_id < self._next_id and t is None
         if returned:
-            return 5  # wait() returned it (the core may have forgotten it)
+            return VINE_TASK_DONE  # wait() returned it (the core may have forgotten it)
         v = self._ask(lambda: self._state.task_state(task_id))
-        if v is None:
-            return 0 if t is not None else -1  # submitted, not yet seen by the loop
+        if v is None:  # submitted, not yet seen by the loop; or never submitted
+            return VINE_TASK_INITIAL if t is not None else -1
         return int(v)
 
     def get_file_replica_count(self, f: File) -> int:
