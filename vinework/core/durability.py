@@ -121,10 +121,10 @@ class Durability:
             self._replicate()
         if self._check:
             self._prune()
-        out, self.out = self.out, []
-        return out
+        return self.take()
 
     def take(self) -> list[Intent]:
+        """The intents gathered since the last call."""
         out, self.out = self.out, []
         return out
 

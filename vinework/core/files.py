@@ -131,6 +131,10 @@ class FileLogistics(CoreBase):
                 self._log("TRANSFER", name, "QUEUED", "-", dest, "all sources busy or avoided")
             return
         self._unsourced.pop((name, dest), None)
+        self._start_fetch(name, dest, src, replication)
+
+    def _start_fetch(self, name: str, dest: str, src: str, replication: bool = False) -> None:
+        """Tell ``dest`` to fetch ``name`` from ``src`` (a worker, or MANAGER)."""
         tr = self.replicas.start_transfer(name, dest, src, self.now, replication)
         if src == MANAGER:
             host, port = "", 0  # the worker uses the manager's address it knows
@@ -138,8 +142,14 @@ class FileLogistics(CoreBase):
             sw = self.workers[src]
             host, port = sw.host, sw.transfer_port
         self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host=host, port=port,
-                               size=f.size))
+                               size=self.files[name].size))
         self._log("TRANSFER", name, "START", src, dest, tr.transfer_id)
+
+    def _checkpoint(self, name: str, worker: str) -> None:
+        """Bring ``name`` from ``worker`` to the checkpoint directory at the manager."""
+        base = self.tune.checkpoint_dir or self.staging_dir
+        self._start_retrieval(name, worker, posixpath.join(base, name), RK.CHECKPOINT)
+        self._log("FILE", name, "CHECKPOINT", worker)
 
     def _retry_unsourced(self) -> None:
         if not self._unsourced:

@@ -43,7 +43,6 @@ the same log under any ``PYTHONHASHSEED``.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable
 from typing import Any
 
@@ -71,7 +70,6 @@ from .events import (
     WorkerLeaving,
     WorkerLeft,
 )
-from .fast import RK
 from .files import FileLogistics
 from .tasks import TaskLifecycle
 from .workers import WorkerLifecycle
@@ -141,10 +139,7 @@ class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics):
                 if before is None and self.replicas.in_flight_to(it.name, it.dest) is not None:
                     self.file_story_add(it.name, f"replicating to {it.dest}")
             elif type(it) is dur.Checkpoint:
-                base = self.tune.checkpoint_dir or self.staging_dir
-                self._start_retrieval(it.name, it.worker, posixpath.join(base, it.name),
-                                      RK.CHECKPOINT)
-                self._log("FILE", it.name, "CHECKPOINT", it.worker)
+                self._checkpoint(it.name, it.worker)
             elif type(it) is dur.Prune:
                 self._prune(it.name)
             elif type(it) is dur.Decision:

@@ -12,11 +12,9 @@ run, and a manager with no worker, are each said once after a delay.
 
 from __future__ import annotations
 
-import posixpath
 from typing import Any
 
 from ..protocol import (
-    Fetch,
     Heartbeat,
     Hoist,
     Kill,
@@ -37,7 +35,7 @@ from .events import (
     WorkerLeaving,
     WorkerLeft,
 )
-from .fast import RK, RO, RS, T
+from .fast import RO, RS, T
 from .records import (
     WorkerRecord,
 )
@@ -158,15 +156,10 @@ class WorkerLifecycle(CoreBase):
                        key=lambda x: (-self.durability.disk_free(x), x.worker_id))
         if dests and self.tune.peer_transfers and f.spec.peer_transfer:
             dest = dests[0].worker_id
-            tr = self.replicas.start_transfer(name, dest, w.worker_id, self.now, replication=True)
-            self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host=w.host,
-                                   port=w.transfer_port, size=f.size))
-            self._log("TRANSFER", name, "START", w.worker_id, dest, tr.transfer_id)
+            self._start_fetch(name, dest, w.worker_id, replication=True)
             self.file_story_add(name, f"moving off draining {w.worker_id} to {dest}")
         else:
-            base = self.tune.checkpoint_dir or self.staging_dir
-            self._start_retrieval(name, w.worker_id, posixpath.join(base, name),
-                                  RK.CHECKPOINT)
+            self._checkpoint(name, w.worker_id)
             self.file_story_add(name, f"checkpointing off draining {w.worker_id}")
 
     def _drain_saved(self, name: str) -> None:
