@@ -446,3 +446,54 @@ def test_fused_subgraph_reading_an_alias() -> None:
     assert deps == ["src"]
     assert execute_node(node, {"src": 5}) == 30
     assert run(g)[0] == [30] == list(get_sync(dsk, ["f2"]))
+
+
+# -- TaskVine's DaskVineDag queries (what checkpoint_fn's dag answers) -----------
+
+def _known_graph() -> dict[Any, Any]:
+    """a -> b -> c <- a, c -> d, literal z, alias al -> b, and three targets."""
+    return {
+        "a": (inc, 1),
+        "b": (inc, "a"),
+        "c": (operator.add, "a", "b"),
+        "d": (inc, "c"),
+        "z": 5,
+        "f": (operator.add, "z", "d"),
+        "al": "b",
+        "g": (inc, "al"),
+        "e": (operator.add, "d", "al"),
+    }
+
+
+def test_dag_dependencies_and_needed_by() -> None:
+    g = DaskGraph(_known_graph(), ["f", "g", "e"])
+    assert g.get_dependencies("a") == frozenset()
+    assert g.get_dependencies("c") == {"a", "b"}
+    assert g.get_dependencies("g") == {"al"}  # as written: the alias, not its target
+    assert g.get_dependencies("al") == {"b"}
+    assert g.get_children("c") == g.get_dependencies("c")  # TaskVine's older name
+    assert g.get_needed_by("a") == {"b", "c"}
+    assert g.get_needed_by("b") == {"c", "al"}
+    assert g.get_needed_by("al") == {"g", "e"}
+    assert g.get_needed_by("d") == {"f", "e"}
+    assert g.get_needed_by("z") == {"f"}
+    assert g.get_needed_by("f") == frozenset()
+    assert g.input_keys("g") == {"b"}  # what the payload reads: the alias's target
+
+
+def test_dag_depth_is_taskvines_shallowest_level() -> None:
+    g = DaskGraph(_known_graph(), ["f", "g", "e"])
+    # sources (no dependencies, literal data) are 0; otherwise 1 + the smallest
+    # depth among the dependencies; an alias has its target's depth
+    want = {"a": 0, "z": 0, "b": 1, "c": 1, "al": 1, "d": 2, "f": 1, "g": 2, "e": 2}
+    assert {k: g.depth_of(k) for k in want} == want
+    with pytest.raises(KeyError):
+        g.depth_of("nope")
+
+
+def test_dag_depth_of_a_chain_is_its_position() -> None:
+    dsk: dict[Any, Any] = {("x", 0): (inc, 0)}
+    for i in range(1, 50):
+        dsk[("x", i)] = (inc, ("x", i - 1))
+    g = DaskGraph(dsk, [("x", 49)])
+    assert [g.depth_of(("x", i)) for i in range(50)] == list(range(50))

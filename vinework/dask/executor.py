@@ -1,26 +1,18 @@
-"""DaskVine: run Dask graphs on vinework workers (TaskVine's ``DaskVine``).
+"""DaskVine: a Manager whose ``get`` is a Dask scheduler (TaskVine's ``DaskVine``).
 
 Usage::
 
     m = DaskVine(port=0)
     with dask.config.set(scheduler=m.get):
         result = collection.compute()
-    collection.compute(scheduler=m.get, worker_transfers=False)
+    collection.compute(scheduler=m.get, worker_transfers=False,
+                       task_priority_mode="depth-first")
 
-Every Dask task becomes a :class:`~vinework.task.PythonTask` that reads the
-values of its dependencies from its input files (``d0``, ``d1``, ... in the
-order of the node's dependency keys) and evaluates the node. Its payload is
-normally built by :class:`vinework.dask.payload.PayloadEncoder` (the node as
-plain tuples, by-value functions pickled once per run, no cloudpickle per
-task) and run by :func:`vinework.dask.payload.run_encoded`; nodes it cannot
-encode (and every node when a ``wrapper`` is given) are cloudpickled whole and
-run by :func:`_run_node` with :func:`vinework.dask.graph.execute_node`. The
-graph bookkeeping (culling, readiness, pruning, packing the result) is
-:class:`vinework.dask.graph.DaskGraph`.
-
-Per-task cost on the manager is kept flat: one payload encoding, one
-``submit``; the run keeps one File handle per produced value (released at the
-end, or earlier with ``prune_depth``) and nothing per finished task.
+This module takes TaskVine's options, checks them, applies the manager-wide
+ones (the worker-selection policy, the framework property, TaskVine's tunes)
+and hands the computation to :class:`vinework.dask.run.DaskRun`. It does not
+import Dask, so ``from vinework.dask import DaskVine`` costs nothing and works
+without Dask installed; making a ``DaskVine`` then raises ImportError.
 
 With ``worker_transfers=True`` (the default) an intermediate result is a temp
 output that stays on the worker that made it and reaches its dependents
@@ -31,107 +23,104 @@ returns its value to the manager, which uploads it again for each dependent.
 
 from __future__ import annotations
 
-import random
 import sys
+import types
 import warnings
-from collections.abc import Callable, Mapping
-from typing import Any
-
-import cloudpickle
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..file import File
 from ..manager.api import Manager
-from ..task import PythonTask, RemoteTaskError, Task
-from . import graph as dask_graph
-from .graph import DaskGraph, Key, modules_of_graph
-from .payload import CannotEncode, PayloadEncoder, run_encoded
+from .errors import DaskVineTaskError
+from .priority import PRIORITY_MODES, TaskPriorities, check_priority_mode
 
-__all__ = ["DaskVine", "DaskVineTaskError"]
+if TYPE_CHECKING:
+    from .graph import DaskGraph, Key
 
-SCHEDULING_MODES = frozenset({
-    "FIFO", "LIFO", "random", "depth-first", "breadth-first", "longest-category-first",
-    "shortest-category-first", "largest-input-first",
-})
+__all__ = ["INSTALL_HINT", "SCHEDULING_MODES", "DaskVine", "DaskVineTaskError"]
 
-# TaskVine DaskVine.get options accepted without effect here (see DaskVine.get).
-_NO_OP_OPTIONS = frozenset({
-    "resources_mode", "low_memory_mode", "reconstruct", "merge_size", "lib_extra_functions",
-    "lib_resources", "lib_command",
-})
+INSTALL_HINT = "pip install vinework[dask]"
 
+# TaskVine's worker-selection policies (``Manager.set_scheduler``), DaskVine's scheduling_mode
+SCHEDULING_MODES: tuple[str, ...] = ("files", "time", "rand", "worst", "disk")
 
-class DaskVineTaskError(RuntimeError):
-    """A Dask task failed for a reason other than an exception raised by its code."""
+# What TaskVine's DaskVine.get tunes on its manager at every call.
+_TASKVINE_TUNES = (("category-steady-n-tasks", 1), ("prefer-dispatch", 1),
+                   ("immediate-recovery", 1))
 
-
-def _run_node(node: Any, dep_names: list[tuple[Key, str]], wrapper: Any = None,
-              key: Any = None) -> Any:
-    """Worker side: load each dependency value from its input file and run the node."""
-    values: dict[Key, object] = {}
-    for k, name in dep_names:
-        with open(name, "rb") as f:
-            values[k] = cloudpickle.load(f)
-    if wrapper is not None:
-        return wrapper(key, dask_graph.execute_node, node, values)
-    return dask_graph.execute_node(node, values)
+# vinework modules a task's payload refers to: imported ahead in the warm interpreters
+_OWN_MODULES = ("cloudpickle", "vinework.dask", "vinework.dask.graph", "vinework.dask.payload",
+                "vinework.dask.run", "vinework.dask.priority", "vinework.dask.errors",
+                "vinework.dask.executor")
 
 
-def _python_task_defaults() -> dict[str, Any] | None:
-    """What ``PythonTask.__init__`` sets beyond ``Task.__init__``, if all immutable."""
-    base = set(vars(Task("python:run_encoded")))
-    extra = {k: v for k, v in vars(PythonTask(run_encoded)).items() if k not in base}
-    simple = (type(None), bool, int, float, str, bytes, type(run_encoded))
-    return extra if all(isinstance(v, simple) for v in extra.values()) else None
+def require_dask() -> None:
+    """Raise ImportError, naming the install command, unless Dask (2024.12+) is importable."""
+    try:
+        import dask._task_spec  # noqa: F401  (the task spec arrived in dask 2024.12)
+    except ImportError as e:
+        raise ImportError(
+            f"DaskVine needs Dask 2024.12 or newer, which is not installed: {INSTALL_HINT}"
+        ) from e
 
 
-_PY_DEFAULTS = _python_task_defaults()
-
-
-class _DaskTask(PythonTask):
-    """A PythonTask whose payload :class:`PayloadEncoder` built (no cloudpickle per task)."""
-
-    def __init__(self, payload: bytes) -> None:
-        if _PY_DEFAULTS is None:  # PythonTask grew mutable state: take the slow, safe way
-            super().__init__(run_encoded)
+def _module_names(mods: Any) -> list[str]:
+    """Names of the modules to hoist: names, module objects, or functions and classes
+    (their module), alone or in a list (TaskVine's ``lib_modules`` takes objects)."""
+    if mods is None:
+        return []
+    if isinstance(mods, (str, types.ModuleType)) or callable(mods):
+        mods = [mods]
+    names = []
+    for m in mods:
+        if isinstance(m, str):
+            names.append(m)
+        elif isinstance(m, types.ModuleType):
+            names.append(m.__name__)
+        elif isinstance(getattr(m, "__module__", None), str):
+            names.append(m.__module__)
         else:
-            Task.__init__(self, "python:run_encoded")
-            self.__dict__.update(_PY_DEFAULTS)
-        self.payload = payload
+            raise TypeError(f"cannot hoist {m!r}: give a module, its name, a function or a class")
+    return names
+
+
+def _scheduling(scheduling_mode: str, task_priority_mode: str) -> tuple[str | None, str]:
+    """(worker-selection policy or None, task priority mode) from the two options."""
+    if scheduling_mode in SCHEDULING_MODES:
+        return scheduling_mode, check_priority_mode(task_priority_mode)
+    if scheduling_mode in PRIORITY_MODES:  # vinework before 0.2 read priorities here
+        warnings.warn(
+            f"scheduling_mode={scheduling_mode!r} is a task priority mode: pass it as "
+            f"task_priority_mode; scheduling_mode picks workers "
+            f"({', '.join(SCHEDULING_MODES)})", DeprecationWarning, stacklevel=3)
+        if task_priority_mode not in ("largest-input-first", scheduling_mode):
+            raise ValueError(f"conflicting priority modes: scheduling_mode={scheduling_mode!r} "
+                             f"and task_priority_mode={task_priority_mode!r}")
+        return None, scheduling_mode
+    raise ValueError(
+        f"unknown scheduling_mode {scheduling_mode!r}; use one of: {', '.join(SCHEDULING_MODES)}"
+        f" (task priorities are task_priority_mode: {', '.join(PRIORITY_MODES)})"
+    )
 
 
 class DaskVine(Manager):
-    """A Manager that computes Dask graphs: pass ``m.get`` as Dask's scheduler."""
+    """A Manager that computes Dask graphs: pass ``m.get`` as Dask's scheduler.
+
+    Takes the Manager's arguments. Raises ImportError (naming
+    ``pip install vinework[dask]``) when Dask is not installed.
+    """
 
     _dask_hoisted: set[str]
 
-    def _hoist_for_dask(self, tops: list[str]) -> None:
-        """Pre-import what tasks will need in the workers' warm interpreters.
-
-        ``modules_of_graph`` names top-level packages, but unpickling a task
-        imports submodules (``dask.array.core``, ...), which costs a second or
-        more per forked task. So every submodule of those packages that this
-        process has imported (it built the graph with them) is hoisted too.
-        """
-        if not hasattr(self, "_dask_hoisted"):
-            self._dask_hoisted = set()
-        want = {"cloudpickle", "vinework.dask", "vinework.dask.graph", "vinework.dask.executor",
-                "vinework.dask.payload"}
-        for top in tops:
-            want.add(top)
-            if "." in top:
-                continue
-            prefix = top + "."
-            want.update(n for n in list(sys.modules)
-                        if n.startswith(prefix) and getattr(sys.modules[n], "__file__", None))
-        new = sorted(want - self._dask_hoisted)
-        if new:
-            self._dask_hoisted.update(new)
-            self.hoist_modules(*new)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        require_dask()
+        super().__init__(*args, **kwargs)
 
     def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """Same as :meth:`get` (TaskVine's ``__call__``)."""
         return self.get(dsk, keys, **kwargs)
 
-    def get(  # noqa: C901, PLR0912, PLR0913, PLR0915
+    def get(  # noqa: PLR0913
         self,
         dsk: Any,
         keys: Any,
@@ -142,17 +131,18 @@ class DaskVine(Manager):
         env_vars: Mapping[str, Any] | None = None,
         checkpoint_fn: Callable[[DaskGraph, Key], bool] | None = None,
         resources: Mapping[str, int] | None = None,
-        resources_mode: Any = None,
+        resources_mode: str | None = None,
         submit_per_cycle: int | None = None,
         max_pending: int | None = None,
-        retries: int = 5,
+        retries: int | None = 5,
         verbose: bool = False,
-        lib_extra_functions: Any = None,
-        lib_resources: Any = None,
-        lib_command: Any = None,
+        lib_extra_functions: Iterable[Callable[..., Any]] | None = None,
+        lib_resources: Mapping[str, int] | None = None,
+        lib_command: str | None = None,
         lib_modules: Any = None,
         task_mode: str = "tasks",
-        scheduling_mode: str = "FIFO",
+        task_priority_mode: str = "largest-input-first",
+        scheduling_mode: str = "files",
         env_per_task: bool = False,
         progress_disable: bool = False,
         reconstruct: bool = False,
@@ -165,75 +155,116 @@ class DaskVine(Manager):
         import_modules: Any = None,
         lazy_transfers: bool | None = None,
         low_memory_mode: bool = False,
-        **unknown: Any,
+        init_command: str | None = None,
     ) -> Any:
         """Compute ``keys`` of the Dask graph ``dsk``; Dask's scheduler ``get`` protocol.
+
+        The options are TaskVine's, with TaskVine's meaning unless noted.
 
         Args:
             dsk: Whatever Dask hands a scheduler (graph expression, HighLevelGraph, dict).
             keys: A key or nested list of keys.
-            environment: Not supported (TaskVine's poncho/starch environment);
-                anything but None raises NotImplementedError.
+            environment: A poncho/starch environment for every task. Not supported
+                yet (vinework has no environments): anything but None raises
+                NotImplementedError.
             extra_files: ``{File: remote_name}`` added as inputs of every task.
             worker_transfers: Keep intermediates on workers (True) or bring every
                 result back through the manager (False).
             env_vars: ``{name: value}`` set in every task; a callable value is
-                called as ``value(manager, task)`` (TaskVine).
-            checkpoint_fn: ``(dag, key) -> bool``; with worker_transfers, the
-                results it selects are also brought back to the manager as they
-                finish (``dag`` is the :class:`DaskGraph`).
-            resources: ``cores``/``memory``/``disk``/``gpus`` per task. Default:
-                1 core (TaskVine's default would take a whole worker).
-            resources_mode: Accepted, no effect (no automatic resource labelling).
-            submit_per_cycle: Submit at most this many tasks between waits.
-            max_pending: At most this many submitted tasks without a result.
-            retries: Attempts for a task that fails for infrastructure reasons
-                (lost output, time limit, ...). An exception raised by the task's
-                own code is deterministic: it is raised from ``get`` at once.
-            verbose: Print each completion.
-            lib_extra_functions, lib_resources, lib_command: Accepted, no effect
-                (only meaningful with ``task_mode="function-calls"``).
-            lib_modules, hoisting_modules, import_modules: Extra modules to
-                pre-import in the workers' warm interpreters (with the graph's own).
-            task_mode: ``"tasks"``; ``"function-calls"`` raises NotImplementedError.
-            scheduling_mode: TaskVine's mode names. ``"FIFO"`` (default) and the
-                other deterministic modes run by Dask's memory-friendly order;
-                ``"LIFO"`` reverses it; ``"random"`` shuffles. Unknown: ValueError.
-            env_per_task: Not supported (needs ``environment``); True raises.
+                called as ``value(manager, task)``.
+            checkpoint_fn: ``(dag, key) -> bool``, asked before each intermediate is
+                submitted (with worker_transfers). True brings that result back to
+                the manager, as TaskVine documents (TaskVine's code does the
+                opposite and keeps it remote, a known bug vinework does not copy).
+                ``dag`` is the :class:`~vinework.dask.graph.DaskGraph`, with
+                TaskVine's ``depth_of(key)``, ``get_dependencies(key)`` and
+                ``get_needed_by(key)``.
+            resources: ``{"cores", "memory", "disk", "gpus"}`` for each task (memory
+                and disk in MB). TaskVine makes this the maximum of the task's
+                category; vinework requests it for every task. Without ``cores``
+                a task asks for 1 core (TaskVine's default would take a whole worker).
+            resources_mode: TaskVine's automatic resource sizing ("fixed", "max",
+                "min_waste", "max throughput", bucketing modes). Accepted, no effect:
+                vinework does not measure resources per category yet.
+            submit_per_cycle: Submit at most this many tasks between waits (None or
+                < 1: no limit).
+            max_pending: At most this many submitted tasks without a result (None or
+                < 1: no limit).
+            retries: Attempts per task (default 5, at least 1; None or 0 mean 1). A
+                task that fails -- its function raised, or its worker or output was
+                lost -- is submitted again until it has run ``retries`` times; then
+                its exception is raised from ``get`` (with the remote traceback), or
+                :class:`DaskVineTaskError` when it raised nothing.
+            verbose: Print each completion and each retry.
+            lib_extra_functions, lib_resources, lib_command: The library of
+                ``task_mode="function-calls"``. Accepted, no effect until vinework
+                has libraries.
+            lib_modules: Modules to import ahead of the tasks: names, module
+                objects, or functions and classes (their modules). vinework hoists
+                them into the workers' warm interpreters, with the graph's own.
+            task_mode: ``"tasks"`` (one PythonTask per Dask task).
+                ``"function-calls"`` needs libraries, a later vinework feature:
+                it raises NotImplementedError.
+            task_priority_mode: Which ready task runs first (see
+                :mod:`vinework.dask.priority`): "largest-input-first" (default),
+                "FIFO", "LIFO", "depth-first", "breadth-first",
+                "longest-category-first", "shortest-category-first", "random".
+                Unknown: ValueError.
+            scheduling_mode: Which worker a task goes to: "files" (default: the one
+                holding most of its input bytes), "time", "rand", "worst", "disk";
+                set manager-wide with ``set_scheduler``. A priority mode name here
+                (what vinework read here before) is taken as task_priority_mode,
+                with a DeprecationWarning. Unknown: ValueError.
+            env_per_task: Unpack ``environment`` inside each task. Not supported
+                (needs environments): True raises NotImplementedError.
             progress_disable, progress_label: A rich progress bar, only when
                 stdout is a terminal.
-            reconstruct, merge_size: Accepted, no effect.
+            reconstruct, merge_size: TaskVine's rebuilding of ``daskvine_merge``
+                functions into trees of ``merge_size``. Accepted, no effect.
             wrapper: ``wrapper(key, fn, *args) -> (wrapper_result, value)`` runs
                 each task (debugging); ``wrapper_proc(wrapper_result)`` is called
                 at the manager. Results then travel through the manager.
             wrapper_proc: See ``wrapper``.
             prune_depth: 0 keeps intermediates until the end; d > 0 deletes a
                 result once everything within d levels downstream is done.
-            lazy_transfers: Deprecated alias of ``worker_transfers``.
-            low_memory_mode: Accepted, no effect (older TaskVine option).
+            hoisting_modules, import_modules: Older names of ``lib_modules``.
+            lazy_transfers: Deprecated alias of ``worker_transfers`` (warns).
+            low_memory_mode: Older TaskVine option. Accepted, no effect.
+            init_command: Older TaskVine option (a command run before the
+                library). Accepted, no effect.
 
         Raises:
-            TypeError: For a keyword that neither TaskVine nor vinework knows.
-            Exception: The exception a task raised (its ``remote_traceback``
-                attribute holds the worker-side traceback).
+            TypeError: For a keyword TaskVine's DaskVine does not take.
+            ValueError: For an unknown task_mode, task_priority_mode or
+                scheduling_mode, or retries < 0.
+            NotImplementedError: For ``task_mode="function-calls"``,
+                ``environment`` or ``env_per_task``.
+            Exception: The exception a task raised on its last attempt (its
+                ``remote_traceback`` attribute holds the worker-side traceback).
+            DaskVineTaskError: A task failed on every attempt without raising.
         """
-        if unknown:
-            raise TypeError(
-                f"DaskVine.get() got unexpected keyword argument(s): {', '.join(sorted(unknown))}"
-            )
         if task_mode == "function-calls":
             raise NotImplementedError(
-                "DaskVine task_mode='function-calls' needs TaskVine libraries, which vinework "
-                "does not provide yet; use task_mode='tasks' (the default)"
+                "DaskVine task_mode='function-calls' runs Dask tasks as FunctionCalls in a "
+                "library; vinework does not have libraries yet (a later feature). Use "
+                "task_mode='tasks' (the default)."
             )
         if task_mode != "tasks":
-            raise ValueError(f"unknown task_mode {task_mode!r}; use 'tasks'")
-        if environment is not None or env_per_task:
-            raise NotImplementedError("DaskVine environments (poncho/starch) are not supported")
-        if scheduling_mode not in SCHEDULING_MODES:
-            raise ValueError(f"Unknown scheduling mode {scheduling_mode}")
-        if retries is not None and retries < 1:
-            raise ValueError("retries should be larger than 0")
+            raise ValueError(f"unknown task_mode {task_mode!r}; use 'tasks' or 'function-calls'")
+        if environment is not None:
+            raise NotImplementedError(
+                "DaskVine environment= (a poncho or starch environment for every task) is not "
+                "supported: vinework has no environments yet. Install the packages the graph "
+                "needs where the workers run, and pass environment=None."
+            )
+        if env_per_task:
+            raise NotImplementedError(
+                "DaskVine env_per_task=True unpacks the environment in every task; vinework "
+                "has no environments yet. Pass env_per_task=False."
+            )
+        scheduler, priority_mode = _scheduling(scheduling_mode, task_priority_mode)
+        if retries is not None and retries < 0:
+            raise ValueError(f"retries is a number of attempts (at least 1), got {retries}")
         if lazy_transfers is not None:
             warnings.warn("lazy_transfers is deprecated; use worker_transfers",
                           DeprecationWarning, stacklevel=2)
@@ -244,237 +275,74 @@ class DaskVine(Manager):
             submit_per_cycle = None
         if max_pending is not None and max_pending < 1:
             max_pending = None
+        extra_modules = [*_module_names(lib_modules), *_module_names(hoisting_modules),
+                         *_module_names(import_modules)]
+        # resources_mode, reconstruct, merge_size, low_memory_mode, init_command and the
+        # lib_* options are accepted and have no effect (see the docstring)
 
-        run = _Run(
-            self, DaskGraph(dsk, keys), worker_transfers=worker_transfers,
-            checkpoint_fn=checkpoint_fn, resources=dict(resources or {}),
-            extra_files=dict(extra_files or {}), env_vars=dict(env_vars or {}),
-            retries=retries or 1, verbose=verbose, scheduling_mode=scheduling_mode,
+        from .graph import DaskGraph
+        from .run import DaskRun
+
+        self._apply_taskvine_settings(scheduler)
+        run = DaskRun(
+            self, DaskGraph(dsk, keys), priorities=TaskPriorities(priority_mode),
+            worker_transfers=worker_transfers, checkpoint_fn=checkpoint_fn,
+            resources=dict(resources or {}), extra_files=dict(extra_files or {}),
+            env_vars=dict(env_vars or {}), retries=int(retries or 1), verbose=verbose,
             wrapper=wrapper, wrapper_proc=wrapper_proc, prune_depth=prune_depth,
             submit_per_cycle=submit_per_cycle, max_pending=max_pending,
         )
-        extra_modules: list[str] = []
-        for mods in (lib_modules, hoisting_modules, import_modules):
-            if mods:
-                extra_modules.extend([mods] if isinstance(mods, str) else list(mods))
         return run.execute(extra_modules, progress_disable, progress_label)
 
-
-class _Run:
-    """One ``get`` call: submits ready keys, collects results, cleans up."""
-
-    def __init__(self, m: DaskVine, graph: DaskGraph, *, worker_transfers: bool,
-                 checkpoint_fn: Any, resources: dict[str, int], extra_files: dict[File, str],
-                 env_vars: dict[str, Any], retries: int, verbose: bool, scheduling_mode: str,
-                 wrapper: Any, wrapper_proc: Any, prune_depth: int,
-                 submit_per_cycle: int | None, max_pending: int | None) -> None:
-        self.m = m
-        self.graph = graph
-        self.worker_transfers = worker_transfers
-        self.checkpoint_fn = checkpoint_fn
-        self.resources = resources
-        self.extra_files = extra_files
-        self.env_vars = env_vars
-        self.retries = retries
-        self.verbose = verbose
-        self.scheduling_mode = scheduling_mode
-        self.wrapper = wrapper
-        self.wrapper_proc = wrapper_proc
-        self.prune_depth = prune_depth
-        self.submit_per_cycle = submit_per_cycle
-        self.max_pending = max_pending
-        self.files: dict[Key, File] = {}  # storage key -> file holding its pickled value
-        self.values: dict[Key, object] = {}  # values held at the manager (targets, checkpoints)
-        self.running: dict[int, tuple[Key, PythonTask]] = {}
-        self.attempts: dict[Key, int] = {}
-        self.queue: list[Key] = []
-        self.encoder = PayloadEncoder()
-        self.tag = f"dask-{id(self)}"
-
-    # ------------------------------------------------------------------ submit
-    def _priority(self, key: Key) -> float:
-        p = float(self.graph.priority(key))
-        if self.scheduling_mode == "LIFO":
-            return p
-        if self.scheduling_mode == "random":
-            return random.random()
-        return -p  # lower dask order runs first; vinework runs higher priority first
-
-    def _submit(self, key: Key) -> None:
-        g = self.graph
-        node, deps = g.task_payload(key)
-        dep_names = [(d, f"d{i}") for i, d in enumerate(deps)]
-        temp = self.worker_transfers and not g.is_target(key)
-        if temp and self.checkpoint_fn is not None and self.checkpoint_fn(g, key):
-            temp = False  # bring this one back (a checkpoint at the manager)
-        t: PythonTask | None = None
-        if self.wrapper is not None:
-            t = PythonTask(_run_node, node, dep_names, self.wrapper, key)
-        else:
+    # ------------------------------------------------------------------ helpers
+    def _apply_taskvine_settings(self, scheduler: str | None) -> None:
+        """What TaskVine's ``get`` sets on its manager: the framework property, its
+        tunes and (vinework: when given a worker-selection policy) the scheduler."""
+        set_property = getattr(self, "set_property", None)
+        if set_property is not None:
+            set_property("framework", "dask")
+        for name, value in _TASKVINE_TUNES:
             try:
-                t = _DaskTask(self.encoder.payload(node, deps))
-            except CannotEncode:
-                t = PythonTask(_run_node, node, dep_names)
-        for d, name in dep_names:
-            t.add_input(self.files[d], name)
-        for f, name in self.extra_files.items():
-            t.add_input(f, name)
-        if temp:
-            t.enable_temp_output()
-        t.set_cores(int(self.resources.get("cores", 1)))
-        if "memory" in self.resources:
-            t.set_memory(int(self.resources["memory"]))
-        if "disk" in self.resources:
-            t.set_disk(int(self.resources["disk"]))
-        if "gpus" in self.resources:
-            t.set_gpus(int(self.resources["gpus"]))
-        for name, value in self.env_vars.items():
-            t.set_env_var(name, value(self.m, t) if callable(value) else value)
-        t.set_priority(self._priority(key))
-        t.set_category(_category(node))
-        t.set_tag(self.tag)
-        tid = self.m.submit(t)
-        self.running[tid] = (key, t)
-
-    def _flush(self) -> None:
-        n = 0
-        while self.queue:
-            if self.submit_per_cycle is not None and n >= self.submit_per_cycle:
-                return
-            if self.max_pending is not None and len(self.running) >= self.max_pending:
-                return
-            self._submit(self.queue.pop())
-            n += 1
-
-    def _enqueue(self, keys: list[Key]) -> None:
-        # keys come by priority; the queue is popped from the end
-        self.queue.extend(reversed(keys))
-
-    # ------------------------------------------------------------------ complete
-    def _completed(self, key: Key, t: PythonTask) -> list[Key]:
-        g = self.graph
-        if t.temp_output:
-            self.files[key] = t.output_file
-        else:
-            value = t.output
-            if self.wrapper is not None:
-                wrapped, value = value
-                self.wrapper_proc(wrapped)
-            self.values[key] = value
-            self.files[key] = self.m.declare_buffer(cloudpickle.dumps(value))
-        ready = g.mark_done(key)
-        for p in g.prunable_after(key, self.prune_depth):
-            f = self.files.get(p)
-            if f is not None:
-                self.m.undeclare_file(f)
-            if not g.is_target(p):
-                self.values.pop(p, None)
-        return ready
-
-    def _failed(self, key: Key, t: PythonTask) -> None:
-        out = t._output
-        if isinstance(out, BaseException) and not isinstance(out, RemoteTaskError) \
-                and bool(getattr(out, "remote_traceback", None)):
-            raise out  # the task's own code raised: deterministic, do not retry
-        n = self.attempts.get(key, 1)
-        if n < self.retries:
-            self.attempts[key] = n + 1
-            if self.verbose:
-                print(f"dask key {key!r} failed ({t.result}); attempt {n + 1} of {self.retries}")
-            self._submit(key)
-            return
-        if isinstance(out, BaseException):
-            raise out
-        raise DaskVineTaskError(
-            f"dask key {key!r} failed permanently after {n} attempts: {t.result}"
-            + (f" ({t.error_message})" if t.error_message else "")
-        )
-
-    # ------------------------------------------------------------------ main loop
-    def execute(self, extra_modules: list[str], progress_disable: bool,
-                progress_label: str) -> Any:
-        m, g = self.m, self.graph
-        m._hoist_for_dask([*modules_of_graph(g), *extra_modules])
-        try:
-            for k, v in g.local_data().items():
-                self.files[k] = m.declare_buffer(cloudpickle.dumps(v))
-            self._enqueue(g.ready_keys())
-            total = g.remaining()
-            with _progress(total, progress_disable, progress_label) as advance:
-                while not g.done():
-                    self._flush()
-                    if not self.running:
-                        raise RuntimeError("DaskVine: nothing is running but the graph is not done")
-                    t = m.wait(5)
-                    if t is None:
-                        continue
-                    entry = self.running.pop(t.id, None)
-                    if entry is None:
-                        continue  # not ours (a task the user submitted to this manager)
-                    key, task = entry
-                    if self.verbose:
-                        print(f"dask key {key!r} ran on {t.hostname}: {t.result}")
-                    if task.successful():
-                        self._enqueue(self._completed(key, task))
-                        advance()
-                    else:
-                        self._failed(key, task)
-            return g.result(self._fetch)
-        finally:
-            self._cleanup()
-
-    def _fetch(self, key: Key) -> object:
-        if key in self.values:
-            return self.values[key]
-        blob = self.m.fetch_file(self.files[key])  # a target computed as a temp
-        return cloudpickle.loads(blob)
-
-    def _cleanup(self) -> None:
-        for tid in list(self.running):
-            self.m.cancel_by_task_id(tid)
-        self.running.clear()
-        for f in self.files.values():  # uploads and intermediates of this run only
-            try:
-                self.m.undeclare_file(f)
-            except Exception:  # the manager may be closing
+                self.tune(name, value)
+            except ValueError:  # a Manager that does not know TaskVine's name yet
                 pass
-        self.files.clear()
+        set_scheduler = getattr(self, "set_scheduler", None)
+        if scheduler is not None and set_scheduler is not None:
+            set_scheduler(scheduler)
 
+    def _file_sizes(self, files: list[File]) -> list[int]:
+        """Bytes of each file as the manager knows them (-1: not known); one loop call."""
+        names = [f.cache_name for f in files]
 
-def _category(node: Any) -> str:
-    func = getattr(node, "func", None)
-    name = getattr(func, "__name__", None) or type(node).__name__
-    return f"dask-{name}"
+        def sizes() -> list[int]:
+            table = self._state.files
+            out = []
+            for n in names:
+                r = table.get(n)
+                out.append(int(getattr(r, "size", -1)) if r is not None else -1)
+            return out
 
+        return self._ask(sizes)  # type: ignore[no-any-return]
 
-class _progress:
-    """A rich progress bar when stdout is a terminal; ``advance()`` steps it."""
+    def _hoist_for_dask(self, tops: list[str]) -> None:
+        """Pre-import what tasks will need in the workers' warm interpreters.
 
-    def __init__(self, total: int, disable: bool, label: str) -> None:
-        self.bar: Any = None
-        if not disable and sys.stdout.isatty():
-            try:
-                from rich.progress import (
-                    BarColumn,
-                    MofNCompleteColumn,
-                    Progress,
-                    TextColumn,
-                    TimeRemainingColumn,
-                )
-            except ImportError:
-                return
-            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn())
-            self.task = self.bar.add_task(label, total=total)
-
-    def __enter__(self) -> Callable[[], None]:
-        if self.bar is None:
-            return lambda: None
-        self.bar.__enter__()
-        bar, task = self.bar, self.task
-        return lambda: bar.update(task, advance=1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
+        ``modules_of_graph`` names top-level packages, but unpickling a task
+        imports submodules (``dask.array.core``, ...), which costs a second or
+        more per forked task. So every submodule of those packages that this
+        process has imported (it built the graph with them) is hoisted too.
+        """
+        if not hasattr(self, "_dask_hoisted"):
+            self._dask_hoisted = set()
+        want = set(_OWN_MODULES)
+        for top in tops:
+            want.add(top)
+            if "." in top:
+                continue
+            prefix = top + "."
+            want.update(n for n in list(sys.modules)
+                        if n.startswith(prefix) and getattr(sys.modules[n], "__file__", None))
+        new = sorted(want - self._dask_hoisted)
+        if new:
+            self._dask_hoisted.update(new)
+            self.hoist_modules(*new)

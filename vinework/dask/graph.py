@@ -246,6 +246,11 @@ class DaskGraph:
     permanent failure :meth:`mark_failed`; stop when :meth:`done`; return
     :meth:`result`.
 
+    It is also the ``dag`` that ``DaskVine.get(checkpoint_fn=...)`` hands to
+    ``checkpoint_fn(dag, key)``, so it answers TaskVine's ``DaskVineDag`` queries:
+    :meth:`depth_of`, :meth:`get_dependencies`, :meth:`get_needed_by` (and the
+    older :meth:`get_children`).
+
     Attributes:
         keys: The requested keys, with their original nesting.
         targets: The requested keys flattened, without duplicates.
@@ -343,6 +348,7 @@ class DaskGraph:
         }
         # prune depth -> storage key -> number of not-done dependents within depth
         self._prune_pending: dict[int, dict[Key, int]] = {}
+        self._depth: dict[Key, int] | None = None  # computed on first use (depth_of)
 
     # -- structure ---------------------------------------------------------
 
@@ -392,6 +398,62 @@ class DaskGraph:
     def dependents(self, key: Key) -> frozenset[Key]:
         """Keys whose nodes read ``key``, as written in the graph."""
         return frozenset(self._dependents[key])
+
+    # -- TaskVine's DaskVineDag queries (what a checkpoint_fn may ask) -------
+
+    def get_dependencies(self, key: Key) -> frozenset[Key]:
+        """TaskVine's name: the keys ``key`` depends on (see :meth:`dependencies`)."""
+        return self._deps[key]
+
+    def get_needed_by(self, key: Key) -> frozenset[Key]:
+        """TaskVine's name: the keys that depend on ``key`` (see :meth:`dependents`)."""
+        return frozenset(self._dependents[key])
+
+    def get_children(self, key: Key) -> frozenset[Key]:
+        """Older TaskVine name for :meth:`get_dependencies` (its graph was drawn upside
+        down: a node's children are what it reads); kept so its examples run."""
+        return self._deps[key]
+
+    def depth_of(self, key: Key) -> int:
+        """TaskVine's depth of a key: 0 for a key that depends on nothing (a source, or
+        literal data); otherwise one more than the *smallest* depth among its
+        dependencies, i.e. the length of the shortest path from a source, as
+        TaskVine's ``DaskVineDag`` computes it ("the shallowest level the key is
+        found"). On a chain that is the position in the chain; a key joining a long and
+        a short branch is one deeper than the short one. An alias has its target's
+        depth (TaskVine leaves an alias without one).
+
+        Raises:
+            KeyError: If ``key`` is not in the (culled) graph.
+        """
+        if self._depth is None:
+            self._depth = self._compute_depths()
+        return self._depth[key]
+
+    def _compute_depths(self) -> dict[Key, int]:
+        depth: dict[Key, int] = {}
+        indegree = {k: len(ds) for k, ds in self._edeps.items()}
+        queue = deque(k for k, n in indegree.items() if n == 0)
+        while queue:
+            k = queue.popleft()
+            ds = self._edeps[k]
+            depth[k] = 1 + min(depth[d] for d in ds) if ds else 0
+            for c in self._edependents[k]:
+                indegree[c] -= 1
+                if indegree[c] == 0:
+                    queue.append(c)
+        for k, kind in self._kind.items():
+            if kind == KIND_ALIAS:
+                depth[k] = depth[self._storage[k]]
+        return depth
+
+    def input_keys(self, key: Key) -> frozenset[Key]:
+        """The task or data keys whose values ``key``'s payload reads (aliases followed).
+
+        Raises:
+            KeyError: If ``key`` is an alias or not in the graph.
+        """
+        return self._edeps[key]
 
     def storage_key(self, key: Key) -> Key:
         """The task or data key whose value ``key`` has (itself unless an alias)."""
