@@ -167,12 +167,11 @@ def _explode(v: int) -> int:
 
 
 def test_task_exception_is_raised(m: DaskVine) -> None:
-    t0 = time.monotonic()
+    # raised after its retries (TaskVine's retries=5; counted in test_dask_options)
     x = dask.delayed(_explode)(dask.delayed(abs)(-3))
     with pytest.raises(Boom, match="bad value 3") as info:
         x.compute(scheduler=m.get)
     assert "_explode" in info.value.remote_traceback  # type: ignore[attr-defined]
-    assert time.monotonic() - t0 < 10  # not retried pointlessly
 
 
 def _chunk(i: int) -> Any:

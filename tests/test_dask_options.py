@@ -286,11 +286,16 @@ def test_checkpoint_fn_gets_taskvines_dag(m: DaskVine) -> None:
     def checkpoint(dag: Any, key: Any) -> bool:
         seen[key] = (dag.depth_of(key), set(dag.get_dependencies(key)),
                      set(dag.get_needed_by(key)))
-        return key == "c"  # bring c back to the manager
+        return key == "c" and keep[0]  # bring c back to the manager
 
-    before = m.stats.bytes_received
-    assert m.get(dsk, ["f", "g", "e"], checkpoint_fn=checkpoint) == [-17, -20, -2]
-    assert m.stats.bytes_received > before
+    sent = []
+    keep = [False]
+    for keep[0] in (False, True):
+        before = m.stats.bytes_sent
+        assert m.get(dsk, ["f", "g", "e"], checkpoint_fn=checkpoint) == [-17, -20, -2]
+        sent.append(m.stats.bytes_sent - before)
+    # kept at the manager, c is uploaded again for d (a temp would have stayed put)
+    assert sent[1] > sent[0], sent
     assert seen == {  # asked for each intermediate task, before submitting it
         "a": (0, set(), {"b", "c"}),
         "b": (1, {"a"}, {"c", "al"}),

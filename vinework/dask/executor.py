@@ -9,7 +9,7 @@ Usage::
                        task_priority_mode="depth-first")
 
 This module takes TaskVine's options, checks them, applies the manager-wide
-ones (the worker-selection policy, the framework property, TaskVine's tunes)
+ones (the worker-selection policy, the ``framework`` property)
 and hands the computation to :class:`vinework.dask.run.DaskRun`. It does not
 import Dask, so ``from vinework.dask import DaskVine`` costs nothing and works
 without Dask installed; making a ``DaskVine`` then raises ImportError.
@@ -43,10 +43,6 @@ INSTALL_HINT = "pip install vinework[dask]"
 
 # TaskVine's worker-selection policies (``Manager.set_scheduler``), DaskVine's scheduling_mode
 SCHEDULING_MODES: tuple[str, ...] = ("files", "time", "rand", "worst", "disk")
-
-# What TaskVine's DaskVine.get tunes on its manager at every call.
-_TASKVINE_TUNES = (("category-steady-n-tasks", 1), ("prefer-dispatch", 1),
-                   ("immediate-recovery", 1))
 
 # vinework modules a task's payload refers to: imported ahead in the warm interpreters
 _OWN_MODULES = ("cloudpickle", "vinework.dask", "vinework.dask.graph", "vinework.dask.payload",
@@ -296,16 +292,14 @@ class DaskVine(Manager):
 
     # ------------------------------------------------------------------ helpers
     def _apply_taskvine_settings(self, scheduler: str | None) -> None:
-        """What TaskVine's ``get`` sets on its manager: the framework property, its
-        tunes and (vinework: when given a worker-selection policy) the scheduler."""
+        """What TaskVine's ``get`` sets on its manager: the framework property and the
+        worker-selection policy. (TaskVine also tunes ``category-steady-n-tasks``,
+        ``prefer-dispatch`` and ``immediate-recovery`` to 1; those have no effect in
+        vinework, so DaskVine leaves them, and their notices, out. It does not call
+        ``update_catalog``: vinework contacts no catalog.)"""
         set_property = getattr(self, "set_property", None)
         if set_property is not None:
             set_property("framework", "dask")
-        for name, value in _TASKVINE_TUNES:
-            try:
-                self.tune(name, value)
-            except ValueError:  # a Manager that does not know TaskVine's name yet
-                pass
         set_scheduler = getattr(self, "set_scheduler", None)
         if scheduler is not None and set_scheduler is not None:
             set_scheduler(scheduler)
