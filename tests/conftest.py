@@ -101,7 +101,7 @@ def stop_process(p: subprocess.Popen[bytes], grace: float = WORKER_EXIT_GRACE) -
 @pytest.fixture
 def manager(tmp_path: Any) -> Iterator[vine.Manager]:
     """A Manager on a free port, with its run info under tmp_path; closed at teardown."""
-    m = vine.Manager(port=0, run_info_path=str(tmp_path / "run-info"))
+    m = vine.Manager(port=0, run_info_path=str(tmp_path / "run-info"), shutdown=True)
     try:
         yield m
     finally:
@@ -140,10 +140,12 @@ def workers(tmp_path: Any) -> Iterator[StartWorker]:
     try:
         yield start_worker
     finally:
-        for m in managers:  # a closed manager tells its workers to exit
+        for m in managers:  # a closed manager with shutdown=True tells its workers to exit
             with contextlib.suppress(Exception):
                 m.close()
-        deadline = time.monotonic() + WORKER_EXIT_GRACE
+        # (workers of a manager without shutdown wait for the next one: no grace for them)
+        grace = WORKER_EXIT_GRACE if all(m.shutdown for m in managers) else 0.0
+        deadline = time.monotonic() + grace
         for p in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -331,7 +331,7 @@ def test_every_command_carries_the_stimulus_of_its_event() -> None:
     d = Driver()
     d.ev(HoistRequested, modules=["json"])
     d.temp("a")
-    d.join("w1", cached=[("a", 10), ("stray", 3)])  # Hoist; Unlink of a file it should not hold
+    d.join("w1", cached=[("a", 10), ("temp-stray-1", 3)])  # Hoist; Unlink of a file it should not hold
     d.join("w2")
     d.submit(1, inputs=["a"])  # runs on w1, where its input is
     d.submit(2, inputs=["a"])  # w1 is busy: fetched to w2

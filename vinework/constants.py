@@ -44,7 +44,7 @@ _NAMES = {
     TaskResult.STDOUT_MISSING: "stdout missing",
     TaskResult.SIGNAL: "signal",
     TaskResult.RESOURCE_EXHAUSTION: "resource exhaustion",
-    TaskResult.MAX_END_TIME: "end time",
+    TaskResult.MAX_END_TIME: "max end time",
     TaskResult.UNKNOWN: "unknown",
     TaskResult.FORSAKEN: "forsaken",
     TaskResult.MAX_RETRIES: "max retries",
@@ -59,6 +59,53 @@ _NAMES = {
     TaskResult.WORKER_DISCONNECT: "worker disconnect",
     TaskResult.DISK_EXHAUSTION: "disk exhausted",
 }
+
+
+
+class ResultString(str):
+    """What ``t.result`` holds: TaskVine's result string (``"success"``, ``"input missing"``,
+    ``"max end time"``, ...), which also equals its ``VINE_RESULT_*`` number, so both
+    ``t.result == "success"`` and ``t.result == VINE_RESULT_SUCCESS`` hold; ``int()`` of it
+    is the number and ``.code`` the ``TaskResult``."""
+
+    code: TaskResult
+
+    def __new__(cls, code: int) -> ResultString:
+        c = TaskResult(code)
+        s = super().__new__(cls, _NAMES[c])
+        s.code = c
+        return s
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int) and not isinstance(other, bool):
+            return int(self.code) == int(other)
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = str.__hash__
+
+    def __int__(self) -> int:
+        return int(self.code)
+
+    def __index__(self) -> int:
+        return int(self.code)
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return (result_string, (int(self.code),))
+
+
+_RESULT_STRINGS: dict[int, ResultString] = {}
+
+
+def result_string(code: int) -> ResultString:
+    """The (shared) ``ResultString`` of a result number."""
+    r = _RESULT_STRINGS.get(code)
+    if r is None:
+        r = _RESULT_STRINGS[code] = ResultString(code)
+    return r
+
 
 VINE_RESULT_SUCCESS = TaskResult.SUCCESS
 VINE_RESULT_INPUT_MISSING = TaskResult.INPUT_MISSING
@@ -106,6 +153,47 @@ VINE_TASK_RUNNING = 2
 VINE_TASK_WAITING_RETRIEVAL = 3
 VINE_TASK_RETRIEVED = 4
 VINE_TASK_DONE = 5
+
+
+VINE_RANDOM_PORT = 0
+
+# Worker selection policies (``Manager.set_scheduler``, ``Task.set_scheduler``).
+VINE_SCHEDULE_UNSET = 0
+VINE_SCHEDULE_FCFS = 1
+VINE_SCHEDULE_FILES = 2
+VINE_SCHEDULE_TIME = 3
+VINE_SCHEDULE_RAND = 4
+VINE_SCHEDULE_WORST = 5
+VINE_SCHEDULE_DISK = 6
+
+# Category allocation modes (``Manager.set_category_mode``).
+VINE_ALLOCATION_MODE_FIXED = 0
+VINE_ALLOCATION_MODE_MAX = 1
+VINE_ALLOCATION_MODE_MIN_WASTE = 2
+VINE_ALLOCATION_MODE_MAX_THROUGHPUT = 3
+VINE_ALLOCATION_MODE_GREEDY_BUCKETING = 4
+VINE_ALLOCATION_MODE_EXHAUSTIVE_BUCKETING = 5
+VINE_ALLOCATION_MODE_DET_GREEDY_BUCKETING = 6
+VINE_ALLOCATION_MODE_DET_EXHAUSTIVE_BUCKETING = 7
+VINE_ALLOCATION_MODE_QUANTIZED_BUCKETING = 8
+
+# File types (``File.type()``).
+VINE_FILE = 1
+VINE_URL = 2
+VINE_TEMP = 3
+VINE_BUFFER = 4
+VINE_MINI_TASK = 5
+
+# Mount flags (``Task.add_input``/``add_output`` options) and file flags.
+VINE_TRANSFER_ALWAYS = 0
+VINE_FIXED_LOCATION = 1
+VINE_WATCH = 2
+VINE_FAILURE_ONLY = 4
+VINE_SUCCESS_ONLY = 8
+VINE_MOUNT_SYMLINK = 32
+VINE_MOUNT_MKDIR = 64
+VINE_PEER_NOSHARE = 1
+VINE_UNLINK_WHEN_DONE = 2
 
 
 def cache_level(cache: bool | str | int | CacheLevel) -> CacheLevel:

@@ -1,24 +1,36 @@
 """User-side Task and PythonTask: what to run, with which files and resources.
 
 These objects hold what the user asked for and, once the manager returns the
-task from ``wait()``, what happened (result, exit code, output, timing). The
-manager copies what it needs into its pure state at ``submit``; the user's
-object is only written again when the task completes.
+task from ``wait()``, what happened (result, exit code, output, timing,
+resources measured). The manager copies what it needs into its pure state at
+``submit``; the user's object is only written again when the task completes.
+Every setter of TaskVine's ``Task`` and ``PythonTask`` is here with TaskVine's
+meaning; the few that need a feature vinework does not have yet raise
+``NotImplementedError`` naming it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from .constants import TaskResult
+from ._later import not_yet
+from .constants import ResultString, TaskResult, result_string
 from .file import File, FileKind, check_remote_name
 from .pickling import dumps_call
 
 PYTHON_OUTPUT_NAME = ".vinework-result.p"
 
+# TaskVine's task states, as ``Task.state`` spells them (by VINE_TASK_* number)
+STATE_NAMES = ("INITIAL", "READY", "RUNNING", "WAITING_RETRIEVAL", "RETRIEVED", "DONE")
+
+# the keys ``Task(command, **task_info)`` accepts that call ``set_<key>(value)``
+_SETTER_KEYS = ("library_required", "library_provided", "scheduler", "tag", "category",
+                "snapshot_file", "retries", "cores", "memory", "disk", "gpus", "priority",
+                "time_end", "time_start", "time_max", "time_min", "monitor_output")
 
 
-class TaskOutputUnavailable(RuntimeError):
+class TaskOutputUnavailable(RuntimeError, ValueError):
     """A PythonTask's return value was kept on a worker (temp output)."""
 
 
@@ -26,16 +38,53 @@ class RemoteTaskError(Exception):
     """A PythonTask raised on the worker and its exception could not be unpickled."""
 
 
-class Task:
-    """A command to run on a worker, TaskVine's ``Task``."""
+class PythonTaskNoResult(Exception):
+    """What ``t.output`` of a PythonTask is when the task produced no result at all (it
+    was cancelled, never ran, lost its worker for good, or its result could not be
+    brought back), as in TaskVine. A function that raised gives its exception instead."""
 
-    def __init__(self, command: str) -> None:
+
+class ResourceSummary:
+    """Resources of one task (TaskVine's rmsummary): ``cores``, ``memory`` (MB), ``disk``
+    (MB), ``gpus``; for measured resources also ``wall_time`` and ``cpu_time`` (seconds),
+    ``start`` and ``end`` (microseconds since the epoch). -1 means unknown."""
+
+    def __init__(self, cores: float = -1, memory: float = -1, disk: float = -1,
+                 gpus: float = -1, wall_time: float = -1, cpu_time: float = -1,
+                 start: float = -1, end: float = -1) -> None:
+        self.cores = cores
+        self.memory = memory
+        self.disk = disk
+        self.gpus = gpus
+        self.wall_time = wall_time
+        self.cpu_time = cpu_time
+        self.start = start
+        self.end = end
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(vars(self))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v}" for k, v in vars(self).items() if v != -1)
+        return f"ResourceSummary({inner})"
+
+
+class Task:
+    """A command to run on a worker, TaskVine's ``Task``.
+
+    ``Task(command, **task_info)`` also takes TaskVine's keyword form: ``cores=``,
+    ``memory=``, ``tag=``, ``retries=``, ... (each calls ``set_<key>``), ``features=``
+    (a name or a list), ``inputs=``/``outputs=`` (``{file: "remote name"}`` or
+    ``{file: {"remote_name": ..., <add_input/add_output options>}}``) and ``env=``.
+    """
+
+    def __init__(self, command: str, **task_info: Any) -> None:
         if not isinstance(command, str):
             raise TypeError("Task command must be a string")
         self.command = command
         self.inputs: list[tuple[File, str]] = []
         self.outputs: list[tuple[File, str]] = []
-        self.env: dict[str, str] = {}
+        self.env: dict[str, str | None] = {}
         self.cores: int | None = None
         self.memory: int | None = None
         self.disk: int | None = None
@@ -43,14 +92,45 @@ class Task:
         self.tag: str | None = None
         self.category: str = "default"
         self.priority: float = 0.0
-        self.max_retries: int = 0
+        self.retries_max: int = 0  # set_retries: < 1 = unlimited (TaskVine's default)
+        self.max_forsaken: int = -1
         self.time_max: float = 0.0
+        self.time_min: float = 0.0
+        self.time_start: float = 0.0  # epoch seconds
+        self.time_end: float = 0.0  # epoch seconds
+        self.features: list[str] = []
+        self.scheduler: str = ""
+        self.monitor_output: str = ""
         self.id: int = 0
+        self._manager: Any = None
+        self._refs = 1
         self._reset_results()
+        for key, value in task_info.items():
+            self._apply_info(key, value)
+
+    def _apply_info(self, key: str, value: Any) -> None:
+        if key in _SETTER_KEYS:
+            getattr(self, "set_" + key)(value)
+        elif key == "features":
+            for name in [value] if isinstance(value, str) else list(value):
+                self.add_feature(name)
+        elif key in ("inputs", "outputs"):
+            add = self.add_input if key == "inputs" else self.add_output
+            for f, spec in dict(value).items():
+                if isinstance(spec, str):
+                    add(f, spec)
+                else:
+                    opts = dict(spec)
+                    add(f, opts.pop("remote_name"), **opts)
+        elif key == "env":
+            for name, v in dict(value).items():
+                self.set_env_var(name, v)
+        else:
+            raise TypeError(f"Task() got an unknown option {key!r}")
 
     def _reset_results(self) -> None:
         self._story: tuple[tuple[float, str, str, str], ...] = ()
-        self.result: TaskResult = TaskResult.UNKNOWN
+        self.result: ResultString = result_string(TaskResult.UNKNOWN)
         self.exit_code: int = -1
         self._output: Any = None
         self.std_output: str = ""
@@ -62,71 +142,200 @@ class Task:
         self.wall_time: float = 0.0
         self.retries: int = 0
         self.error_message: str = ""
+        self.cached = False
+        self.resources_measured = ResourceSummary()
+        self.resources_allocated = ResourceSummary()
+        self.limits_exceeded: ResourceSummary | None = None
+        self._metrics: dict[str, float] = {}
+        self._state = 0
         self._done = False
 
     # ----- inputs and outputs
-    def add_input(self, file: File, remote_name: str) -> None:
-        """Place ``file`` in the task's sandbox as ``remote_name``."""
+    def add_input(self, file: File, remote_name: str, strict_input: bool = False,
+                  mount_symlink: bool = False) -> None:
+        """Place ``file`` in the task's sandbox as ``remote_name``.
+
+        ``strict_input`` and ``mount_symlink`` are accepted (TaskVine's options); vinework
+        always links cached inputs into the sandbox and places a task where it can fetch
+        its inputs."""
         if not isinstance(file, File):
             raise TypeError(f"add_input expects a File, got {type(file).__name__}")
         self.inputs.append((file, check_remote_name(remote_name)))
 
-    def add_output(self, file: File, remote_name: str) -> None:
+    def add_output(self, file: File, remote_name: str, watch: bool = False,
+                   failure_only: bool | None = None, success_only: bool | None = None) -> None:
         """Collect ``remote_name`` from the sandbox into ``file`` when the task ends."""
         if not isinstance(file, File):
             raise TypeError(f"add_output expects a File, got {type(file).__name__}")
         if file.kind is FileKind.BUFFER:
-            raise ValueError("a buffer cannot be a task output; use declare_temp or declare_file")
+            not_yet("a buffer as a task output (file kinds); use declare_temp or declare_file")
+        if watch or failure_only or success_only:
+            not_yet("watched or failure/success-only outputs (file kinds)")
         self.outputs.append((file, check_remote_name(remote_name)))
 
     # ----- resources and options (TaskVine names)
     def set_cores(self, cores: int) -> None:
-        """Cores the task needs."""
-        self.cores = _nonneg_int("cores", cores)
+        """Cores the task needs (-1: unset)."""
+        self.cores = _amount("cores", cores)
 
     def set_memory(self, memory: int) -> None:
-        """Memory the task needs, in MB."""
-        self.memory = _nonneg_int("memory", memory)
+        """Memory the task needs, in MB (-1: unset)."""
+        self.memory = _amount("memory", memory)
 
     def set_disk(self, disk: int) -> None:
-        """Sandbox disk the task needs, in MB."""
-        self.disk = _nonneg_int("disk", disk)
+        """Sandbox disk the task needs, in MB (-1: unset)."""
+        self.disk = _amount("disk", disk)
 
     def set_gpus(self, gpus: int) -> None:
-        """GPUs the task needs."""
-        self.gpus = _nonneg_int("gpus", gpus)
+        """GPUs the task needs (-1: unset)."""
+        self.gpus = _amount("gpus", gpus)
 
-    def set_env_var(self, name: str, value: str) -> None:
-        """Set an environment variable for the task."""
-        self.env[str(name)] = str(value)
+    def set_env_var(self, name: str, value: str | None = None) -> None:
+        """Set an environment variable for the task; ``None`` removes it from the task's
+        environment (TaskVine's meaning)."""
+        self.env[str(name)] = None if value is None else str(value)
 
     def set_tag(self, tag: str) -> None:
-        """A free-form label (see ``Manager.cancel_by_task_tag``)."""
+        """A free-form label (see ``Manager.cancel_by_task_tag``, ``wait_for_tag``)."""
         self.tag = str(tag)
 
     def set_category(self, category: str) -> None:
-        """A category name, for grouping in statistics."""
+        """A category name: statistics, and resources set per category."""
         self.category = str(category)
 
     def set_priority(self, priority: float) -> None:
         """Higher runs first; ties run in submission order."""
         self.priority = float(priority)
 
+    def set_retries(self, retries: int) -> None:
+        """Run again after losing the worker, exhausting resources or a transient fault,
+        at most ``retries`` times (< 1: no limit, the default). A non-zero exit code is
+        the task's own answer and is never retried (TaskVine's rule)."""
+        self.retries_max = int(retries)
+
     def set_max_retries(self, retries: int) -> None:
-        """Retry a failed attempt (non-zero exit, time limit) up to this many times."""
-        self.max_retries = _nonneg_int("max_retries", retries)
+        """vinework's earlier name of ``set_retries`` (same meaning)."""
+        self.set_retries(retries)
+
+    def set_max_forsaken(self, forsaken: int) -> None:
+        """Return the task as "forsaken" after it could not be run, for its workers' sake,
+        this many times (-1: retry without limit, the default)."""
+        self.max_forsaken = int(forsaken)
 
     def set_time_max(self, seconds: float) -> None:
-        """Kill the task after this many seconds of running (0 = no limit)."""
+        """Kill the task after this many seconds of running (0 = no limit); it comes back
+        as "max wall time" with exit code 9."""
         if seconds < 0:
             raise ValueError("time_max must be >= 0")
         self.time_max = float(seconds)
+
+    def set_time_min(self, seconds: float) -> None:
+        """The least time the task needs to run (TaskVine uses it for workers with a wall
+        time; vinework records it)."""
+        self.time_min = max(0.0, float(seconds))
+
+    def set_time_start(self, useconds: float) -> None:
+        """Do not start the task before this time (microseconds since the epoch)."""
+        self.time_start = max(0.0, float(useconds)) / 1e6
+
+    def set_time_end(self, useconds: float) -> None:
+        """Do not start after, and kill at, this time (microseconds since the epoch); the
+        task comes back as "max end time"."""
+        self.time_end = max(0.0, float(useconds)) / 1e6
+
+    def set_command(self, command: str) -> None:
+        """Replace the command line."""
+        if not isinstance(command, str):
+            raise TypeError("Task command must be a string")
+        self.command = command
+
+    def add_feature(self, name: str) -> None:
+        """Run only on workers started with ``--feature name``."""
+        if str(name) not in self.features:
+            self.features.append(str(name))
+
+    def set_scheduler(self, scheduler: str | int) -> None:
+        """The worker-selection policy for this task (see ``Manager.set_scheduler``)."""
+        from .constants import VINE_SCHEDULE_UNSET  # noqa: F401 (documented values)
+        self.scheduler = _scheduler_name(scheduler)
+
+    def set_monitor_output(self, directory: str) -> None:
+        """Write a JSON summary of the resources the task used into ``directory``
+        (``vine-task-<id>.summary``) when it comes back."""
+        self.monitor_output = str(directory)
+
+    def set_snapshot_file(self, f: Any) -> None:
+        not_yet("task snapshot files (resource monitor snapshots)")
+
+    def add_execution_context(self, f: Any) -> None:
+        not_yet("execution contexts (poncho/starch environments: file kinds)")
+
+    def add_environment(self, f: Any) -> None:
+        not_yet("task environments (poncho/starch packages: file kinds)")
+
+    def add_poncho_package(self, f: Any) -> None:
+        not_yet("poncho packages (file kinds)")
+
+    def add_starch_package(self, f: Any) -> None:
+        not_yet("starch packages (file kinds)")
+
+    def set_library_required(self, name: str) -> None:
+        not_yet("serverless libraries (FunctionCall)")
+
+    def set_library_provided(self, name: str) -> None:
+        not_yet("serverless libraries (LibraryTask)")
+
+    def set_function_slots(self, n: int) -> None:
+        not_yet("serverless libraries (LibraryTask)")
+
+    def get_library_required(self) -> None:
+        return None
+
+    def needs_library(self) -> bool:
+        return False
+
+    def provides_library(self) -> bool:
+        return False
+
+    def addref(self) -> None:
+        """TaskVine keeps a reference count for the C object; kept for compatibility."""
+        self._refs += 1
+
+    def submit_finalize(self) -> None:
+        """Called by ``Manager.submit`` just before the task is queued (subclasses hook it)."""
+
+    @property
+    def manager(self) -> Any:
+        """The Manager the task was submitted to (None before ``submit``)."""
+        return self._manager
 
     # ----- results
     @property
     def output(self) -> Any:
         """stdout and stderr of the command (a PythonTask overrides this)."""
         return self.std_output
+
+    @property
+    def state(self) -> str:
+        """TaskVine's state name: "INITIAL", "READY", "RUNNING", "WAITING_RETRIEVAL",
+        "RETRIEVED" or "DONE" (asks the manager while it holds the task)."""
+        if self._manager is not None and not self._done:
+            self._state = self._manager.task_state(self.id)
+        if self._done:
+            self._state = 5
+        return STATE_NAMES[self._state] if 0 <= self._state < len(STATE_NAMES) else "UNKNOWN"
+
+    def get_metric(self, name: str) -> float:
+        """TaskVine's task metrics: ``time_when_submitted``, ``time_when_done``,
+        ``time_when_commit_start``, ``time_when_commit_end``, ``time_when_retrieval``,
+        ``time_workers_execute_last``, ``time_workers_execute_all``, ``bytes_received``,
+        ``bytes_sent``, ``bytes_transferred`` (times in microseconds since the epoch)."""
+        try:
+            return self._metrics[name]
+        except KeyError:
+            raise ValueError(f"unknown task metric {name!r}; known: "
+                             f"{', '.join(sorted(self._metrics)) or '(none before wait)'}"
+                             ) from None
 
     def successful(self) -> bool:
         """True if the task ran to completion with exit code 0."""
@@ -141,7 +350,12 @@ class Task:
 
 
 class PythonTask(Task):
-    """Run ``fn(*args, **kwargs)`` on a worker, TaskVine's ``PythonTask``."""
+    """Run ``fn(*args, **kwargs)`` on a worker, TaskVine's ``PythonTask``.
+
+    Like TaskVine, the function and its arguments are serialized at ``submit``
+    (so changes to the arguments before then are seen) and the result is read
+    when ``output`` is first used.
+    """
 
     def __init__(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         if not callable(fn):
@@ -149,11 +363,20 @@ class PythonTask(Task):
         name = getattr(fn, "__name__", "function")
         super().__init__(f"python:{name}")
         self.function = fn
-        self.payload = dumps_call(fn, args, kwargs)
+        self._args = args
+        self._kwargs = kwargs
+        self.payload: bytes | None = None
         self.temp_output = False
+        self.output_cache = False
+        self.serialize_output = True
         self.exec_mode = ""
         self._output_file: File | None = None
         self.remote_traceback = ""
+
+    def submit_finalize(self) -> None:
+        """Serialize the function and its arguments (done by ``Manager.submit``)."""
+        if self.payload is None:
+            self.payload = dumps_call(self.function, self._args, self._kwargs)
 
     def set_exec_mode(self, mode: str) -> None:
         """How the worker runs the call: "direct" (a warm executor process, reused; the
@@ -166,16 +389,31 @@ class PythonTask(Task):
         """Keep the return value on the worker; pass ``output_file`` to later tasks."""
         self.temp_output = True
 
+    def disable_temp_output(self) -> None:
+        """Bring the return value back to the manager (the default)."""
+        self.temp_output = False
+
+    def set_output_cache(self, cache: bool = False) -> None:
+        """Keep the result file in the workers' caches for the whole workflow."""
+        self.output_cache = bool(cache)
+
+    def disable_output_serialization(self) -> None:
+        """The function returns bytes, and its result file holds exactly those bytes (so
+        command tasks can read it); ``output`` is then those bytes."""
+        self.serialize_output = False
+
     @property
     def output_file(self) -> File:
-        """The File holding the cloudpickled return value (a temp when temp output is on)."""
+        """The File holding the result (a temp when temp output is on). Created on first
+        use, so ``output_file`` can be handed to a consumer before ``submit``."""
         if self._output_file is None:
             self._output_file = File(FileKind.TEMP)
         return self._output_file
 
     @property
     def output(self) -> Any:
-        """The function's return value, or its exception if it raised."""
+        """The function's return value; the exception it raised; or a
+        ``PythonTaskNoResult`` when the task produced no result."""
         if self.temp_output:
             raise TaskOutputUnavailable(
                 f"task {self.id} keeps its result on the worker (enable_temp_output); "
@@ -184,7 +422,30 @@ class PythonTask(Task):
         return self._output
 
 
-def _nonneg_int(what: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{what} must be a non-negative number, got {value!r}")
+def _amount(what: str, value: int) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    if value == -1:
+        return None  # TaskVine's "unset"
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0 (or -1: unset), got {value!r}")
     return int(value)
+
+
+_SCHEDULERS = ("", "fcfs", "files", "time", "rand", "worst", "disk")
+
+
+def _scheduler_name(s: str | int) -> str:
+    if isinstance(s, int) and not isinstance(s, bool):
+        if not 0 <= s < len(_SCHEDULERS):
+            raise ValueError(f"unknown scheduler number {s}")
+        return _SCHEDULERS[s]
+    name = str(s).lower()
+    if name not in _SCHEDULERS:
+        raise ValueError(f"unknown scheduler {s!r}; use one of {', '.join(_SCHEDULERS[1:])}")
+    return name
+
+
+def now_us() -> float:
+    """Microseconds since the epoch (TaskVine's time unit for metrics)."""
+    return time.time() * 1e6

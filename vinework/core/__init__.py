@@ -43,8 +43,9 @@ from .events import (
 from .records import RunOutcome, RunRecord, TaskRecord, TaskState
 from .replicas import MANAGER, ReplicaState
 from .state import CascadeOverflow, ManagerState
-from .stats import ManagerStats, Tunables
+from .stats import ManagerStats
 from .transitions import VINE_TASK_STATE, InvalidTransition
+from .tunables import Tunables
 
 __all__ = [
     "MANAGER", "VINE_TASK_STATE", "CascadeOverflow", "Command", "DropWorker", "Event",

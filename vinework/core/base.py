@@ -12,11 +12,13 @@ the methods they call across parts are declared here, for type checking only.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..constants import TaskResult
+from ..protocol import TaskDone
 from . import durability as dur
 from .events import (
     Command,
@@ -36,12 +38,13 @@ from .records import (
     WorkerRecord,
 )
 from .replicas import ReplicaTable
-from .stats import ManagerStats, Tunables
+from .stats import ManagerStats
 from .transitions import VINE_TASK_STATE, check_task
+from .tunables import Tunables
 
 RECOVERY_ATTEMPTS = 2  # extra tries of a failed recovery run before its consumers fail
 WORKER_FAULT_ATTEMPTS = 3  # runs that may fail for a worker's sake before the task does
-RETRYABLE_ON_ANOTHER_WORKER = (TaskResult.DISK_EXHAUSTION, TaskResult.FORSAKEN)
+RETRYABLE_ON_ANOTHER_WORKER = (TaskResult.DISK_EXHAUSTION,)
 PLACE_SKIP_MAX = 64  # ready tasks looked at per scheduling pass that do not fit anywhere
 
 
@@ -63,6 +66,15 @@ class CoreBase:
                                          self.stats, self.tune)
         self.now = 0.0
         self.hoisted: list[str] = []
+        # files workers kept from an earlier manager, not declared (yet): name -> {wid: size}
+        self._unclaimed: dict[str, dict[str, int]] = {}
+        self._blocked: dict[str, float] = {}  # host -> until (0: for good)
+        self._released_last = 0  # workers told to go by the last workers_shutdown
+        # resource limits: category ("" = all) -> {"max"|"min": (cores, memory, disk, gpus)}
+        self.limits: dict[str, dict[str, tuple[int | None, ...]]] = {}
+        self._timed: list[tuple[float, int]] = []  # (end_by, task id) heap of deadlines
+        self._deferred = False  # a ready task waits for its start time (set_time_start)
+        self._rng = random.Random(0)  # the "rand" scheduler's (seeded: deterministic core)
         self._seq = 0
         self._events = 0
         self._stim = ""
@@ -136,11 +148,84 @@ class CoreBase:
         if f is not None:
             f.story.append((self.now, text, self._stim))
 
+    def stats_snapshot(self) -> ManagerStats:
+        """A copy of the counters with TaskVine's "now" fields filled in."""
+        st = self.stats.copy()
+        c = self._counts
+        st.tasks_waiting = c[T.WAITING] + c[T.READY]
+        st.tasks_running = c[T.RUNNING]
+        st.tasks_on_workers = c[T.RUNNING] + c[T.STAGING] + c[T.WAITING_RETRIEVAL]
+        st.tasks_with_results = c[T.RETRIEVED]
+        ws = list(self.workers.values())
+        st.workers_busy = sum(1 for w in ws if w.running)
+        st.workers_idle = len(ws) - st.workers_busy
+        big = [0, 0, 0, 0]
+        for t in self.tasks.values():
+            if t.state is T.WAITING or t.state is T.READY:
+                s = t.spec
+                for i, v in enumerate((s.cores, s.memory, s.disk, s.gpus)):
+                    big[i] = max(big[i], v or 0)
+        st.workers_able = sum(1 for w in ws if w.total.cores >= big[0]
+                              and w.total.memory >= big[1] and w.total.disk >= big[2]
+                              and w.total.gpus >= big[3])
+        for r in ("cores", "memory", "disk", "gpus"):
+            tot = [getattr(w.total, r) for w in ws]
+            setattr(st, "total_" + r, sum(tot))
+            setattr(st, "committed_" + r,
+                    sum(getattr(w.total, r) - getattr(w.free, r) for w in ws))
+            setattr(st, "max_" + r, max(tot, default=0))
+            setattr(st, "min_" + r, min(tot, default=0))
+        st.inuse_cache = sum(w.disk_used for w in ws)
+        return st
+
     def hungry(self) -> int:
-        """How many more tasks the manager would take now (TaskVine's ``hungry``)."""
-        waiting = self._counts[T.WAITING] + self._counts[T.READY]
-        cores = sum(w.total.cores for w in self.workers.values() if not w.draining)
-        return max(0, max(self.tune.hungry_minimum, 2 * cores) - waiting)
+        """How many more tasks the manager would take now (TaskVine's ``hungry``).
+
+        At least ``hungry-minimum`` minus the tasks waiting; and, with workers
+        connected, as many tasks of the average size as fit in ``hungry-minimum-factor``
+        times the workers' resources less what running tasks hold, minus the tasks
+        waiting. The average size is that of the waiting tasks (up to
+        ``attempt-schedule-depth`` of them), else that of the running ones, else one
+        core; only the resources they ask for limit the count.
+        """
+        waiting = self._counts[T.WAITING] + self._counts[T.READY] + self._counts[T.STAGING]
+        base = max(0, self.tune.hungry_minimum - waiting)
+        workers = [w for w in self.workers.values() if not w.draining]
+        if not workers:
+            return base
+        factor = self.tune.hungry_minimum_factor
+        total = [0.0, 0.0, 0.0, 0.0]
+        used = [0.0, 0.0, 0.0, 0.0]
+        for w in workers:
+            tot, free = w.total, w.free
+            for i, (a, b) in enumerate(((tot.cores, free.cores), (tot.memory, free.memory),
+                                        (tot.disk, free.disk), (tot.gpus, free.gpus))):
+                total[i] += a
+                used[i] += a - b
+        sample: list[tuple[float, float, float, float]] = []
+        depth = max(1, self.tune.attempt_schedule_depth)
+        for t in self.tasks.values():
+            if t.state is T.WAITING or t.state is T.READY or t.state is T.STAGING:
+                s = t.spec
+                sample.append((s.cores or 0, s.memory or 0, s.disk or 0, s.gpus or 0))
+                if len(sample) >= depth:
+                    break
+        if not sample:
+            for w in workers:
+                for tid in w.running:
+                    al = self.tasks[tid].run.alloc
+                    if al is not None:
+                        sample.append((al.cores, al.memory, al.disk, al.gpus))
+        if not sample:
+            sample = [(1, 0, 0, 0)]
+        fits: list[float] = []
+        for i in range(4):
+            per = sum(x[i] for x in sample) / len(sample)
+            if per > 0:
+                fits.append(max(0.0, factor * total[i] - used[i]) / per)
+        if not fits:
+            fits.append(max(0.0, factor * total[0] - used[0]))
+        return max(base, int(min(fits)) - waiting)
 
     # ================================================================ helpers
     def _log(self, kind: str, *fields: object) -> None:
@@ -188,6 +273,12 @@ class CoreBase:
 
     if TYPE_CHECKING:  # implemented by the parts combined in ManagerState
         def _requeue(self, t: TaskRecord, outcome: RunOutcome, why: str) -> None: ...
+        def _expire(self) -> None: ...
+        def _schedule(self) -> None: ...
+        def _run_lost(self, t: TaskRecord, outcome: RunOutcome, why: str,
+                      result: TaskResult = ..., exit_code: int = -1,
+                      output: str = "") -> None: ...
+        def _settle_report(self, t: TaskRecord, wid: str, d: TaskDone) -> None: ...
         def _end(self, t: TaskRecord, outcome: RunOutcome, result: TaskResult,
                  exit_code: int, output: str, why: str = "") -> None: ...
         def _file_lost(self, name: str, why: str) -> None: ...

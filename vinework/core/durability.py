@@ -49,7 +49,8 @@ from dataclasses import dataclass
 from .fast import T
 from .records import FileRecord, TaskRecord, WorkerRecord
 from .replicas import ReplicaTable
-from .stats import ManagerStats, Tunables
+from .stats import ManagerStats
+from .tunables import Tunables
 
 MB = 1 << 20
 LINEAGE_MAX = 256  # producers looked at when estimating a recomputation

@@ -38,8 +38,16 @@ class TaskSpec:
     disk: int | None = None
     gpus: int | None = None
     priority: float = 0.0
-    max_retries: int = 0
+    retries: int = 0  # runs lost to a worker / resources / transient faults; < 1 = unlimited
+    max_forsaken: int = -1  # times it may be forsaken (not run for the worker's sake); -1 = any
     time_max: float = 0.0
+    time_end: float = 0.0  # epoch seconds: killed at this time by the worker (0: none)
+    end_by: float = 0.0  # the same on the manager's clock: not started after (0: none)
+    start_after: float = 0.0  # on the manager's clock: not started before (0: none)
+    scheduler: str = ""  # worker selection for this task ("" = the manager's)
+    features: tuple[str, ...] = ()  # worker features it needs (worker --feature)
+    env_unset: list[str] = field(default_factory=list)
+    stdout_max: int = 1 << 30
     tag: str | None = None
     category: str = "default"
     python_payload: bytes | None = None
@@ -83,6 +91,7 @@ class WorkerJoined(Event):
     gpus: int
     hostname: str = ""
     cached: list[tuple[str, int]] = field(default_factory=list)
+    features: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, kw_only=True)
@@ -202,6 +211,35 @@ class Tuned(Event):
 
 
 @dataclass(slots=True, kw_only=True)
+class ResourcesLimited(Event):
+    """``set_resources_max/min`` (category "") or ``set_category_resources_max/min``."""
+
+    category: str  # "" = every task
+    which: str  # "max" | "min"
+    cores: int | None = None
+    memory: int | None = None
+    disk: int | None = None
+    gpus: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class HostBlocked(Event):
+    """``block_host`` (``until`` on the manager's clock, 0 = for good) or, with
+    ``blocked=False``, ``unblock_host`` (host "" = every host)."""
+
+    host: str
+    blocked: bool = True
+    until: float = 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class WorkersReleased(Event):
+    """``workers_shutdown(n)``: tell up to ``n`` idle workers (0 = all idle) to exit."""
+
+    count: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
 class HoistRequested(Event):
     """Modules every worker's warm interpreters should import (now and on joining)."""
 
@@ -255,6 +293,9 @@ class TaskReturned(Command):
     python_error: str = ""
     message: str = ""
     python_result_path: str = ""  # a large result retrieved to the staging directory
+    stdout_path: str = ""  # the whole stdout, when too long to come inline
+    measured: tuple[float, ...] = ()  # [wall s, cpu s, max rss MB] of the last run
+    time_dispatched: float = 0.0  # (monotonic) when the last run was sent
     story: tuple[tuple[float, str, str, str], ...] = field(default=(), compare=False)
     stimulus_id: str = field(default="", compare=False)
 

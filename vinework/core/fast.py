@@ -35,6 +35,7 @@ class RO:
     FAILED: Final = RunOutcome.FAILED
     WORKER_FAULT: Final = RunOutcome.WORKER_FAULT
     WORKER_LOST: Final = RunOutcome.WORKER_LOST
+    FORSAKEN: Final = RunOutcome.FORSAKEN
     OUTPUT_LOST: Final = RunOutcome.OUTPUT_LOST
     CANCELLED: Final = RunOutcome.CANCELLED
     INPUT_FAILED: Final = RunOutcome.INPUT_FAILED
@@ -45,6 +46,7 @@ class RK:
 
     TASK_OUTPUT: Final = RetrievalKind.TASK_OUTPUT
     PYTHON_RESULT: Final = RetrievalKind.PYTHON_RESULT
+    STDOUT: Final = RetrievalKind.STDOUT
     FETCH: Final = RetrievalKind.FETCH
     CHECKPOINT: Final = RetrievalKind.CHECKPOINT
 

@@ -59,7 +59,16 @@ class FileLogistics(CoreBase):
             if at_manager:
                 old.at_manager, old.manager_path, old.size = True, s.path, s.size
             return
-        self.files[s.name] = FileRecord(s, s.size, at_manager, s.path if at_manager else None)
+        f = self.files[s.name] = FileRecord(s, s.size, at_manager,
+                                            s.path if at_manager else None)
+        kept = self._unclaimed.pop(s.name, None)
+        if kept:  # workers kept it from an earlier manager: those are copies
+            for wid, size in kept.items():
+                if wid in self.workers:
+                    if f.size < 0:
+                        f.size = size
+                    self.replicas.set_ready(s.name, wid, size)
+            self._file_became_available(s.name)
 
     def _on_file_undeclared(self, ev: FileUndeclared) -> None:
         f = self.files.get(ev.name)
@@ -355,6 +364,19 @@ class FileLogistics(CoreBase):
         if t is None or t.state is not T.WAITING_RETRIEVAL or ev.retrieval_id not in t.retrievals:
             return
         t.retrievals = t.retrievals - {ev.retrieval_id}
+        if r.kind is RK.STDOUT:
+            if w is None:  # its worker left with the outputs: run it again
+                t.retrievals = frozenset()
+                self._requeue(t, RO.OUTPUT_LOST, f"worker {r.worker} left")
+                return
+            self._send(r.worker, Unlink(name=r.name))
+            if ev.ok:
+                t.stdout_path = r.dest
+            else:
+                t.message = f"the task's stdout beyond what came inline was lost: {ev.error}"
+            if t.done is not None:
+                self._settle_report(t, r.worker, t.done)
+            return
         if ev.ok:
             f = self.files.get(r.name)
             if f is not None and r.kind is RK.TASK_OUTPUT:

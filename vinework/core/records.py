@@ -46,6 +46,7 @@ class RunOutcome(Enum):
     FAILED = "failed"  # the task's own failure (exit code, signal, missing output, ...)
     WORKER_FAULT = "worker fault"  # failed for the worker's sake (disk full, worker error)
     WORKER_LOST = "worker lost"  # the worker left (or was drained) while it ran
+    FORSAKEN = "forsaken"  # not run for the worker's sake (it could not set it up)
     OUTPUT_LOST = "output lost"  # ran, but its outputs could not be brought back
     CANCELLED = "cancelled"
     INPUT_FAILED = "input failed"  # an input can never exist (its producer failed)
@@ -87,6 +88,7 @@ class TaskRecord:
     hostname: str = ""
     python_result: bytes | None = None
     result_path: str = ""
+    stdout_path: str = ""  # a long stdout retrieved to the staging directory
     unplaceable_since: float = -1.0  # when no connected worker could ever run it
     unplaceable_noted: bool = False
 
@@ -145,12 +147,16 @@ class WorkerRecord:
     bytes_in: int = 0
     bytes_out: int = 0
     tasks_done: int = 0
+    features: frozenset[str] = frozenset()
+    started: float = 0.0  # when it joined (manager's clock)
+    exec_seconds: float = 0.0  # run time of the tasks it finished (the "time" scheduler)
 
 
 class RetrievalKind(Enum):
     __hash__ = object.__hash__  # members are singletons: hash by identity (hot path)
     TASK_OUTPUT = "task"  # a task's output file, to its path at the manager
     PYTHON_RESULT = "python"  # a large PythonTask result, to the staging directory
+    STDOUT = "stdout"  # a task's long stdout, to the staging directory
     FETCH = "fetch"  # fetch_file, or a temp on its way through the manager
     CHECKPOINT = "checkpoint"  # a durability checkpoint (or a drain with no peer room)
 

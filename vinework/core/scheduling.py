@@ -3,13 +3,19 @@
 Resource rule (TaskVine's): a task that declares no resources takes a whole
 worker. A task that declares some gets, for each one it left out, the same
 fraction of the worker as the largest fraction it asked for (at least one core).
-Placement: among workers where the task fits, prefer the one that already
-holds the most bytes of the task's inputs, then the least loaded one.
+Placement (TaskVine's scheduler modes): "files", the default, prefers among
+workers where the task fits the one that already holds the most bytes of the
+task's inputs, then the least loaded one; "fcfs" takes the first that fits (in
+the order workers joined); "worst" the one with the most free resources;
+"disk" the one with the most free disk; "time" the one whose tasks ran fastest
+so far; "rand" a random one (drawn from the core's own seeded generator, so the
+core stays deterministic).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -89,20 +95,30 @@ class Candidate(NamedTuple):
     total: Resources
     free: Resources
     running: int
+    avg_seconds: float = 0.0  # mean run time of the tasks it finished ("time" mode)
+
+
+SCHEDULER_MODES = ("files", "fcfs", "worst", "disk", "time", "rand")
 
 
 def choose_worker(
     candidates: Iterable[Candidate],
     declared: tuple[int | None, int | None, int | None, int | None],
     input_bytes_at: Mapping[str, int],
+    mode: str = "files",
+    rng: random.Random | None = None,
 ) -> tuple[str, Resources] | None:
     """The best worker for a task and what it would take there, or None if none fits.
 
     Args:
-        candidates: connected workers with their free resources.
+        candidates: connected workers with their free resources (in the order they joined).
         declared: the task's (cores, memory, disk, gpus), None where not declared.
         input_bytes_at: bytes of the task's inputs already cached, by worker id.
+        mode: one of ``SCHEDULER_MODES`` (see the module docstring).
+        rng: the generator "rand" draws from.
     """
+    if mode != "files" and mode in SCHEDULER_MODES:
+        return _choose_by_mode(candidates, declared, mode, rng)
     best: tuple[tuple[int, int, float], str, Resources] | None = None
     for c in candidates:
         alloc = task_allocation(c.total, *declared)
@@ -115,6 +131,33 @@ def choose_worker(
     if best is None:
         return None
     return best[1], best[2]
+
+
+def _choose_by_mode(
+    candidates: Iterable[Candidate],
+    declared: tuple[int | None, int | None, int | None, int | None],
+    mode: str,
+    rng: random.Random | None,
+) -> tuple[str, Resources] | None:
+    fits: list[tuple[Candidate, Resources]] = []
+    for c in candidates:
+        alloc = task_allocation(c.total, *declared)
+        if alloc.fits_in(c.free):
+            if mode == "fcfs":
+                return c.worker_id, alloc
+            fits.append((c, alloc))
+    if not fits:
+        return None
+    if mode == "rand":
+        c, alloc = fits[(rng or random.Random(0)).randrange(len(fits))]
+    elif mode == "worst":
+        c, alloc = max(fits, key=lambda p: (p[0].free.cores, p[0].free.memory,
+                                            p[0].free.disk, p[0].free.gpus))
+    elif mode == "disk":
+        c, alloc = max(fits, key=lambda p: p[0].free.disk)
+    else:  # "time"
+        c, alloc = min(fits, key=lambda p: p[0].avg_seconds)
+    return c.worker_id, alloc
 
 
 def could_ever_fit(

@@ -56,8 +56,10 @@ from .events import (
     FileReleased,
     FileUndeclared,
     HoistRequested,
+    HostBlocked,
     ReplicaFailed,
     ReplicaReady,
+    ResourcesLimited,
     RetrievalDone,
     TaskCancelled,
     TaskCollected,
@@ -69,6 +71,7 @@ from .events import (
     WorkerJoined,
     WorkerLeaving,
     WorkerLeft,
+    WorkersReleased,
 )
 from .files import FileLogistics
 from .tasks import TaskLifecycle
@@ -182,4 +185,7 @@ _HANDLERS: dict[type[Event], Callable[[ManagerState, Any], None]] = {
     Tick: ManagerState._on_tick,
     Tuned: ManagerState._on_tuned,
     HoistRequested: ManagerState._on_hoist,
+    ResourcesLimited: ManagerState._on_resources_limited,
+    HostBlocked: ManagerState._on_host_blocked,
+    WorkersReleased: ManagerState._on_workers_released,
 }

@@ -21,13 +21,52 @@ from typing import Any
 class ManagerStats:
     """A snapshot of what the manager has done (all counters since start)."""
 
+    # TaskVine's names and meanings (vine_stats)
     tasks_submitted: int = 0
-    tasks_done: int = 0
-    tasks_failed: int = 0
-    tasks_recovery: int = 0
+    tasks_done: int = 0  # finished and handed back, failures included
+    tasks_failed: int = 0  # finished with a result other than "success"
+    tasks_cancelled: int = 0
+    tasks_dispatched: int = 0  # runs sent to workers
+    tasks_exhausted_attempts: int = 0  # runs that exhausted their resources
+    tasks_waiting: int = 0  # (now) not yet on a worker
+    tasks_on_workers: int = 0  # (now) staging or running on a worker
+    tasks_running: int = 0  # (now) running on a worker
+    tasks_with_results: int = 0  # (now) finished, not yet returned by wait()
     workers_connected: int = 0
+    workers_init: int = 0
+    workers_idle: int = 0  # (now) connected and running nothing
+    workers_busy: int = 0  # (now) running at least one task
+    workers_able: int = 0  # (now) able to run the largest waiting task
     workers_joined: int = 0
+    workers_removed: int = 0
+    workers_released: int = 0  # asked to leave (workers_shutdown, drains)
+    workers_idled_out: int = 0
+    workers_slow: int = 0
+    workers_blocked: int = 0
     workers_lost: int = 0
+    time_when_started: int = 0  # microseconds since the epoch
+    time_workers_execute: int = 0  # microseconds of task runs, all outcomes
+    time_workers_execute_good: int = 0  # microseconds of runs that succeeded
+    bandwidth: float = 0.0  # MB/s of the manager's own transfers
+    total_cores: int = 0
+    total_memory: int = 0
+    total_disk: int = 0
+    total_gpus: int = 0
+    committed_cores: int = 0
+    committed_memory: int = 0
+    committed_disk: int = 0
+    committed_gpus: int = 0
+    max_cores: int = 0
+    max_memory: int = 0
+    max_disk: int = 0
+    max_gpus: int = 0
+    min_cores: int = 0
+    min_memory: int = 0
+    min_disk: int = 0
+    min_gpus: int = 0
+    inuse_cache: int = 0  # bytes in the workers' caches
+    # vinework's own
+    tasks_recovery: int = 0
     bytes_sent: int = 0  # files, manager -> workers
     bytes_received: int = 0  # files and inline results, workers -> manager
     bytes_received_files: int = 0  # retrievals: outputs, fetch_file, checkpoints
@@ -49,65 +88,3 @@ class ManagerStats:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# name -> (attribute, converter); TaskVine's names are accepted as aliases
-_KNOBS: dict[str, tuple[str, Any]] = {
-    "keepalive-interval": ("keepalive_interval", float),
-    "keepalive-timeout": ("keepalive_timeout", float),
-    "worker-source-max-transfers": ("transfer_source_max", int),
-    "transfer-source-max": ("transfer_source_max", int),
-    "file-source-max-transfers": ("transfer_source_max", int),
-    "transfer-avoid-seconds": ("transfer_avoid_seconds", float),
-    "temp-replica-count": ("temp_replica_count", int),
-    "durability": ("durability", str),
-    "checkpoint-dir": ("checkpoint_dir", str),
-    "validate": ("validate", bool),
-    "unplaceable-hint-delay": ("unplaceable_hint_delay", float),
-    "no-worker-hint-delay": ("no_worker_hint_delay", float),
-    "hungry-minimum": ("hungry_minimum", int),
-    "python-exec": ("python_exec", str),
-    "peer-transfers": ("peer_transfers", bool),
-}
-
-
-@dataclass(slots=True)
-class Tunables:
-    """Everything ``Manager.tune`` can change."""
-
-    keepalive_interval: float = 5.0
-    keepalive_timeout: float = 30.0
-    transfer_source_max: int = 3
-    transfer_avoid_seconds: float = 10.0
-    temp_replica_count: int = 1
-    durability: str = "auto"  # "auto" (default) | "manual"
-    checkpoint_dir: str = ""
-    validate: bool = False  # check every invariant after every event (slow; for debugging)
-    unplaceable_hint_delay: float = 5.0  # say why a task no worker can run waits, after this
-    no_worker_hint_delay: float = 10.0  # hint that no worker is connected, after this
-    hungry_minimum: int = 10
-    peer_transfers: bool = True
-    python_exec: str = "direct"  # "direct": warm executors; "fork": a forked child per call
-
-    @staticmethod
-    def names() -> list[str]:
-        return sorted(_KNOBS)
-
-    def set(self, name: str, value: object) -> None:
-        """Set a knob by its name; an unknown name or a bad value raises ValueError."""
-        if name not in _KNOBS:
-            raise ValueError(f"unknown tunable {name!r}; known: {', '.join(self.names())}")
-        attr, conv = _KNOBS[name]
-        try:
-            v = conv(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"bad value {value!r} for tunable {name!r}") from None
-        if attr == "python_exec" and v not in ("direct", "fork"):
-            raise ValueError("python-exec must be 'direct' or 'fork'")
-        if attr == "durability" and v not in ("manual", "auto"):
-            raise ValueError("durability must be 'manual' or 'auto'")
-        if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
-            raise ValueError(f"tunable {name!r} must be >= 0")
-        if attr == "temp_replica_count" and v < 1:
-            raise ValueError("temp-replica-count must be >= 1")
-        setattr(self, attr, v)

@@ -30,10 +30,12 @@ from .base import (
 )
 from .events import (
     FetchDone,
+    ResourcesLimited,
     TaskCancelled,
     TaskCollected,
     TaskReported,
     TaskReturned,
+    TaskSpec,
     TaskSubmitted,
 )
 from .fast import RK, RO, RS, TR, T
@@ -93,6 +95,22 @@ class TaskLifecycle(CoreBase):
         t.runs.append(r)
         self._wait_or_ready(t, why)
 
+    def _run_lost(self, t: TaskRecord, outcome: RunOutcome, why: str,
+                  result: TaskResult = TR.MAX_RETRIES, exit_code: int = -1,
+                  output: str = "") -> None:
+        """A run lost for the worker's sake (TaskVine's retries: worker loss, resource
+        exhaustion, transient faults): run again, unless ``set_retries(n)`` is spent —
+        then the task ends with ``result`` (MAX_RETRIES for a lost worker)."""
+        n = t.spec.retries
+        if n >= 1 and not t.run.recovery and t.runs:
+            charged = 1 + sum(1 for r in t.runs if not r.recovery and r.outcome in
+                              (RO.WORKER_LOST, RO.WORKER_FAULT))
+            if charged > n:
+                t.message = f"{why} (tried {len(t.runs)} times; set_retries({n}))"
+                self._end(t, outcome, result, exit_code, output, why)
+                return
+        self._requeue(t, outcome, why)
+
     def _end(self, t: TaskRecord, outcome: RunOutcome, result: TaskResult, exit_code: int,
              output: str, why: str = "") -> None:
         """A run is over for good: settle the task (RETRIEVED, or back where a recovery
@@ -120,10 +138,11 @@ class TaskLifecycle(CoreBase):
         t.result, t.exit_code, t.output = result, exit_code, output
         self._transition(t, T.RETRIEVED, why or str(result))
         self._unreturned -= 1
-        if ok:
-            self.stats.tasks_done += 1
-        else:
+        self.stats.tasks_done += 1
+        if result is not TR.SUCCESS:
             self.stats.tasks_failed += 1
+            if result is TR.CANCELLED:
+                self.stats.tasks_cancelled += 1
         d = t.done
         self._out.append(TaskReturned(
             task_id=t.spec.task_id, result=int(result), exit_code=exit_code, output=output,
@@ -131,10 +150,12 @@ class TaskLifecycle(CoreBase):
             start=d.start if d else 0.0, end=d.end if d else 0.0, attempts=len(t.runs),
             python_result=t.python_result, python_error=d.python_error if d else "",
             message=t.message or (d.message if d else ""), python_result_path=t.result_path,
+            stdout_path=t.stdout_path, measured=tuple(d.measured) if d else (),
             story=tuple(t.story), stimulus_id=self._stim,
         ))
         t.python_result = None
         t.result_path = ""
+        t.stdout_path = ""
         t.done = None
         t.output = ""
 
@@ -350,6 +371,8 @@ class TaskLifecycle(CoreBase):
             f.consumers[s.task_id] = None
             f.readers += 1
         t.story.append((self.now, "", T.INITIAL.value, self._stim))
+        if s.end_by:
+            heapq.heappush(self._timed, (s.end_by, s.task_id))
         self._log("TASK", s.task_id, "SUBMITTED", "-", 0, s.command[:80])
         self._new_run(t)
         self._wait_or_ready(t)
@@ -393,11 +416,41 @@ class TaskLifecycle(CoreBase):
         self._free(t)
         run = t.run
         run.seconds = max(0.0, d.end - d.start)
+        w.exec_seconds += run.seconds
+        self.stats.time_workers_execute += int(run.seconds * 1e6)
+        if d.result == 0 and d.exit_code == 0:
+            self.stats.time_workers_execute_good += int(run.seconds * 1e6)
+        elif d.result == TR.RESOURCE_EXHAUSTION:
+            self.stats.tasks_exhausted_attempts += 1
         self.durability.task_ran(run.seconds)
         t.done, t.done_worker, t.hostname = d, ev.worker_id, w.hostname
+        if d.stdout_file and not run.recovery:
+            # a long stdout comes as a file: bring it back before settling the task
+            self._transition(t, T.WAITING_RETRIEVAL, "stdout")
+            t.retrievals = frozenset({self._start_retrieval(
+                d.stdout_file, ev.worker_id, posixpath.join(self.staging_dir, d.stdout_file),
+                RK.STDOUT, t.spec.task_id)})
+            return
+        if d.stdout_file:
+            self._send(ev.worker_id, Unlink(name=d.stdout_file))
+        self._settle_report(t, ev.worker_id, d)
+
+    def _settle_report(self, t: TaskRecord, wid: str, d: TaskDone) -> None:
+        """What a finished run's report means: failure handling, or its outputs."""
         result = TaskResult(d.result) if d.result in TaskResult._value2member_map_ \
             else TR.UNKNOWN
-        if not (result is TR.SUCCESS and d.exit_code == 0):
+        complete = _all_outputs(t.spec.outputs, d.outputs)
+        command = t.spec.python_payload is None
+        if result is TR.SUCCESS and not complete and command:
+            result = TR.OUTPUT_MISSING  # TaskVine: whatever the exit code
+        # A command that exits non-zero but made every output completes (TaskVine:
+        # "success" with that exit code, outputs kept); a recovery run must exit 0.
+        counts = result is TR.SUCCESS and (d.exit_code == 0 or (
+            command and not t.run.recovery))
+        if not counts:
+            for name, _ in d.outputs:  # what the run made will not be used
+                if self.replicas.state(name, wid) is None:
+                    self._send(wid, Unlink(name=name))
             self._task_failed(t, result, d)
             return
         for name, size in d.outputs:
@@ -406,46 +459,64 @@ class TaskLifecycle(CoreBase):
             f.failed_producer = None
             if f.pruned and f.released and f.spec.kind == "temp":
                 f.pruned = False  # remade by a recovery run
-            self.replicas.set_ready(name, ev.worker_id, size)
-            self.durability.produced(name, ev.worker_id, t)
+            self.replicas.set_ready(name, wid, size)
+            self.durability.produced(name, wid, t)
         t.python_result = d.python_result
-        if not run.recovery:
+        if not t.run.recovery:
             for name, _ in t.spec.outputs:
                 f = self.files[name]
                 if f.spec.kind == "file" and f.spec.path:
                     t.retrievals |= {self._start_retrieval(
-                        name, ev.worker_id, f.spec.path, RK.TASK_OUTPUT,
+                        name, wid, f.spec.path, RK.TASK_OUTPUT,
                         t.spec.task_id)}
             if t.spec.python_payload is not None and not t.spec.temp_output \
                     and d.python_result is None:
                 pyout = f"pyout-{t.spec.task_id}-{t.attempt}"
                 if any(n == pyout for n, _ in d.outputs):
                     t.retrievals |= {self._start_retrieval(
-                        pyout, ev.worker_id, posixpath.join(self.staging_dir, pyout),
+                        pyout, wid, posixpath.join(self.staging_dir, pyout),
                         RK.PYTHON_RESULT, t.spec.task_id)}
         for name, _ in d.outputs:
             self._file_became_available(name)
             self._drain_saved(name)
         if t.retrievals:
-            self._transition(t, T.WAITING_RETRIEVAL)
+            if t.state is not T.WAITING_RETRIEVAL:
+                self._transition(t, T.WAITING_RETRIEVAL)
         else:
             self._end(t, RO.SUCCEEDED, TR.SUCCESS, d.exit_code, d.output)
 
     def _task_failed(self, t: TaskRecord, result: TaskResult, d: TaskDone) -> None:
+        if result is TR.FORSAKEN:
+            # not run, for the worker's sake: again elsewhere, without limit unless
+            # set_max_forsaken(n) (TaskVine's rule)
+            m = t.spec.max_forsaken
+            if m < 0 or t.count(RO.FORSAKEN) < m:
+                avoid = t.avoid | {t.done_worker}
+                if all(w in avoid for w in self.workers):
+                    avoid = frozenset()  # every worker forsook it: try them all again
+                t.avoid = frozenset(avoid)
+                self._requeue(t, RO.FORSAKEN,
+                              f"forsaken on {t.done_worker}: {d.message[:120]}")
+                return
+            t.message = f"forsaken {m + 1} times: {d.message}"
+            self._end(t, RO.FORSAKEN, TR.FORSAKEN, -1, d.output)
+            return
         if result in RETRYABLE_ON_ANOTHER_WORKER \
                 and t.count(RO.WORKER_FAULT) < WORKER_FAULT_ATTEMPTS:
             t.avoid |= {t.done_worker}  # it failed there for the worker's sake: go elsewhere
-            self._requeue(t, RO.WORKER_FAULT,
-                          f"retry: {result} on {t.done_worker}: {d.message[:120]}")
+            self._run_lost(t, RO.WORKER_FAULT,
+                           f"retry: {result} on {t.done_worker}: {d.message[:120]}",
+                           result, d.exit_code, d.output)
+            return
+        if result is TR.RESOURCE_EXHAUSTION and not t.run.recovery:
+            self._run_lost(t, RO.WORKER_FAULT, f"resource exhaustion: {d.message[:120]}",
+                           result, d.exit_code, d.output)
             return
         if t.run.recovery:
             if t.count(RO.FAILED, recovery=True) < RECOVERY_ATTEMPTS:
                 # a recovery run has its own budget: the user's retries are not charged
                 self._requeue(t, RO.FAILED, f"retry recovery: {result} exit {d.exit_code}")
                 return
-        elif t.count(RO.FAILED, recovery=False) < t.spec.max_retries:
-            self._requeue(t, RO.FAILED, f"retry: {result} exit {d.exit_code}")
-            return
         t.message = d.message
         t.python_result = d.python_result  # a PythonTask's pickled exception
         self._end(t, RO.FAILED, result, d.exit_code, d.output)
@@ -453,6 +524,8 @@ class TaskLifecycle(CoreBase):
     # ================================================================ dispatch
     def _schedule(self) -> None:
         if not self._ready or not self.workers:
+            return
+        if len(self.workers) < self.tune.wait_for_workers:
             return
         skipped: list[tuple[float, int, int]] = []
         workers = self.workers
@@ -464,6 +537,10 @@ class TaskLifecycle(CoreBase):
             t = self.tasks.get(item[2])
             if t is None or t.state is not T.READY:
                 continue
+            if t.spec.start_after and t.spec.start_after > self.now:
+                skipped.append(item)  # not yet (set_time_start): a Tick tries again
+                self._deferred = True
+                continue
             if not self._place(t):
                 skipped.append(item)
                 if len(skipped) > PLACE_SKIP_MAX:
@@ -471,9 +548,55 @@ class TaskLifecycle(CoreBase):
         for item in skipped:
             heapq.heappush(self._ready, item)
 
+    def _declared(self, s: TaskSpec) -> tuple[int | None, int | None, int | None, int | None]:
+        """What a task asks for: its own numbers; where it set none, its category's
+        maximum, else the manager's (set_resources_max); raised to the minimums."""
+        d = [s.cores, s.memory, s.disk, s.gpus]
+        limits = self.limits
+        for key in (s.category, ""):
+            lim = limits.get(key)
+            if lim is None:
+                continue
+            mx = lim.get("max")
+            if mx is not None:
+                for i in range(4):
+                    if d[i] is None and mx[i] is not None:
+                        d[i] = mx[i]
+        for key in ("", s.category):
+            lim = limits.get(key)
+            mn = lim.get("min") if lim is not None else None
+            if mn is not None:
+                for i in range(4):
+                    v = d[i]
+                    if v is not None and mn[i] is not None and v < mn[i]:  # type: ignore[operator]
+                        d[i] = mn[i]
+        return d[0], d[1], d[2], d[3]
+
+    def _on_resources_limited(self, ev: ResourcesLimited) -> None:
+        vals = (ev.cores, ev.memory, ev.disk, ev.gpus)
+        self.limits.setdefault(ev.category, {})[ev.which] = vals
+        self._log("CATEGORY", ev.category or "*", ev.which.upper(), *vals)
+        for tid in self._unplaceable:  # a limit may make them placeable
+            u = self.tasks.get(tid)
+            if u is not None:
+                u.unplaceable_since = -1.0
+        self._unplaceable.clear()
+
+    def _expire(self) -> None:
+        """Tasks whose end time (set_time_end) passed before they could start."""
+        timed = self._timed
+        while timed and timed[0][0] <= self.now:
+            _, tid = heapq.heappop(timed)
+            t = self.tasks.get(tid)
+            if t is None or t.run.recovery or t.state not in (T.WAITING, T.READY, T.STAGING):
+                continue
+            t.message = "its end time (set_time_end) passed before it could start"
+            self._end(t, RO.FAILED, TR.MAX_END_TIME, -1, "", "end time passed")
+
     def _place(self, t: TaskRecord) -> bool:
         s = t.spec
-        declared = (s.cores, s.memory, s.disk, s.gpus)
+        declared = (s.cores, s.memory, s.disk, s.gpus) if not self.limits \
+            else self._declared(s)
         input_bytes: dict[str, int] = {}
         for name, _ in s.inputs:
             size = max(0, self.files[name].size)
@@ -481,14 +604,19 @@ class TaskLifecycle(CoreBase):
                 input_bytes[holder] = input_bytes.get(holder, 0) + size + 1
         avoid = t.avoid
         can_host = self.durability.can_host
-        cands = [Candidate(w.worker_id, w.total, w.free, len(w.running))
+        feats = s.features
+        mode = s.scheduler or self.tune.scheduler
+        cands = [Candidate(w.worker_id, w.total, w.free, len(w.running),
+                           w.exec_seconds / w.tasks_done if w.tasks_done else 0.0)
                  for w in self.workers.values()
                  if not w.draining and (not avoid or w.worker_id not in avoid)
-                 and (not s.inputs or can_host(w, t))]
-        choice = choose_worker(cands, declared, input_bytes)
+                 and (not s.inputs or can_host(w, t))
+                 and (not feats or w.features.issuperset(feats))]
+        choice = choose_worker(cands, declared, input_bytes, mode, self._rng)
         if choice is None:
             if t.unplaceable_since < 0 and not could_ever_fit(
-                    (w.total for w in self.workers.values() if not w.draining), declared):
+                    (w.total for w in self.workers.values() if not w.draining
+                     and (not feats or w.features.issuperset(feats))), declared):
                 t.unplaceable_since = self.now
                 self._unplaceable[s.task_id] = None
             return False
@@ -528,6 +656,16 @@ class TaskLifecycle(CoreBase):
             cores=a.cores, memory=a.memory, disk=a.disk, gpus=a.gpus, time_max=s.time_max,
             python_payload=s.python_payload, python_output=py_out,
             python_mode=(s.python_mode or self.tune.python_exec) if s.python_payload else "",
-            python_keep=s.temp_output,
+            python_keep=s.temp_output, time_end=s.time_end, env_unset=s.env_unset,
+            stdout_max=self.tune.stdout_max,
         ))
+        self.stats.tasks_dispatched += 1
         self._transition(t, T.RUNNING, t.worker or "")
+
+
+def _all_outputs(declared: list[tuple[str, str]], made: list[tuple[str, int]]) -> bool:
+    """True when the worker reported every declared output."""
+    if not declared:
+        return True
+    got = {n for n, _ in made}
+    return all(n in got for n, _ in declared)

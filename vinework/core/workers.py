@@ -27,6 +27,7 @@ from .base import (
 from .events import (
     DropWorker,
     HoistRequested,
+    HostBlocked,
     Notice,
     Tick,
     Tuned,
@@ -34,6 +35,7 @@ from .events import (
     WorkerJoined,
     WorkerLeaving,
     WorkerLeft,
+    WorkersReleased,
 )
 from .fast import RO, RS, T
 from .records import (
@@ -47,9 +49,19 @@ class WorkerLifecycle(CoreBase):
 
     # ================================================================ workers
     def _on_worker_joined(self, ev: WorkerJoined) -> None:
+        refuse = ""
+        if self._is_blocked(ev.host, ev.hostname):
+            refuse = "its host is blocked"
+        elif 0 <= self.tune.max_workers <= len(self.workers):
+            refuse = f"max-workers ({self.tune.max_workers}) are connected"
+        if refuse:
+            self._log("WORKER", ev.worker_id, "REFUSED", refuse)
+            self._out.append(DropWorker(ev.worker_id, refuse, self._stim))
+            return
         total = Resources(ev.cores, ev.memory, ev.disk, ev.gpus)
         w = WorkerRecord(ev.worker_id, ev.host, ev.transfer_port, ev.hostname, total,
-                         Resources(ev.cores, ev.memory, ev.disk, ev.gpus), last_heard=self.now)
+                         Resources(ev.cores, ev.memory, ev.disk, ev.gpus), last_heard=self.now,
+                         features=frozenset(ev.features), started=self.now)
         self.workers[ev.worker_id] = w
         self.stats.workers_connected += 1
         self.stats.workers_joined += 1
@@ -64,6 +76,11 @@ class WorkerLifecycle(CoreBase):
                     f.size = size
                 self.replicas.set_ready(name, ev.worker_id, size)
                 self._file_became_available(name)
+            elif f is None and not name.startswith(("temp-", "pyout-", "stdout-")):
+                # kept by the worker from an earlier manager (cache level worker/forever):
+                # it counts as a copy once a file of that name is declared (a temp never
+                # outlives its manager: one we do not know is garbage)
+                self._unclaimed.setdefault(name, {})[ev.worker_id] = size
             else:
                 self._send(ev.worker_id, Unlink(name=name))
         for tid in self._unplaceable:  # a bigger worker may make them placeable
@@ -86,6 +103,7 @@ class WorkerLifecycle(CoreBase):
         if w is None:
             return
         self.stats.workers_connected -= 1
+        self.stats.workers_removed += 1
         if not w.draining or self._drain_wait.get(wid):
             self.stats.workers_lost += 1  # a drained worker left as agreed: not a loss
         self._drain_wait.pop(wid, None)
@@ -118,7 +136,7 @@ class WorkerLifecycle(CoreBase):
                 self._later(self._file_lost, name, f"last copy was on {wid}")
         for tid in forsaken:  # after the losses, so a recovery is logged after its loss
             t = self.tasks[tid]
-            self._later(self._requeue, t, RO.WORKER_LOST, f"worker lost: {reason}")
+            self._later(self._run_lost, t, RO.WORKER_LOST, f"worker lost: {reason}")
         self.durability.worker_lost(wid, names)
 
     def _on_worker_leaving(self, ev: WorkerLeaving) -> None:
@@ -188,6 +206,11 @@ class WorkerLifecycle(CoreBase):
             for wid in self.workers:
                 self._send(wid, Heartbeat(seq=self._heartbeat_seq))
         self._retry_unsourced()
+        if self._timed and self._timed[0][0] <= self.now:
+            self._expire()
+        if self._deferred:
+            self._deferred = False
+            self._schedule()
         self._explain_waits()
         self._compact()
 
@@ -237,6 +260,52 @@ class WorkerLifecycle(CoreBase):
                 self._log("TASK", s.task_id, "UNPLACEABLE", "-", t.attempt, t.message)
 
     # ================================================================ misc
+    # ================================================================ blocking, releasing
+    def _is_blocked(self, host: str, hostname: str) -> bool:
+        for h in (host, hostname):
+            until = self._blocked.get(h)
+            if until is not None:
+                if until == 0 or until > self.now:
+                    return True
+                del self._blocked[h]
+        return False
+
+    def _on_host_blocked(self, ev: HostBlocked) -> None:
+        if not ev.blocked:
+            if ev.host:
+                self._blocked.pop(ev.host, None)
+            else:
+                self._blocked.clear()
+            self._log("MANAGER", "UNBLOCK", ev.host or "*")
+            return
+        self._blocked[ev.host] = ev.until
+        self.stats.workers_blocked += 1
+        self._log("MANAGER", "BLOCK", ev.host, ev.until)
+        for w in list(self.workers.values()):
+            if ev.host in (w.host, w.hostname):
+                why = f"host {ev.host} blocked"
+                self._send(w.worker_id, Shutdown(reason=why))
+                self._out.append(DropWorker(w.worker_id, why, self._stim))
+                self._worker_gone(w.worker_id, why)
+
+    def _on_workers_released(self, ev: WorkersReleased) -> None:
+        n = 0
+        for w in list(self.workers.values()):
+            if ev.count and n >= ev.count:
+                break
+            if w.running or w.draining:
+                continue
+            if any(self.replicas.count_ready(name) == 1 and self.files.get(name) is not None
+                   and self.files[name].spec.kind == "temp" and not self.files[name].at_manager
+                   for name in self.replicas.files_on(w.worker_id)):
+                continue  # it holds the only copy of a temp: keep it
+            n += 1
+            self.stats.workers_released += 1
+            self._send(w.worker_id, Shutdown(reason="workers_shutdown"))
+            self._out.append(DropWorker(w.worker_id, "released", self._stim))
+            self._worker_gone(w.worker_id, "released by workers_shutdown")
+        self._released_last = n
+
     def _on_tuned(self, ev: Tuned) -> None:
         self.tune.set(ev.name, ev.value)
         self._log("MANAGER", "TUNE", ev.name, ev.value)

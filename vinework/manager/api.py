@@ -10,82 +10,122 @@ bargain: the Task objects submitted and not yet returned by ``wait()``, which
 makes ``empty()`` exact. A Task's result fields are filled in on the loop
 thread before ``wait()`` can return it. If the core fails, every later call
 that needs it raises the ``ManagerError`` the shell recorded.
+
+The Manager is made of parts (``base.py`` explains): files (``declare.py``),
+controls (``control.py``), information (``info.py``); this module holds the
+constructor, submitting, waiting and cancelling.
 """
 
 from __future__ import annotations
 
 import collections
-import datetime
+import json
 import logging
 import os
 import threading
 import time
-import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
 
-from ..constants import (
-    VINE_DEFAULT_PORT,
-    VINE_TASK_DONE,
-    VINE_TASK_INITIAL,
-    CacheLevel,
-    TaskResult,
-    cache_level,
-)
-from ..core import (
-    Event,
-    FetchDone,
-    FetchRequested,
-    FileDeclared,
-    FileReleased,
-    FileSpec,
-    FileUndeclared,
-    HoistRequested,
-    ManagerState,
-    ManagerStats,
-    TaskCancelled,
-    TaskCollected,
-    TaskReturned,
-    TaskSpec,
-    TaskSubmitted,
-    Tunables,
-    Tuned,
-)
-from ..file import File, FileKind
-from ..task import PythonTask, RemoteTaskError, Task
+from .._later import not_yet
+from ..constants import VINE_DEFAULT_PORT, VINE_TASK_DONE, VINE_TASK_INITIAL, TaskResult
+from ..constants import result_string as _result_string
+from ..core import ManagerState, TaskCancelled, TaskCollected, TaskReturned, TaskSpec, TaskSubmitted
+from ..core.tunables import Tunables
+from ..file import FileKind
+from ..task import PythonTask, PythonTaskNoResult, RemoteTaskError, ResourceSummary, Task
 from ..txnlog import TxnLog
-from .errors import ManagerError
+from .control import ControlMethods
+from .declare import FileMethods
+from .info import InfoMethods
+from .rundir import RunInfo
 from .server import ManagerServer
 
 log = logging.getLogger("vinework.manager")
 
+WAIT_FOREVER_NAMES = ("wait_forever", "forever")
 
-class Manager:
+
+def _ports(port: int | tuple[int, int] | list[int]) -> int | tuple[int, int]:
+    """TaskVine's port forms: an int (0 = any; with TCP_LOW_PORT/TCP_HIGH_PORT set, any
+    in that range), or a (low, high) tuple or list, which also sets those variables."""
+    if isinstance(port, tuple | list):
+        if len(port) != 2:
+            raise ValueError(f"a port range is (low, high), got {port!r}")
+        lo, hi = int(port[0]), int(port[1])
+        os.environ["TCP_LOW_PORT"], os.environ["TCP_HIGH_PORT"] = str(lo), str(hi)
+        return lo, hi
+    p = int(port)
+    if p == 0 and os.environ.get("TCP_LOW_PORT") and os.environ.get("TCP_HIGH_PORT"):
+        return int(os.environ["TCP_LOW_PORT"]), int(os.environ["TCP_HIGH_PORT"])
+    return p
+
+
+def _timeout(timeout: Any) -> float | None:
+    """TaskVine's wait timeouts: "wait_forever", -1 (or None) wait forever; 0 polls; any
+    other negative number means 5 s; seconds may be fractional."""
+    if timeout is None or (isinstance(timeout, str) and timeout in WAIT_FOREVER_NAMES):
+        return None
+    t = float(timeout)
+    if t == -1:
+        return None
+    return 5.0 if t < 0 else t
+
+
+class Manager(FileMethods, ControlMethods, InfoMethods):
     """Schedules tasks on connected workers; TaskVine's ``Manager``.
 
     Args:
-        port: 9123 by default; 0 picks any free port; a (low, high) tuple picks
+        port: 9123 by default; 0 picks any free port; a (low, high) tuple or list picks
             the first free port in that range.
-        name: a project name, shown to workers and in logs.
-        run_info_path: where per-run directories (transaction log, staging) go.
-        staging_path: where the manager keeps buffers, fetched and checkpointed files
-            (default: inside this run's directory).
+        name: a project name, shown in logs and status (no catalog is contacted).
+        shutdown: tell the workers to exit when the manager closes. False by default, as
+            TaskVine: workers wait for the next manager on the same address and keep
+            the files cached at the "worker" and "forever" levels.
+        run_info_path: where per-run directories go (see ``rundir.py``).
+        run_info_template: the run directory's name instead of the time stamp.
+        staging_path: where ``vine-staging`` (buffers, fetched files) goes (default: in
+            this run's directory).
+        ssl: TLS for worker connections; not supported yet (None or (None, None): off).
+        init_fn: called with the manager once it is ready.
+        status_display_interval: the Jupyter status widget's period (not supported: logged).
+        prometheus_port: metrics endpoint (not supported yet).
     """
 
     def __init__(
         self,
-        port: int | tuple[int, int] = VINE_DEFAULT_PORT,
+        port: int | tuple[int, int] | list[int] = VINE_DEFAULT_PORT,
         name: str | None = None,
+        shutdown: bool = False,
         run_info_path: str = "vine-run-info",
+        run_info_template: str | None = None,
         staging_path: str | None = None,
+        ssl: Any = None,
+        init_fn: Callable[[Manager], Any] | None = None,
+        status_display_interval: float | None = None,
+        prometheus_port: int | None = None,
     ) -> None:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S.%f")
-        self.run_dir = os.path.abspath(os.path.join(run_info_path, stamp))
-        self.staging_dir = os.path.abspath(staging_path or os.path.join(self.run_dir, "staging"))
-        os.makedirs(self.staging_dir, exist_ok=True)
-        self.name = name or ""
-        self.txn_path = os.path.join(self.run_dir, "vine-logs", "transactions")
+        self._closed = True  # until the end of __init__ (close() then has nothing to do)
+        if ssl not in (None, False, (None, None)):
+            not_yet("TLS connections to workers (Manager(ssl=...), security)")
+        if prometheus_port is not None:
+            not_yet("a Prometheus metrics endpoint (Manager(prometheus_port=...), "
+                    "observability)")
+        listen = _ports(port)
+        self._once: set[str] = set()
+        self._run = RunInfo(run_info_path, run_info_template, staging_path)
+        self._run.start_debug_log()
+        self.run_dir = self._run.runtime
+        self.staging_dir = self._run.staging
+        self.txn_path = self._run.transactions
+        self.name = name
+        self.shutdown = bool(shutdown)
+        self._properties: dict[str, str] = {}
+        self._category_modes: dict[str, int] = {}
+        self._monitoring = False
+        self._started = time.time()
         self._txn = TxnLog(self.txn_path)
         self._txn.write("MANAGER", ("START", self.name or "-"))
         tunables = Tunables()
@@ -96,44 +136,37 @@ class Manager:
         self._next_id = 1
         self._done: collections.deque[Task] = collections.deque()
         self._cond = threading.Condition()
-        self._fetches: dict[int, FetchDone] = {}
+        self._fetches = {}
         self._next_fetch = 1
         self._declared: set[str] = set()
-        self._closed = False
-        self._error: ManagerError | None = None
+        self._error = None
+        self._task_cache: Any = None
+        self._cache_keys: dict[int, str] = {}
+        self._local: set[int] = set()  # ids finished without the core (not to collect)
+        self._submitted_at: dict[int, float] = {}
         self.notices: list[str] = []  # hints the manager gave (explained waits)
         self._server = ManagerServer(
-            self._state, port, self._txn, self._file_at_manager, self._on_task_returned,
-            self._on_fetch_done, self._on_error, self._on_notice, name=self.name,
+            self._state, listen, self._txn, self._file_at_manager, self._on_task_returned,
+            self._on_fetch_done, self._on_error, self._on_notice, name=self.name or "",
         )
-
-    # ------------------------------------------------------------------ loop plumbing
-    def _post(self, event: Event) -> None:
-        """Hand an event to the loop thread (raises the core's error, if it failed)."""
-        if self._error is not None:
-            raise self._error
-        self._server.post(event)
-
-    def _ask(self, fn: Any) -> Any:
-        """Answer a query on the loop thread, where the core lives."""
-        if self._error is not None:
-            raise self._error
-        return self._server.call(fn)
-
-    def _on_error(self, err: ManagerError) -> None:
-        with self._cond:
-            self._error = err
-            self._cond.notify_all()
-
-    def _on_notice(self, text: str) -> None:
-        self.notices.append(text)
-        log.warning("%s", text)
+        self._closed = False
+        if status_display_interval is not None:
+            self._say_once("display", "status_display_interval: vinework has no Jupyter "
+                           "status display (use m.status() or m.stats)")
+        if init_fn is not None:
+            init_fn(self)
 
     # ------------------------------------------------------------------ basics
     @property
-    def port(self) -> int:
-        """The port workers connect to."""
-        return self._server.port
+    def hostname(self) -> str:
+        """The name of the machine the manager runs on."""
+        import socket
+        return socket.gethostname()
+
+    @property
+    def addrport(self) -> str:
+        """``host:port`` workers connect to."""
+        return f"{self.hostname}:{self.port}"
 
     def __enter__(self) -> Manager:
         return self
@@ -148,176 +181,76 @@ class Manager:
             pass
 
     def close(self) -> None:
-        """Tell workers to exit, stop the loop thread, and flush the log."""
-        if self._closed:
+        """Stop the loop thread and flush the log; with ``shutdown=True`` tell the workers to
+        exit first (otherwise they wait for the next manager)."""
+        if getattr(self, "_closed", True):
             return
         self._closed = True
-        self._server.close()
+        self._server.close(shutdown=self.shutdown)
         self._txn.write("MANAGER", ("END", self.name or "-"))
         self._txn.close()
+        self._run.close()
 
-    # ------------------------------------------------------------------ files
-    def declare_file(self, path: str, cache: bool | str | int = False, peer_transfer: bool = True,
-                     unlink_when_done: bool = False) -> File:
-        """A file on the manager's filesystem, as a task input or output."""
-        return File(FileKind.LOCAL, path=path, cache=cache_level(cache),
-                    peer_transfer=peer_transfer, unlink_when_done=unlink_when_done)
-
-    def declare_buffer(self, buffer: bytes | str | None = None, cache: bool | str | int = False,
-                       peer_transfer: bool = True) -> File:
-        """Bytes held by the manager, as a task input."""
-        data = buffer.encode() if isinstance(buffer, str) else bytes(buffer or b"")
-        f = File(FileKind.BUFFER, data=data, cache=cache_level(cache),
-                 peer_transfer=peer_transfer)
-        path = os.path.join(self.staging_dir, f.cache_name)
-        if not os.path.exists(path):
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as out:
-                out.write(data)
-            os.replace(tmp, path)
-        f.path = path
-        self._declare(f, size=len(data))
-        return f
-
-    def declare_temp(self, checkpoint: bool = False) -> File:
-        """An intermediate file that stays on workers (``checkpoint=True`` also saves it)."""
-        f = File(FileKind.TEMP, cache=CacheLevel.WORKFLOW, checkpoint=checkpoint)
-        self._declare(f)
-        return f
-
-    def _declare(self, f: File, size: int = -1) -> None:
-        spec = FileSpec(name=f.cache_name, kind=f.kind.value, path=f.path, size=size,
-                        cache_level=int(f.cache), peer_transfer=f.peer_transfer,
-                        checkpoint=f.checkpoint)
-        self._declared.add(spec.name)
-        self._post(FileDeclared(now=time.monotonic(), spec=spec))
-        if f.kind is FileKind.TEMP:
-            # once the user drops every handle, the temp may be pruned when no task needs it
-            weakref.finalize(f, self._release, spec.name)
-
-    def _release(self, name: str) -> None:
-        if not self._closed and self._error is None:
-            try:
-                self._server.post(FileReleased(now=time.monotonic(), name=name))
-            except RuntimeError:  # the loop is gone
-                pass
-
-    def _file_at_manager(self, name: str) -> str | None:
-        """For the manager's transfer server (its own threads): asked on the loop."""
-        if self._closed or self._error is not None:
-            return None
-        try:
-            return self._server.call(lambda: self._state.manager_path(name))  # type: ignore[return-value]
-        except Exception:
-            return None
-
-    def undeclare_file(self, f: File) -> None:
-        """Forget a file: delete it from every worker's cache."""
-        self._post(FileUndeclared(now=time.monotonic(), name=f.cache_name))
-        self._declared.discard(f.cache_name)
-        if f.kind is FileKind.LOCAL and f.unlink_when_done and f.path:
-            try:
-                os.unlink(f.path)
-            except OSError:
-                pass
-        if f.kind is FileKind.TEMP:  # a copy brought to the manager (fetch, no-peer route)
-            try:
-                os.unlink(os.path.join(self.staging_dir, f.cache_name))
-            except OSError:
-                pass
-
-    def fetch_file(self, f: File, timeout: float | None = None) -> bytes:
-        """The bytes of a file, brought from a worker if only workers have it."""
-        if f.kind is not FileKind.TEMP and f.path and os.path.exists(f.path) \
-                and (f._name is None or f._name not in self._declared):
-            with open(f.path, "rb") as fh:
-                return fh.read()
-        with self._cond:
-            rid = self._next_fetch
-            self._next_fetch += 1
-        self._post(FetchRequested(now=time.monotonic(), request_id=rid, name=f.cache_name))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while rid not in self._fetches:
-                if self._error is not None:
-                    raise self._error
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"fetch_file({f!r}) timed out")
-                self._cond.wait(left)
-            done = self._fetches.pop(rid)
-        if done.path is None:
-            raise FileNotFoundError(f"cannot fetch {f!r}: {done.error}")
-        with open(done.path, "rb") as fh:
-            return fh.read()
-
-    def _on_fetch_done(self, c: FetchDone) -> None:
-        with self._cond:
-            self._fetches[c.request_id] = c
-            self._cond.notify_all()
-
-    def file_story(self, f: File) -> list[str]:
-        """A file's history: who made it, where its copies are and were, what was recomputed
-        (each line: time, what happened, and the stimulus that caused it)."""
-        name = f.cache_name
-
-        def lines() -> list[str]:
-            st = self._state
-            out = [f"{t:.3f} {text} [{stim}]" for t, text, stim in st.file_story(name)]
-            holders = st.replicas.ready_workers(name)
-            rec = st.files.get(name)
-            where = ", ".join(sorted(holders)) or "no worker"
-            if rec is not None and rec.at_manager:
-                where += " and the manager"
-            out.append(f"now: copies on {where}")
-            return out
-        return self._ask(lines)  # type: ignore[no-any-return]
-
-    def task_story(self, t: Task | int) -> list[str]:
-        """A task's history: every state change with its time and cause (stimulus id),
-        including recovery runs made after it was returned."""
-        task_id = t if isinstance(t, int) else t.id
-        rows = self._ask(lambda: self._state.task_story(task_id))
-        if not rows and not isinstance(t, int):
-            rows = list(t._story)
-        return [f"{when:.3f} {old or '-'} -> {new} [{why}]" for when, old, new, why in rows]
-
+    # ------------------------------------------------------------------ tasks
     def task_state(self, task_id: int) -> int:
         """TaskVine's state of a task (``VINE_TASK_*``: INITIAL 0, READY 1, RUNNING 2,
         WAITING_RETRIEVAL 3, RETRIEVED 4, DONE 5); UNKNOWN (-1) for an id never submitted."""
         with self._cond:
             t = self._tasks.get(task_id)
             returned = task_id < self._next_id and t is None
+            finished = t is not None and t._done
         if returned:
             return VINE_TASK_DONE  # wait() returned it (the core may have forgotten it)
         v = self._ask(lambda: self._state.task_state(task_id))
-        if v is None:  # submitted, not yet seen by the loop; or never submitted
+        if v is None:  # submitted, not yet seen by the loop; done locally; never submitted
+            if finished:
+                return 4  # RETRIEVED: finished (e.g. a missing input), not yet returned
             return VINE_TASK_INITIAL if t is not None else -1
         return int(v)
 
-    def get_file_replica_count(self, f: File) -> int:
-        """How many workers hold a ready copy of ``f``."""
-        name = f.cache_name
-        return int(self._ask(lambda: self._state.replicas.count_ready(name)))
-
-    # ------------------------------------------------------------------ tasks
     def submit(self, t: Task) -> int:
-        """Queue a task; returns its id. Raises if a local input file does not exist."""
+        """Queue a task; returns its id. A task whose local input file is missing comes back
+        from ``wait()`` with result "input missing" (as TaskVine), without running."""
         if self._closed:
             raise RuntimeError("the manager is closed")
         if self._error is not None:
             raise self._error
         if t.id and self._tasks.get(t.id) is t:
             raise ValueError(f"task {t.id} is already submitted")
+        t._manager = self
+        t.submit_finalize()
+        missing = ""
+        for f, remote in t.inputs:
+            if f.kind is FileKind.LOCAL and (f._name is None or f._name not in self._declared):
+                if not f.path or not os.path.exists(f.path):
+                    missing = f"input file {f.path!r} (as {remote!r}) does not exist"
+                    break
+                if os.path.isdir(f.path):
+                    missing = (f"input {f.path!r} (as {remote!r}) is a directory; directory "
+                               "inputs are not supported yet (file kinds)")
+                    break
+        with self._cond:
+            t.id = self._next_id
+            self._next_id += 1
+        t._reset_results()
+        t._manager = self
+        self._submitted_at[t.id] = time.time()
+        if missing:
+            self._finish_locally(t, TaskResult.INPUT_MISSING, -1, missing)
+            return t.id
+        if self._task_cache is not None:
+            key = self._task_cache.key(t)
+            if key is not None:
+                if self._task_cache.restore(t, key):
+                    t.cached = True
+                    self._finish_locally(t, 0, 0, "", keep=True)
+                    return t.id
+                self._cache_keys[t.id] = key
         inputs = []
         for f, remote in t.inputs:
             if f.kind is FileKind.LOCAL and (f._name is None or f._name not in self._declared):
-                if not f.path or not os.path.isfile(f.path):
-                    raise FileNotFoundError(
-                        f"input file {f.path!r} (as {remote!r}) of task {t.command!r} does not exist"
-                    )
                 f.refresh_name()
-                self._declare(f, size=os.stat(f.path).st_size)
+                self._declare(f, size=os.stat(f.path).st_size)  # type: ignore[arg-type]
             elif f.cache_name not in self._declared:
                 self._declare(f)
             inputs.append((f.cache_name, remote))
@@ -329,9 +262,6 @@ class Manager:
             elif f.cache_name not in self._declared:
                 self._declare(f)
             outputs.append((f.cache_name, remote))
-        t.id = self._next_id
-        self._next_id += 1
-        t._reset_results()
         payload = None
         py_out = ""
         temp = False
@@ -342,26 +272,53 @@ class Manager:
                 py_out = t.output_file.cache_name
                 if py_out not in self._declared:
                     self._declare(t.output_file)
+        env = sorted((k, v) for k, v in t.env.items() if v is not None)
+        unset = sorted(k for k, v in t.env.items() if v is None)
+        mono = time.monotonic() - time.time()  # epoch -> the manager's clock
         spec = TaskSpec(
             task_id=t.id, command=t.command, inputs=inputs, outputs=outputs,
-            env=sorted(t.env.items()), cores=t.cores, memory=t.memory, disk=t.disk, gpus=t.gpus,
-            priority=t.priority, max_retries=t.max_retries, time_max=t.time_max, tag=t.tag,
-            category=t.category, python_payload=payload, python_output=py_out, temp_output=temp,
-            python_mode=getattr(t, "exec_mode", ""),
+            env=env, env_unset=unset, cores=t.cores, memory=t.memory, disk=t.disk,
+            gpus=t.gpus, priority=t.priority, retries=t.retries_max,
+            max_forsaken=t.max_forsaken, time_max=t.time_max, time_end=t.time_end,
+            end_by=t.time_end + mono if t.time_end else 0.0,
+            start_after=t.time_start + mono if t.time_start else 0.0,
+            features=tuple(t.features), scheduler=t.scheduler, tag=t.tag,
+            category=t.category, python_payload=payload, python_output=py_out,
+            temp_output=temp, python_mode=getattr(t, "exec_mode", ""),
         )
         with self._cond:
             self._tasks[t.id] = t
         self._post(TaskSubmitted(now=time.monotonic(), spec=spec))
         return t.id
 
+    def _finish_locally(self, t: Task, result: int, exit_code: int, message: str,
+                        keep: bool = False) -> None:
+        """A task settled without the core (missing input, a task-cache hit): ``wait()``
+        returns it like any other."""
+        if not keep:
+            t.result = _result_string(result)
+            t.exit_code = exit_code
+            t.error_message = message
+            if isinstance(t, PythonTask):
+                t._output = PythonTaskNoResult(message)
+        self._local.add(t.id)
+        now = time.time()
+        t._metrics.update({"time_when_submitted": now * 1e6, "time_when_done": now * 1e6})
+        t._done = True
+        with self._cond:
+            self._tasks[t.id] = t
+            self._done.append(t)
+            self._cond.notify_all()
+
     def _on_task_returned(self, c: TaskReturned) -> None:
         with self._cond:
             t = self._tasks.get(c.task_id)
         if t is None:
             return
-        t.result = TaskResult(c.result)
+        t.result = _result_string(c.result)
         t.exit_code = c.exit_code
         t.std_output = c.output
+        t._stdout_path = c.stdout_path  # type: ignore[attr-defined]
         t.worker = c.worker_id
         t.hostname = c.hostname
         t.start_time, t.end_time = c.start, c.end
@@ -369,12 +326,35 @@ class Manager:
         t.retries = c.attempts - 1
         t.error_message = c.message
         t._story = c.story
+        self._fill_resources(t, c)
         if isinstance(t, PythonTask):
             t._output = self._python_output(t, c)
         t._done = True
         with self._cond:
             self._done.append(t)
             self._cond.notify_all()
+
+    def _fill_resources(self, t: Task, c: TaskReturned) -> None:
+        """``resources_measured``, ``limits_exceeded`` and TaskVine's task metrics."""
+        m = list(c.measured)
+        start_us, end_us = c.start * 1e6, c.end * 1e6
+        if len(m) >= 3:
+            t.resources_measured = ResourceSummary(
+                cores=t.cores if t.cores is not None else -1, memory=m[2],
+                wall_time=m[0], cpu_time=m[1], start=start_us, end=end_us)
+            if t.memory is not None and m[2] > t.memory:
+                t.limits_exceeded = ResourceSummary(memory=m[2])
+        else:
+            t.resources_measured = ResourceSummary(wall_time=max(0.0, c.end - c.start),
+                                                   start=start_us, end=end_us)
+        sub = self._submitted_at.pop(t.id, 0.0)
+        t._metrics.update({
+            "time_when_submitted": sub * 1e6, "time_when_commit_start": start_us,
+            "time_when_commit_end": start_us, "time_when_retrieval": end_us,
+            "time_when_done": time.time() * 1e6,
+            "time_workers_execute_last": (c.end - c.start) * 1e6,
+            "time_workers_execute_all": (c.end - c.start) * 1e6,
+        })
 
     def _python_output(self, t: PythonTask, c: TaskReturned) -> Any:
         blob = c.python_result
@@ -384,7 +364,7 @@ class Manager:
                     blob = f.read()
                 os.unlink(c.python_result_path)
             except OSError as e:
-                return RemoteTaskError(f"result of task {t.id} could not be read: {e}")
+                return PythonTaskNoResult(f"result of task {t.id} could not be read: {e}")
         if c.python_error:
             t.remote_traceback = c.python_error
             exc: Any = None
@@ -401,37 +381,93 @@ class Manager:
             return exc
         if blob is None:
             if c.result != TaskResult.SUCCESS:
-                return RemoteTaskError(f"task {t.id} ended with result '{TaskResult(c.result)}'"
-                                       + (f": {c.message}" if c.message else ""))
+                return PythonTaskNoResult(f"task {t.id} ended with result "
+                                          f"'{_result_string(c.result)}'"
+                                          + (f": {c.message}" if c.message else ""))
             return None
         try:
             return cloudpickle.loads(blob)
         except Exception as e:
-            return RemoteTaskError(f"the result of task {t.id} could not be unpickled: {e}")
+            return PythonTaskNoResult(f"the result of task {t.id} could not be unpickled: {e}")
 
-    def wait(self, timeout: float | None = 5) -> Task | None:
-        """The next finished task, waiting up to ``timeout`` seconds (None: forever).
+    # ------------------------------------------------------------------ waiting
+    def wait(self, timeout: Any = "wait_forever") -> Task | None:
+        """The next finished task, waiting up to ``timeout`` seconds ("wait_forever" or -1:
+        forever, the default; 0: just look). Returns None on timeout, or at once when no
+        submitted task is left to return. Raises the ``ManagerError`` if the core failed."""
+        return self._wait_for(None, timeout)
 
-        Returns None at once when no submitted task is left to return. Raises the
-        ``ManagerError`` if the manager's core failed.
-        """
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + float(timeout)
+    def wait_for_tag(self, tag: str, timeout: Any = "wait_forever") -> Task | None:
+        """The next finished task with this tag (others stay for later waits)."""
+        return self._wait_for(lambda t: t.tag == tag, timeout)
+
+    def wait_for_task_id(self, task_id: int, timeout: Any = "wait_forever") -> Task | None:
+        """That task, once finished (others stay for later waits)."""
+        return self._wait_for(lambda t: t.id == task_id, timeout)
+
+    def _wait_for(self, match: Callable[[Task], bool] | None, timeout: Any) -> Task | None:
+        limit = _timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         with self._cond:
-            while not self._done:
+            while True:
+                t = self._take(match)
+                if t is not None:
+                    break
                 if self._error is not None:
                     raise self._error
-                if not self._tasks:
+                if not self._tasks or (match is not None and not any(
+                        match(x) for x in self._tasks.values())):
                     return None
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
                 self._cond.wait(left)
-            t = self._done.popleft()
             # handed back: like TaskVine, forget it, so that its files can be released
             # (and temps pruned) with it
             self._tasks.pop(t.id, None)
-        self._post(TaskCollected(now=time.monotonic(), task_id=t.id))
+        self._hand_over(t)
         return t
+
+    def _take(self, match: Callable[[Task], bool] | None) -> Task | None:
+        done = self._done
+        if not done:
+            return None
+        if match is None:
+            return done.popleft()
+        for i, t in enumerate(done):
+            if match(t):
+                del done[i]
+                return t
+        return None
+
+    def _hand_over(self, t: Task) -> None:
+        """The last steps before the user gets a finished task (in the user's thread)."""
+        path = getattr(t, "_stdout_path", "")
+        if path:
+            try:
+                with open(path, errors="replace") as f:
+                    t.std_output = f.read()
+                os.unlink(path)
+            except OSError as e:
+                t.error_message = f"the task's stdout could not be read: {e}"
+            t._stdout_path = ""  # type: ignore[attr-defined]
+        key = self._cache_keys.pop(t.id, None)
+        if key is not None and self._task_cache is not None and t.successful():
+            try:
+                self._task_cache.store(t, key)
+            except Exception as e:  # the cache must never break a run
+                log.warning("tasks cache: could not store task %d: %s", t.id, e)
+        if t.monitor_output:
+            try:
+                os.makedirs(t.monitor_output, exist_ok=True)
+                with open(os.path.join(t.monitor_output, f"vine-task-{t.id}.summary"), "w") as f:
+                    json.dump(t.resources_measured.to_dict(), f)
+            except OSError as e:
+                log.warning("monitor output of task %d: %s", t.id, e)
+        if t.id in self._local:
+            self._local.discard(t.id)
+        else:
+            self._post(TaskCollected(now=time.monotonic(), task_id=t.id))
 
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait()`` (cancelled ones
@@ -443,9 +479,10 @@ class Manager:
 
     def hungry(self) -> int:
         """How many more tasks the manager would like now (0 when it has enough waiting);
-        TaskVine's ``hungry``, usable as a bool."""
+        TaskVine's count, from ``hungry-minimum`` and ``hungry-minimum-factor``."""
         return int(self._ask(self._state.hungry))
 
+    # ------------------------------------------------------------------ cancelling
     def cancel_by_task_id(self, task_id: int) -> bool:
         """Cancel a task; it comes back from ``wait()`` with result "cancelled"."""
         with self._cond:
@@ -455,75 +492,89 @@ class Manager:
         self._post(TaskCancelled(now=time.monotonic(), task_id=task_id))
         return True
 
-    def cancel_by_task_tag(self, tag: str) -> int:
-        """Cancel every unfinished task with this tag; returns how many."""
-        n = 0
+    def _cancel_where(self, match: Callable[[Task], bool], limit: int = 0) -> int:
         with self._cond:
-            tasks = list(self._tasks.values())
-        for t in tasks:
-            if t.tag == tag and not t._done and self.cancel_by_task_id(t.id):
+            tasks = [t for t in self._tasks.values() if not t._done and match(t)]
+        n = 0
+        for t in sorted(tasks, key=lambda x: x.id):
+            if limit and n >= limit:
+                break
+            if self.cancel_by_task_id(t.id):
                 n += 1
         return n
 
-    # ------------------------------------------------------------------ tuning & stats
-    def tune(self, name: str, value: Any) -> None:
-        """Set a parameter; an unknown name or a bad value raises ValueError (checked here,
-        in the caller's thread; the change itself is an event on the loop)."""
-        Tunables().set(name, value)
-        self._post(Tuned(now=time.monotonic(), name=name, value=value))
+    def cancel_by_task_tag(self, tag: str) -> int:
+        """Cancel one unfinished task with this tag (TaskVine's rule: call it until it
+        returns 0); returns 1, or 0 if there was none."""
+        return self._cancel_where(lambda t: t.tag == tag, limit=1)
 
-    def disable_peer_transfers(self) -> None:
-        """Move every file through the manager (the comparison baseline)."""
-        self.tune("peer-transfers", False)
+    def cancel_all_by_tag(self, tag: str) -> int:
+        """Cancel every unfinished task with this tag; returns how many."""
+        return self._cancel_where(lambda t: t.tag == tag)
 
-    def enable_peer_transfers(self) -> None:
-        """Let workers fetch files from each other (the default)."""
-        self.tune("peer-transfers", True)
+    def cancel_by_category(self, category: str) -> int:
+        """Cancel every unfinished task of this category; returns how many."""
+        return self._cancel_where(lambda t: t.category == category)
 
-    @property
-    def stats(self) -> ManagerStats:
-        """A snapshot of the manager's counters."""
-        def snap() -> ManagerStats:
-            st = self._state.stats.copy()
-            st.bytes_control_in = self._server.bytes_in
-            st.bytes_control_out = self._server.bytes_out
-            return st
-        return self._ask(snap)  # type: ignore[no-any-return]
+    def cancel_all(self) -> int:
+        """Cancel every unfinished task; returns how many."""
+        return self._cancel_where(lambda t: True)
 
-    def worker_stats(self) -> list[dict[str, Any]]:
-        """One row per connected worker: resources, running tasks, bytes in and out."""
-        def rows() -> list[dict[str, Any]]:
-            out = []
-            for w in self._state.workers.values():
-                out.append({
-                    "worker_id": w.worker_id, "host": w.host, "hostname": w.hostname,
-                    "cores": w.total.cores, "memory": w.total.memory, "disk": w.total.disk,
-                    "gpus": w.total.gpus, "running": len(w.running), "tasks_done": w.tasks_done,
-                    "bytes_in": w.bytes_in, "bytes_out": w.bytes_out, "disk_used": w.disk_used,
-                    "files": len(self._state.replicas.files_on(w.worker_id)),
-                    "draining": w.draining,
-                })
-            return out
-        return self._ask(rows)  # type: ignore[no-any-return]
+    # ------------------------------------------------------------------ task results cache
+    def enable_tasks_cache(self, cache_dir: str = "vine-cache-outputs",
+                           log_file: str = "vine-cache.txlog") -> None:
+        """Reuse results across runs: a task identical to one that already succeeded (same
+        command or function and arguments, same inputs) is not run again; its outputs are
+        restored and it comes back with ``t.cached`` True."""
+        from .taskcache import TaskCache
+        self._task_cache = TaskCache(cache_dir, log_file)
 
-    def status(self, what: str = "workers") -> list[dict[str, Any]]:
-        """TaskVine's ``status``: "workers" (see ``worker_stats``) or "tasks" (every task
-        the core holds: state, worker, attempt, and why it waits when it cannot run)."""
-        if what == "workers":
-            return self.worker_stats()
-        if what == "tasks":
-            def rows() -> list[dict[str, Any]]:
-                return [{"task_id": tid, "state": t.state.value, "worker": t.worker or "",
-                         "attempt": t.attempt, "category": t.spec.category,
-                         "recovery": t.run.recovery, "message": t.message}
-                        for tid, t in self._state.tasks.items()]
-            return self._ask(rows)  # type: ignore[no-any-return]
-        raise ValueError(f"unknown status {what!r}; use 'workers' or 'tasks'")
+    # ------------------------------------------------------------------ higher-order helpers
+    def map(self, fn: Callable[[Any], Any], seq: Iterable[Any], chunksize: int = 1) -> list[Any]:
+        """``[fn(x) for x in seq]`` computed by PythonTasks, ``chunksize`` items each."""
+        from .mapping import map_tasks
+        return map_tasks(self, fn, seq, chunksize)
 
-    def hoist_modules(self, *modules: str) -> None:
-        """Have every worker's warm interpreter import these modules (TaskVine's hoisting)."""
-        self._post(HoistRequested(now=time.monotonic(), modules=list(modules)))
+    def pair(self, fn: Callable[[Any], Any], seq1: Iterable[Any], seq2: Iterable[Any],
+             chunksize: int = 1, env: Any = None) -> list[Any]:
+        """``[fn((a, b)) for a in seq1 for b in seq2]`` computed by PythonTasks."""
+        from .mapping import pair_tasks
+        return pair_tasks(self, fn, seq1, seq2, chunksize, env)
 
-    @property
-    def workers_connected(self) -> int:
-        return int(self._ask(lambda: len(self._state.workers)))
+    def tree_reduce(self, fn: Callable[[list[Any]], Any], seq: Iterable[Any],
+                    chunksize: int = 2) -> Any:
+        """Reduce ``seq`` with ``fn`` (which takes a list of up to ``chunksize`` values)
+        in a tree of PythonTasks."""
+        from .mapping import tree_reduce_tasks
+        return tree_reduce_tasks(self, fn, seq, chunksize)
+
+    def remote_map(self, *args: Any, **kwargs: Any) -> Any:
+        not_yet("remote_map (serverless libraries)")
+
+    def remote_pair(self, *args: Any, **kwargs: Any) -> Any:
+        not_yet("remote_pair (serverless libraries)")
+
+    def remote_tree_reduce(self, *args: Any, **kwargs: Any) -> Any:
+        not_yet("remote_tree_reduce (serverless libraries)")
+
+    # ------------------------------------------------------------------ serverless (later)
+    def install_library(self, task: Any) -> None:
+        not_yet("install_library (serverless libraries)")
+
+    def remove_library(self, name: str) -> None:
+        not_yet("remove_library (serverless libraries)")
+
+    def check_library_exists(self, name: str) -> bool:
+        not_yet("check_library_exists (serverless libraries)")
+
+    def create_library_from_functions(self, name: str, *fns: Any, **kwargs: Any) -> Any:
+        not_yet("create_library_from_functions (serverless libraries)")
+
+    def create_library_from_serverized_files(self, *args: Any, **kwargs: Any) -> Any:
+        not_yet("create_library_from_serverized_files (serverless libraries)")
+
+    def create_library_from_command(self, *args: Any, **kwargs: Any) -> Any:
+        not_yet("create_library_from_command (serverless libraries)")
+
+    def undeclare_function(self, fn: Any) -> None:
+        not_yet("undeclare_function (serverless libraries)")

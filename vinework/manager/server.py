@@ -275,7 +275,9 @@ class ManagerServer:
         self.apply(WorkerJoined(now=self.now(), worker_id=wid, host=host,
                                 transfer_port=hello.transfer_port, cores=hello.cores,
                                 memory=hello.memory, disk=hello.disk, gpus=hello.gpus,
-                                hostname=hello.hostname, cached=[(str(n), int(z)) for n, z in hello.cached]))
+                                hostname=hello.hostname,
+                                cached=[(str(n), int(z)) for n, z in hello.cached],
+                                features=tuple(hello.features)))
         reason = "connection closed"
         try:
             while not conn.closed:
@@ -415,14 +417,18 @@ class ManagerServer:
         fut.add_done_callback(done)
 
     # ------------------------------------------------------------------ shutdown
-    def close(self) -> None:
+    def close(self, shutdown: bool = True) -> None:
+        """Stop: with ``shutdown``, tell every worker to exit; without, just hang up (the
+        workers wait for the next manager on the same address, keeping what they cache
+        at the "worker" and "forever" levels)."""
         if self._stopping:
             return
         self._stopping = True
 
         async def stop() -> None:
             for conn in list(self.conns.values()):
-                self._send(conn.worker_id, Shutdown(reason="manager closing"))
+                if shutdown:
+                    self._send(conn.worker_id, Shutdown(reason="manager closing"))
                 self._flush(conn)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.writer.drain(), 2)

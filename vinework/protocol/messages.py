@@ -32,11 +32,11 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class TransferFailure(IntEnum):
@@ -148,6 +148,7 @@ class Hello(Message):
     transfer_port: int
     cached: list[tuple[str, int]]  # files already in the cache: (name, size)
     password_proof: str = ""
+    features: list[str] = field(default_factory=list)  # --feature names (Task.add_feature)
 
 
 @register(2)
@@ -166,6 +167,11 @@ class TaskDone(Message):
     python_result: bytes | None = None  # cloudpickle of the return value, when inline
     python_error: str = ""  # remote traceback text when a PythonTask raised
     message: str = ""  # worker-side explanation of a failure
+    # what the process used: [wall_time s, cpu_time s, max_rss MB]; empty if not measured
+    measured: list[float] = field(default_factory=list)
+    # stdout beyond what travels inline: a cache file the manager retrieves ("" = none)
+    stdout_file: str = ""
+    stdout_size: int = 0  # bytes of the whole stdout (inline part included)
 
 
 @register(3)
@@ -247,6 +253,9 @@ class RunTask(Message):
     python_output: str = ""  # cache name for the result when kept on the worker
     python_mode: str = ""  # "direct" (warm executor, default) or "fork" (a child per call)
     python_keep: bool = False  # keep the result in the cache (temp output), never inline
+    time_end: float = 0.0  # wall clock (epoch seconds) after which it is killed; 0 = none
+    env_unset: list[str] = field(default_factory=list)  # variables removed from its env
+    stdout_max: int = 1 << 30  # bytes of stdout kept (TaskVine's max-task-stdout-storage)
 
 
 @register(22)
@@ -259,6 +268,7 @@ class Fetch(Message):
     host: str
     port: int
     size: int  # expected size, -1 if unknown
+    cache_level: int = 1  # a CacheLevel: WORKER/FOREVER entries outlive this manager
 
 
 @register(23)

@@ -1,0 +1,183 @@
+"""The Manager's file methods: declaring, fetching, undeclaring files, and their stories.
+
+TaskVine's ``declare_file``, ``declare_buffer``, ``declare_temp``, ``fetch_file``,
+``undeclare_file`` (and its old names ``remove_file``/``prune_file``),
+``get_file_replica_count``; the kinds that come with the file-kinds work
+(urls, tarballs, packages, mini tasks, xrootd, chirp) raise
+``NotImplementedError`` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from typing import Any
+
+from .._later import not_yet
+from ..constants import CacheLevel, cache_level
+from ..core import FetchDone, FetchRequested, FileDeclared, FileReleased, FileSpec, FileUndeclared
+from ..file import File, FileKind
+from .base import ManagerBase
+
+
+class FileMethods(ManagerBase):
+    """Files a task can consume and produce (see the module docstring)."""
+
+    def declare_file(self, path: str, cache: bool | str | int = False, peer_transfer: bool = True,
+                     unlink_when_done: bool = False) -> File:
+        """A file on the manager's filesystem, as a task input or output."""
+        return File(FileKind.LOCAL, path=path, cache=cache_level(cache),
+                    peer_transfer=peer_transfer, unlink_when_done=unlink_when_done)
+
+    def declare_buffer(self, buffer: bytes | str | None = None, cache: bool | str | int = False,
+                       peer_transfer: bool = True) -> File:
+        """Bytes held by the manager, as a task input."""
+        data = buffer.encode() if isinstance(buffer, str) else bytes(buffer or b"")
+        f = File(FileKind.BUFFER, data=data, cache=cache_level(cache),
+                 peer_transfer=peer_transfer)
+        path = os.path.join(self._run.staging, f.cache_name)
+        if not os.path.exists(path):
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        f.path = path
+        self._declare(f, size=len(data))
+        return f
+
+    def declare_temp(self, checkpoint: bool = False) -> File:
+        """An intermediate file that stays on workers (``checkpoint=True`` also saves it)."""
+        f = File(FileKind.TEMP, cache=CacheLevel.WORKFLOW, checkpoint=checkpoint)
+        self._declare(f)
+        return f
+
+    # the kinds that come with the file-kinds work
+    def declare_url(self, url: str, cache: Any = False, peer_transfer: bool = True) -> File:
+        not_yet("declare_url (file kinds: url)")
+
+    def declare_untar(self, tarball: File, cache: Any = False,
+                      peer_transfer: bool = True) -> File:
+        not_yet("declare_untar (file kinds: untar)")
+
+    def declare_poncho(self, package: File, cache: Any = False,
+                       peer_transfer: bool = True) -> File:
+        not_yet("declare_poncho (file kinds: poncho)")
+
+    def declare_starch(self, starch: File, cache: Any = False,
+                       peer_transfer: bool = True) -> File:
+        not_yet("declare_starch (file kinds: starch)")
+
+    def declare_minitask(self, minitask: Any, source: str = "", cache: Any = False,
+                         peer_transfer: bool = True) -> File:
+        not_yet("declare_minitask (file kinds: mini tasks)")
+
+    def declare_xrootd(self, source: str, proxy: Any = None, env: Any = None,
+                       cache: Any = False, peer_transfer: bool = True) -> File:
+        not_yet("declare_xrootd (file kinds: xrootd)")
+
+    def declare_chirp(self, server: str, source: str, ticket: Any = None, env: Any = None,
+                      cache: Any = False, peer_transfer: bool = True) -> File:
+        not_yet("declare_chirp (file kinds: chirp)")
+
+    def _declare(self, f: File, size: int = -1) -> None:
+        spec = FileSpec(name=f.cache_name, kind=f.kind.value, path=f.path, size=size,
+                        cache_level=int(f.cache), peer_transfer=f.peer_transfer,
+                        checkpoint=f.checkpoint)
+        self._declared.add(spec.name)
+        self._post(FileDeclared(now=time.monotonic(), spec=spec))
+        if f.kind is FileKind.TEMP:
+            # once the user drops every handle, the temp may be pruned when no task needs it
+            weakref.finalize(f, self._release, spec.name)
+
+    def _release(self, name: str) -> None:
+        if not self._closed and self._error is None:
+            try:
+                self._server.post(FileReleased(now=time.monotonic(), name=name))
+            except RuntimeError:  # the loop is gone
+                pass
+
+    def _file_at_manager(self, name: str) -> str | None:
+        """For the manager's transfer server (its own threads): asked on the loop."""
+        if self._closed or self._error is not None:
+            return None
+        try:
+            return self._server.call(lambda: self._state.manager_path(name))  # type: ignore[return-value]
+        except Exception:
+            return None
+
+    def undeclare_file(self, f: File) -> None:
+        """Forget a file: delete it from every worker's cache."""
+        self._post(FileUndeclared(now=time.monotonic(), name=f.cache_name))
+        self._declared.discard(f.cache_name)
+        if f.kind is FileKind.LOCAL and f.unlink_when_done and f.path:
+            try:
+                os.unlink(f.path)
+            except OSError:
+                pass
+        if f.kind is FileKind.TEMP:  # a copy brought to the manager (fetch, no-peer route)
+            try:
+                os.unlink(os.path.join(self._run.staging, f.cache_name))
+            except OSError:
+                pass
+
+    def remove_file(self, f: File) -> None:
+        """TaskVine's deprecated name of ``undeclare_file``."""
+        self.undeclare_file(f)
+
+    def prune_file(self, f: File) -> None:
+        """TaskVine's ``prune_file``: delete a file from the workers (``undeclare_file``)."""
+        self.undeclare_file(f)
+
+    def fetch_file(self, f: File, timeout: float | None = None) -> bytes:
+        """The bytes of a file, brought from a worker if only workers have it (TaskVine
+        returns a str; see the README's differences)."""
+        if f.kind is not FileKind.TEMP and f.path and os.path.exists(f.path) \
+                and (f._name is None or f._name not in self._declared):
+            with open(f.path, "rb") as fh:
+                return fh.read()
+        with self._cond:
+            rid = self._next_fetch
+            self._next_fetch += 1
+        self._post(FetchRequested(now=time.monotonic(), request_id=rid, name=f.cache_name))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while rid not in self._fetches:
+                if self._error is not None:
+                    raise self._error
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"fetch_file({f!r}) timed out")
+                self._cond.wait(left)
+            done = self._fetches.pop(rid)
+        if done.path is None:
+            raise FileNotFoundError(f"cannot fetch {f!r}: {done.error}")
+        with open(done.path, "rb") as fh:
+            return fh.read()
+
+    def _on_fetch_done(self, c: FetchDone) -> None:
+        with self._cond:
+            self._fetches[c.request_id] = c
+            self._cond.notify_all()
+
+    def file_story(self, f: File) -> list[str]:
+        """A file's history: who made it, where its copies are and were, what was recomputed
+        (each line: time, what happened, and the stimulus that caused it)."""
+        name = f.cache_name
+
+        def lines() -> list[str]:
+            st = self._state
+            out = [f"{t:.3f} {text} [{stim}]" for t, text, stim in st.file_story(name)]
+            holders = st.replicas.ready_workers(name)
+            rec = st.files.get(name)
+            where = ", ".join(sorted(holders)) or "no worker"
+            if rec is not None and rec.at_manager:
+                where += " and the manager"
+            out.append(f"now: copies on {where}")
+            return out
+        return self._ask(lines)  # type: ignore[no-any-return]
+
+    def get_file_replica_count(self, f: File) -> int:
+        """How many workers hold a ready copy of ``f``."""
+        name = f.cache_name
+        return int(self._ask(lambda: self._state.replicas.count_ready(name)))
