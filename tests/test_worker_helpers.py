@@ -16,7 +16,7 @@ def config(**kw: Any) -> WorkerConfig:
     base: dict[str, Any] = dict(manager_host=MANAGER[0], manager_port=MANAGER[1],
                                 hostname="node1", transfer_port=7000,
                                 resources=Resources(4, 4000, 10000, 1), timeout=60.0,
-                                connect_timeout=5.0, drain_timeout=20.0)
+                                attempt_timeout=5.0, drain_timeout=20.0)
     base.update(kw)
     return WorkerConfig(**base)
 
@@ -43,12 +43,14 @@ def welcome(now: float = 0.0, interval: float = 1.0, timeout: float = 10.0,
 def run_task(task_id: int = 1, inputs: list[tuple[str, str]] | None = None,
              outputs: list[tuple[str, str]] | None = None, cores: int = 1, memory: int = 100,
              disk: int = 100, gpus: int = 0, python: bool = False, keep: bool = False,
-             command: str = "true", time_max: float = 0.0) -> RunTask:
-    return RunTask(task_id=task_id, attempt=1, command=command, inputs=inputs or [],
+             command: str = "true", time_max: float = 0.0, time_end: float = 0.0,
+             attempt: int = 1) -> RunTask:
+    return RunTask(task_id=task_id, attempt=attempt, command=command, inputs=inputs or [],
                    outputs=outputs or [], env=[], cores=cores, memory=memory, disk=disk,
-                   gpus=gpus, time_max=time_max,
+                   gpus=gpus, time_max=time_max, time_end=time_end,
                    python_payload=b"payload" if python else None,
-                   python_output=f"pyout-{task_id}-1" if python else "", python_keep=keep)
+                   python_output=f"pyout-{task_id}-{attempt}" if python else "",
+                   python_keep=keep)
 
 
 def sent(out: list[ev.Instruction], kind: type[Message] | None = None) -> list[Any]:
@@ -68,9 +70,9 @@ def one(out: list[ev.Instruction], kind: type[ev.Instruction]) -> Any:
 
 
 def fetch(transfer_id: int, name: str = "temp-a", host: str = "peer1", port: int = 8000,
-          size: int = 10, now: float = 0.0) -> ev.FetchRequested:
+          size: int = 10, now: float = 0.0, level: int = 1) -> ev.FetchRequested:
     return ev.FetchRequested(now=now, transfer_id=transfer_id, name=name, host=host,
-                             port=port, size=size)
+                             port=port, size=size, cache_level=level)
 
 
 def start_run(ws: WorkerState, task: RunTask, now: float = 0.0) -> int:

@@ -254,8 +254,8 @@ def test_gives_up_after_the_timeout(start: Any) -> None:
     assert "giving up" in w.lines[-1]
 
 
-def test_connect_timeout_bounds_a_silent_handshake(start: Any, fake: FakeManager) -> None:
-    w = start("127.0.0.1", str(fake.port), "--timeout", "300", "--connect-timeout", "0.5")
+def test_attempt_timeout_bounds_a_silent_handshake(start: Any, fake: FakeManager) -> None:
+    w = start("127.0.0.1", str(fake.port), "--timeout", "300", "--attempt-timeout", "0.5")
     fake.accept()
     assert isinstance(fake.recv(), Hello)
     w.wait_line("no Welcome from 127.0.0.1", timeout=10)

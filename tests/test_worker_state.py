@@ -39,8 +39,6 @@ from vinework.worker.outcome import (
     Ledger,
     OverCommit,
     Resources,
-    classify_exit,
-    classify_outputs,
     inline_limit,
 )
 from vinework.worker.state import EntryState, InvalidTransition, Link, WorkerState
@@ -231,13 +229,16 @@ def test_missing_output_fails_the_task_and_removes_the_others() -> None:
     assert [r.name for r in of(out, ev.RemoveFile)] == ["o1"] and "o1" not in ws.entries
 
 
-def test_nonzero_exit_is_success_with_that_code_and_collects_nothing() -> None:
+def test_nonzero_exit_collects_and_publishes_the_outputs() -> None:
     ws = connected()
     rid = start_run(ws, run_task(1, outputs=[("o1", "a")]))
     out = ws.handle(ev.TaskExited(run_id=rid, wall=101.0, status=EXIT(3)))
+    assert sent(out, TaskDone) == [] and one(out, ev.CollectOutputs).outputs == [("o1", "a")]
+    out = ws.handle(ev.OutputsCollected(run_id=rid, wall=102.0, stored=[("o1", 4)]))
+    ws.validate_state()
     (done,) = sent(out, TaskDone)
-    assert (done.result, done.exit_code) == (TaskResult.SUCCESS, 3)
-    assert of(out, ev.CollectOutputs) == [] and len(of(out, ev.CleanupTask)) == 1
+    assert (done.result, done.exit_code, done.outputs) == (TaskResult.SUCCESS, 3, [("o1", 4)])
+    assert ws.entries["o1"].state is EntryState.READY
 
 
 def test_python_file_result_is_collected_into_the_cache() -> None:
@@ -269,40 +270,8 @@ def test_keep_versus_inline() -> None:
     assert one(out, ev.StartTask).inline_max == -1
 
 
-@pytest.mark.parametrize("facts, python, draining, want", [
-    (dict(status=0), False, False, None),
-    (dict(status=EXIT(3)), False, False, (TaskResult.SUCCESS, 3)),
-    (dict(status=signal.SIGKILL), False, False, (TaskResult.SIGNAL, -9)),
-    (dict(status=SIGTERM_STATUS), False, True, (TaskResult.FORSAKEN, -15)),
-    (dict(status=signal.SIGKILL, timed_out=True), False, False, (TaskResult.MAX_WALL_TIME, -1)),
-    (dict(status=EXIT(1), disk_exhausted=True), False, False, (TaskResult.DISK_EXHAUSTION, 1)),
-    (dict(status=0, setup_error="input x missing"), False, False,
-     (TaskResult.INPUT_MISSING, -1)),
-    (dict(status=0, worker_error="bug"), False, False, (TaskResult.FORSAKEN, -1)),
-    (dict(status=0, python_kind="inline"), True, False, None),
-    (dict(status=0, python_kind="error"), True, False, (TaskResult.SUCCESS, 1)),
-    (dict(status=9, python_kind="crash"), True, False, (TaskResult.SIGNAL, -9)),
-    (dict(status=EXIT(70), python_kind="crash"), True, False, (TaskResult.UNKNOWN, 1)),
-    (dict(status=9, python_kind="crash"), True, True, (TaskResult.FORSAKEN, -9)),
-])
-def test_classify_exit(facts: dict[str, object], python: bool, draining: bool,
-                       want: tuple[TaskResult, int] | None) -> None:
-    args: dict[str, object] = dict(timed_out=False, disk_exhausted=False, setup_error="")
-    args.update(facts)
-    verdict = classify_exit(run_task(python=python), draining=draining, **args)  # type: ignore[arg-type]
-    got = None if verdict is None else (verdict.result, verdict.exit_code)
-    assert got == want
-
-
-def test_classify_outputs() -> None:
-    assert classify_outputs(missing=[], disk_full="", result_error="",
-                            python_result=None).result is TaskResult.SUCCESS
-    assert classify_outputs(missing=["x"], disk_full="", result_error="",
-                            python_result=None).result is TaskResult.OUTPUT_MISSING
-    assert classify_outputs(missing=[], disk_full="big", result_error="",
-                            python_result=None).result is TaskResult.DISK_EXHAUSTION
-    v = classify_outputs(missing=[], disk_full="", result_error="EIO", python_result=None)
-    assert (v.result, v.exit_code) == (TaskResult.OUTPUT_MISSING, 1)
+# classify_exit / classify_outputs: every row of the outcome matrix is in
+# tests/test_worker_outcomes.py
 
 
 # ====================================================================== the resource ledger
@@ -360,7 +329,7 @@ def test_start_connects_and_handshake_sends_hello() -> None:
 
 
 def test_failed_connections_back_off_and_give_up_exactly_at_the_timeout() -> None:
-    ws = WorkerState(config(timeout=10.0, connect_timeout=30.0))
+    ws = WorkerState(config(timeout=10.0, attempt_timeout=30.0))
     assert one(ws.handle(ev.Started(now=0.0)), ev.Connect).timeout == 10.0
     out = ws.handle(ev.ConnectFailed(now=0.0, reason="refused"))
     assert "retrying in 1 s" in one(out, ev.Log).text
@@ -375,7 +344,7 @@ def test_failed_connections_back_off_and_give_up_exactly_at_the_timeout() -> Non
 
 
 def test_silent_handshake_is_dropped_after_the_connect_timeout() -> None:
-    ws = WorkerState(config(connect_timeout=2.0))
+    ws = WorkerState(config(attempt_timeout=2.0))
     ws.handle(ev.Started(now=0.0))
     ws.handle(ev.ConnectionOpened(now=0.0))
     assert of(ws.handle(ev.Tick(now=1.9)), ev.DropConnection) == []
@@ -421,18 +390,19 @@ def test_heartbeats_and_liveness_follow_the_welcome() -> None:
 def test_disconnect_gives_up_every_task_and_reports_none() -> None:
     ws = connected(cached=[("in", 1)])
     r1 = start_run(ws, run_task(1, inputs=[("in", "x")]))
-    start_fetch = one(ws.handle(fetch(5, name="other")), ev.StartFetch)
+    start_fetch = one(ws.handle(fetch(5, name="other", level=2)), ev.StartFetch)  # WORKER
     out = ws.handle(ev.ConnectionLost(now=3.0, reason="reset"))
     ws.validate_state()
     assert [k.run_id for k in of(out, ev.KillTask)] == [r1]
     assert "disconnected" in of(out, ev.Log)[0].text
     out = ws.handle(ev.TaskExited(run_id=r1, wall=4.0, status=signal.SIGKILL))
     assert sent(out, TaskDone) == []  # nothing to tell, nobody to tell
-    # the fetch goes on and keeps the file for the next manager
+    # the fetch of a WORKER-level file goes on and keeps the file for the next manager
     out = ws.handle(ev.FetchFinished(fetch_id=start_fetch.fetch_id, ok=True, size=4))
     assert len(of(out, ev.CommitFetch)) == 1 and sent(out) == []
-    ws.handle(ev.Tick(now=3.5))
-    ws.handle(ev.ConnectionOpened(now=3.6))
+    assert of(ws.handle(ev.Tick(now=3.5)), ev.Connect) == []  # --min-backoff: 1 s
+    assert len(of(ws.handle(ev.Tick(now=4.0)), ev.Connect)) == 1
+    ws.handle(ev.ConnectionOpened(now=4.1))
     assert ws.link is Link.HANDSHAKE
     ws.validate_state()
 

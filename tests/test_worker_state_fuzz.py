@@ -33,7 +33,7 @@ class WorkerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.ws = WorkerState(config(resources=Resources(3, 1000, 1000, 1), timeout=50.0,
-                                     connect_timeout=3.0, drain_timeout=5.0),
+                                     attempt_timeout=3.0, drain_timeout=5.0),
                               cached=[("temp-c", 4)])
         self.now = 0.0
         self.next_transfer = 0

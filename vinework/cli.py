@@ -1,7 +1,18 @@
-"""The ``vinework`` command: ``vinework worker HOST PORT [...]`` and ``vinework demo``.
+"""The vinework commands: vinework worker, vinework demo, and TaskVine's vine_worker.
 
-A bad argument is reported as one line on stderr with exit code 2 (argparse's
-convention), never a usage dump or a traceback.
+``vinework worker HOST PORT [...]`` runs a worker, ``vinework demo`` a small DAG
+on local workers; ``vine_worker [options] HOST PORT`` is TaskVine's worker
+command line, run by vinework.
+
+``vinework worker`` and ``vine_worker`` take the same arguments: TaskVine's
+options with TaskVine's meanings, plus vinework's own (``--drain-timeout``,
+``--parent-pid``, ``--hoist``, ``--attempt-timeout``); see
+``vinework.worker.options`` for what each does and which are refused. Options
+and the manager address may come in any order, as with TaskVine's getopt.
+
+A bad argument, or an option vinework cannot honour, is reported as one line
+on stderr with exit code 2 (argparse's convention), never a usage dump or a
+traceback.
 """
 
 from __future__ import annotations
@@ -20,46 +31,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
-    return port
-
-
-def _amount(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n} is negative (0 or unset means: detect)")
-    return n
-
-
-def _seconds(text: str) -> float:
-    try:
-        s = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not s > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return s
-
-
-def _pid(text: str) -> int:
-    try:
-        pid = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
-    if pid <= 0:
-        raise argparse.ArgumentTypeError(f"{pid} is not a process id")
-    return pid
-
-
 def _usable_workdir(path: str) -> str | None:
     """Why ``path`` cannot hold the worker's cache and sandboxes, or None if it can."""
     try:
@@ -71,23 +42,51 @@ def _usable_workdir(path: str) -> str | None:
     return None
 
 
-def _worker(args: argparse.Namespace) -> int:
-    from .worker.main import WorkerOptions, run_worker
+WORKER_HELP = """\
+Connect to the manager at HOST PORT, run its tasks, keep and serve its files.
+A worker without a manager retries (backing off from --min-backoff to
+--max-backoff) until --connect-timeout passes. When a manager's connection
+ends without a Shutdown, the worker kills its tasks, drops that manager's
+files (cache levels task and workflow), keeps the worker and forever ones, and
+waits for the next manager. The first SIGTERM while connected drains the
+worker (the manager moves its work elsewhere, then says Shutdown; at most
+--drain-timeout seconds); so do --idle-timeout and --wall-time. SIGINT or a
+second signal stops it at once."""
 
-    if args.workdir is not None:
-        why = _usable_workdir(args.workdir)
+
+def worker_parser(prog: str) -> argparse.ArgumentParser:
+    """The parser of ``vinework worker`` / ``vine_worker`` (named ``prog`` in messages)."""
+    from .worker.options import add_worker_arguments
+
+    p = _Parser(prog=prog, description=WORKER_HELP,
+                usage=f"{prog} [options] HOST PORT  (or HOST:PORT, or \"h1:p1;h2:p2\")")
+    add_worker_arguments(p)
+    return p
+
+
+def run_worker_command(argv: list[str], prog: str) -> int:
+    """Parse a worker command line and run the worker; 2 on a bad or refused argument."""
+    from .worker.options import OptionError, normalize_argv, worker_options
+
+    args = worker_parser(prog).parse_intermixed_args(normalize_argv(argv))
+    try:
+        opts = worker_options(args)
+    except OptionError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if opts.workdir is not None:
+        why = _usable_workdir(opts.workdir)
         if why is not None:
-            print(f"vinework worker: error: {why}", file=sys.stderr)
+            print(f"{prog}: error: {why}", file=sys.stderr)
             return 2
-    opts = WorkerOptions(
-        host=args.host, port=args.port, cores=args.cores, memory=args.memory, disk=args.disk,
-        gpus=args.gpus, workdir=args.workdir, timeout=args.timeout,
-        connect_timeout=args.connect_timeout if args.connect_timeout is not None
-        else min(30.0, args.timeout),
-        drain_timeout=args.drain_timeout, single_shot=args.single_shot,
-        hoist=tuple(args.hoist or ()), parent_pid=args.parent_pid or 0, debug=args.debug,
-    )
+    from .worker.main import run_worker
+
     return run_worker(opts)
+
+
+def vine_worker_main(argv: list[str] | None = None) -> int:
+    """``vine_worker [options] HOST PORT``: TaskVine's worker command, run by vinework."""
+    return run_worker_command(sys.argv[1:] if argv is None else list(argv), "vine_worker")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -96,43 +95,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(workers=args.workers)
 
 
-WORKER_HELP = """\
-Connect to the manager at HOST:PORT, run its tasks, keep and serve its files.
-A worker without a manager retries until --timeout passes. The first SIGTERM
-while connected drains the worker (the manager moves its work elsewhere, then
-says Shutdown; at most --drain-timeout seconds); SIGINT or a second signal
-stops it at once."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vinework", description=__doc__.splitlines()[0])
+    p = _Parser(prog="vinework", description=(__doc__ or "").splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="run a worker that connects to a manager",
-                       description=WORKER_HELP)
-    w.add_argument("host")
-    w.add_argument("port", type=_port)
-    w.add_argument("--cores", type=_amount, help="cores to offer (0 or unset: all)")
-    w.add_argument("--memory", type=_amount, help="memory to offer, MB (0 or unset: all)")
-    w.add_argument("--disk", type=_amount, help="disk to offer, MB (0 or unset: free space)")
-    w.add_argument("--gpus", type=_amount, default=0, help="gpus to offer (default 0)")
-    w.add_argument("--workdir", help="directory for the cache and sandboxes (kept at exit; "
-                   "default: a fresh directory under $TMPDIR, removed at exit)")
-    w.add_argument("--timeout", type=_seconds, default=900.0,
-                   help="give up after this many seconds without a manager: never "
-                   "connected, or since the last disconnection (default 900)")
-    w.add_argument("--connect-timeout", type=_seconds, default=None,
-                   help="longest one connection attempt may take, handshake included, "
-                   "before it is abandoned and retried (default: 30, or --timeout if smaller)")
-    w.add_argument("--drain-timeout", type=_seconds, default=20.0,
-                   help="after the first SIGTERM, exit after this many seconds even if the "
-                   "manager has not said Shutdown (default 20)")
-    w.add_argument("--parent-pid", type=_pid, default=None,
-                   help="stop at once when this process exits (used by Factory)")
-    w.add_argument("--single-shot", action="store_true",
-                   help="exit after the first manager disconnects")
-    w.add_argument("--hoist", action="append", help="module to pre-import for PythonTasks")
-    w.add_argument("--debug", action="store_true", help="also log every task started and done")
-    w.set_defaults(fn=_worker)
+    # "vinework worker" is parsed by worker_parser (options and arguments in any order);
+    # it is listed here for --help
+    sub.add_parser("worker", help="run a worker that connects to a manager (vinework worker "
+                   "--help lists its options)", add_help=False)
     d = sub.add_parser("demo", help="run a small DAG on local workers and show where bytes went")
     d.add_argument("--workers", type=int, default=2)
     d.set_defaults(fn=_demo)
@@ -140,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "worker":
+        return run_worker_command(argv[1:], "vinework worker")
     args = build_parser().parse_args(argv)
     return int(args.fn(args) or 0)
 

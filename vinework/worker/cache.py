@@ -4,18 +4,26 @@ Every file a worker holds (inputs fetched for tasks, outputs tasks made,
 temps kept for later tasks) lives in one flat directory under its cache name.
 Files arrive under a temporary ``.part-*`` name and are renamed into place only
 once complete, so a name in the directory is always a whole file. Which names
-exist, their sizes and their pins are the core's business (``WorkerState``);
+exist, their sizes, levels and pins are the core's business (``WorkerState``);
 this module only does the file operations it asks for.
+
+Cache levels on disk: the names of the FOREVER entries are recorded in a small
+index file (``FOREVER_INDEX``, one name a line, replaced atomically) in the
+cache directory; the index name cannot be a cache name. A worker started on a
+workdir keeps the files the index names and deletes every other file it finds
+(whatever it was, it was meant to go with its manager or its worker process).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import uuid
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+FOREVER_INDEX = ".forever"  # names of the FOREVER entries (not a valid cache name)
 
 
 class CacheError(Exception):
@@ -46,6 +54,40 @@ class Cache:
                 found.append((entry.name, entry.stat().st_size))
         return found
 
+    def read_forever(self) -> set[str]:
+        """The names the FOREVER index records (empty if there is no index)."""
+        try:
+            with open(os.path.join(self.dir, FOREVER_INDEX), encoding="utf-8") as f:
+                return {line.strip() for line in f if line.strip()}
+        except OSError:
+            return set()
+
+    def write_forever(self, names: tuple[str, ...] | list[str]) -> None:
+        """Record ``names`` as the FOREVER entries (atomically: a temp file renamed)."""
+        tmp = self.part_path()
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(f"{n}\n" for n in names))
+        os.replace(tmp, os.path.join(self.dir, FOREVER_INDEX))
+
+    def load(self) -> list[tuple[str, int]]:
+        """Start-up: keep the files the FOREVER index names, delete the others; return
+        the kept ones (name, size)."""
+        keep = self.read_forever()
+        kept = []
+        for name, size in self.scan():
+            if name in keep:
+                kept.append((name, size))
+            else:
+                self.remove(name)
+        self.write_forever(sorted(n for n, _ in kept))
+        return kept
+
+    def prune(self, keep: set[str]) -> None:
+        """Delete every cached file (and part file) whose name is not in ``keep``."""
+        for name, _ in self.scan():
+            if name not in keep:
+                self.remove(name)
+
     def path(self, name: str) -> str:
         return os.path.join(self.dir, check_cache_name(name))
 
@@ -75,7 +117,14 @@ class Cache:
         try:
             os.replace(src, dest)
         except OSError:
-            shutil.copyfile(src, dest)
+            part = self.part_path()  # never leave a partial copy under the name
+            try:
+                shutil.copyfile(src, part)
+                os.replace(part, dest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(part)
+                raise
         return os.stat(dest).st_size
 
     def remove(self, name: str) -> None:

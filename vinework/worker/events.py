@@ -136,6 +136,7 @@ class FetchRequested(FromManager):
     host: str
     port: int
     size: int
+    cache_level: int = 1  # a CacheLevel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,15 +180,23 @@ class TaskExited(Event):
     ``status`` is the raw wait status. For a PythonTask ``python_kind`` is the
     warm interpreter's reply kind ("inline", "file", "error" or "crash") and
     ``python_data`` the inline result (or pickled exception). ``disk_exhausted``
-    is measured by the shell for a command that exited non-zero.
+    is measured by the shell for a command that exited non-zero. ``output`` is
+    the start of stdout+stderr (at most ``OUTPUT_INLINE_MAX`` bytes) and
+    ``stdout_size`` the size of the whole (capped at the task's ``stdout_max``,
+    a notice appended); ``stdout_big`` says the whole waits in the sandbox to be
+    kept as a cache file. ``measured`` is [wall s, cpu s, max rss MB] or empty.
     """
 
     run_id: int
     wall: float
     status: int = 0
-    timed_out: bool = False
+    timed_out: bool = False  # killed by the worker for time_max
+    end_time_passed: bool = False  # killed by the worker at time_end
     disk_exhausted: bool = False
     output: str = ""
+    stdout_size: int = 0
+    stdout_big: bool = False
+    measured: list[float] = field(default_factory=list)
     setup_error: str = ""
     worker_error: str = ""  # the worker itself failed running it (a bug, not the task)
     python_kind: str = ""
@@ -205,6 +214,8 @@ class OutputsCollected(Event):
     missing: list[str] = field(default_factory=list)
     disk_full: str = ""  # the remote name whose storing hit ENOSPC/EDQUOT, if any
     result_error: str = ""  # why a PythonTask's result file could not be stored
+    stdout_stored: int = -1  # size of the stdout file kept in the cache; -1: none
+    stdout_error: str = ""  # why the stdout file asked for could not be kept
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,12 +294,14 @@ class StartTask(Instruction):
     """Prepare a sandbox (inputs linked from the cache) and start the task.
 
     ``inline_max`` is the PythonTask result size up to which the result comes
-    back inline; -1 means always into a file (kept in the cache).
+    back inline; -1 means always into a file (kept in the cache). ``gpu_ids``
+    are the gpu indices the task holds (its ``CUDA_VISIBLE_DEVICES``).
     """
 
     run_id: int
     task: RunTask
     inline_max: int
+    gpu_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -300,11 +313,13 @@ class KillTask(Instruction):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CollectOutputs(Instruction):
-    """Move the task's outputs (and a PythonTask result file) from the sandbox into the cache."""
+    """Move the task's outputs (and a PythonTask result file, and a stdout too big to
+    travel inline) from the sandbox into the cache."""
 
     run_id: int
     outputs: list[tuple[str, str]]  # (cache name, remote name)
     python_result: str = ""  # cache name for the result file, "" if none
+    stdout: str = ""  # cache name for the sandbox's stdout file, "" if none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,6 +327,14 @@ class CleanupTask(Instruction):
     """The core is done with ``run_id``: release its sandbox and any leftover part file."""
 
     run_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistForever(Instruction):
+    """The FOREVER cache entries are now ``names``: record them on disk, so that a
+    worker restarted on the same workdir keeps exactly these files."""
+
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

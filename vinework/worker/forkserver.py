@@ -15,11 +15,22 @@ traceback text. Forking a warm process costs about a millisecond; a fresh
 interpreter costs tens. The server is single-threaded and keeps little memory,
 so forks stay cheap.
 
+The task's environment (``taskenv.py``): ``env_pairs`` are set and
+``unset_names`` removed in ``os.environ`` for the call (and ``tempfile``'s
+cached directory is forgotten, so ``TMPDIR`` applies); a forked child keeps
+them, a direct executor restores its environment after the call.
+
+What a call used (``measured``: [wall s, cpu s, max rss MB]): in a forked child,
+the wall time from fork to reap and the child's ``wait4`` rusage; in a direct
+executor, the wall time of the call, its ``time.process_time`` and the
+executor's own peak RSS (it lives across calls: the peak of any earlier call
+may show).
+
 Internal wire (worker <-> fork server, over a socketpair): length-prefixed
 msgpack arrays.
-    ["run", task_id, sandbox, payload, out_path, inline_max, env_pairs]
+    ["run", task_id, sandbox, payload, out_path, inline_max, env_pairs, unset_names]
     ["kill", task_id]        ["hoist", [module, ...]]
-    reply: ["done", task_id, status, kind, data, traceback_text]
+    reply: ["done", task_id, status, kind, data, traceback_text, measured]
       status: the child's wait status; kind: "inline" | "file" | "error" | "crash"
 """
 
@@ -27,11 +38,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import resource
 import selectors
 import signal
 import socket
 import struct
 import sys
+import tempfile
+import time
 import traceback
 from typing import Any
 
@@ -100,8 +114,16 @@ def _redirect_output(sandbox: str) -> None:
     os.close(out)
 
 
+def _apply_env(env: list[list[str]], unset: list[str]) -> None:
+    for k, v in env:
+        os.environ[k] = v
+    for name in unset:
+        os.environ.pop(name, None)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
 def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
-           env: list[list[str]], wfd: int) -> None:
+           env: list[list[str]], unset: list[str], wfd: int) -> None:
     """Run in the forked child: never returns."""
     code = 0
     try:
@@ -109,8 +131,7 @@ def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.chdir(sandbox)
-        for k, v in env:
-            os.environ[k] = v
+        _apply_env(env, unset)
         _redirect_output(sandbox)
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
@@ -157,10 +178,11 @@ def serve_direct(fd: int) -> None:
                 continue
             if req[0] != "run":
                 continue
-            _, task_id, sandbox, payload, out_path, inline_max, env = req
+            _, task_id, sandbox, payload, out_path, inline_max, env, unset = req
+            t0, c0 = time.monotonic(), time.process_time()
             try:
                 os.chdir(sandbox)
-                os.environ.update({k: v for k, v in env})
+                _apply_env(env, unset)
                 _redirect_output(sandbox)
                 reply = call_payload(payload, out_path, inline_max)
             except BaseException:  # the sandbox itself was unusable
@@ -177,7 +199,10 @@ def serve_direct(fd: int) -> None:
                 if os.environ != base_env:
                     os.environ.clear()
                     os.environ.update(base_env)
-            ctl.sendall(pack(["done", task_id, 0, *reply]))
+                tempfile.tempdir = None
+            measured = [time.monotonic() - t0, time.process_time() - c0,
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]
+            ctl.sendall(pack(["done", task_id, 0, *reply, measured]))
 
 
 def _hoist(modules: list[str]) -> None:
@@ -195,7 +220,8 @@ def serve(fd: int) -> None:
     sel = selectors.DefaultSelector()
     sel.register(ctl, selectors.EVENT_READ, "ctl")
     framer = Framer()
-    children: dict[int, tuple[int, int, bytearray]] = {}  # rfd -> (task_id, pid, buf)
+    # rfd -> (task_id, pid, buf, fork time)
+    children: dict[int, tuple[int, int, bytearray, float]] = {}
     by_task: dict[int, int] = {}  # task_id -> pid
     outbuf = bytearray()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -226,16 +252,17 @@ def serve(fd: int) -> None:
                 for req in framer.feed(data):
                     op = req[0]
                     if op == "run":
-                        _, task_id, sandbox, payload, out_path, inline_max, env = req
+                        _, task_id, sandbox, payload, out_path, inline_max, env, unset = req
                         r, w = os.pipe()
+                        t0 = time.monotonic()
                         pid = os.fork()
                         if pid == 0:
                             os.close(r)
                             ctl.close()
-                            _child(sandbox, payload, out_path, inline_max, env, w)
+                            _child(sandbox, payload, out_path, inline_max, env, unset, w)
                         os.close(w)
                         os.set_blocking(r, False)
-                        children[r] = (task_id, pid, bytearray())
+                        children[r] = (task_id, pid, bytearray(), t0)
                         by_task[task_id] = pid
                         sel.register(r, selectors.EVENT_READ, "child")
                     elif op == "kill":
@@ -246,7 +273,7 @@ def serve(fd: int) -> None:
                         _hoist(req[1])
             else:
                 rfd = key.fd
-                task_id, pid, buf = children[rfd]
+                task_id, pid, buf, t0 = children[rfd]
                 try:
                     chunk = os.read(rfd, 1 << 20)
                 except BlockingIOError:
@@ -258,13 +285,15 @@ def serve(fd: int) -> None:
                 os.close(rfd)
                 del children[rfd]
                 by_task.pop(task_id, None)
-                _, status = os.waitpid(pid, 0)
+                _, status, usage = os.wait4(pid, 0)
+                measured = [time.monotonic() - t0, usage.ru_utime + usage.ru_stime,
+                            usage.ru_maxrss / 1024.0]
                 frames = Framer().feed(bytes(buf))
                 if frames:
                     kind, data, tb = frames[0]
                 else:
                     kind, data, tb = "crash", b"", ""
-                outbuf += pack(["done", task_id, status, kind, data, tb])
+                outbuf += pack(["done", task_id, status, kind, data, tb, measured])
         flush()
 
 

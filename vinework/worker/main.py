@@ -8,11 +8,18 @@ decision is taken here: when to connect, retry, give up, drop a silent
 manager, drain, what a task's outcome is, which files to keep, all come from
 the core.
 
-Bulk bytes stay off the loop: a thread-based transfer server serves cached
-files to peers and the manager, and fetches run in a thread pool. Command
-tasks are reaped through pidfds; PythonTasks run in warm interpreters
-(``pypool.py``). Events are queued and handled one at a time, so an
-instruction that produces an event (``CollectOutputs``) never re-enters the core.
+Bulk bytes stay off the loop: a thread-based transfer server (on
+``--transfer-port``) serves cached files to peers and the manager, and fetches
+run in a thread pool (``--max-transfer-procs`` threads). Tasks are run by
+``runner.py``: command tasks are reaped through pidfds, PythonTasks run in
+warm interpreters (``pypool.py``). Events are queued and handled one at a
+time, so an instruction that produces an event (``CollectOutputs``) never
+re-enters the core.
+
+The workspace: ``--workdir`` (kept at exit, with its FOREVER files and their
+index; every other cached file is deleted at exit and at the next start), or
+a fresh directory under ``$TMPDIR`` that lives as long as the process, across
+managers, and is removed at exit (unless ``--keep-workspace``).
 """
 
 from __future__ import annotations
@@ -21,17 +28,16 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import errno
 import itertools
 import logging
+import logging.handlers
 import os
 import shutil
 import signal
 import socket
+import sys
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
 from ..protocol import Fetch as FetchMsg
 from ..protocol import (
@@ -49,44 +55,32 @@ from ..protocol import (
 )
 from ..protocol.transfer import TransferError, TransferServer, fetch_file
 from . import events as ev
-from . import sandbox as sb
 from .cache import Cache, CacheError
-from .outcome import Resources
-from .pypool import PythonRunner
+from .options import WorkerOptions, detect_resources
 from .records import WorkerConfig
+from .runner import TaskRunner
 from .state import WorkerState
 
 log = logging.getLogger("vinework.worker")
 TICK = 0.1  # seconds between two Tick events
 
 
-@dataclass
-class WorkerOptions:
-    """Command-line options of ``vinework worker`` (0 or None resources: detect)."""
-
-    host: str
-    port: int
-    cores: int | None = None
-    memory: int | None = None  # MB
-    disk: int | None = None  # MB
-    gpus: int | None = None
-    workdir: str | None = None
-    timeout: float = 900.0  # give up after this long without a manager
-    connect_timeout: float = 30.0  # one connection attempt, handshake included
-    drain_timeout: float = 20.0
-    single_shot: bool = False
-    hoist: tuple[str, ...] = ()
-    parent_pid: int = 0  # exit when this process exits (0: no parent to watch)
-    debug: bool = False
+class WorkerStartError(Exception):
+    """The worker cannot start (its transfer port is taken, its workdir unusable)."""
 
 
-def detect_resources(opts: WorkerOptions, workdir: str) -> Resources:
-    """What the worker offers: the options, or what the machine has where they are 0/unset."""
-    cores = opts.cores or os.cpu_count() or 1
-    memory = opts.memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
-    free = shutil.disk_usage(workdir).free // (1 << 20)
-    disk = min(opts.disk, free) if opts.disk else free
-    return Resources(cores, memory, disk, opts.gpus or 0)
+def _transfer_server(cache: Cache, ports: tuple[int, int]) -> TransferServer:
+    """The transfer server on the first free port of ``ports`` ((0, 0): any port)."""
+    lo, hi = ports
+    last: OSError | None = None
+    for port in range(lo, hi + 1):
+        try:
+            return TransferServer(cache.lookup, port=port)
+        except OSError as e:
+            last = e
+    where = f"port {lo}" if lo == hi else f"any port of {lo}-{hi}"
+    raise WorkerStartError(f"--transfer-port: cannot listen on {where}: "
+                           f"{last.strerror if last else 'no port'}")
 
 
 class Worker:
@@ -100,6 +94,8 @@ class Worker:
         )
         os.makedirs(self.workdir, exist_ok=True)
         self.cache = Cache(os.path.join(self.workdir, "cache"))
+        kept = self.cache.load()  # the FOREVER files of an earlier worker on this workdir
+        self.forever = {n for n, _ in kept}
         self.sandboxes = os.path.join(self.workdir, "sandbox")
         os.makedirs(self.sandboxes, exist_ok=True)
         # PythonTask sandboxes hold little (inputs are links, the result goes straight to the
@@ -111,19 +107,22 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.makedirs(shm)
                 self.py_sandboxes = shm
-        self.resources = detect_resources(opts, self.workdir)
-        self.box_pool = sb.SandboxPool(self.sandboxes)
-        self.py_box_pool = sb.SandboxPool(self.py_sandboxes)
-        self.server = TransferServer(self.cache.lookup)
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=16,
-                                                          thread_name_prefix="vine-fetch")
+        self.resources = detect_resources(opts, self.workdir,
+                                          sum(size for _, size in kept) // (1 << 20))
+        self.server = _transfer_server(self.cache, opts.transfer_ports)
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, opts.max_transfer_procs), thread_name_prefix="vine-fetch")
         self.state = WorkerState(
             WorkerConfig(manager_host=opts.host, manager_port=opts.port,
-                         hostname=socket.gethostname(), transfer_port=self.server.port,
-                         resources=self.resources, timeout=opts.timeout,
-                         connect_timeout=opts.connect_timeout,
-                         drain_timeout=opts.drain_timeout, single_shot=opts.single_shot),
-            cached=self.cache.scan())
+                         hostname=socket.gethostname(),
+                         transfer_port=opts.contact_port or self.server.port,
+                         resources=self.resources, timeout=opts.connect_timeout,
+                         attempt_timeout=opts.attempt_timeout,
+                         drain_timeout=opts.drain_timeout, single_shot=opts.single_shot,
+                         idle_timeout=opts.idle_timeout, wall_time=opts.wall_time,
+                         min_backoff=opts.min_backoff, max_backoff=opts.max_backoff,
+                         features=opts.features),
+            cached=kept)
         self._queue: collections.deque[ev.Event] = collections.deque()
         self._handling = False
         self._ids = itertools.count(1)
@@ -134,12 +133,9 @@ class Worker:
         self._outq: list[Message] = []
         self._flush_scheduled = False
         self.parts: dict[int, str] = {}  # fetch id -> part file
-        self.procs: dict[int, sb.CommandProcess] = {}  # run id -> command process
-        self.py_calls: dict[int, asyncio.Task[list[Any]]] = {}  # run id -> runner call
-        self.boxes: dict[int, tuple[sb.SandboxPool, str]] = {}  # run id -> sandbox
-        self.py_out: dict[int, str] = {}  # run id -> result part file
-        self.hoisted: list[str] = list(opts.hoist)
-        self.python: PythonRunner | None = None  # warm interpreters, made on first use
+        self.tasks = TaskRunner(self.cache, self.sandboxes, self.py_sandboxes,
+                                self.resources.cores, list(opts.hoist), self.post,
+                                task_wrapper=opts.task_wrapper)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -150,11 +146,7 @@ class Worker:
 
     def close(self) -> None:
         self.server.close()
-        for p in self.procs.values():
-            p.kill()
-        if self.python is not None:
-            self.python.close()
-            self.python = None
+        self.tasks.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.py_sandboxes != self.sandboxes:
             shutil.rmtree(self.py_sandboxes, ignore_errors=True)
@@ -162,10 +154,17 @@ class Worker:
         for part in self.parts.values():
             with contextlib.suppress(OSError):
                 os.unlink(part)
-        if self.owns_workdir:
+        if self.owns_workdir and not self.opts.keep_workspace:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        else:  # what outlives the worker: its FOREVER files
+            with contextlib.suppress(OSError):
+                self.cache.prune(self.forever)
+                self.cache.write_forever(sorted(self.forever))
 
     async def _main(self) -> int:
+        if self.opts.ignored_managers:
+            log.warning("connecting to %s:%d only; vinework serves one manager (ignoring %s)",
+                        self.opts.host, self.opts.port, ", ".join(self.opts.ignored_managers))
         loop = asyncio.get_running_loop()
         self._exit = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, self._signal, "SIGTERM", True)
@@ -247,13 +246,13 @@ class Worker:
         elif t is ev.Log:
             log.log(ins.level, "%s", ins.text)  # type: ignore[attr-defined]
         elif t is ev.StartTask:
-            self._start_task(ins)  # type: ignore[arg-type]
+            self.tasks.start(ins)  # type: ignore[arg-type]
         elif t is ev.CollectOutputs:
-            self._collect(ins)  # type: ignore[arg-type]
+            self.tasks.collect(ins)  # type: ignore[arg-type]
         elif t is ev.CleanupTask:
-            self._cleanup(ins.run_id)  # type: ignore[attr-defined]
+            self.tasks.cleanup(ins.run_id)  # type: ignore[attr-defined]
         elif t is ev.KillTask:
-            self._kill(ins.run_id)  # type: ignore[attr-defined]
+            self.tasks.kill(ins.run_id)  # type: ignore[attr-defined]
         elif t is ev.StartFetch:
             self._start_fetch(ins)  # type: ignore[arg-type]
         elif t is ev.CommitFetch:
@@ -264,6 +263,12 @@ class Worker:
                 os.unlink(part)
         elif t is ev.RemoveFile:
             self.cache.remove(ins.name)  # type: ignore[attr-defined]
+        elif t is ev.PersistForever:
+            self.forever = set(ins.names)  # type: ignore[attr-defined]
+            try:
+                self.cache.write_forever(ins.names)  # type: ignore[attr-defined]
+            except OSError as e:
+                log.warning("cannot record the FOREVER files: %s", e)
         elif t is ev.Connect:
             self.session = asyncio.ensure_future(self._session(ins.timeout))  # type: ignore[attr-defined]
         elif t is ev.DropConnection:
@@ -328,7 +333,8 @@ class Worker:
         if t is FetchMsg:
             f: FetchMsg = msg  # type: ignore[assignment]
             return ev.FetchRequested(now=now, transfer_id=f.transfer_id, name=f.name,
-                                     host=f.host, port=f.port, size=f.size)
+                                     host=f.host, port=f.port, size=f.size,
+                                     cache_level=f.cache_level)
         if t is Unlink:
             return ev.UnlinkRequested(now=now, name=msg.name)  # type: ignore[attr-defined]
         if t is Kill:
@@ -345,10 +351,7 @@ class Worker:
         if t is Shutdown:
             return ev.ShutdownReceived(now=now, reason=msg.reason)  # type: ignore[attr-defined]
         if t is Hoist:
-            mods = [m for m in msg.modules if m not in self.hoisted]  # type: ignore[attr-defined]
-            self.hoisted.extend(mods)
-            if self.python is not None:
-                self.python.hoist(mods)
+            self.tasks.hoist(list(msg.modules))  # type: ignore[attr-defined]
             return ev.HeartbeatReceived(now=now)  # no state to change: it proves liveness
         return ev.ProtocolViolation(now=now, error=f"unexpected {t.__name__} from the manager")
 
@@ -398,166 +401,6 @@ class Worker:
                 os.unlink(part)
             self.post(ev.FileLost(name=ins.name, reason=f"cannot store {ins.name}: {e}"))
 
-    # ------------------------------------------------------------------ tasks
-    def _start_task(self, ins: ev.StartTask) -> None:
-        asyncio.ensure_future(self._run_task(ins.run_id, ins.task, ins.inline_max))
-
-    async def _run_task(self, run_id: int, task: RunTask, inline_max: int) -> None:
-        pool = self.box_pool if task.python_payload is None else self.py_box_pool
-        box = pool.acquire()
-        self.boxes[run_id] = (pool, box)
-        try:
-            sb.prepare(box, list(task.inputs), {n: self.cache.path(n) for n, _ in task.inputs})
-            for _, remote in task.outputs:
-                sb.safe_join(box, remote)
-        except (sb.SandboxError, CacheError, OSError) as e:
-            self.post(ev.TaskExited(run_id=run_id, wall=time.time(), setup_error=str(e)))
-            return
-        try:
-            if task.python_payload is not None:
-                done = await self._run_python(run_id, task, box, inline_max)
-            else:
-                done = await self._run_command(run_id, task, box)
-        except Exception as e:  # a worker-side bug must not kill the worker
-            log.exception("task %d failed inside the worker", task.task_id)
-            done = ev.TaskExited(run_id=run_id, wall=time.time(), worker_error=str(e),
-                                 output=sb.read_output(box))
-        self.post(done)
-
-    def _env(self, task: RunTask) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({"CORES": str(task.cores), "MEMORY": str(task.memory),
-                    "DISK": str(task.disk), "GPUS": str(task.gpus),
-                    "OMP_NUM_THREADS": str(max(1, task.cores))})
-        env.update(dict(task.env))
-        return env
-
-    async def _run_command(self, run_id: int, task: RunTask, box: str) -> ev.TaskExited:
-        try:
-            proc = sb.CommandProcess(task.command, box, self._env(task))
-        except OSError as e:
-            return ev.TaskExited(run_id=run_id, wall=time.time(), status=127 << 8,
-                                 output=f"vinework: cannot start the command: {e}\n")
-        self.procs[run_id] = proc
-        timer = None
-        if task.time_max > 0:
-            def on_time() -> None:
-                proc.killed_for_time = True
-                proc.kill()
-            timer = asyncio.get_running_loop().call_later(task.time_max, on_time)
-        try:
-            status = await proc.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self.procs.pop(run_id, None)
-        full = False
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
-            full = _disk_exhausted(box, task.disk)
-        return ev.TaskExited(run_id=run_id, wall=time.time(), status=status,
-                             timed_out=proc.killed_for_time, disk_exhausted=full,
-                             output=sb.read_output(box))
-
-    async def _run_python(self, run_id: int, task: RunTask, box: str,
-                          inline_max: int) -> ev.TaskExited:
-        if self.python is None:
-            self.python = PythonRunner(self.resources.cores, self.hoisted)
-        runner = self.python
-        out_path = self.py_out[run_id] = self.cache.part_path()
-        env = [[k, v] for k, v in task.env] + [["CORES", str(task.cores)]]
-        # the runner knows calls by our run id: a task id may come again from a new manager
-        request = ["run", run_id, box, task.python_payload, out_path, inline_max, env]
-        timed_out = False
-        timer = None
-        if task.time_max > 0:
-            def on_time() -> None:
-                nonlocal timed_out
-                timed_out = True
-                self._kill(run_id)
-            timer = asyncio.get_running_loop().call_later(task.time_max, on_time)
-        call = self.py_calls[run_id] = asyncio.ensure_future(
-            runner.run(run_id, task.python_mode or "direct", request))
-        try:
-            _, _, status, kind, data, tb = await call
-        except asyncio.CancelledError:  # killed before an interpreter took it
-            if not call.cancelled():
-                raise
-            status, kind, data, tb = signal.SIGKILL, "crash", b"", ""
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self.py_calls.pop(run_id, None)
-        return ev.TaskExited(run_id=run_id, wall=time.time(), status=int(status),
-                             timed_out=timed_out, output=sb.read_output(box),
-                             python_kind=str(kind),
-                             python_data=data if isinstance(data, bytes) else None,
-                             python_traceback=str(tb or ""))
-
-    def _kill(self, run_id: int) -> None:
-        proc = self.procs.get(run_id)
-        if proc is not None:
-            proc.kill()
-            return
-        call = self.py_calls.get(run_id)
-        if call is None or self.python is None:
-            return
-        if run_id in self.python.where:
-            self.python.kill(run_id)
-        else:
-            call.cancel()
-
-    def _collect(self, ins: ev.CollectOutputs) -> None:
-        _, box = self.boxes[ins.run_id]
-        stored: list[tuple[str, int]] = []
-        missing: list[str] = []
-        disk_full = result_error = ""
-        if ins.python_result:
-            try:
-                stored.append((ins.python_result,
-                               self.cache.commit(ins.python_result, self.py_out[ins.run_id])))
-            except (OSError, CacheError) as e:
-                result_error = str(e)
-        for name, remote in ins.outputs:
-            if result_error:
-                break
-            src = sb.safe_join(box, remote)
-            if not os.path.lexists(src):
-                missing.append(remote)
-                continue
-            try:
-                stored.append((name, self.cache.store_from(name, src)))
-            except (OSError, CacheError) as e:
-                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    disk_full = remote
-                    break
-                missing.append(f"{remote} ({e})")
-        self.post(ev.OutputsCollected(run_id=ins.run_id, wall=time.time(), stored=stored,
-                                      missing=missing, disk_full=disk_full,
-                                      result_error=result_error))
-
-    def _cleanup(self, run_id: int) -> None:
-        pool, box = self.boxes.pop(run_id, (None, ""))
-        if pool is not None:
-            pool.release(box)
-        part = self.py_out.pop(run_id, "")
-        if part:
-            with contextlib.suppress(OSError):
-                os.unlink(part)
-
-
-def _disk_exhausted(box: str, disk_mb: int) -> bool:
-    """Did a failed task run out of disk (the filesystem, or its own allocation)?"""
-    try:
-        if shutil.disk_usage(box).free < 4 * (1 << 20):
-            return True
-        if disk_mb > 0:
-            used = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(box)
-                       if e.is_file(follow_symlinks=False) and e.stat().st_nlink == 1)
-            return used > disk_mb * (1 << 20)
-    except OSError:
-        return False
-    return False
-
 
 def _remove_stale_shm() -> None:
     """Delete /dev/shm sandboxes left by workers that were killed (their pid is gone)."""
@@ -577,11 +420,47 @@ def _remove_stale_shm() -> None:
             pass
 
 
+def _log_handlers(opts: WorkerOptions) -> list[logging.Handler]:
+    """stderr gets the worker's INFO lines (and the debug ones without -o); -o FILE gets all."""
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(logging.Formatter("vinework worker: %(message)s"))
+    target = opts.debug_file
+    if target in ("", ":stderr"):
+        return [err]
+    err.setLevel(logging.INFO)
+    if target == ":stdout":
+        out: logging.Handler = logging.StreamHandler(sys.stdout)
+    elif opts.debug_rotate_max > 0:
+        out = logging.handlers.RotatingFileHandler(target, maxBytes=opts.debug_rotate_max,
+                                                   backupCount=1)
+    else:
+        out = logging.FileHandler(target)
+    out.setFormatter(logging.Formatter("%(asctime)s vinework worker[%(process)d]: "
+                                       "%(message)s"))
+    return [err, out]
+
+
 def run_worker(opts: WorkerOptions) -> int:
-    """Run a worker until the manager says stop, a signal, or no manager for ``timeout``."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("vinework worker: %(message)s"))
-    log.addHandler(handler)
+    """Run a worker until the manager says stop, a signal, or no manager for ``timeout``.
+
+    Returns the exit code: 0 (stopped), 1 (no manager), 2 (it cannot start, or
+    the peer is not a vinework manager).
+    """
+    try:
+        handlers = _log_handlers(opts)
+    except OSError as e:
+        print(f"vinework worker: error: --debug-file {opts.debug_file}: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    for h in handlers:
+        log.addHandler(h)
     log.setLevel(logging.DEBUG if opts.debug else logging.INFO)
     log.propagate = False
-    return Worker(opts).run()
+    try:
+        worker = Worker(opts)
+    except WorkerStartError as e:
+        print(f"vinework worker: error: {e}", file=sys.stderr)
+        return 2
+    return worker.run()

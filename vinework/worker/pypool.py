@@ -3,7 +3,7 @@
 ``PythonRunner.run(call_id, mode, request)`` sends one call (``call_id`` is the
 worker's own run id, never a manager task id, which a new manager may reuse) to a warm
 interpreter and waits for its reply frame ``["done", call_id, status, kind,
-data, traceback]``. Mode "direct" uses a pool of executor processes (one call
+data, traceback, measured]`` (``measured`` is empty in the crash frame). Mode "direct" uses a pool of executor processes (one call
 at a time each, started lazily up to the pool size); mode "fork" uses one fork
 server that forks a child per call. ``kill(call_id)`` stops a call: the fork
 server kills its child; a direct executor is killed and replaced. All of it
@@ -21,7 +21,7 @@ from typing import Any
 
 from .forkserver import Framer, pack
 
-CRASH = ["done", 0, 9, "crash", b"", "the Python interpreter running the task died"]
+CRASH = ["done", 0, 9, "crash", b"", "the Python interpreter running the task died", []]
 
 
 class _Interpreter:

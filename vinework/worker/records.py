@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..constants import CacheLevel
 from ..protocol import RunTask
-from .outcome import Resources
+from .outcome import Resources, Verdict
 
 
 class EntryState(Enum):
@@ -21,7 +22,7 @@ class EntryState(Enum):
 
 class TaskState(Enum):
     RUNNING = "running"
-    COLLECTING = "collecting"  # the process succeeded; its outputs are being stored
+    COLLECTING = "collecting"  # the process ended; its outputs (and big stdout) are stored
     KILLED = "killed"  # given up; waiting for the process to be gone
 
 
@@ -70,6 +71,9 @@ class CacheEntry:
     size: int = -1
     pins: int = 0
     doomed: bool = False  # remove when the last pin is released / when the fetch ends
+    # how long it is kept (a CacheLevel): TASK and WORKFLOW entries go with their manager,
+    # WORKER entries with the worker process, FOREVER entries outlive it (in a --workdir)
+    level: int = CacheLevel.WORKFLOW
 
 
 @dataclass(slots=True)
@@ -79,9 +83,14 @@ class TaskRun:
     ask: Resources
     inputs: tuple[str, ...]  # distinct cache names pinned
     start: float  # wall clock
+    gpu_ids: tuple[int, ...] = ()
     state: TaskState = TaskState.RUNNING
     output: str = ""
     python_result: bytes | None = None
+    exit_code: int = 0  # of the process, once it exited
+    verdict: Verdict | None = None  # decided at exit; the big stdout is being stored
+    measured: list[float] = field(default_factory=list)
+    stdout_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +102,13 @@ class WorkerConfig:
     hostname: str
     transfer_port: int
     resources: Resources
-    timeout: float = 900.0  # give up after this long without a manager
-    connect_timeout: float = 30.0  # one connection attempt, handshake included
+    # give up after this long without a manager (TaskVine's --connect-timeout)
+    timeout: float = 900.0
+    attempt_timeout: float = 30.0  # one connection attempt, handshake included
     drain_timeout: float = 20.0
     single_shot: bool = False
+    idle_timeout: float = 0.0  # leave (drain) after this long connected with no work; 0 = never
+    wall_time: float = 0.0  # leave (drain) this long after the start; 0 = no limit
+    min_backoff: float = 1.0  # first pause before reconnecting; doubled per failure
+    max_backoff: float = 8.0  # longest pause between two connection attempts
+    features: tuple[str, ...] = ()  # --feature names, announced in Hello

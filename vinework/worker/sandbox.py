@@ -3,13 +3,17 @@
 Each task attempt gets an empty directory (released directories are emptied
 and reused: see ``SandboxPool``). Inputs are hard links to cache files
 (symlinks across filesystems), placed under their remote names; outputs are
-moved from the sandbox into the cache afterwards. Command tasks run under
+moved from the sandbox into the cache afterwards. The task's stdout and
+stderr go to one file in the sandbox (``OUTPUT_NAME``); ``take_output`` reads
+its start for ``TaskDone`` and caps the file at the task's ``stdout_max`` in
+place, so a large output is never held in memory. Command tasks run under
 ``/bin/sh -c`` (or exec'd directly when the command is plain words with
 nothing for a shell to expand) in their own session and process group, so a
 kill reaches every process they started. They are reaped through a pidfd
 registered with the event loop (no thread per child, no SIGCHLD); where
 ``os.pidfd_open`` fails, ``waitpid(WNOHANG)`` is polled instead. Either way the
-caller gets the real wait status.
+caller gets the real wait status and the process's resource usage
+(``os.wait4``: its own and that of the children it waited for).
 """
 
 from __future__ import annotations
@@ -18,15 +22,21 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
+
+from .outcome import OUTPUT_INLINE_MAX
 
 # a command made only of plain words separated by single spaces needs no shell
 _PLAIN = re.compile(r"[A-Za-z0-9_./,:=+@%-]+(?: [A-Za-z0-9_./,:=+@%-]+)*")
 
 OUTPUT_NAME = ".vinework-output"
-OUTPUT_MAX = 1 << 20  # bytes of stdout+stderr returned with a task
+
+
+Rusage = resource.struct_rusage
 
 
 class SandboxError(Exception):
@@ -95,23 +105,47 @@ def prepare(sandbox: str, inputs: list[tuple[str, str]], cache_lookup: dict[str,
             os.makedirs(parent, exist_ok=True)
         try:
             os.link(src, dest)
+        except FileNotFoundError:
+            raise SandboxError(f"input {name} ({remote}) vanished from the cache") from None
         except OSError:
             os.symlink(src, dest)
 
 
-def read_output(sandbox: str) -> str:
-    """The task's captured stdout+stderr, capped with a visible notice."""
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What a task printed: the start of it, the size kept, whether a file holds it all."""
+
+    text: str  # at most OUTPUT_INLINE_MAX bytes (plus a truncation notice), decoded
+    size: int  # bytes of the whole output as kept (capped, notice included)
+    big: bool  # True: the output file in the sandbox holds more than ``text``
+
+
+def take_output(sandbox: str, keep_max: int) -> Output:
+    """Read the start of the task's stdout+stderr and cap the file at ``keep_max`` bytes.
+
+    Up to ``OUTPUT_INLINE_MAX`` bytes come back as text. A longer output stays
+    in the sandbox's output file (``big``), truncated to ``keep_max`` bytes with
+    a one-line notice appended when it was longer.
+    """
+    keep_max = max(0, keep_max)
     path = os.path.join(sandbox, OUTPUT_NAME)
     try:
         with open(path, "rb") as f:
-            data = f.read(OUTPUT_MAX + 1)
-            total = os.fstat(f.fileno()).st_size
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(OUTPUT_INLINE_MAX, keep_max))
     except OSError:
-        return ""
-    text = data[:OUTPUT_MAX].decode("utf-8", "replace")
-    if total > OUTPUT_MAX:
-        text += f"\n[vinework: output truncated: {total} bytes, first {OUTPUT_MAX} shown]\n"
-    return text
+        return Output("", 0, False)
+    notice = (f"\n[vinework: output truncated: {size} bytes, first {keep_max} kept]\n"
+              if size > keep_max else "")
+    if size <= OUTPUT_INLINE_MAX or keep_max <= OUTPUT_INLINE_MAX:
+        text = data.decode("utf-8", "replace") + notice
+        return Output(text, len(data) + len(notice.encode()), False)
+    if notice:
+        os.truncate(path, keep_max)
+        with open(path, "ab") as f:
+            f.write(notice.encode())
+    kept = min(size, keep_max) + len(notice.encode())
+    return Output(data.decode("utf-8", "replace"), kept, True)
 
 
 def remove(sandbox: str) -> None:
@@ -152,7 +186,7 @@ class CommandProcess:
         finally:
             os.close(out)
         self.pid = self.proc.pid
-        self.killed_for_time = False
+        self.killed_for = ""  # why the worker killed it ("time_max", "time_end"), if it did
 
     @staticmethod
     def _spawn(argv: list[str], sandbox: str, env: dict[str, str], out: int
@@ -160,8 +194,8 @@ class CommandProcess:
         return subprocess.Popen(argv, cwd=sandbox, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=out, start_new_session=True, close_fds=True)
 
-    async def wait(self) -> int:
-        """Wait for the exit without a thread; return the raw wait status.
+    async def wait(self) -> tuple[int, Rusage]:
+        """Wait for the exit without a thread; return the raw wait status and rusage.
 
         Cancelled (the worker is going away), the process is killed and reaped
         before the cancellation goes on: no zombie is left.
@@ -173,10 +207,10 @@ class CommandProcess:
                 pidfd = -1
             if pidfd >= 0:
                 await self._readable(pidfd)
-                _, status = os.waitpid(self.pid, 0)
+                _, status, usage = os.wait4(self.pid, 0)
             else:
                 while True:
-                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                    pid, status, usage = os.wait4(self.pid, os.WNOHANG)
                     if pid:
                         break
                     await asyncio.sleep(0.01)
@@ -187,7 +221,7 @@ class CommandProcess:
             self.proc.returncode = -signal.SIGKILL
             raise
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        return status
+        return status, usage
 
     @staticmethod
     async def _readable(fd: int) -> None:
@@ -205,8 +239,17 @@ class CommandProcess:
             loop.remove_reader(fd)
             os.close(fd)
 
-    def kill(self) -> None:
+    def kill(self, reason: str = "") -> None:
+        """SIGKILL the whole process group; ``reason`` records a time-limit kill."""
+        if reason and not self.killed_for:
+            self.killed_for = reason
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def measured_of(wall: float, usage: Rusage) -> list[float]:
+    """``TaskDone.measured`` from a wall time and a wait4 rusage: [wall s, cpu s, max rss MB]."""
+    # Linux reports ru_maxrss in KiB
+    return [wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0]
