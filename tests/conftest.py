@@ -113,13 +113,15 @@ StartWorker = Callable[..., "subprocess.Popen[bytes]"]
 
 @pytest.fixture
 def workers(tmp_path: Any) -> Iterator[StartWorker]:
-    """A factory: ``start_worker(manager, cores=2, memory=1000, disk=2000) -> Popen``."""
+    """A factory: ``start_worker(manager, cores=2, memory=1000, disk=2000, extra=()) ->
+    Popen`` (``extra``: more worker options)."""
     procs: list[subprocess.Popen[bytes]] = []
     managers: list[vine.Manager] = []
     logs: list[Any] = []
 
     def start_worker(m: vine.Manager, cores: int = 2, memory: int = 1000, disk: int = 2000,
-                     timeout: float = 30.0) -> subprocess.Popen[bytes]:
+                     timeout: float = 30.0, extra: tuple[str, ...] = ()
+                     ) -> subprocess.Popen[bytes]:
         n = len(procs)
         workdir = tmp_path / f"worker-{n}"
         workdir.mkdir()
@@ -128,7 +130,7 @@ def workers(tmp_path: Any) -> Iterator[StartWorker]:
         p = subprocess.Popen(
             [sys.executable, "-m", "vinework", "worker", "localhost", str(m.port),
              "--cores", str(cores), "--memory", str(memory), "--disk", str(disk),
-             "--workdir", str(workdir), "--timeout", str(timeout)],
+             "--workdir", str(workdir), "--timeout", str(timeout), *extra],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

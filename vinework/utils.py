@@ -8,9 +8,10 @@ made; libraries are not part of vinework yet, so it says so when called.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import NoReturn
 
 from . import constants
+from ._later import not_yet
 
 
 def get_c_constant(name: str) -> int:
@@ -32,9 +33,6 @@ def set_port_range(low: int, high: int) -> None:
     os.environ["TCP_HIGH_PORT"] = str(high)
 
 
-def load_variable_from_library(name: str) -> Any:
+def load_variable_from_library(name: str) -> NoReturn:
     """A variable a library's context function set up (TaskVine's stateful serverless)."""
-    raise NotImplementedError(
-        "load_variable_from_library needs libraries (LibraryTask/FunctionCall), which "
-        "vinework does not have yet: they come with the serverless issue"
-    )
+    not_yet("load_variable_from_library (serverless libraries: LibraryTask, FunctionCall)")

@@ -38,6 +38,7 @@ from .records import (
     WorkerRecord,
 )
 from .replicas import ReplicaTable
+from .scheduling import task_allocation
 from .stats import ManagerStats
 from .transitions import VINE_TASK_STATE, check_task
 from .tunables import Tunables
@@ -198,16 +199,18 @@ class CoreBase:
         used = [0.0, 0.0, 0.0, 0.0]
         for w in workers:
             tot, free = w.total, w.free
-            for i, (a, b) in enumerate(((tot.cores, free.cores), (tot.memory, free.memory),
+            for i, (x, y) in enumerate(((tot.cores, free.cores), (tot.memory, free.memory),
                                         (tot.disk, free.disk), (tot.gpus, free.gpus))):
-                total[i] += a
-                used[i] += a - b
+                total[i] += x
+                used[i] += x - y
         sample: list[tuple[float, float, float, float]] = []
         depth = max(1, self.tune.attempt_schedule_depth)
+        biggest = max((w.total for w in workers), key=lambda r: (r.cores, r.memory, r.disk))
         for t in self.tasks.values():
             if t.state is T.WAITING or t.state is T.READY or t.state is T.STAGING:
-                s = t.spec
-                sample.append((s.cores or 0, s.memory or 0, s.disk or 0, s.gpus or 0))
+                s = t.spec  # what it would take of the biggest worker (unset: all of it)
+                a = task_allocation(biggest, s.cores, s.memory, s.disk, s.gpus)
+                sample.append((a.cores, a.memory, a.disk, a.gpus))
                 if len(sample) >= depth:
                     break
         if not sample:

@@ -143,6 +143,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         self._task_cache: Any = None
         self._cache_keys: dict[int, str] = {}
         self._local: set[int] = set()  # ids finished without the core (not to collect)
+        self._cancelled: set[int] = set()  # ids asked to cancel, not yet returned
         self._submitted_at: dict[int, float] = {}
         self.notices: list[str] = []  # hints the manager gave (explained waits)
         self._server = ManagerServer(
@@ -425,6 +426,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             # handed back: like TaskVine, forget it, so that its files can be released
             # (and temps pruned) with it
             self._tasks.pop(t.id, None)
+            self._cancelled.discard(t.id)
         self._hand_over(t)
         return t
 
@@ -487,14 +489,16 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         """Cancel a task; it comes back from ``wait()`` with result "cancelled"."""
         with self._cond:
             t = self._tasks.get(task_id)
-        if t is None or t._done:
-            return False
+            if t is None or t._done or task_id in self._cancelled:
+                return False
+            self._cancelled.add(task_id)
         self._post(TaskCancelled(now=time.monotonic(), task_id=task_id))
         return True
 
     def _cancel_where(self, match: Callable[[Task], bool], limit: int = 0) -> int:
         with self._cond:
-            tasks = [t for t in self._tasks.values() if not t._done and match(t)]
+            tasks = [t for t in self._tasks.values() if not t._done and match(t)
+                     and t.id not in self._cancelled]
         n = 0
         for t in sorted(tasks, key=lambda x: x.id):
             if limit and n >= limit:

@@ -334,6 +334,7 @@ class ManagerServer:
     def _drop(self, conn: Connection, reason: str) -> None:
         if conn.closed:
             return
+        self._flush(conn)  # what the core said last (a Shutdown) goes before the close
         conn.closed = True
         self.conns.pop(conn.worker_id, None)
         with contextlib.suppress(Exception):

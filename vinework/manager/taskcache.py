@@ -3,11 +3,11 @@ succeeded, in this run or an earlier one, is not run again.
 
 "Identical" means the same key: a sha256 over the task's kind; its command (a
 PythonTask: its payload, the pickle of function and arguments, plus the source
-file of the function's module and of any function passed as an argument, when
-they are pickled by reference); its environment variables; each input's remote
-name and content (local files: the sha256 of their bytes, remembered per path,
-size, inode and mtime so a big input is hashed once per process; buffers: their
-bytes); and each output's remote name. Resources, tags, category, priority,
+files of the modules the function and any function passed as an argument come
+from, since a function of an installed module is only named in the payload); its
+environment variables; each input's remote name and content (local files: the
+sha256 of their bytes, remembered per path, size, inode and mtime so a big input
+is hashed once per process; buffers: their bytes); and each output's remote name. Resources, tags, category, priority,
 retries and limits are left out: they change how a task runs, not what it
 computes (TaskVine's fingerprint also leaves them out).
 
@@ -25,11 +25,11 @@ arguments made of numbers, strings, bytes, lists, tuples and dicts give the same
 payload bytes in every run. Two things never do, so such tasks always miss
 (never a wrong hit): instances of classes defined in the script (cloudpickle
 tags a class pickled by value with a random id per process), and sets or
-frozensets of strings (their order follows the string hash seed). A function
-pickled by reference (from an installed module) is only its name in the payload;
-its module's source file is therefore part of the key, but the code it calls in
-other modules is not: change a library and the cache does not see it (clear the
-cache directory).
+frozensets of strings (their order follows the string hash seed). Code reached
+only by reference is not in the key beyond those module files: change a library
+the function calls and the cache does not see it (clear the cache directory).
+Undeclared dependencies (files read by absolute path, the network) are not seen
+either, as in TaskVine.
 
 On disk (one directory per entry, so nothing is loaded at start)::
 
@@ -124,6 +124,8 @@ class TaskCache:
             return None
 
     def _key(self, t: Task) -> str:
+        with self._lock:  # its local outputs are being written again: no longer final
+            self._settled.difference_update(f._name for f, _ in t.outputs if f._name)
         if type(t).__module__.startswith("vinework.") and type(t) not in (Task, PythonTask):
             raise _NotCacheable(f"{type(t).__name__} tasks are not cached")
         h = hashlib.sha256()
@@ -154,8 +156,6 @@ class TaskCache:
             put.text(remote)
             put.text(digest)
         outputs = sorted(remote for f, remote in t.outputs if _output_ok(f, remote))
-        with self._lock:  # being written again: no longer final
-            self._settled.difference_update(f._name for f, _ in t.outputs if f._name)
         put.count(len(outputs))
         for remote in outputs:
             put.text(remote)
