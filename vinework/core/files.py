@@ -150,8 +150,9 @@ class FileLogistics(CoreBase):
         else:
             sw = self.workers[src]
             host, port = sw.host, sw.transfer_port
+        f = self.files[name]
         self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host=host, port=port,
-                               size=self.files[name].size))
+                               size=f.size, cache_level=f.spec.cache_level))
         self._log("TRANSFER", name, "START", src, dest, tr.transfer_id)
 
     def _checkpoint(self, name: str, worker: str) -> None:
