@@ -437,3 +437,126 @@ def test_sigint_removes_a_workdir_the_worker_made(tmp_path: Path, fake: FakeMana
         assert not [p for p in scratch.iterdir() if p.name.startswith("vinework-worker-")]
     finally:
         w.stop()
+
+
+# ---------------------------------------------------------------------- managers come and go
+class FileServer:
+    """A vinework transfer server for files of a test directory (what a manager serves)."""
+
+    def __init__(self, root: Path) -> None:
+        from vinework.protocol.transfer import TransferServer
+
+        self.root = root
+        root.mkdir(exist_ok=True)
+        self.server = TransferServer(lambda name: str(root / name)
+                                     if (root / name).is_file() else None)
+
+    def add(self, name: str, data: bytes) -> int:
+        (self.root / name).write_bytes(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def fetch_into(fake: FakeManager, files: FileServer, tid: int, name: str, level: int,
+               data: bytes) -> None:
+    from vinework.protocol import CacheUpdate, Fetch
+
+    size = files.add(name, data)
+    fake.send(Fetch(transfer_id=tid, name=name, host="127.0.0.1", port=files.server.port,
+                    size=size, cache_level=level))
+    upd = fake.recv_type(CacheUpdate)
+    assert (upd.name, upd.transfer_id, upd.size) == (name, tid, size)
+
+
+def cache_files(workdir: Path) -> list[str]:
+    return sorted(p.name for p in (workdir / "cache").iterdir() if not p.name.startswith("."))
+
+
+def test_reconnects_after_eof_with_worker_and_forever_files_only(
+        start: Any, fake: FakeManager, tmp_path: Path) -> None:
+    files = FileServer(tmp_path / "served")
+    workdir = tmp_path / "w0"
+    try:
+        w = start("127.0.0.1", str(fake.port), "--min-backoff", "0.1")
+        fake.handshake()
+        fetch_into(fake, files, 1, "t-task", 0, b"t")
+        fetch_into(fake, files, 2, "t-workflow", 1, b"wf")
+        fetch_into(fake, files, 3, "t-worker", 2, b"wrk")
+        fetch_into(fake, files, 4, "t-forever", 3, b"ever")
+        out = RunTask(task_id=1, attempt=1, command="echo made > o", inputs=[],
+                      outputs=[("t-out", "o")], env=[], cores=1, memory=10, disk=10, gpus=0,
+                      time_max=0)
+        fake.send(out)
+        assert [tuple(o) for o in fake.recv_type(TaskDone).outputs] == [("t-out", 5)]
+        fake.send(run_task(2, "echo $$ > pid; exec sleep 30"))
+        pidfile = workdir / "sandbox" / "s1" / "pid"
+        poll_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the pid")
+        task_pid = int(pidfile.read_text())
+        assert fake.conn is not None
+        fake.conn.close()  # the manager goes away without a Shutdown
+        w.wait_line("disconnected from 127.0.0.1")
+        assert wait_pid_exit(task_pid, 5), "the task outlived its manager"
+        fake.accept()
+        hello = fake.recv()
+        assert isinstance(hello, Hello)
+        assert sorted(map(tuple, hello.cached)) == [("t-forever", 4), ("t-worker", 3)]
+        assert cache_files(workdir) == ["t-forever", "t-worker"]
+        fake.send(Welcome(version=PROTOCOL_VERSION, worker_id="w-2", keepalive_interval=0.2,
+                          transfer_port=0, keepalive_timeout=30.0))
+        fake.send(Shutdown(reason="done"))
+        assert w.wait(5) == 0
+        # a given workdir keeps its FOREVER files, and a worker restarted on it finds them
+        assert cache_files(workdir) == ["t-forever"]
+        w2 = WorkerProc(["127.0.0.1", str(fake.port), "--workdir", str(workdir)])
+        try:
+            fake.accept()
+            hello = fake.recv()
+            assert isinstance(hello, Hello) and list(map(tuple, hello.cached)) == [("t-forever", 4)]
+        finally:
+            w2.stop()
+    finally:
+        files.close()
+
+
+def test_own_workspace_lives_across_managers(tmp_path: Path, fake: FakeManager) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    files = FileServer(tmp_path / "served")
+    w = WorkerProc(["127.0.0.1", str(fake.port), "-i", "0.1"],
+                   env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        fake.handshake()
+        (workspace,) = [p for p in scratch.iterdir() if p.name.startswith("vinework-worker-")]
+        fetch_into(fake, files, 1, "kept", 2, b"abc")
+        assert fake.conn is not None
+        fake.conn.close()
+        fake.accept()
+        hello = fake.recv()
+        assert isinstance(hello, Hello) and list(map(tuple, hello.cached)) == [("kept", 3)]
+        assert [p for p in scratch.iterdir() if p.name.startswith("vinework-worker-")] == \
+            [workspace]
+        os.kill(w.p.pid, signal.SIGINT)
+        assert w.wait(3) == 0
+        assert not workspace.exists()
+    finally:
+        w.stop()
+        files.close()
+
+
+def test_idle_timeout_leaves_the_manager(start: Any, fake: FakeManager) -> None:
+    w = start("127.0.0.1", str(fake.port), "--idle-timeout", "0.5", "--feature", "fast",
+              "--feature", "gpu-x")
+    hello = fake.handshake()
+    assert hello.features == ["fast", "gpu-x"]
+    leaving = fake.recv_type(Leaving)
+    assert "idle" in leaving.reason
+    fake.send(Shutdown(reason="released"))
+    assert w.wait(5) == 0
+
+
+def test_wall_time_ends_a_worker_without_a_manager(start: Any) -> None:
+    w = start("127.0.0.1", str(free_port()), "--wall-time", "0.5", "--timeout", "300")
+    assert w.wait(10) == 0
+    assert "wall time" in w.lines[-1]

@@ -501,3 +501,115 @@ def test_story_traces_a_task_by_stimulus() -> None:
     ws.handle(ev.RunRequested(now=0, task=run_task(3), wall=0, stimulus_id="run-3"))
     story = ws.story(3)
     assert story and story[0][1] == "run-3" and "started" in story[0][0]
+
+
+# ====================================================================== managers come and go
+def _ready(ws: WorkerState, tid: int, name: str, level: int) -> None:
+    start = one(ws.handle(fetch(tid, name=name, level=level)), ev.StartFetch)
+    ws.handle(ev.FetchFinished(fetch_id=start.fetch_id, ok=True, size=tid))
+
+
+def test_a_lost_manager_takes_its_files_and_leaves_worker_and_forever_ones() -> None:
+    ws = connected()
+    for tid, (name, level) in enumerate([("t", 0), ("wf", 1), ("wk", 2), ("fe", 3)], 1):
+        _ready(ws, tid, name, level)
+    rid = start_run(ws, run_task(9, inputs=[("wf", "x")], outputs=[("out", "o")]))
+    inflight = one(ws.handle(fetch(20, name="coming")), ev.StartFetch)
+    out = ws.handle(ev.ConnectionLost(now=1.0, reason="EOF"))
+    ws.validate_state()
+    assert sorted(r.name for r in of(out, ev.RemoveFile)) == ["t"]  # wf is pinned: later
+    assert [k.run_id for k in of(out, ev.KillTask)] == [rid]
+    assert ws.entries["wf"].doomed and ws.entries["coming"].doomed
+    out = ws.handle(ev.TaskExited(run_id=rid, wall=2.0, status=signal.SIGKILL))
+    assert [r.name for r in of(out, ev.RemoveFile)] == ["wf"]
+    out = ws.handle(ev.FetchFinished(fetch_id=inflight.fetch_id, ok=True, size=3))
+    assert of(out, ev.CommitFetch) == [] and len(of(out, ev.DiscardFetch)) == 1
+    ws.validate_state()
+    # the next manager hears of what was kept
+    assert len(of(ws.handle(ev.Tick(now=2.0)), ev.Connect)) == 1  # after --min-backoff
+    (hello,) = sent(ws.handle(ev.ConnectionOpened(now=2.1)), Hello)
+    assert sorted(hello.cached) == [("fe", 4), ("wk", 3)]
+
+
+def test_a_file_fetched_again_takes_the_higher_level() -> None:
+    ws = connected()
+    _ready(ws, 1, "f", 1)
+    ws.handle(fetch(2, name="f", level=2))
+    assert ws.entries["f"].level == 2
+    ws.handle(fetch(3, name="f", level=0))
+    assert ws.entries["f"].level == 2  # levels only go up
+    ws.handle(ev.ConnectionLost(now=1.0, reason="EOF"))
+    assert "f" in ws.entries and not ws.entries["f"].doomed
+
+
+def test_forever_entries_are_handed_to_the_shell_when_they_change() -> None:
+    ws = connected(cached=[("old", 2)])  # found at start-up: FOREVER
+    start = one(ws.handle(fetch(1, name="new", level=3)), ev.StartFetch)
+    out = ws.handle(ev.FetchFinished(fetch_id=start.fetch_id, ok=True, size=5))
+    assert one(out, ev.PersistForever).names == ("new", "old")
+    _ready(ws, 2, "plain", 1)  # not FOREVER: nothing to record
+    out = ws.handle(ev.UnlinkRequested(now=1.0, name="old"))
+    assert one(out, ev.PersistForever).names == ("new",)
+    out = ws.handle(fetch(3, name="plain", level=3))  # raised to FOREVER
+    assert one(out, ev.PersistForever).names == ("new", "plain")
+    assert of(ws.handle(fetch(4, name="plain", level=3)), ev.PersistForever) == []
+
+
+def test_shutdown_exits_and_single_shot_exits_on_eof() -> None:
+    ws = connected()
+    assert one(ws.handle(ev.ShutdownReceived(now=1.0, reason="bye")), ev.Exit).code == 0
+    ws = connected(single_shot=True)
+    _ready(ws, 1, "wf", 1)
+    out = ws.handle(ev.ConnectionLost(now=1.0, reason="EOF"))
+    assert one(out, ev.Exit).code == 0 and of(out, ev.RemoveFile) == []
+
+
+def test_backoff_doubles_from_min_to_max_and_resets_after_a_session() -> None:
+    ws = WorkerState(config(min_backoff=0.5, max_backoff=3.0, timeout=100.0))
+    ws.handle(ev.Started(now=0.0))
+    now, pauses = 0.0, []
+    for _ in range(5):
+        ws.handle(ev.ConnectFailed(now=now, reason="refused"))
+        assert ws.retry_at is not None
+        pauses.append(ws.retry_at - now)
+        now = ws.retry_at
+        assert len(of(ws.handle(ev.Tick(now=now)), ev.Connect)) == 1
+    assert pauses == [0.5, 1.0, 2.0, 3.0, 3.0]
+    ws.handle(ev.ConnectionOpened(now=now))
+    ws.handle(welcome(now))
+    ws.handle(ev.ConnectionLost(now=now + 1, reason="EOF"))
+    assert ws.retry_at == now + 1 + 0.5
+
+
+def test_hello_lists_the_features() -> None:
+    ws = WorkerState(config(features=("gpu-a100", "big-disk")))
+    ws.handle(ev.Started(now=0.0))
+    (hello,) = sent(ws.handle(ev.ConnectionOpened(now=0.0)), Hello)
+    assert hello.features == ["gpu-a100", "big-disk"]
+
+
+def test_idle_timeout_drains_a_worker_with_nothing_to_do() -> None:
+    ws = connected(idle_timeout=10.0, interval=100.0, keepalive_timeout=1000.0)
+    rid = start_run(ws, run_task(1), now=5.0)
+    assert sent(ws.handle(ev.Tick(now=14.0)), Leaving) == []  # a task runs
+    finish_ok(ws, rid)
+    assert sent(ws.handle(ev.Tick(now=20.0)), Leaving) == []  # idle since 14
+    start = one(ws.handle(fetch(1, now=21.0)), ev.StartFetch)
+    assert sent(ws.handle(ev.Tick(now=30.0)), Leaving) == []  # a fetch is in flight
+    ws.handle(ev.FetchFinished(fetch_id=start.fetch_id, ok=True, size=1))
+    assert sent(ws.handle(ev.Tick(now=39.9)), Leaving) == []
+    (leaving,) = sent(ws.handle(ev.Tick(now=40.0)), Leaving)
+    assert "idle" in leaving.reason and ws.draining
+    assert one(ws.handle(ev.ShutdownReceived(now=41.0, reason="ok")), ev.Exit).code == 0
+
+
+def test_wall_time_drains_when_connected_and_exits_when_not() -> None:
+    ws = connected(wall_time=50.0, interval=100.0, keepalive_timeout=1000.0)
+    assert sent(ws.handle(ev.Tick(now=49.0)), Leaving) == []
+    (leaving,) = sent(ws.handle(ev.Tick(now=50.0)), Leaving)
+    assert "wall time" in leaving.reason
+    ws = WorkerState(config(wall_time=5.0, timeout=100.0))
+    ws.handle(ev.Started(now=0.0))
+    ws.handle(ev.ConnectFailed(now=0.0, reason="refused"))
+    ex = one(ws.handle(ev.Tick(now=5.0)), ev.Exit)
+    assert ex.code == 0 and "wall time" in ex.reason

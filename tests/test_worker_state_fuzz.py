@@ -3,10 +3,13 @@
 The machine plays the shell: it remembers the fetches, processes and output
 collections the core started and ends them in random order and ways, and
 plays a manager that fetches, unlinks, runs, kills, disconnects and signals at
-random. On top of the core's own invariants it checks three properties from
-the outside: a fetch answer is never given twice for one ``transfer_id`` (race
-a), no file is committed after an Unlink that no Fetch followed (race b), and
-no file is removed while a task that uses it is still running (race c).
+random (fetches of every cache level, tasks with end times, big stdouts,
+idle and wall-time limits). On top of the core's own invariants it checks
+four properties from the outside: a fetch answer is never given twice for one
+``transfer_id`` (race a), no file is committed after an Unlink that no Fetch
+followed (race b), no file is removed while a task that uses it is still
+running (race c), and once a manager's connection is lost none of its TASK or
+WORKFLOW files is left for the next one.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ STATUSES = [0, 1 << 8, 3 << 8, signal.SIGKILL, signal.SIGTERM]
 class WorkerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.ws = WorkerState(config(resources=Resources(3, 1000, 1000, 1), timeout=50.0,
-                                     attempt_timeout=3.0, drain_timeout=5.0),
+        self.ws = WorkerState(config(resources=Resources(3, 1000, 1000, 2), timeout=50.0,
+                                     attempt_timeout=3.0, drain_timeout=5.0,
+                                     idle_timeout=40.0, wall_time=400.0),
                               cached=[("temp-c", 4)])
         self.now = 0.0
         self.next_transfer = 0
@@ -44,6 +48,7 @@ class WorkerMachine(RuleBasedStateMachine):
         self.collecting: dict[int, RunTask] = {}
         self.answered: set[int] = set()
         self.unlinked: set[str] = set()  # unlinked, not fetched since
+        self.asked: dict[int, ev.CollectOutputs] = {}  # run id -> what to collect
         # start connected (the link rules disconnect, reconnect and stop it at random)
         self.feed(ev.Started(now=0.0))
         self.feed(ev.ConnectionOpened(now=0.0))
@@ -62,6 +67,7 @@ class WorkerMachine(RuleBasedStateMachine):
                 self.procs[ins.run_id] = ins.task
             elif isinstance(ins, ev.CollectOutputs):
                 self.collecting[ins.run_id] = self.procs.pop(ins.run_id)
+                self.asked[ins.run_id] = ins
             elif isinstance(ins, ev.CommitFetch):
                 assert ins.name not in self.unlinked, f"{ins.name} committed after its Unlink"
             elif isinstance(ins, ev.RemoveFile):
@@ -107,6 +113,9 @@ class WorkerMachine(RuleBasedStateMachine):
     @rule()
     def lose_connection(self) -> None:
         self.feed(ev.ConnectionLost(now=self.now, reason="reset"))
+        if self.ws.link is not Link.DONE:
+            left = [e.name for e in self.ws.entries.values() if e.level <= 1 and not e.doomed]
+            assert not left, f"files of the lost manager kept: {left}"
 
     @precondition(lambda self: self.ws.link in (Link.HANDSHAKE, Link.CONNECTED))
     @rule()
@@ -119,12 +128,12 @@ class WorkerMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- the manager
     @precondition(lambda self: self.connected)
-    @rule(name=st.sampled_from(NAMES), src=st.sampled_from(SOURCES))
-    def manager_fetch(self, name: str, src: tuple[str, int]) -> None:
+    @rule(name=st.sampled_from(NAMES), src=st.sampled_from(SOURCES), level=st.integers(0, 3))
+    def manager_fetch(self, name: str, src: tuple[str, int], level: int) -> None:
         self.next_transfer += 1
         self.unlinked.discard(name)
         self.feed(ev.FetchRequested(now=self.now, transfer_id=self.next_transfer, name=name,
-                                    host=src[0], port=src[1], size=-1))
+                                    host=src[0], port=src[1], size=-1, cache_level=level))
 
     @precondition(lambda self: self.connected)
     @rule(name=st.sampled_from(NAMES))
@@ -135,15 +144,16 @@ class WorkerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.connected)
     @rule(inputs=st.lists(st.sampled_from(NAMES), max_size=2),
           outputs=st.lists(st.sampled_from(NAMES), max_size=2, unique=True),
-          cores=st.integers(0, 3), gpus=st.integers(0, 1), python=st.booleans(),
-          reuse=st.booleans())
+          cores=st.integers(0, 3), gpus=st.integers(0, 2), python=st.booleans(),
+          reuse=st.booleans(), end=st.sampled_from([0.0, -1.0, 5.0]))
     def manager_run(self, inputs: list[str], outputs: list[str], cores: int, gpus: int,
-                    python: bool, reuse: bool) -> None:
+                    python: bool, reuse: bool, end: float) -> None:
         if not (reuse and self.next_task):
             self.next_task += 1
         task = run_task(self.next_task, inputs=[(n, f"in{i}") for i, n in enumerate(inputs)],
                         outputs=[(n, f"out{i}") for i, n in enumerate(outputs)], cores=cores,
-                        memory=100, disk=10, gpus=gpus, python=python)
+                        memory=100, disk=10, gpus=gpus, python=python,
+                        time_end=self.now + end if end else 0.0)
         self.feed(ev.RunRequested(now=self.now, task=task, wall=self.now))
 
     @precondition(lambda self: self.connected and self.next_task > 0)
@@ -173,28 +183,37 @@ class WorkerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.procs))
     @rule(data=st.data(), status=st.sampled_from(STATUSES), kind=st.sampled_from(
-        ["inline", "file", "error", "crash"]))
-    def process_exits(self, data: st.DataObject, status: int, kind: str) -> None:
+        ["inline", "file", "error", "crash"]), big=st.booleans(),
+        limit=st.sampled_from(["", "", "time_max", "time_end"]))
+    def process_exits(self, data: st.DataObject, status: int, kind: str, big: bool,
+                      limit: str) -> None:
         rid = data.draw(st.sampled_from(sorted(self.procs)))
         task = self.procs[rid]
         python = task.python_payload is not None
         self.feed(ev.TaskExited(run_id=rid, wall=self.now, status=status,
+                                timed_out=limit == "time_max",
+                                end_time_passed=limit == "time_end",
+                                stdout_size=10**6 if big else 10, stdout_big=big,
                                 python_kind=kind if python else "",
                                 python_data=b"r" if python and kind == "inline" else None))
         self.procs.pop(rid, None)  # still there unless it went on to CollectOutputs
 
     @precondition(lambda self: bool(self.collecting))
-    @rule(data=st.data(), lose=st.booleans())
-    def outputs_collected(self, data: st.DataObject, lose: bool) -> None:
+    @rule(data=st.data(), lose=st.booleans(), stdout_ok=st.booleans())
+    def outputs_collected(self, data: st.DataObject, lose: bool, stdout_ok: bool) -> None:
         rid = data.draw(st.sampled_from(sorted(self.collecting)))
-        task = self.collecting.pop(rid)
-        names = [n for n, _ in task.outputs]
+        self.collecting.pop(rid)
+        ask = self.asked.pop(rid)
+        wanted = bool(ask.stdout)
+        names = [n for n, _ in ask.outputs]
         stored = [(n, 3) for n in names[: len(names) - 1 if lose else None]]
-        missing = [r for _, r in task.outputs[len(stored):]]
-        if task.python_payload is not None and not lose:
-            stored.append((task.python_output, 5))
+        missing = [r for _, r in ask.outputs[len(stored):]]
+        if ask.python_result and not lose:
+            stored.append((ask.python_result, 5))
         self.feed(ev.OutputsCollected(run_id=rid, wall=self.now, stored=stored,
-                                      missing=missing))
+                                      missing=missing,
+                                      stdout_stored=10**6 if wanted and stdout_ok else -1,
+                                      stdout_error="" if stdout_ok or not wanted else "EIO"))
 
     @rule(name=st.sampled_from(NAMES))
     def file_lost(self, name: str) -> None:
