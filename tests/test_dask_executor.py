@@ -48,7 +48,7 @@ def _start_worker(m: DaskVine, workdir: Path, cores: int = 2) -> subprocess.Pope
 @pytest.fixture(scope="module")
 def dv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaskVine, Path]]:
     base = tmp_path_factory.mktemp("daskvine")
-    m = DaskVine(port=0, run_info_path=str(base / "run-info"))
+    m = DaskVine(port=0, run_info_path=str(base / "run-info"), shutdown=True)
     procs = [_start_worker(m, base / f"w{i}") for i in range(2)]
     try:
         poll_until(lambda: m.workers_connected == 2, 30, "2 workers")
@@ -100,7 +100,7 @@ def test_bag_ops(m: DaskVine) -> None:
         b.map(lambda v: v * 3).filter(lambda v: v % 2 == 0),
         b.fold(lambda a, v: a + v, lambda a, c: a + c, initial=0),
         b.foldby(lambda v: v % 5, lambda a, v: a + v, 0),
-        b.groupby(lambda v: v % 3),
+        b.groupby(lambda v: v % 3, shuffle="tasks"),  # disk: see test_disk_shuffle_...
     )
     got = dask.compute(*exprs, scheduler=m.get)
     want = dask.compute(*exprs, scheduler="sync")
@@ -117,7 +117,8 @@ def test_dataframe_groupby_and_merge(m: DaskVine) -> None:
     b = dd.from_pandas(right, npartitions=2)
     agg = a.groupby("k").v.agg(["sum", "mean", "count"])
     merged = a.merge(b, on="k")
-    got_agg, got_merged = dask.compute(agg, merged, scheduler=m.get)
+    with dask.config.set({"dataframe.shuffle.method": "tasks"}):  # what a cluster needs
+        got_agg, got_merged = dask.compute(agg, merged, scheduler=m.get)
     want_agg, want_merged = dask.compute(agg, merged, scheduler="sync")
     pd.testing.assert_frame_equal(got_agg.sort_index(), want_agg.sort_index())
     cols = ["k", "v", "w"]
@@ -172,6 +173,26 @@ def test_task_exception_is_raised(m: DaskVine) -> None:
     with pytest.raises(Boom, match="bad value 3") as info:
         x.compute(scheduler=m.get)
     assert "_explode" in info.value.remote_traceback  # type: ignore[attr-defined]
+
+
+def test_disk_shuffle_without_a_shared_directory_is_refused(
+        dv: tuple[DaskVine, Path]) -> None:
+    m, base = dv
+    b = db.from_sequence(range(20), npartitions=3)
+    left = dd.from_pandas(pd.DataFrame({"k": np.arange(20) % 3, "v": 1.0}), npartitions=2)
+    with dask.config.set({"dataframe.shuffle.method": "disk"}):
+        bag_groups = b.groupby(lambda v: v % 3)
+        with pytest.raises(ValueError, match="disk shuffle.*'tasks'"):
+            bag_groups.compute(scheduler=m.get)
+        with pytest.raises(ValueError, match="disk shuffle"):
+            left.merge(left, on="k").compute(scheduler=m.get)
+    # in a directory every worker sees (here: the same machine), the disk shuffle works
+    shared = base / "shared-tmp"
+    shared.mkdir(exist_ok=True)
+    with dask.config.set({"dataframe.shuffle.method": "disk", "temporary_directory": str(shared)}):
+        got = b.groupby(lambda v: v % 3).compute(scheduler=m.get)
+    assert sorted((k, sorted(v)) for k, v in got) == [
+        (r, list(range(r, 20, 3))) for r in range(3)]
 
 
 def _chunk(i: int) -> Any:

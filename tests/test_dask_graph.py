@@ -10,6 +10,7 @@ import cloudpickle
 import dask
 import dask.array as da
 import dask.bag as db
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
@@ -497,3 +498,23 @@ def test_dag_depth_of_a_chain_is_its_position() -> None:
         dsk[("x", i)] = (inc, ("x", i - 1))
     g = DaskGraph(dsk, [("x", 49)])
     assert [g.depth_of(("x", i)) for i in range(50)] == list(range(50))
+
+
+def test_private_disk_shuffles() -> None:
+    b = db.from_sequence(range(20), npartitions=3)
+    df = dd.from_pandas(pd.DataFrame({"k": np.arange(20) % 3, "v": 1.0}), npartitions=2)
+
+    def shuffles(x: Any) -> list[Any]:
+        opt = x.optimize() if hasattr(x, "optimize") else dask.optimize(x)[0]
+        return DaskGraph(opt.__dask_graph__(), opt.__dask_keys__()).private_disk_shuffles()
+
+    with dask.config.set({"dataframe.shuffle.method": "disk"}):
+        assert len(shuffles(b.groupby(inc))) == 1
+        assert len(shuffles(df.merge(df, on="k"))) == 1
+        with dask.config.set({"temporary_directory": "/shared/tmp"}):
+            assert shuffles(b.groupby(inc)) == []
+            assert shuffles(df.merge(df, on="k")) == []
+    with dask.config.set({"dataframe.shuffle.method": "tasks"}):
+        assert shuffles(b.groupby(inc)) == []
+        assert shuffles(df.merge(df, on="k")) == []
+    assert shuffles(b.map(inc).sum()) == []

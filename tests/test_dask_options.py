@@ -112,7 +112,7 @@ def _start_worker(m: DaskVine, workdir: Path, cores: int) -> subprocess.Popen[by
 @pytest.fixture(scope="module")
 def m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskVine]:
     base = tmp_path_factory.mktemp("daskvine-options")
-    dv = DaskVine(port=0, run_info_path=str(base / "run-info"))
+    dv = DaskVine(port=0, run_info_path=str(base / "run-info"), shutdown=True)
     p = _start_worker(dv, base / "w", cores=1)
     try:
         poll_until(lambda: dv.workers_connected == 1, 30, "the worker")
@@ -270,9 +270,21 @@ def test_retries_exhausted_raise_the_task_exception(m: DaskVine, tmp_path: Path)
     assert any("failed permanently" in n for n in getattr(info.value, "__notes__", []))
     d2 = tmp_path / "default"
     d2.mkdir()
+    dsk = {"x": (flaky, str(d2), 99), ("y", 0): (slow_fn, str(tmp_path / "log"), "y")}
     with pytest.raises(Flaky):
-        m.get({"x": (flaky, str(d2), 99)}, "x")
+        m.get(dsk, ["x", ("y", 0)])
     assert len(os.listdir(d2)) == 5  # TaskVine's default: 5 attempts
+    assert m.empty()  # whatever was left of that get was cancelled and collected
+
+
+def test_the_users_own_tasks_are_left_for_the_user(m: DaskVine) -> None:
+    import vinework as vine
+
+    mine = vine.PythonTask(operator.add, 20, 22)
+    m.submit(mine)
+    assert m.get({"x": (operator.mul, 6, 7)}, "x") == 42
+    t = m.wait(30)
+    assert t is mine and t.output == 42
 
 
 def test_checkpoint_fn_gets_taskvines_dag(m: DaskVine) -> None:
@@ -306,6 +318,7 @@ def test_checkpoint_fn_gets_taskvines_dag(m: DaskVine) -> None:
 
 def test_every_taskvine_option_is_accepted(m: DaskVine, tmp_path: Path) -> None:
     calls: list[tuple[str, Any]] = []
+    assert m.status("manager")[0]["framework"] == "dask"  # set by every get
     wrapped: list[Any] = []
     dsk = {("x", i): (operator.mul, i, 2) for i in range(4)}
     dsk["s"] = (join, *dsk)  # type: ignore[assignment]

@@ -232,7 +232,9 @@ class DaskVine(Manager):
         Raises:
             TypeError: For a keyword TaskVine's DaskVine does not take.
             ValueError: For an unknown task_mode, task_priority_mode or
-                scheduling_mode, or retries < 0.
+                scheduling_mode, or retries < 0; for a graph using Dask's "disk"
+                shuffle in the tasks' private temporary directories (build it with
+                the "tasks" shuffle, or a shared ``temporary_directory``).
             NotImplementedError: For ``task_mode="function-calls"``,
                 ``environment`` or ``env_per_task``.
             Exception: The exception a task raised on its last attempt (its
@@ -279,9 +281,20 @@ class DaskVine(Manager):
         from .graph import DaskGraph
         from .run import DaskRun
 
+        graph = DaskGraph(dsk, keys)
+        shuffles = graph.private_disk_shuffles()
+        if shuffles:
+            raise ValueError(
+                f"the graph uses Dask's disk shuffle (key {shuffles[0]!r}): its partd store "
+                "would be made in one task's private temporary directory (each task's TMPDIR "
+                "is its sandbox, as in TaskVine) and the shuffle would come out empty. Build "
+                "the graph under dask.config.set({'dataframe.shuffle.method': 'tasks'}) (or "
+                "pass shuffle='tasks'), or set dask's 'temporary_directory' to a directory "
+                "that every worker shares."
+            )
         self._apply_taskvine_settings(scheduler)
         run = DaskRun(
-            self, DaskGraph(dsk, keys), priorities=TaskPriorities(priority_mode),
+            self, graph, priorities=TaskPriorities(priority_mode),
             worker_transfers=worker_transfers, checkpoint_fn=checkpoint_fn,
             resources=dict(resources or {}), extra_files=dict(extra_files or {}),
             env_vars=dict(env_vars or {}), retries=int(retries or 1), verbose=verbose,
@@ -297,12 +310,9 @@ class DaskVine(Manager):
         ``prefer-dispatch`` and ``immediate-recovery`` to 1; those have no effect in
         vinework, so DaskVine leaves them, and their notices, out. It does not call
         ``update_catalog``: vinework contacts no catalog.)"""
-        set_property = getattr(self, "set_property", None)
-        if set_property is not None:
-            set_property("framework", "dask")
-        set_scheduler = getattr(self, "set_scheduler", None)
-        if scheduler is not None and set_scheduler is not None:
-            set_scheduler(scheduler)
+        self.set_property("framework", "dask")
+        if scheduler is not None:
+            self.set_scheduler(scheduler)
 
     def _file_sizes(self, files: list[File]) -> list[int]:
         """Bytes of each file as the manager knows them (-1: not known); one loop call."""

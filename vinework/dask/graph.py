@@ -217,6 +217,25 @@ def modules_of_graph(graph: Any) -> list[str]:
     return sorted(found)
 
 
+def _makes_private_partd(node: GraphNode) -> bool:
+    """Whether a node builds a partd store with no directory given (bag's
+    ``partd.File()``, dataframe's ``maybe_buffered_partd`` without ``tempdir``)."""
+    stack: list[object] = [node]
+    while stack:
+        obj = stack.pop()
+        if not isinstance(obj, Task):
+            continue
+        func = obj.func
+        if type(func).__name__ == "maybe_buffered_partd" and getattr(func, "tempdir", 0) is None:
+            return True
+        if str(getattr(func, "__module__", "") or "").startswith("partd") \
+                and getattr(func, "__name__", "") == "File" and not obj.args and not obj.kwargs:
+            return True
+        stack.extend(obj.args)
+        stack.extend(obj.kwargs.values())
+    return False
+
+
 def _is_normalized(graph: Any) -> bool:
     return isinstance(graph, dict) and all(isinstance(v, GraphNode) for v in graph.values())
 
@@ -454,6 +473,22 @@ class DaskGraph:
             KeyError: If ``key`` is an alias or not in the graph.
         """
         return self._edeps[key]
+
+    def private_disk_shuffles(self) -> list[Key]:
+        """Keys that make the store of a Dask "disk" shuffle (a partd directory) in
+        the temporary directory of the task that runs them.
+
+        Each task's temporary directory is private to it (its sandbox, as in
+        TaskVine), so the tasks writing and reading that shuffle would not share
+        it and the shuffle would come out empty. A shuffle placed in Dask's
+        ``temporary_directory`` (set when the graph was built) is not listed.
+        """
+        found = []
+        for k, node in self.nodes.items():
+            name = k if isinstance(k, str) else k[0] if isinstance(k, tuple) and k else None
+            if isinstance(name, str) and "partd" in name and _makes_private_partd(node):
+                found.append(k)
+        return found
 
     def storage_key(self, key: Key) -> Key:
         """The task or data key whose value ``key`` has (itself unless an alias)."""

@@ -27,8 +27,11 @@ it on first use.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +53,9 @@ __all__ = ["DaskRun", "category_of"]
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 5
+CLEANUP_SECONDS = 30  # at most this long collecting the cancelled tasks of a failed get
+
+_run_ids = itertools.count(1)
 
 
 def _run_node(node: Any, dep_names: list[tuple[Key, str]], wrapper: Any = None,
@@ -125,11 +131,7 @@ class DaskRun:
         self.queue: list[tuple[float, int, Key]] = []  # (-priority, ready order, key)
         self.ready_count = 0
         self.encoder = PayloadEncoder()
-        self.tag = f"dask-{id(self)}"
-        wait_for_tag = getattr(m, "wait_for_tag", None)
-        self._wait: Callable[[], Task | None] = (
-            (lambda: wait_for_tag(self.tag, WAIT_SECONDS)) if wait_for_tag is not None
-            else (lambda: m.wait(WAIT_SECONDS)))
+        self.tag = f"dask-{os.getpid()}-{next(_run_ids)}"
 
     # ------------------------------------------------------------------ queue
     def _enqueue(self, keys: list[Key]) -> None:
@@ -273,12 +275,12 @@ class DaskRun:
                     self._flush()
                     if not self.running:
                         raise RuntimeError("DaskVine: nothing is running but the graph is not done")
-                    t = self._wait()
+                    t = m.wait_for_tag(self.tag, WAIT_SECONDS)  # the user's tasks stay
                     if t is None:
                         continue
                     entry = self.running.pop(t.id, None)
                     if entry is None:
-                        continue  # not ours (a task the user submitted to this manager)
+                        continue
                     key, task = entry
                     if self.verbose:
                         print(f"dask key {key!r} ran on {t.hostname}: {t.result}")
@@ -298,8 +300,16 @@ class DaskRun:
         return cloudpickle.loads(blob)
 
     def _cleanup(self) -> None:
-        for tid in list(self.running):
-            self.m.cancel_by_task_id(tid)
+        if self.running:  # get is raising: cancel what is left and collect it, so that
+            try:          # no task of this run stays in the manager (m.empty() holds)
+                for tid in list(self.running):
+                    self.m.cancel_by_task_id(tid)
+                deadline = time.monotonic() + CLEANUP_SECONDS
+                while time.monotonic() < deadline \
+                        and self.m.wait_for_tag(self.tag, WAIT_SECONDS) is not None:
+                    pass
+            except Exception:  # the manager failed or is closing: its error is raised later
+                pass
         self.running.clear()
         for f in self.files.values():  # uploads and intermediates of this run only
             try:
