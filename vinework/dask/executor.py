@@ -84,7 +84,7 @@ def _scheduling(scheduling_mode: str, task_priority_mode: str) -> tuple[str | No
     """(worker-selection policy or None, task priority mode) from the two options."""
     if scheduling_mode in SCHEDULING_MODES:
         return scheduling_mode, check_priority_mode(task_priority_mode)
-    if scheduling_mode in PRIORITY_MODES:  # vinework before 0.2 read priorities here
+    if scheduling_mode in PRIORITY_MODES:  # what earlier vinework read here
         warnings.warn(
             f"scheduling_mode={scheduling_mode!r} is a task priority mode: pass it as "
             f"task_priority_mode; scheduling_mode picks workers "
