@@ -107,15 +107,14 @@ def test_time_limit_kills_task(cluster):
     assert not r.successful() and not r.completed()
 
 
-def test_missing_local_input_raises_at_submit(manager, tmp_path):
+def test_missing_local_input_is_returned_as_input_missing(manager, tmp_path):
     m = manager
     missing = tmp_path / "no-such-input.txt"
     t = vine.Task("cat in.txt")
     t.add_input(m.declare_file(str(missing)), "in.txt")
-    with pytest.raises(FileNotFoundError) as e:
-        m.submit(t)
-    assert str(missing) in str(e.value)
-    assert "in.txt" in str(e.value)
+    m.submit(t)  # TaskVine's behaviour: no exception here; wait() returns it
+    assert m.wait(5) is t and t.result == "input missing" and t.exit_code == -1
+    assert str(missing) in t.error_message and "in.txt" in t.error_message
     assert m.empty()
 
 
@@ -143,36 +142,23 @@ def test_nonzero_exit_is_completed_not_successful(cluster):
     assert r.exit_code == 3
     assert r.result == vine.VINE_RESULT_SUCCESS
     assert r.output == "partial\n"
-    assert m.stats.tasks_failed == 1
+    assert m.stats.tasks_failed == 0 and m.stats.tasks_done == 1  # TaskVine's counters
 
 
 COUNTER = 'n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; echo attempt $n; [ $n -ge 3 ]'
 
 
-def test_max_retries_succeeds_on_third_attempt(cluster, tmp_path):
+def test_retries_never_rerun_a_nonzero_exit(cluster, tmp_path):
+    # TaskVine: retries cover a lost worker or exhausted resources; an exit code is the
+    # task's own answer (set_max_retries is vinework's older name of set_retries)
     m = cluster
-    counter = tmp_path / "shared" / "counter"
-    counter.parent.mkdir()
+    counter = tmp_path / "counter"
     t = vine.Task(COUNTER.format(c=counter))
     t.set_max_retries(2)
     m.submit(t)
     (r,) = wait_all(m, 1)
-    assert r.successful(), (str(r.result), r.exit_code, r.output)
-    assert counter.read_text() == "3\n"
-    assert r.output == "attempt 3\n"
-    assert r.retries == 2
-
-
-def test_max_retries_exhausted_keeps_failure(cluster, tmp_path):
-    m = cluster
-    counter = tmp_path / "counter"
-    t = vine.Task(COUNTER.format(c=counter))
-    t.set_max_retries(1)  # two attempts, the third would have succeeded
-    m.submit(t)
-    (r,) = wait_all(m, 1)
-    assert not r.successful()
-    assert r.exit_code == 1
-    assert counter.read_text() == "2\n"
+    assert r.completed() and not r.successful() and r.exit_code == 1
+    assert counter.read_text() == "1\n" and r.retries == 0
 
 
 @pytest.mark.parametrize("bad", ["../escape", "/etc/passwd", "a/../../b", "a/..", ".."])
