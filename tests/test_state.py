@@ -733,3 +733,37 @@ def test_stale_and_unknown_events_are_harmless() -> None:
     assert step(s, WorkerLeft(worker_id="w1", reason="gone")) == []
     assert step(s, WorkerLeft(worker_id="w1", reason="again")) == []
     assert s.stats.workers_lost == 1 and s.stats.workers_connected == 0
+
+
+def test_a_forsaken_task_runs_elsewhere_then_everywhere_again() -> None:
+    s = fresh()
+    step(s, join("w1"), join("w2"), submit(spec(1)))
+    first = s.tasks[1].worker
+    other = "w2" if first == "w1" else "w1"
+    step(s, done(first, 1, result=int(TaskResult.FORSAKEN), exit_code=-1))
+    assert s.tasks[1].worker == other  # not where it was forsaken
+    step(s, done(other, 1, attempt=1, result=int(TaskResult.FORSAKEN), exit_code=-1))
+    assert s.tasks[1].worker in ("w1", "w2")  # every worker forsook it: all are tried again
+    assert s.tasks[1].state is TState.RUNNING and s.tasks[1].attempt == 2
+
+
+def test_set_max_forsaken_returns_the_task_as_forsaken() -> None:
+    s = fresh()
+    step(s, join("w1"), join("w2"), submit(spec(1, max_forsaken=1)))
+    step(s, done(s.tasks[1].worker, 1, result=int(TaskResult.FORSAKEN), exit_code=-1))
+    out = step(s, done(s.tasks[1].worker, 1, attempt=1, result=int(TaskResult.FORSAKEN),
+                       exit_code=-1, message="could not set up the sandbox"))
+    (back,) = [c for c in out if isinstance(c, TaskReturned)]
+    assert back.result == TaskResult.FORSAKEN and back.exit_code == -1 and back.attempts == 2
+    assert "forsaken 2 times" in back.message
+
+
+def test_resource_exhaustion_charges_retries_and_keeps_its_result() -> None:
+    s = fresh()
+    step(s, join("w1"), submit(spec(1, retries=1)))
+    step(s, done("w1", 1, result=int(TaskResult.RESOURCE_EXHAUSTION), exit_code=-1))
+    assert s.tasks[1].state is TState.RUNNING and s.tasks[1].attempt == 1
+    out = step(s, done("w1", 1, attempt=1, result=int(TaskResult.RESOURCE_EXHAUSTION),
+                       exit_code=-1))
+    (back,) = [c for c in out if isinstance(c, TaskReturned)]
+    assert back.result == TaskResult.RESOURCE_EXHAUSTION and back.attempts == 2

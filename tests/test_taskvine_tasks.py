@@ -251,3 +251,24 @@ def test_workers_outlive_the_manager_and_keep_worker_level_files(tmp_path: Any) 
         p.wait(timeout=20)
     finally:
         stop_process(p, grace=1)
+
+
+def _raw_bytes() -> bytes:
+    return b"plain bytes\n"
+
+
+def test_disable_output_serialization_keeps_the_bytes_as_they_are(cluster: vine.Manager) -> None:
+    m = cluster
+    inline = vine.PythonTask(_raw_bytes)
+    inline.disable_output_serialization()
+    kept = vine.PythonTask(_raw_bytes)
+    kept.disable_output_serialization()
+    kept.enable_temp_output()
+    wrong = vine.PythonTask(len, "not bytes")
+    wrong.disable_output_serialization()
+    reader = vine.Task("cat result")  # a command reads the result file as it is
+    reader.add_input(kept.output_file, "result")
+    run_all(m, [inline, kept, wrong, reader])
+    assert inline.output == b"plain bytes\n"
+    assert reader.output == "plain bytes\n"
+    assert isinstance(wrong.output, TypeError) and "must return bytes" in str(wrong.output)

@@ -123,3 +123,21 @@ def loads_call(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dic
     if type(fn) is bytes:
         fn = cloudpickle.loads(fn)
     return fn, tuple(args), dict(kwargs)
+
+
+class RawResult:
+    """A return value to store as it is (``PythonTask.disable_output_serialization``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def raw_result(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> RawResult:
+    """Call ``fn``; its result must be bytes, kept unpickled (runs on the worker)."""
+    value = fn(*args, **kwargs)
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError("a PythonTask with disable_output_serialization() must return bytes, "
+                        f"not {type(value).__name__}")
+    return RawResult(bytes(value))

@@ -17,7 +17,7 @@ from typing import Any
 from ._later import not_yet
 from .constants import ResultString, TaskResult, result_string
 from .file import File, FileKind, check_remote_name
-from .pickling import dumps_call
+from .pickling import dumps_call, raw_result
 
 PYTHON_OUTPUT_NAME = ".vinework-result.p"
 
@@ -376,7 +376,11 @@ class PythonTask(Task):
     def submit_finalize(self) -> None:
         """Serialize the function and its arguments (done by ``Manager.submit``)."""
         if self.payload is None:
-            self.payload = dumps_call(self.function, self._args, self._kwargs)
+            if self.serialize_output:
+                self.payload = dumps_call(self.function, self._args, self._kwargs)
+            else:  # the worker stores the returned bytes as they are
+                self.payload = dumps_call(raw_result, (self.function, *self._args),
+                                          self._kwargs)
 
     def set_exec_mode(self, mode: str) -> None:
         """How the worker runs the call: "direct" (a warm executor process, reused; the

@@ -386,6 +386,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
                                           f"'{_result_string(c.result)}'"
                                           + (f": {c.message}" if c.message else ""))
             return None
+        if not t.serialize_output:
+            return blob  # the function's own bytes
         try:
             return cloudpickle.loads(blob)
         except Exception as e:

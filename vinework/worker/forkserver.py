@@ -51,7 +51,7 @@ from typing import Any
 
 import msgpack
 
-from ..pickling import loads_call
+from ..pickling import RawResult, loads_call
 
 _LEN = struct.Struct(">I")
 
@@ -94,7 +94,7 @@ def call_payload(payload: bytes, out_path: str, inline_max: int) -> list[Any]:
             blob = b""
         return ["error", blob, tb]
     try:
-        data = cloudpickle.dumps(value)
+        data = value.data if type(value) is RawResult else cloudpickle.dumps(value)
     except Exception as e:
         tb = traceback.format_exc()
         err = TypeError(f"the return value could not be pickled: {e}")
