@@ -143,10 +143,9 @@ class Task:
         self.retries: int = 0
         self.error_message: str = ""
         self.cached = False
-        self.resources_measured = ResourceSummary()
-        self.resources_allocated = ResourceSummary()
+        self._measured: ResourceSummary | None = None
         self.limits_exceeded: ResourceSummary | None = None
-        self._metrics: dict[str, float] = {}
+        self._metrics: dict[str, float] | None = None
         self._state = 0
         self._done = False
 
@@ -325,16 +324,37 @@ class Task:
             self._state = 5
         return STATE_NAMES[self._state] if 0 <= self._state < len(STATE_NAMES) else "UNKNOWN"
 
+    @property
+    def resources_measured(self) -> ResourceSummary:
+        """What the task used (TaskVine's rmsummary): ``wall_time``, ``cpu_time`` (s),
+        ``memory`` (max rss, MB), ``start``/``end`` (us); -1 where unknown."""
+        if self._measured is None:
+            self._measured = ResourceSummary()
+        return self._measured
+
+    @resources_measured.setter
+    def resources_measured(self, r: ResourceSummary) -> None:
+        self._measured = r
+
+    @property
+    def resources_requested(self) -> ResourceSummary:
+        """What the task asked for (-1 where it left a resource unset)."""
+        def v(x: int | None) -> float:
+            return -1 if x is None else x
+        return ResourceSummary(cores=v(self.cores), memory=v(self.memory), disk=v(self.disk),
+                               gpus=v(self.gpus), wall_time=self.time_max or -1)
+
     def get_metric(self, name: str) -> float:
         """TaskVine's task metrics: ``time_when_submitted``, ``time_when_done``,
         ``time_when_commit_start``, ``time_when_commit_end``, ``time_when_retrieval``,
         ``time_workers_execute_last``, ``time_workers_execute_all``, ``bytes_received``,
         ``bytes_sent``, ``bytes_transferred`` (times in microseconds since the epoch)."""
+        metrics = self._metrics or {}
         try:
-            return self._metrics[name]
+            return metrics[name]
         except KeyError:
             raise ValueError(f"unknown task metric {name!r}; known: "
-                             f"{', '.join(sorted(self._metrics)) or '(none before wait)'}"
+                             f"{', '.join(sorted(metrics)) or '(none before wait)'}"
                              ) from None
 
     def successful(self) -> bool:

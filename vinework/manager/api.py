@@ -304,7 +304,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
                 t._output = PythonTaskNoResult(message)
         self._local.add(t.id)
         now = time.time()
-        t._metrics.update({"time_when_submitted": now * 1e6, "time_when_done": now * 1e6})
+        t._metrics = {"time_when_submitted": now * 1e6, "time_when_done": now * 1e6}
         t._done = True
         with self._cond:
             self._tasks[t.id] = t
@@ -349,7 +349,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             t.resources_measured = ResourceSummary(wall_time=max(0.0, c.end - c.start),
                                                    start=start_us, end=end_us)
         sub = self._submitted_at.pop(t.id, 0.0)
-        t._metrics.update({
+        t._metrics = ({
             "time_when_submitted": sub * 1e6, "time_when_commit_start": start_us,
             "time_when_commit_end": start_us, "time_when_retrieval": end_us,
             "time_when_done": time.time() * 1e6,

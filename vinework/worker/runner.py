@@ -38,7 +38,13 @@ from . import events as ev
 from . import sandbox as sb
 from .cache import Cache, CacheError
 from .pypool import PythonRunner
-from .taskenv import TMP_DIR_NAME, environment_changes, task_environment, wrap_command
+from .taskenv import (
+    TMP_DIR_NAME,
+    base_environment,
+    environment_changes,
+    task_environment,
+    wrap_command,
+)
 
 log = logging.getLogger("vinework.worker")
 
@@ -186,7 +192,7 @@ class TaskRunner:
 
     async def _run_command(self, run_id: int, task: RunTask, box: str,
                            gpu_ids: tuple[int, ...]) -> ev.TaskExited:
-        env = task_environment(os.environ, task, box, gpu_ids)
+        env = task_environment(base_environment(), task, box, gpu_ids)
         start = time.monotonic()
         try:
             proc = sb.CommandProcess(wrap_command(task.command, self.task_wrapper), box, env)

@@ -29,6 +29,7 @@ import subprocess
 from dataclasses import dataclass
 
 from .outcome import OUTPUT_INLINE_MAX
+from .taskenv import TMP_DIR_NAME
 
 # a command made only of plain words separated by single spaces needs no shell
 _PLAIN = re.compile(r"[A-Za-z0-9_./,:=+@%-]+(?: [A-Za-z0-9_./,:=+@%-]+)*")
@@ -80,6 +81,8 @@ class SandboxPool:
             for e in os.scandir(sandbox):
                 if e.name == OUTPUT_NAME:
                     continue
+                if e.name == TMP_DIR_NAME and _empty_dir(e.path):
+                    continue  # the task's TMPDIR, left empty: kept for the next task
                 if e.is_dir(follow_symlinks=False):
                     shutil.rmtree(e.path)
                 else:
@@ -253,3 +256,14 @@ def measured_of(wall: float, usage: Rusage) -> list[float]:
     """``TaskDone.measured`` from a wall time and a wait4 rusage: [wall s, cpu s, max rss MB]."""
     # Linux reports ru_maxrss in KiB
     return [wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0]
+
+
+def _empty_dir(path: str) -> bool:
+    """True for a real, empty directory."""
+    if os.path.islink(path):
+        return False
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
