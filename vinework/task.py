@@ -145,7 +145,7 @@ class Task:
         self.cached = False
         self._measured: ResourceSummary | None = None
         self.limits_exceeded: ResourceSummary | None = None
-        self._metrics: dict[str, float] | None = None
+        self._times: tuple[float, float, float, float] | None = None  # submit, start, end, done
         self._state = 0
         self._done = False
 
@@ -349,7 +349,14 @@ class Task:
         ``time_when_commit_start``, ``time_when_commit_end``, ``time_when_retrieval``,
         ``time_workers_execute_last``, ``time_workers_execute_all``, ``bytes_received``,
         ``bytes_sent``, ``bytes_transferred`` (times in microseconds since the epoch)."""
-        metrics = self._metrics or {}
+        metrics: dict[str, float] = {}
+        if self._times is not None:
+            sub, start, end, done = self._times
+            run = max(0.0, end - start) * 1e6
+            metrics = {"time_when_submitted": sub * 1e6, "time_when_commit_start": start * 1e6,
+                       "time_when_commit_end": start * 1e6, "time_when_retrieval": end * 1e6,
+                       "time_when_done": done * 1e6, "time_workers_execute_last": run,
+                       "time_workers_execute_all": run}
         try:
             return metrics[name]
         except KeyError:

@@ -304,7 +304,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
                 t._output = PythonTaskNoResult(message)
         self._local.add(t.id)
         now = time.time()
-        t._metrics = {"time_when_submitted": now * 1e6, "time_when_done": now * 1e6}
+        t._times = (now, 0.0, 0.0, now)
         t._done = True
         with self._cond:
             self._tasks[t.id] = t
@@ -348,14 +348,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         else:
             t.resources_measured = ResourceSummary(wall_time=max(0.0, c.end - c.start),
                                                    start=start_us, end=end_us)
-        sub = self._submitted_at.pop(t.id, 0.0)
-        t._metrics = ({
-            "time_when_submitted": sub * 1e6, "time_when_commit_start": start_us,
-            "time_when_commit_end": start_us, "time_when_retrieval": end_us,
-            "time_when_done": time.time() * 1e6,
-            "time_workers_execute_last": (c.end - c.start) * 1e6,
-            "time_workers_execute_all": (c.end - c.start) * 1e6,
-        })
+        t._times = (self._submitted_at.pop(t.id, 0.0), c.start, c.end, time.time())
 
     def _python_output(self, t: PythonTask, c: TaskReturned) -> Any:
         blob = c.python_result
