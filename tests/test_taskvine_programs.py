@@ -5,9 +5,10 @@ vine``).
 
 Each test is one short program: a submit/wait loop ``while not m.empty(): t = m.wait(5)``
 over real ``vinework worker`` processes (the conftest fixtures), with a deadline so that
-nothing hangs. Behaviours that TaskVine documents and vinework does not (yet) have, and
-that vinework's README does not list as a known difference, are marked ``xfail(strict)``
-with the reason.
+nothing hangs. A behaviour TaskVine documents that vinework lacked, and that vinework's
+README does not list as a known difference, was marked ``xfail(strict)`` with the reason
+until it was fixed (``VINE_SANDBOX``, ``File.contents``/``len``, ``Task.clone``,
+``resources_allocated``, counting a task returned for a missing input).
 """
 
 from __future__ import annotations
@@ -249,10 +250,6 @@ def test_environment_variables(cluster: vine.Manager) -> None:
     assert p.output == "42"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TaskVine's manual (Declaring Tasks): 'The path of the sandbox directory is exported "
-    "to the execution environment of each worker through the VINE_SANDBOX shell "
-    "environment variable'; vinework's workers do not set VINE_SANDBOX"))
 def test_vine_sandbox_names_the_sandbox(cluster: vine.Manager) -> None:
     m = cluster
     t = vine.Task('test "$VINE_SANDBOX" = "$(pwd)" && echo same')
@@ -274,11 +271,6 @@ def test_buffers_as_inputs(cluster: vine.Manager) -> None:
     assert t.output == "This is only a test!\nThese words are the contents of the file."
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TaskVine's File has contents() ('Return the contents of a file object', used by its "
-    "test vine_python.py as inbuf.contents()) and __len__ ('Return the size of a file "
-    "object, in bytes'); vinework's File has neither (AttributeError / TypeError), and "
-    "the README's not-yet list only names buffers as *outputs*"))
 def test_file_contents_and_size(manager: vine.Manager, tmp_path: Any) -> None:
     m = manager
     b = m.declare_buffer(b"This is only a test!")
@@ -289,9 +281,6 @@ def test_file_contents_and_size(manager: vine.Manager, tmp_path: Any) -> None:
     assert b.contents() in (b"This is only a test!", "This is only a test!")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TaskVine's Task.clone() ('Return a (deep)copy this task that can also be submitted') "
-    "is not in vinework: AttributeError"))
 def test_a_cloned_task_runs_like_the_original(cluster: vine.Manager) -> None:
     m = cluster
     t = vine.Task("echo $X")
@@ -652,9 +641,6 @@ def test_monitoring_reports_what_a_task_used(manager: vine.Manager, workers: Any
     assert t.get_metric("time_when_done") >= t.get_metric("time_when_submitted") > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TaskVine's Task.resources_allocated ('Get the resources allocated to the task in its "
-    "latest attempt', task.py) is missing in vinework: AttributeError"))
 def test_resources_allocated_tells_the_allocation(manager: vine.Manager, workers: Any) -> None:
     m = manager
     workers(m, cores=4, memory=1200, disk=3600)
@@ -721,12 +707,6 @@ def test_stats_count_what_happened(cluster: vine.Manager, tmp_path: Any) -> None
     assert s.bytes_received >= 5 * len("10000\n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a task whose local input file does not exist comes back from wait() with 'input "
-    "missing' but is never counted in m.stats: tasks_submitted, tasks_done and "
-    "tasks_failed all stay 0 (TaskVine counts every submitted task in tasks_submitted, "
-    "and every task returned with a result other than success in tasks_done and "
-    "tasks_failed: find_task_to_return in vine_manager.c)"))
 def test_a_task_with_a_missing_input_is_counted(manager: vine.Manager, tmp_path: Any) -> None:
     m = manager
     t = vine.Task("cat x")

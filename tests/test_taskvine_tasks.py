@@ -41,7 +41,9 @@ def test_outcome_matrix_of_command_tasks(cluster: vine.Manager, tmp_path: Any) -
     exit3 = vine.Task("echo out; exit 3")
     not_found = vine.Task("no-such-command-anywhere")
     not_exec = vine.Task("./script")
-    not_exec.add_input(m.declare_buffer(b"#!/bin/sh\necho x\n"), "script")  # mode 0644
+    plain = m.declare_buffer(b"#!/bin/sh\necho x\n")
+    plain.set_mode(0o644)  # buffers are executable by default
+    not_exec.add_input(plain, "script")
     signalled = vine.Task("kill -9 $$")
     made = tmp_path / "made.txt"
     exit2_with_output = vine.Task("echo data > o.txt; exit 2")
@@ -272,3 +274,62 @@ def test_disable_output_serialization_keeps_the_bytes_as_they_are(cluster: vine.
     assert inline.output == b"plain bytes\n"
     assert reader.output == "plain bytes\n"
     assert isinstance(wrong.output, TypeError) and "must return bytes" in str(wrong.output)
+
+
+# ---------------------------------------------------------------------- file modes
+def test_executables_and_scripts_keep_their_mode_on_every_worker(
+        manager: vine.Manager, workers: Any, tmp_path: Any) -> None:
+    m = manager
+    workers(m, extra=("--feature", "maker"))
+    workers(m, extra=("--feature", "user"))
+    wait_workers(m, 2)
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from $0\n")
+    script.chmod(0o750)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x\n")
+    plain.chmod(0o640)
+    shipped = m.declare_file(str(script), cache=True)
+    buf = m.declare_buffer(b"#!/bin/sh\necho buffer runs\n")  # executable by default
+    quiet = m.declare_buffer(b"#!/bin/sh\necho no\n")
+    quiet.set_mode(0o644)
+    made = m.declare_temp()
+    # a task makes an executable temp; a consumer on the other worker (a peer transfer)
+    # runs it
+    maker = vine.Task("printf '#!/bin/sh\\necho made here\\n' > tool; chmod 755 tool")
+    maker.add_output(made, "tool")
+    maker.add_feature("maker")
+    user = vine.Task("./tool")
+    user.add_input(made, "tool")
+    user.add_feature("user")
+    runs = [vine.Task("./hello.sh"), vine.Task("./it"), vine.Task("./q"),
+            vine.Task("stat -c %a plain.txt")]
+    runs[0].add_input(shipped, "hello.sh")
+    runs[1].add_input(buf, "it")
+    runs[2].add_input(quiet, "q")
+    runs[3].add_input(m.declare_file(str(plain)), "plain.txt")
+    run_all(m, [maker, user, *runs])
+    assert runs[0].output == "hello from ./hello.sh\n" and runs[0].successful()
+    assert runs[1].output == "buffer runs\n"
+    assert runs[2].exit_code == 126  # set_mode(0o644): not executable
+    assert runs[3].output == "640\n"
+    assert user.output == "made here\n" and user.successful()
+    assert m.stats.transfers_peer == 1  # the tool went worker to worker, mode and all
+
+
+def test_file_contents_len_and_type(cluster: vine.Manager, tmp_path: Any) -> None:
+    m = cluster
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"local bytes")
+    lf = m.declare_file(str(local))
+    buf = m.declare_buffer(b"buffer bytes")
+    tmp = m.declare_temp()
+    t = vine.Task("printf 'made by a task' > out")
+    t.add_output(tmp, "out")
+    run_all(m, [t])
+    assert (lf.type(), buf.type(), tmp.type()) == (vine.VINE_FILE, vine.VINE_BUFFER, vine.VINE_TEMP)
+    assert lf.contents() == b"local bytes" and len(lf) == 11
+    assert buf.contents() == b"buffer bytes" and len(buf) == 12
+    assert tmp.contents() == b"made by a task" and len(tmp) == 14
+    assert tmp.contents(lambda b: b.decode().upper()) == "MADE BY A TASK"
+    assert bool(m.declare_buffer(b"")) and len(m.declare_buffer(b"")) == 0

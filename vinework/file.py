@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from .constants import CacheLevel
 
@@ -75,7 +77,9 @@ class File:
         self.checkpoint = checkpoint
         self._data = data
         self._name: str | None = None
-        self._manager: object | None = None
+        self._manager: Any = None
+        self._size = -1
+        self.mode = -1  # permission bits on workers (set_mode); -1: the source's
         if kind is FileKind.TEMP:
             self._name = f"temp-{_TEMP_PREFIX}-{next(_temp_ids)}"
         elif kind is FileKind.BUFFER:
@@ -104,6 +108,44 @@ class File:
     def source(self) -> str:
         """A readable description: the path, or the kind and name."""
         return self.path or f"{self.kind.value}:{self._name}"
+
+    def type(self) -> int:
+        """TaskVine's file type: ``VINE_FILE`` (1), ``VINE_TEMP`` (3) or ``VINE_BUFFER`` (4)."""
+        return {FileKind.LOCAL: 1, FileKind.TEMP: 3, FileKind.BUFFER: 4}[self.kind]
+
+    def set_mode(self, mode: int) -> None:
+        """The permission bits the file gets on workers (e.g. ``0o755``), instead of the
+        source's (a local file's own bits; 0755 for a buffer). Applies to local files and
+        buffers; a temp keeps the bits of the file its task made."""
+        self.mode = int(mode) & 0o777
+        if self._manager is not None and self.kind is not FileKind.TEMP:
+            self._manager._redeclare(self)
+
+    def contents(self, unserializer: Callable[[bytes], Any] | None = None) -> Any:
+        """The file's bytes (a buffer's data, a local file's content, a temp fetched from a
+        worker), passed through ``unserializer`` if given."""
+        if self.kind is FileKind.BUFFER and self._data is not None:
+            data = self._data
+        elif self.kind is FileKind.TEMP or (self._manager is not None and self.path is None):
+            if self._manager is None:
+                raise ValueError(f"{self!r} was never declared to a manager")
+            data = self._manager.fetch_file(self)
+        else:
+            assert self.path is not None
+            with open(self.path, "rb") as f:
+                data = f.read()
+        return unserializer(data) if unserializer is not None else data
+
+    def __len__(self) -> int:
+        """The file's size in bytes (a temp is asked of the manager, or fetched)."""
+        if self.kind is FileKind.BUFFER and self._data is not None:
+            return len(self._data)
+        if self.kind is FileKind.LOCAL and self.path is not None and os.path.exists(self.path):
+            return os.stat(self.path).st_size
+        return len(self.contents())
+
+    def __bool__(self) -> bool:
+        return True  # a File is a handle: an empty one is still there
 
     def __repr__(self) -> str:
         return f"File({self.kind.value}, {self.source()!r})"

@@ -69,6 +69,9 @@ class ResourceSummary:
         return f"ResourceSummary({inner})"
 
 
+_NOTHING_ALLOCATED = ResourceSummary()  # (shared, read-only: before a run was placed)
+
+
 class Task:
     """A command to run on a worker, TaskVine's ``Task``.
 
@@ -144,6 +147,7 @@ class Task:
         self.error_message: str = ""
         self.cached = False
         self._measured: ResourceSummary | None = None
+        self.resources_allocated = _NOTHING_ALLOCATED
         self.limits_exceeded: ResourceSummary | None = None
         self._times: tuple[float, float, float, float] | None = None  # submit, start, end, done
         self._state = 0
@@ -295,6 +299,22 @@ class Task:
 
     def provides_library(self) -> bool:
         return False
+
+    def clone(self) -> Task:
+        """A copy of this task that can be submitted too (inputs and outputs are the same
+        File objects; results are not copied)."""
+        import copy
+        other = copy.copy(self)
+        other.inputs = list(self.inputs)
+        other.outputs = list(self.outputs)
+        other.env = dict(self.env)
+        other.features = list(self.features)
+        other.id = 0
+        other._manager = None
+        other._reset_results()
+        if isinstance(other, PythonTask):
+            other._output_file = None
+        return other
 
     def addref(self) -> None:
         """TaskVine keeps a reference count for the C object; kept for compatibility."""

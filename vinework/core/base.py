@@ -126,6 +126,14 @@ class CoreBase:
         f = self.files.get(name)
         return f.manager_path if f is not None and f.at_manager else None
 
+    def manager_source(self, name: str) -> str | tuple[str, int] | None:
+        """What the manager's transfer server sends for ``name``: the path, with the
+        permission bits ``File.set_mode`` chose if any."""
+        f = self.files.get(name)
+        if f is None or not f.at_manager or f.manager_path is None:
+            return None
+        return (f.manager_path, f.spec.mode) if f.spec.mode >= 0 else f.manager_path
+
     def task_state(self, task_id: int) -> int | None:
         """TaskVine's VINE_TASK_* value for a task the core still holds (else None)."""
         t = self.tasks.get(task_id)

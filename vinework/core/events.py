@@ -67,6 +67,7 @@ class FileSpec:
     cache_level: int = 1
     peer_transfer: bool = True
     checkpoint: bool = False
+    mode: int = -1  # permission bits on workers (File.set_mode); -1: the source's
 
 
 # ------------------------------------------------------------------ events
@@ -295,7 +296,7 @@ class TaskReturned(Command):
     python_result_path: str = ""  # a large result retrieved to the staging directory
     stdout_path: str = ""  # the whole stdout, when too long to come inline
     measured: tuple[float, ...] = ()  # [wall s, cpu s, max rss MB] of the last run
-    time_dispatched: float = 0.0  # (monotonic) when the last run was sent
+    allocated: tuple[int, ...] = ()  # (cores, memory, disk, gpus) its latest run was given
     story: tuple[tuple[float, str, str, str], ...] = field(default=(), compare=False)
     stimulus_id: str = field(default="", compare=False)
 

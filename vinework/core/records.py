@@ -89,6 +89,7 @@ class TaskRecord:
     python_result: bytes | None = None
     result_path: str = ""
     stdout_path: str = ""  # a long stdout retrieved to the staging directory
+    last_alloc: Resources | None = None  # what its latest run was given
     unplaceable_since: float = -1.0  # when no connected worker could ever run it
     unplaceable_noted: bool = False
 

@@ -151,6 +151,7 @@ class TaskLifecycle(CoreBase):
             python_result=t.python_result, python_error=d.python_error if d else "",
             message=t.message or (d.message if d else ""), python_result_path=t.result_path,
             stdout_path=t.stdout_path, measured=tuple(d.measured) if d else (),
+            allocated=(a.cores, a.memory, a.disk, a.gpus) if (a := t.last_alloc) else (),
             story=tuple(t.story), stimulus_id=self._stim,
         ))
         t.python_result = None
@@ -625,6 +626,7 @@ class TaskLifecycle(CoreBase):
         w.free.sub(alloc)
         w.running.add(s.task_id)
         t.run.worker, t.run.alloc = wid, alloc
+        t.last_alloc = alloc
         if t.unplaceable_since >= 0:
             t.unplaceable_since = -1.0
             self._unplaceable.pop(s.task_id, None)

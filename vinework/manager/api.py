@@ -144,6 +144,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         self._cache_keys: dict[int, str] = {}
         self._local: set[int] = set()  # ids finished without the core (not to collect)
         self._cancelled: set[int] = set()  # ids asked to cancel, not yet returned
+        self._local_counts = [0, 0]
         self._submitted_at: dict[int, float] = {}
         self.notices: list[str] = []  # hints the manager gave (explained waits)
         self._server = ManagerServer(
@@ -303,6 +304,9 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             if isinstance(t, PythonTask):
                 t._output = PythonTaskNoResult(message)
         self._local.add(t.id)
+        if not keep:  # a missing input: TaskVine counts it; a tasks-cache hit it does not
+            self._local_counts[0] += 1
+            self._local_counts[1] += 1
         now = time.time()
         t._times = (now, 0.0, 0.0, now)
         t._done = True
@@ -339,6 +343,10 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         """``resources_measured``, ``limits_exceeded`` and TaskVine's task metrics."""
         m = list(c.measured)
         start_us, end_us = c.start * 1e6, c.end * 1e6
+        if len(c.allocated) == 4:
+            ac, am, ad, ag = c.allocated
+            t.resources_allocated = ResourceSummary(cores=ac, memory=am, disk=ad, gpus=ag,
+                                                    wall_time=t.time_max or -1)
         if len(m) >= 3:
             t.resources_measured = ResourceSummary(
                 cores=t.cores if t.cores is not None else -1, memory=m[2],

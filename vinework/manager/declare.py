@@ -41,6 +41,7 @@ class FileMethods(ManagerBase):
             tmp = path + ".tmp"
             with open(tmp, "wb") as out:
                 out.write(data)
+            os.chmod(tmp, 0o755)  # buffers are executable by default, as in TaskVine
             os.replace(tmp, path)
         f.path = path
         self._declare(f, size=len(data))
@@ -83,12 +84,22 @@ class FileMethods(ManagerBase):
     def _declare(self, f: File, size: int = -1) -> None:
         spec = FileSpec(name=f.cache_name, kind=f.kind.value, path=f.path, size=size,
                         cache_level=int(f.cache), peer_transfer=f.peer_transfer,
-                        checkpoint=f.checkpoint)
+                        checkpoint=f.checkpoint, mode=f.mode)
+        f._manager = self
+        f._size = size
         self._declared.add(spec.name)
         self._post(FileDeclared(now=time.monotonic(), spec=spec))
         if f.kind is FileKind.TEMP:
             # once the user drops every handle, the temp may be pruned when no task needs it
             weakref.finalize(f, self._release, spec.name)
+
+    def _redeclare(self, f: File) -> None:
+        """A declared local file or buffer changed its mode (``File.set_mode``)."""
+        if f._name is not None and f._name in self._declared:
+            spec = FileSpec(name=f.cache_name, kind=f.kind.value, path=f.path, size=f._size,
+                            cache_level=int(f.cache), peer_transfer=f.peer_transfer,
+                            checkpoint=f.checkpoint, mode=f.mode)
+            self._post(FileDeclared(now=time.monotonic(), spec=spec))
 
     def _release(self, name: str) -> None:
         if not self._closed and self._error is None:
@@ -97,12 +108,12 @@ class FileMethods(ManagerBase):
             except RuntimeError:  # the loop is gone
                 pass
 
-    def _file_at_manager(self, name: str) -> str | None:
+    def _file_at_manager(self, name: str) -> str | tuple[str, int] | None:
         """For the manager's transfer server (its own threads): asked on the loop."""
         if self._closed or self._error is not None:
             return None
         try:
-            return self._server.call(lambda: self._state.manager_path(name))  # type: ignore[return-value]
+            return self._server.call(lambda: self._state.manager_source(name))  # type: ignore[return-value]
         except Exception:
             return None
 

@@ -33,6 +33,7 @@ class InfoMethods(ManagerBase):
     """Queries about the manager, its tasks and its workers (see the module docstring)."""
 
     _started: float
+    _local_counts: list[int]  # [failed without the core, the same]
 
     # ------------------------------------------------------------------ stats
     @property
@@ -40,6 +41,10 @@ class InfoMethods(ManagerBase):
         """A snapshot of the manager's counters (TaskVine's ``vine_stats`` names)."""
         def snap() -> ManagerStats:
             st = self._state.stats_snapshot()
+            local = self._local_counts  # tasks failed without the core (missing inputs)
+            st.tasks_submitted += local[0]
+            st.tasks_done += local[0]
+            st.tasks_failed += local[1]
             st.bytes_control_in = self._server.bytes_in
             st.bytes_control_out = self._server.bytes_out
             st.time_when_started = int(self._started * 1e6)

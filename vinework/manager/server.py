@@ -107,7 +107,7 @@ class ManagerServer:
         state: ManagerState,
         port: int | tuple[int, int],
         txn: TxnLog,
-        files_at_manager: Callable[[str], str | None],
+        files_at_manager: Callable[[str], str | tuple[str, int] | None],
         on_task_returned: Callable[[TaskReturned], None],
         on_fetch_done: Callable[[FetchDone], None],
         on_error: Callable[[ManagerError], None],

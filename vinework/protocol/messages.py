@@ -323,3 +323,4 @@ class FileHeader(Message):
     name: str
     size: int
     error: str = ""
+    mode: int = 0o644  # permission bits the copy gets (the source's, or File.set_mode's)

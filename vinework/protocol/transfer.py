@@ -1,8 +1,11 @@
 """Peer transfers: a small file server on every worker (and the manager), and its client.
 
 One connection moves one file. The client sends a ``GetFile`` frame; the
-server answers with a ``FileHeader`` frame (size, or an error) and then the
-raw bytes, sent with ``socket.sendfile`` (zero copy). The client streams the
+server answers with a ``FileHeader`` frame (size and permission bits, or an
+error) and then the raw bytes, sent with ``socket.sendfile`` (zero copy). The
+copy gets the source's permission bits (at least owner read and write), so an
+executable stays executable on every worker it reaches; a server's lookup may
+name other bits (``File.set_mode``). The client streams the
 bytes straight to a temporary file in the destination directory, checks the
 size, and only then hands it over. Blocking sockets in threads keep bulk
 bytes off the asyncio loop, so control messages and heartbeats never wait
@@ -74,11 +77,12 @@ def _recv_frame(sock: socket.socket, dec: FrameDecoder) -> object:
 
 
 class TransferServer:
-    """Serves files by cache name; ``lookup(name)`` gives a path or None."""
+    """Serves files by cache name; ``lookup(name)`` gives a path, or (path, permission
+    bits) to send other bits than the file's, or None."""
 
     def __init__(
         self,
-        lookup: Callable[[str], str | None],
+        lookup: Callable[[str], str | tuple[str, int] | None],
         port: int = 0,
         on_sent: Callable[[str, int], None] | None = None,
     ) -> None:
@@ -106,7 +110,13 @@ class TransferServer:
             req = _recv_frame(conn, dec)
             if not isinstance(req, GetFile):
                 raise RemoteProtocolError(f"expected GetFile, got {type(req).__name__}")
-            path = self.lookup(req.name)
+            found = self.lookup(req.name)
+            mode = -1
+            path: str | None
+            if isinstance(found, tuple):
+                path, mode = found
+            else:
+                path = found
             if path is None:
                 conn.sendall(encode(FileHeader(name=req.name, size=-1, error="no such file")))
                 return
@@ -116,8 +126,10 @@ class TransferServer:
                 conn.sendall(encode(FileHeader(name=req.name, size=-1, error=str(e))))
                 return
             with f:
-                size = os.fstat(f.fileno()).st_size
-                conn.sendall(encode(FileHeader(name=req.name, size=size)))
+                st = os.fstat(f.fileno())
+                size = st.st_size
+                bits = (mode if mode >= 0 else st.st_mode) & 0o777
+                conn.sendall(encode(FileHeader(name=req.name, size=size, mode=bits)))
                 conn.settimeout(None)
                 if size:
                     conn.sendfile(f)
@@ -207,7 +219,10 @@ def fetch_file(
             os.close(fd)
             _unlink(dest_path)
             raise
-        os.close(fd)
+        try:
+            os.fchmod(fd, (hdr.mode & 0o777) | 0o600)
+        finally:
+            os.close(fd)
         return got, time.monotonic() - start
     finally:
         sock.close()

@@ -5,7 +5,8 @@ Every task gets TaskVine's variables for the resources it was given: ``CORES``,
 ``VECLIB_MAXIMUM_THREADS`` and ``NUMEXPR_NUM_THREADS`` (the cores, at least 1),
 ``MEMORY`` and ``DISK`` (MB), ``GPUS`` and, when it holds gpus,
 ``CUDA_VISIBLE_DEVICES`` (their indices); ``TMPDIR``, ``TMP`` and ``TEMP`` name
-``<sandbox>/.taskvine.tmp`` (the shell creates it); ``DISPLAY`` is removed.
+``<sandbox>/.taskvine.tmp`` (the shell creates it); ``VINE_SANDBOX`` names the sandbox;
+``DISPLAY`` is removed.
 Then the task's own variables (``RunTask.env``) override those, and the names
 in ``RunTask.env_unset`` (TaskVine's ``set_env_var(name, None)``) are removed.
 
@@ -44,7 +45,7 @@ def environment_changes(task: RunTask, sandbox: str, gpu_ids: Sequence[int] = ()
     sets += [("MEMORY", str(task.memory)), ("DISK", str(task.disk)), ("GPUS", str(task.gpus))]
     if task.gpus > 0 and gpu_ids:
         sets.append(("CUDA_VISIBLE_DEVICES", ",".join(str(g) for g in gpu_ids)))
-    sets += [("TMPDIR", tmp), ("TMP", tmp), ("TEMP", tmp)]
+    sets += [("TMPDIR", tmp), ("TMP", tmp), ("TEMP", tmp), ("VINE_SANDBOX", sandbox)]
     own = {k for k, _ in task.env}
     unset = [n for n in REMOVED if n not in own]
     sets += [(k, v) for k, v in task.env]
