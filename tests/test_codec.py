@@ -284,7 +284,7 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Shutdown.TAG, None], "reason"),
         ([Hoist.TAG, "numpy"], "modules"),  # str where a list is expected
         ([Hoist.TAG, ["numpy", 3]], "modules"),  # a bad list item
-        ([Fetch.TAG, 1, "n", "h", "80", 0, 1], "port"),
+        ([Fetch.TAG, 1, "n", "h", "80", 0, 1, ""], "port"),
         ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0], "keepalive_interval"),
         ([Welcome.TAG, 1, "w", True, 0, "", 30.0], "keepalive_interval"),
         ([FileHeader.TAG, "f", False, "", 0o644], "size"),
@@ -297,8 +297,8 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, {"f": 12}, "", []], "cached"),
         ([TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, [], "not-bytes", "", "", [], "", 0], "python_result"),
         ([TaskDone.TAG, 1, 0, 0, 0, b"out", 0.0, 0.0, [], None, "", "", [], "", 0], "output"),
-        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False, 0.0, [], 1], "python_mode"),
-        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "", 1, 0.0, [], 1], "python_keep"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False, 0.0, [], 1, [], []], "python_mode"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "", 1, 0.0, [], 1, [], []], "python_keep"),
         ([CacheInvalid.TAG, "n", 1, "why", "", "2"], "cause"),
         ([Leaving.TAG, 3], "reason"),
     ],

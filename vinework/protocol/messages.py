@@ -256,6 +256,8 @@ class RunTask(Message):
     time_end: float = 0.0  # wall clock (epoch seconds) after which it is killed; 0 = none
     env_unset: list[str] = field(default_factory=list)  # variables removed from its env
     stdout_max: int = 1 << 30  # bytes of stdout kept (TaskVine's max-task-stdout-storage)
+    symlink_inputs: list[str] = field(default_factory=list)  # remote names mounted as links
+    optional_outputs: list[str] = field(default_factory=list)  # never "missing" (cache names)
 
 
 @register(22)
@@ -269,6 +271,7 @@ class Fetch(Message):
     port: int
     size: int  # expected size, -1 if unknown
     cache_level: int = 1  # a CacheLevel: WORKER/FOREVER entries outlive this manager
+    url: str = ""  # fetch from this URL (file://, http://, https://) instead of host:port
 
 
 @register(23)
