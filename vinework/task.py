@@ -15,7 +15,15 @@ import time
 from typing import Any
 
 from ._later import not_yet
-from .constants import ResultString, TaskResult, result_string
+from .constants import (
+    VINE_FAILURE_ONLY,
+    VINE_FIXED_LOCATION,
+    VINE_MOUNT_SYMLINK,
+    VINE_SUCCESS_ONLY,
+    ResultString,
+    TaskResult,
+    result_string,
+)
 from .file import File, FileKind, check_remote_name
 from .pickling import dumps_call, raw_result
 
@@ -88,6 +96,9 @@ class Task:
         self.inputs: list[tuple[File, str]] = []
         self.outputs: list[tuple[File, str]] = []
         self.env: dict[str, str | None] = {}
+        # remote name -> TaskVine mount flags (VINE_FIXED_LOCATION, VINE_MOUNT_SYMLINK,
+        # VINE_FAILURE_ONLY, VINE_SUCCESS_ONLY) of the inputs and outputs that set any
+        self.mount_flags: dict[str, int] = {}
         self.cores: int | None = None
         self.memory: int | None = None
         self.disk: int | None = None
@@ -158,23 +169,53 @@ class Task:
                   mount_symlink: bool = False) -> None:
         """Place ``file`` in the task's sandbox as ``remote_name``.
 
-        ``strict_input`` and ``mount_symlink`` are accepted (TaskVine's options); vinework
-        always links cached inputs into the sandbox and places a task where it can fetch
-        its inputs."""
+        Args:
+            file: a File from ``m.declare_*``.
+            remote_name: its path inside the sandbox (relative, no ``..``).
+            strict_input: run the task only on a worker that already holds (or is being
+                sent) a copy of ``file``; if no connected worker has one when the task
+                could run, it comes back with result "fixed location missing"
+                (TaskVine's ``VINE_FIXED_LOCATION``).
+            mount_symlink: place the input as a symbolic link to the worker's cache copy
+                instead of a hard link (TaskVine's ``VINE_MOUNT_SYMLINK``).
+        """
         if not isinstance(file, File):
             raise TypeError(f"add_input expects a File, got {type(file).__name__}")
-        self.inputs.append((file, check_remote_name(remote_name)))
+        remote = check_remote_name(remote_name)
+        self.inputs.append((file, remote))
+        flags = (VINE_FIXED_LOCATION if strict_input else 0) \
+            | (VINE_MOUNT_SYMLINK if mount_symlink else 0)
+        if flags:
+            self.mount_flags[remote] = self.mount_flags.get(remote, 0) | flags
 
     def add_output(self, file: File, remote_name: str, watch: bool = False,
                    failure_only: bool | None = None, success_only: bool | None = None) -> None:
-        """Collect ``remote_name`` from the sandbox into ``file`` when the task ends."""
+        """Collect ``remote_name`` from the sandbox into ``file`` when the task ends.
+
+        Args:
+            file: a local file, a buffer (``f.contents()`` then holds what the task
+                wrote) or a temp.
+            remote_name: its path inside the sandbox.
+            watch: stream the file while the task runs (not supported yet: raises
+                ``NotImplementedError``).
+            failure_only: bring it back only if the task failed (result not "success",
+                or a non-zero exit code); never counted as missing.
+            success_only: bring it back only if the task succeeded (result "success" and
+                exit code 0); never counted as missing.
+        """
         if not isinstance(file, File):
             raise TypeError(f"add_output expects a File, got {type(file).__name__}")
-        if file.kind is FileKind.BUFFER:
-            not_yet("a buffer as a task output (file kinds); use declare_temp or declare_file")
-        if watch or failure_only or success_only:
-            not_yet("watched or failure/success-only outputs (file kinds)")
-        self.outputs.append((file, check_remote_name(remote_name)))
+        if watch:
+            not_yet("watched outputs (add_output(..., watch=True): streaming a growing "
+                    "output while the task runs)")
+        if failure_only and success_only:
+            raise ValueError("an output cannot be both failure_only and success_only")
+        remote = check_remote_name(remote_name)
+        self.outputs.append((file, remote))
+        flags = (VINE_FAILURE_ONLY if failure_only else 0) \
+            | (VINE_SUCCESS_ONLY if success_only else 0)
+        if flags:
+            self.mount_flags[remote] = self.mount_flags.get(remote, 0) | flags
 
     # ----- resources and options (TaskVine names)
     def set_cores(self, cores: int) -> None:
@@ -308,6 +349,7 @@ class Task:
         other.inputs = list(self.inputs)
         other.outputs = list(self.outputs)
         other.env = dict(self.env)
+        other.mount_flags = dict(self.mount_flags)
         other.features = list(self.features)
         other.id = 0
         other._manager = None

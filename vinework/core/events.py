@@ -54,6 +54,7 @@ class TaskSpec:
     python_output: str = ""  # cache name of the PythonTask's result file
     temp_output: bool = False  # keep the PythonTask's result on the worker
     python_mode: str = ""  # "direct" | "fork" | "" (the manager's python-exec setting)
+    mount_flags: tuple[tuple[str, int], ...] = ()  # (remote name, VINE_* mount flags) set
 
 
 @dataclass(slots=True, kw_only=True)

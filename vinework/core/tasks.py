@@ -14,7 +14,14 @@ from __future__ import annotations
 import heapq
 import posixpath
 
-from ..constants import CacheLevel, TaskResult
+from ..constants import (
+    VINE_FAILURE_ONLY,
+    VINE_FIXED_LOCATION,
+    VINE_MOUNT_SYMLINK,
+    VINE_SUCCESS_ONLY,
+    CacheLevel,
+    TaskResult,
+)
 from ..protocol import (
     Kill,
     RunTask,
@@ -440,7 +447,8 @@ class TaskLifecycle(CoreBase):
         """What a finished run's report means: failure handling, or its outputs."""
         result = TaskResult(d.result) if d.result in TaskResult._value2member_map_ \
             else TR.UNKNOWN
-        complete = _all_outputs(t.spec.outputs, d.outputs)
+        optional = optional_outputs(t.spec)
+        complete = _all_outputs(t.spec.outputs, d.outputs, optional)
         command = t.spec.python_payload is None
         if result is TR.SUCCESS and not complete and command:
             result = TR.OUTPUT_MISSING  # TaskVine: whatever the exit code
@@ -454,7 +462,20 @@ class TaskLifecycle(CoreBase):
                     self._send(wid, Unlink(name=name))
             self._task_failed(t, result, d)
             return
-        for name, size in d.outputs:
+        # failure_only / success_only outputs: kept only on the matching outcome (TaskVine:
+        # "succeeded" is result success with exit code 0); never missing
+        made = d.outputs
+        if optional:
+            unwanted = unwanted_outputs(optional, d.exit_code == 0)
+            made = [(n, size) for n, size in d.outputs if n not in unwanted]
+            kept = {n for n, _ in made}
+            for name, _ in d.outputs:
+                if name not in kept and self.replicas.state(name, wid) is None:
+                    self._send(wid, Unlink(name=name))
+            for name in optional:
+                if name not in kept:  # not brought back: its consumers cannot have it
+                    self._later(self._file_failed, name, t.spec.task_id)
+        for name, size in made:
             f = self._file(name)
             f.size, f.produced = size, True
             f.failed_producer = None
@@ -464,7 +485,10 @@ class TaskLifecycle(CoreBase):
             self.durability.produced(name, wid, t)
         t.python_result = d.python_result
         if not t.run.recovery:
+            made_names = {n for n, _ in made}
             for name, _ in t.spec.outputs:
+                if name not in made_names:
+                    continue  # an optional output not made, or not wanted on this outcome
                 f = self.files[name]
                 if f.spec.kind == "file" and f.spec.path:
                     t.retrievals |= {self._start_retrieval(
@@ -477,7 +501,7 @@ class TaskLifecycle(CoreBase):
                     t.retrievals |= {self._start_retrieval(
                         pyout, wid, posixpath.join(self.staging_dir, pyout),
                         RK.PYTHON_RESULT, t.spec.task_id)}
-        for name, _ in d.outputs:
+        for name, _ in made:
             self._file_became_available(name)
             self._drain_saved(name)
         if t.retrievals:
@@ -607,12 +631,26 @@ class TaskLifecycle(CoreBase):
         can_host = self.durability.can_host
         feats = s.features
         mode = s.scheduler or self.tune.scheduler
+        strict = strict_inputs(s) if s.mount_flags else ()
+        holds = self.replicas.state
+        if strict and not any(not w.draining and all(holds(n, w.worker_id) is not None
+                                                     for n in strict)
+                              for w in self.workers.values()):
+            if t.run.recovery:
+                return False
+            # TaskVine: no worker has a strict input (VINE_FIXED_LOCATION): it ends now
+            t.message = ("no connected worker holds its strict input(s) "
+                         + ", ".join(strict)[:200])
+            self._end(t, RO.FAILED, TR.FIXED_LOCATION_MISSING, -1, "",
+                      "fixed location missing")
+            return True
         cands = [Candidate(w.worker_id, w.total, w.free, len(w.running),
                            w.exec_seconds / w.tasks_done if w.tasks_done else 0.0)
                  for w in self.workers.values()
                  if not w.draining and (not avoid or w.worker_id not in avoid)
                  and (not s.inputs or can_host(w, t))
-                 and (not feats or w.features.issuperset(feats))]
+                 and (not feats or w.features.issuperset(feats))
+                 and (not strict or all(holds(n, w.worker_id) is not None for n in strict))]
         choice = choose_worker(cands, declared, input_bytes, mode, self._rng)
         if choice is None:
             if t.unplaceable_since < 0 and not could_ever_fit(
@@ -660,14 +698,51 @@ class TaskLifecycle(CoreBase):
             python_mode=(s.python_mode or self.tune.python_exec) if s.python_payload else "",
             python_keep=s.temp_output, time_end=s.time_end, env_unset=s.env_unset,
             stdout_max=self.tune.stdout_max,
+            symlink_inputs=symlink_inputs(s) if s.mount_flags else [],
+            optional_outputs=list(optional_outputs(s)) if s.mount_flags else [],
         ))
         self.stats.tasks_dispatched += 1
         self._transition(t, T.RUNNING, t.worker or "")
 
 
-def _all_outputs(declared: list[tuple[str, str]], made: list[tuple[str, int]]) -> bool:
-    """True when the worker reported every declared output."""
+def _all_outputs(declared: list[tuple[str, str]], made: list[tuple[str, int]],
+                 optional: dict[str, int] | None = None) -> bool:
+    """True when the worker reported every declared output (optional ones aside)."""
     if not declared:
         return True
     got = {n for n, _ in made}
-    return all(n in got for n, _ in declared)
+    return all(n in got or (optional and n in optional) for n, _ in declared)
+
+
+# ---------------------------------------------------------------- mount flags (pure)
+def optional_outputs(s: TaskSpec) -> dict[str, int]:
+    """Cache name -> flags of the outputs marked failure_only or success_only."""
+    if not s.mount_flags:
+        return {}
+    flags = dict(s.mount_flags)
+    out: dict[str, int] = {}
+    for name, remote in s.outputs:
+        fl = flags.get(remote, 0) & (VINE_FAILURE_ONLY | VINE_SUCCESS_ONLY)
+        if fl:
+            out[name] = fl
+    return out
+
+
+def unwanted_outputs(optional: dict[str, int], succeeded: bool) -> set[str]:
+    """The optional outputs not to bring back: failure_only ones when the task succeeded
+    (result success and exit code 0), success_only ones when it did not."""
+    skip = VINE_FAILURE_ONLY if succeeded else VINE_SUCCESS_ONLY
+    return {name for name, fl in optional.items() if fl & skip}
+
+
+def strict_inputs(s: TaskSpec) -> tuple[str, ...]:
+    """Cache names of the inputs added with ``strict_input=True``."""
+    flags = dict(s.mount_flags)
+    return tuple(name for name, remote in s.inputs
+                 if flags.get(remote, 0) & VINE_FIXED_LOCATION)
+
+
+def symlink_inputs(s: TaskSpec) -> list[str]:
+    """Remote names of the inputs added with ``mount_symlink=True``."""
+    flags = dict(s.mount_flags)
+    return [remote for _, remote in s.inputs if flags.get(remote, 0) & VINE_MOUNT_SYMLINK]

@@ -67,6 +67,7 @@ class TaskRunner:
         self.py_killed_for: dict[int, str] = {}  # run id -> time limit that killed it
         self.boxes: dict[int, tuple[sb.SandboxPool, str]] = {}  # run id -> sandbox
         self.py_out: dict[int, str] = {}  # run id -> result part file
+        self.optional: dict[int, frozenset[str]] = {}  # run id -> outputs never missing
         self.python: PythonRunner | None = None  # warm interpreters, made on first use
 
     # ------------------------------------------------------------------ instructions
@@ -107,12 +108,14 @@ class TaskRunner:
                                self.cache.commit(ins.python_result, self.py_out[ins.run_id])))
             except (OSError, CacheError) as e:
                 result_error = str(e)
+        optional = self.optional.get(ins.run_id, frozenset())
         for name, remote in ins.outputs:
             if result_error:
                 break
             src = sb.safe_join(box, remote)
             if not os.path.lexists(src):
-                missing.append(remote)
+                if name not in optional:  # failure_only/success_only: never missing
+                    missing.append(remote)
                 continue
             try:
                 stored.append((name, self.cache.store_from(name, src)))
@@ -134,6 +137,7 @@ class TaskRunner:
                                       stdout_error=stdout_error))
 
     def cleanup(self, run_id: int) -> None:
+        self.optional.pop(run_id, None)
         pool, box = self.boxes.pop(run_id, (None, ""))
         if pool is not None:
             pool.release(box)
@@ -156,7 +160,10 @@ class TaskRunner:
         box = pool.acquire()
         self.boxes[run_id] = (pool, box)
         try:
-            sb.prepare(box, list(task.inputs), {n: self.cache.path(n) for n, _ in task.inputs})
+            sb.prepare(box, list(task.inputs), {n: self.cache.path(n) for n, _ in task.inputs},
+                       frozenset(task.symlink_inputs))
+            if task.optional_outputs:
+                self.optional[run_id] = frozenset(task.optional_outputs)
             for _, remote in task.outputs:
                 sb.safe_join(box, remote)
             os.makedirs(os.path.join(box, TMP_DIR_NAME), exist_ok=True)

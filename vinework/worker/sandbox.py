@@ -2,7 +2,8 @@
 
 Each task attempt gets an empty directory (released directories are emptied
 and reused: see ``SandboxPool``). Inputs are hard links to cache files
-(symlinks across filesystems), placed under their remote names; outputs are
+(symlinks across filesystems, or always for ``mount_symlink`` inputs), placed
+under their remote names; outputs are
 moved from the sandbox into the cache afterwards. The task's stdout and
 stderr go to one file in the sandbox (``OUTPUT_NAME``); ``take_output`` reads
 its start for ``TaskDone`` and caps the file at the task's ``stdout_max`` in
@@ -96,8 +97,11 @@ class SandboxPool:
             remove(sandbox)
 
 
-def prepare(sandbox: str, inputs: list[tuple[str, str]], cache_lookup: dict[str, str]) -> None:
-    """Place every input (name -> cache path) under its remote name in an empty sandbox."""
+def prepare(sandbox: str, inputs: list[tuple[str, str]], cache_lookup: dict[str, str],
+            symlinks: frozenset[str] | set[str] = frozenset()) -> None:
+    """Place every input (name -> cache path) under its remote name in an empty sandbox:
+    a hard link to the cache file (a symlink across filesystems), or a symbolic link to
+    it for the remote names in ``symlinks`` (``add_input(..., mount_symlink=True)``)."""
     for name, remote in inputs:
         src = cache_lookup.get(name)
         if src is None:
@@ -106,6 +110,11 @@ def prepare(sandbox: str, inputs: list[tuple[str, str]], cache_lookup: dict[str,
         parent = os.path.dirname(dest)
         if parent != sandbox:
             os.makedirs(parent, exist_ok=True)
+        if remote in symlinks:
+            if not os.path.lexists(src):
+                raise SandboxError(f"input {name} ({remote}) vanished from the cache")
+            os.symlink(os.path.abspath(src), dest)
+            continue
         try:
             os.link(src, dest)
         except FileNotFoundError:
