@@ -1,4 +1,4 @@
-"""User-side File handles: local files, buffers and temps that tasks consume and produce.
+"""User-side File handles: local files, buffers, temps and URLs that tasks consume and produce.
 
 A File is only a handle: the manager's state (``manager/state.py``) tracks
 where its copies are. Each File has a ``cache_name`` that identifies its
@@ -39,6 +39,7 @@ class FileKind(str, Enum):
     LOCAL = "file"  # a path on the manager's filesystem
     BUFFER = "buffer"  # bytes held by the manager
     TEMP = "temp"  # an intermediate that lives on workers
+    URL = "url"  # fetched by workers from a file://, http:// or https:// URL (named by it)
 
 
 def _valid_remote_name(name: str) -> str:
@@ -68,8 +69,10 @@ class File:
         peer_transfer: bool = True,
         unlink_when_done: bool = False,
         checkpoint: bool = False,
+        url: str | None = None,
     ) -> None:
         self.kind = kind
+        self.url = url  # a URL file's URL
         self.path = os.path.abspath(path) if path is not None else None
         self.cache = cache
         self.peer_transfer = peer_transfer
@@ -85,6 +88,9 @@ class File:
         elif kind is FileKind.BUFFER:
             assert data is not None
             self._name = "buffer-" + hashlib.blake2b(data, digest_size=16).hexdigest()
+        elif kind is FileKind.URL:  # named by its URL: the same URL is the same file
+            assert url is not None
+            self._name = "url-" + hashlib.blake2b(url.encode(), digest_size=16).hexdigest()
 
     @property
     def cache_name(self) -> str:
@@ -106,19 +112,21 @@ class File:
             self._name = None
 
     def source(self) -> str:
-        """A readable description: the path, or the kind and name."""
-        return self.path or f"{self.kind.value}:{self._name}"
+        """A readable description: the path, the URL, or the kind and name."""
+        return self.path or self.url or f"{self.kind.value}:{self._name}"
 
     def type(self) -> int:
-        """TaskVine's file type: ``VINE_FILE`` (1), ``VINE_TEMP`` (3) or ``VINE_BUFFER`` (4)."""
-        return {FileKind.LOCAL: 1, FileKind.TEMP: 3, FileKind.BUFFER: 4}[self.kind]
+        """TaskVine's file type: ``VINE_FILE`` (1), ``VINE_URL`` (2), ``VINE_TEMP`` (3) or
+        ``VINE_BUFFER`` (4)."""
+        return {FileKind.LOCAL: 1, FileKind.URL: 2, FileKind.TEMP: 3, FileKind.BUFFER: 4
+                }[self.kind]
 
     def set_mode(self, mode: int) -> None:
         """The permission bits the file gets on workers (e.g. ``0o755``), instead of the
         source's (a local file's own bits; 0755 for a buffer). Applies to local files and
-        buffers; a temp keeps the bits of the file its task made."""
+        buffers; a temp keeps the bits of the file its task made, a URL file is 0644."""
         self.mode = int(mode) & 0o777
-        if self._manager is not None and self.kind is not FileKind.TEMP:
+        if self._manager is not None and self.kind in (FileKind.LOCAL, FileKind.BUFFER):
             self._manager._redeclare(self)
 
     def contents(self, unserializer: Callable[[bytes], Any] | None = None) -> Any:

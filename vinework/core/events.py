@@ -69,6 +69,7 @@ class FileSpec:
     peer_transfer: bool = True
     checkpoint: bool = False
     mode: int = -1  # permission bits on workers (File.set_mode); -1: the source's
+    url: str = ""  # kind "url": where workers fetch it from (file://, http://, https://)
 
 
 # ------------------------------------------------------------------ events

@@ -8,10 +8,23 @@ transfers are off, brings outputs, large results, checkpoints and
 ``fetch_file`` copies back to the manager, and answers each fetch request.
 Failure causes are typed (``TransferFailure``): who is to blame decides what
 happens next.
+
+URL files (kind "url", ``declare_url``) have no producer and no manager copy:
+a worker fetches one from its URL itself (``Fetch.url``), unless a peer that
+holds a copy can send it (peer transfers allowed). Such a file is always
+*available* (it can be fetched again: never lost for good). A failed fetch
+from the URL is counted per file: a permanent failure (``SOURCE_MISSING``:
+HTTP 404/410, no such file) or ``url-fetch-attempts`` failures (default 3; the
+worker already retried each transient error itself) end every task waiting
+for it with result "forsaken" and the URL's error in its message; below that,
+the tasks that waited for it on that worker are forsaken (run elsewhere, up to
+``Task.set_max_forsaken``). ``fetch_file`` of a URL file brings a worker's copy,
+or has a worker fetch it first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 
 from ..constants import CacheLevel
@@ -40,18 +53,29 @@ from .records import (
     FileRecord,
     RetrievalKind,
     RetrievalRecord,
+    TaskRecord,
     WorkerRecord,
 )
-from .replicas import MANAGER
+from .replicas import MANAGER, Transfer, is_origin
 
 
 class FileLogistics(CoreBase):
     """Files: declarations, transfers, retrievals and fetch requests."""
 
     # ================================================================ files
+    def available(self, name: str) -> bool:
+        """True if a copy of ``name`` can be had: the manager's, a worker's, or its URL."""
+        f = self.files.get(name)
+        if f is None:
+            return False
+        return f.at_manager or self.replicas.count_ready(name) > 0 or (
+            f.spec.kind == "url" and not f.undeclared)
+
     def _on_file_declared(self, ev: FileDeclared) -> None:
         s = ev.spec
         old = self.files.get(s.name)
+        if s.kind == "url" and not s.url and old is not None and old.spec.url:
+            s = dataclasses.replace(s, url=old.spec.url)  # declared again without its URL
         at_manager = s.kind in ("file", "buffer") and s.path is not None and s.size >= 0
         if old is not None:
             old.spec = s
@@ -114,6 +138,9 @@ class FileLogistics(CoreBase):
         if self.replicas.in_flight_to(name, dest) is not None:
             return
         f = self.files[name]
+        if f.spec.kind == "url":
+            self._url_source_transfer(name, dest, replication)
+            return
         peers_ok = self.tune.peer_transfers and f.spec.peer_transfer
         src = self.replicas.pick_source(
             name, dest, self.now, self.tune.transfer_source_max, peers_ok, f.at_manager
@@ -145,12 +172,17 @@ class FileLogistics(CoreBase):
     def _start_fetch(self, name: str, dest: str, src: str, replication: bool = False) -> None:
         """Tell ``dest`` to fetch ``name`` from ``src`` (a worker, or MANAGER)."""
         tr = self.replicas.start_transfer(name, dest, src, self.now, replication)
+        f = self.files[name]
+        if is_origin(src):  # the worker fetches the URL itself (its size may have changed)
+            self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host="", port=0,
+                                   size=-1, cache_level=f.spec.cache_level, url=src))
+            self._log("TRANSFER", name, "START", src, dest, tr.transfer_id)
+            return
         if src == MANAGER:
             host, port = "", 0  # the worker uses the manager's address it knows
         else:
             sw = self.workers[src]
             host, port = sw.host, sw.transfer_port
-        f = self.files[name]
         self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host=host, port=port,
                                size=f.size, cache_level=f.spec.cache_level))
         self._log("TRANSFER", name, "START", src, dest, tr.transfer_id)
@@ -192,7 +224,10 @@ class FileLogistics(CoreBase):
         dest = self.workers[ev.worker_id]
         if tr is not None:
             dest.bytes_in += ev.size
-            if tr.source == MANAGER:
+            if is_origin(tr.source):  # fetched by the worker: no byte through the manager
+                self.replicas.origin_reset(ev.name)
+                self.file_story_add(ev.name, f"fetched from {tr.source} by {ev.worker_id}")
+            elif tr.source == MANAGER:
                 self.stats.bytes_sent += ev.size
                 self.stats.transfers_sent += 1
             else:
@@ -203,7 +238,8 @@ class FileLogistics(CoreBase):
                     src.bytes_out += ev.size
             self._log("TRANSFER", ev.name, "DONE", tr.source, ev.worker_id, ev.size,
                       round(ev.seconds, 6))
-            self.durability.transfer_measured(ev.size, ev.seconds)
+            if not is_origin(tr.source):
+                self.durability.transfer_measured(ev.size, ev.seconds)
             if tr.replication:
                 self.stats.replicas_made += 1
                 self.file_story_add(ev.name, f"replica made on {ev.worker_id}")
@@ -237,6 +273,9 @@ class FileLogistics(CoreBase):
             return
         self._log("TRANSFER", ev.name, "FAILED", tr.source if tr else "-", ev.worker_id,
                   f"{ev.cause.name}: {ev.reason[:200]}")
+        if tr is not None and is_origin(tr.source):
+            self._url_fetch_failed(ev, tr)
+            return
         at_source = ev.cause.at_source
         if tr is not None and tr.source != MANAGER:
             self.replicas.avoid(tr.source, self.now + self.tune.transfer_avoid_seconds)
@@ -333,7 +372,8 @@ class FileLogistics(CoreBase):
         if f is None:
             return
         if ev.ok:
-            f.at_manager, f.manager_path = True, r.dest
+            if f.spec.kind != "url":  # (a URL file is always fetched from its URL or a peer)
+                f.at_manager, f.manager_path = True, r.dest
             f.lost = False
             if r.kind is RK.CHECKPOINT:
                 self.stats.bytes_checkpointed += ev.size
@@ -432,6 +472,11 @@ class FileLogistics(CoreBase):
                 self._start_retrieval(name, holders[0], posixpath.join(self.staging_dir, name),
                                       RK.FETCH)
             return
+        if f.spec.kind == "url" and not f.undeclared:
+            f.fetch_requests.append(req)  # served when a worker has fetched it
+            if not self.replicas.in_flight(name):
+                self._url_fetch_for_request(name)
+            return
         if f.failed_producer is not None:
             self._out.append(FetchDone(req, None, f"producer task {f.failed_producer} failed",
                                        self._stim))
@@ -441,3 +486,137 @@ class FileLogistics(CoreBase):
             return
         f.fetch_requests.append(req)
         self._later(self._ensure_coming, name)
+
+    # ---------------------------------------------------------------- URL files
+    def _url_blocked(self, name: str) -> bool:
+        """True once the URL of ``name`` failed for good for now (permanently, or
+        ``url-fetch-attempts`` times): only a peer's copy may still be had."""
+        return self.replicas.origin_failures.get(name, 0) >= max(1, self.tune.url_fetch_attempts)
+
+    def _url_source_transfer(self, name: str, dest: str, replication: bool) -> None:
+        """Bring URL file ``name`` to ``dest``: from a peer holding a copy (peer transfers
+        allowed), else ``dest`` fetches it from its URL (at most ``transfer-source-max``
+        fetches of one URL at once)."""
+        f = self.files[name]
+        peers_ok = self.tune.peer_transfers and f.spec.peer_transfer
+        blocked = self._url_blocked(name)
+        src = self.replicas.pick_source(name, dest, self.now, self.tune.transfer_source_max,
+                                        peers_ok, False, "" if blocked else f.spec.url)
+        if src is not None:
+            self._unsourced.pop((name, dest), None)
+            self._start_fetch(name, dest, src, replication)
+            return
+        if replication:
+            return
+        if blocked and not (peers_ok and self.replicas.ready_workers(name)):
+            self._later(self._url_give_up, name)
+            return
+        self._unsourced[(name, dest)] = None
+        self._log("TRANSFER", name, "QUEUED", "-", dest, "all sources busy or avoided")
+
+    def _url_fetch_failed(self, ev: ReplicaFailed, tr: Transfer) -> None:
+        """A worker could not fetch URL file ``ev.name`` from its URL (after its own retries
+        of a transient error): count it; give up at the limit (or at once for a permanent
+        error) unless a peer has a copy; else the tasks that waited for it there go
+        elsewhere (forsaken, as in TaskVine)."""
+        name, wid = ev.name, ev.worker_id
+        f = self.files.get(name)
+        if f is None or f.spec.kind != "url" or f.undeclared or not (
+                f.fetch_requests or self._stage_wait.get((name, wid))):
+            self._retry_unsourced()  # (nothing waits for it there any more: not counted)
+            return
+        limit = max(1, self.tune.url_fetch_attempts)
+        n = self.replicas.origin_failed(name)
+        reason = ev.reason[:300] or ev.cause.name
+        if tr.source not in reason:
+            reason = f"{tr.source}: {reason}"
+        if ev.cause is TransferFailure.SOURCE_MISSING:
+            self.replicas.origin_failures[name] = limit  # permanent: never asked again
+            self.replicas.origin_errors[name] = f"{reason} (a permanent error: not retried)"
+        else:
+            self.replicas.origin_errors[name] = (
+                f"{reason} (failed {n} time{'s' if n > 1 else ''}; url-fetch-attempts {limit})")
+        self.file_story_add(name, f"fetch on {wid} failed: {reason}")
+        if wid not in self.workers:
+            self._retry_unsourced()
+            return
+        peers_ok = self.tune.peer_transfers and f.spec.peer_transfer
+        if self._url_blocked(name):
+            if peers_ok and self.replicas.ready_workers(name):
+                if self._stage_wait.get((name, wid)):
+                    self._source_transfer(name, wid)  # a peer's copy will do
+            else:
+                self._url_give_up(name)
+            self._retry_unsourced()
+            return
+        why = f"input {name} could not be fetched on {wid}: {reason}"
+        for tid in list(self._stage_wait.pop((name, wid), {})):
+            t = self.tasks.get(tid)
+            if t is not None and t.state is T.STAGING and t.worker == wid:
+                self._url_forsake(t, wid, why)
+        if f.fetch_requests and not self.replicas.in_flight(name):
+            self._url_fetch_for_request(name, avoid=wid)
+        self._retry_unsourced()
+
+    def _url_forsake(self, t: TaskRecord, wid: str, why: str) -> None:
+        """TaskVine's rule for a task its worker could not set up: run it elsewhere,
+        unless ``set_max_forsaken(n)`` is spent (then it ends "forsaken")."""
+        m = t.spec.max_forsaken
+        if 0 <= m <= t.count(RO.FORSAKEN):
+            t.message = f"forsaken {m + 1} times: {why}"
+            self._end(t, RO.FORSAKEN, TR.FORSAKEN, -1, "", "forsaken")
+            return
+        avoid = t.avoid | {wid}
+        if all(w in avoid for w in self.workers):
+            avoid = frozenset()  # every worker forsook it: try them all again
+        t.avoid = frozenset(avoid)
+        self._requeue(t, RO.FORSAKEN, f"forsaken on {wid}: {why[:160]}")
+
+    def _url_give_up(self, name: str) -> None:
+        """The URL of ``name`` cannot be fetched and no peer has a copy: end every task
+        waiting for it ("forsaken", with the error) and answer its fetch requests; the
+        count starts again, so a task submitted later tries the URL anew."""
+        f = self.files.get(name)
+        if f is None or self.replicas.count_ready(name) and self.tune.peer_transfers \
+                and f.spec.peer_transfer:
+            return
+        err = self.replicas.origin_errors.pop(name, f"{f.spec.url}: cannot be fetched")
+        self.replicas.origin_reset(name)
+        why = f"input {name} could not be fetched: {err}"
+        self._log("FILE", name, "FAILED", err[:200])
+        self.file_story_add(name, f"given up: {err}")
+        for key in [k for k in self._stage_wait if k[0] == name]:
+            self._unsourced.pop(key, None)
+            for tid in self._stage_wait.pop(key):
+                t = self.tasks.get(tid)
+                if t is not None and t.state is T.STAGING:
+                    t.message = why
+                    self._end(t, RO.FORSAKEN, TR.FORSAKEN, -1, "", "input URL failed")
+        for tid in list(f.consumers):
+            t = self.tasks.get(tid)
+            if t is not None and t.state in (T.WAITING, T.READY):
+                t.message = why
+                self._end(t, RO.FORSAKEN, TR.FORSAKEN, -1, "", "input URL failed")
+        if f.fetch_requests:
+            for req in f.fetch_requests:
+                self._out.append(FetchDone(req, None, why, self._stim))
+            f.fetch_requests.clear()
+            self.durability.recheck(name)
+
+    def _url_fetch_for_request(self, name: str, avoid: str = "") -> None:
+        """``fetch_file`` of a URL file no worker holds: have a worker fetch it (the one with
+        the most free disk, another than ``avoid`` if possible); its copy is then brought
+        to the manager."""
+        f = self.files[name]
+        ws = [w for w in self.workers.values() if not w.draining]
+        if avoid and len(ws) > 1:
+            ws = [w for w in ws if w.worker_id != avoid]
+        if not ws:
+            why = f"no worker is connected to fetch {f.spec.url}"
+            for req in f.fetch_requests:
+                self._out.append(FetchDone(req, None, why, self._stim))
+            f.fetch_requests.clear()
+            return
+        free = self.durability.disk_free
+        dest = min(ws, key=lambda w: (-free(w), w.worker_id)).worker_id
+        self._start_fetch(name, dest, f.spec.url)

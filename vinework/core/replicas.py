@@ -6,6 +6,10 @@ confirmed it. Every change of a replica's state goes through ``_set``, which
 checks it against ``transitions.REPLICA``. A transfer has one source: a peer
 worker or the manager (``MANAGER``); each source serves at most ``limit``
 transfers at once, and a source that failed is avoided until a given time.
+A URL file has one more source, its origin (``origin_source``: the URL
+itself names the source, so the limit is per URL), which a worker fetches
+from directly; the table counts the failed fetches of each URL file
+(``origin_failed``) so that the core can stop after a bounded number.
 Iteration orders are insertion orders (dicts, never sets of strings), so the
 same inputs give the same decisions under any hash seed. No I/O, no clock:
 times come from the caller.
@@ -19,6 +23,12 @@ from enum import Enum
 from .transitions import check_replica
 
 MANAGER = "manager"
+
+
+def is_origin(source: str) -> bool:
+    """True when a transfer's source is a URL (a worker fetches it from there itself);
+    a worker id or ``MANAGER`` never contains "://"."""
+    return "://" in source
 
 
 class ReplicaState(Enum):
@@ -55,6 +65,8 @@ class ReplicaTable:
         self.pending_by_dest: dict[tuple[str, str], int] = {}  # (name, dest) -> transfer id
         self.source_load: dict[str, int] = {}
         self.avoid_until: dict[str, float] = {}
+        self.origin_failures: dict[str, int] = {}  # URL file -> failed fetches from its URL
+        self.origin_errors: dict[str, str] = {}  # URL file -> what its last failure said
         self._next_transfer = 1
 
     # ---------------------------------------------------------- queries
@@ -130,6 +142,8 @@ class ReplicaTable:
             self.end_transfer(tid)
         for w in workers:
             self._set(name, w, None)
+        self.origin_failures.pop(name, None)
+        self.origin_errors.pop(name, None)
         return workers
 
     def drop_worker(self, worker: str) -> tuple[list[str], list[Transfer]]:
@@ -148,9 +162,11 @@ class ReplicaTable:
 
     # ---------------------------------------------------------- transfers
     def pick_source(
-        self, name: str, dest: str, now: float, limit: int, peers_ok: bool, at_manager: bool
+        self, name: str, dest: str, now: float, limit: int, peers_ok: bool, at_manager: bool,
+        origin: str = "",
     ) -> str | None:
-        """The least busy usable source for ``name`` (a peer first, then the manager)."""
+        """The least busy usable source for ``name``: a peer first, then the manager, then
+        (a URL file) ``origin``, the URL, while fewer than ``limit`` fetches of it run."""
         best: str | None = None
         best_load = limit
         if peers_ok:
@@ -163,6 +179,8 @@ class ReplicaTable:
         if best is None and at_manager:
             if self.source_load.get(MANAGER, 0) < limit * 4:
                 return MANAGER
+        if best is None and origin and self.source_load.get(origin, 0) < limit:
+            return origin
         return best
 
     def start_transfer(self, name: str, dest: str, source: str, now: float,
@@ -193,3 +211,19 @@ class ReplicaTable:
 
     def in_flight_to(self, name: str, dest: str) -> int | None:
         return self.pending_by_dest.get((name, dest))
+
+    def in_flight(self, name: str) -> list[Transfer]:
+        """Every transfer of ``name`` under way (to any worker)."""
+        return [t for t in self.transfers.values() if t.name == name]
+
+    # ---------------------------------------------------------- URL origins
+    def origin_failed(self, name: str) -> int:
+        """Count one more failed fetch of URL file ``name`` from its URL; return the count."""
+        n = self.origin_failures.get(name, 0) + 1
+        self.origin_failures[name] = n
+        return n
+
+    def origin_reset(self, name: str) -> None:
+        """Start counting again (a fetch succeeded, or the consumers were ended)."""
+        self.origin_failures.pop(name, None)
+        self.origin_errors.pop(name, None)

@@ -36,6 +36,7 @@ TUNABLES: dict[str, tuple[str, Any]] = {
     "python-exec": ("python_exec", str),
     "peer-transfers": ("peer_transfers", bool),
     "scheduler": ("scheduler", str),
+    "url-fetch-attempts": ("url_fetch_attempts", int),
 }
 
 # TaskVine tunables accepted with no effect here, and why (shown in the docs and the log)
@@ -106,6 +107,7 @@ class Tunables:
     peer_transfers: bool = True
     python_exec: str = "direct"  # "direct": warm executors; "fork": a forked child per call
     scheduler: str = "files"  # worker selection (Manager.set_scheduler)
+    url_fetch_attempts: int = 3  # failed fetches of one URL file before its tasks end
 
     @staticmethod
     def names() -> list[str]:

@@ -54,8 +54,29 @@ class FileMethods(ManagerBase):
         return f
 
     # the kinds that come with the file-kinds work
-    def declare_url(self, url: str, cache: Any = False, peer_transfer: bool = True) -> File:
-        not_yet("declare_url (file kinds: url)")
+    def declare_url(self, url: str, cache: bool | str | int = False,
+                    peer_transfer: bool = True) -> File:
+        """A file a worker fetches itself from ``url`` (``file://``, ``http://``,
+        ``https://``): no byte goes through the manager. Named by its URL; a worker that
+        holds a copy serves it to the others when ``peer_transfer`` (with ``cache=False``
+        each task's copy goes with the task). A URL that cannot be fetched ends its tasks
+        with result "forsaken": at once for HTTP 404/410 or a missing file, else after
+        ``url-fetch-attempts`` (3) failed fetches. ``fetch_file`` of it has a worker fetch
+        it (unless one holds it) and brings that copy back."""
+        from ..worker.urlfetch import check_url
+
+        f = File(FileKind.URL, url=check_url(url), cache=cache_level(cache),
+                 peer_transfer=peer_transfer)
+        self._declare_url(f)
+        return f
+
+    def _declare_url(self, f: File) -> None:
+        """Tell the core about a URL file (its spec carries the URL)."""
+        spec = FileSpec(name=f.cache_name, kind=FileKind.URL.value, url=f.url or "",
+                        cache_level=int(f.cache), peer_transfer=f.peer_transfer)
+        f._manager = self
+        self._declared.add(spec.name)
+        self._post(FileDeclared(now=time.monotonic(), spec=spec))
 
     def declare_untar(self, tarball: File, cache: Any = False,
                       peer_transfer: bool = True) -> File:

@@ -4,6 +4,13 @@
 at most one transfer per name is in flight, joined by every ``Fetch`` of it,
 and every ``Fetch`` gets exactly one answer (see the theory of operation in
 ``state.py``). Pure: no I/O, no clock.
+
+A ``Fetch`` with a URL (a URL file the worker fetches itself) reaches the core
+as a ``FetchRequested`` whose ``host`` is the URL and whose ``port`` is
+``URL_PORT``; its waiter and its ``StartFetch`` carry them the same way, so a
+URL is one more source: a ``Fetch`` of the same name from a peer joins it, and
+when the URL fails, the waiters that named a peer are served from there.
+``url_of`` tells the shell which fetches are URL fetches.
 """
 
 from __future__ import annotations
@@ -21,6 +28,13 @@ from .events import (
     UnlinkRequested,
 )
 from .records import InFlight, Waiter
+
+URL_PORT = -1  # the port of a source that is a URL (its host field holds the URL)
+
+
+def url_of(host: str, port: int) -> str:
+    """The URL a fetch source stands for, or "" for a transfer server at host:port."""
+    return host if port == URL_PORT and "://" in host else ""
 
 
 class FetchHandling(CoreBase):

@@ -28,6 +28,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import logging.handlers
@@ -36,6 +37,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 
@@ -56,10 +58,12 @@ from ..protocol import (
 from ..protocol.transfer import TransferError, TransferServer, fetch_file
 from . import events as ev
 from .cache import Cache, CacheError
+from .fetches import URL_PORT, url_of
 from .options import WorkerOptions, detect_resources
 from .records import WorkerConfig
 from .runner import TaskRunner
 from .state import WorkerState
+from .urlfetch import UrlLimits, fetch_url
 
 log = logging.getLogger("vinework.worker")
 TICK = 0.1  # seconds between two Tick events
@@ -88,6 +92,11 @@ class Worker:
 
     def __init__(self, opts: WorkerOptions) -> None:
         self.opts = opts
+        try:  # how long and how often URL files are fetched (VINEWORK_URL_* variables)
+            self.url_limits = UrlLimits.from_env()
+        except ValueError as e:
+            raise WorkerStartError(str(e)) from None
+        self._url_stop = threading.Event()  # ends URL fetches (their retries) at exit
         self.owns_workdir = opts.workdir is None
         self.workdir = opts.workdir or os.path.join(
             os.environ.get("TMPDIR", "/tmp"), f"vinework-worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -145,6 +154,7 @@ class Worker:
             self.close()
 
     def close(self) -> None:
+        self._url_stop.set()
         self.server.close()
         self.tasks.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -332,6 +342,10 @@ class Worker:
             return ev.RunRequested(now=now, task=msg, wall=time.time())  # type: ignore[arg-type]
         if t is FetchMsg:
             f: FetchMsg = msg  # type: ignore[assignment]
+            if f.url:  # a URL file: the URL is the source (see fetches.py)
+                return ev.FetchRequested(now=now, transfer_id=f.transfer_id, name=f.name,
+                                         host=f.url, port=URL_PORT, size=-1,
+                                         cache_level=f.cache_level)
             return ev.FetchRequested(now=now, transfer_id=f.transfer_id, name=f.name,
                                      host=f.host, port=f.port, size=f.size,
                                      cache_level=f.cache_level)
@@ -372,8 +386,14 @@ class Worker:
     # ------------------------------------------------------------------ fetches
     def _start_fetch(self, ins: ev.StartFetch) -> None:
         part = self.parts[ins.fetch_id] = self.cache.part_path()
-        fut = asyncio.get_running_loop().run_in_executor(
-            self.pool, fetch_file, ins.host, ins.port, ins.name, part, ins.size)
+        url = url_of(ins.host, ins.port)
+        loop = asyncio.get_running_loop()
+        if url:
+            limits = dataclasses.replace(self.url_limits, max_bytes=self._url_room())
+            fut = loop.run_in_executor(self.pool, fetch_url, url, part, limits, self._url_stop)
+        else:
+            fut = loop.run_in_executor(
+                self.pool, fetch_file, ins.host, ins.port, ins.name, part, ins.size)
 
         def done(f: asyncio.Future[tuple[int, float]]) -> None:
             if f.cancelled():
@@ -391,6 +411,17 @@ class Worker:
                                            reason=f"cannot store {ins.name}: {e}"))
 
         fut.add_done_callback(done)
+
+    def _url_room(self) -> int:
+        """The most bytes a URL file may have here: the free space of the cache's disk,
+        and what the disk this worker offers leaves beside the files it holds."""
+        try:
+            free = shutil.disk_usage(self.cache.dir).free
+        except OSError:
+            free = 0
+        held = sum(max(0, e.size) for e in self.state.entries.values())
+        budget = (self.resources.disk << 20) - held if self.resources.disk > 0 else free
+        return max(0, min(free, budget))
 
     def _commit_fetch(self, ins: ev.CommitFetch) -> None:
         part = self.parts.pop(ins.fetch_id)
