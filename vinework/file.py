@@ -23,6 +23,7 @@ from .constants import CacheLevel
 # (which reads os.urandom each time: about 65 us per temp on this kind of machine).
 _TEMP_PREFIX = os.urandom(8).hex()
 _temp_ids = itertools.count(1)
+_file_tokens = itertools.count(1)
 
 
 def _new_prefix() -> None:  # a forked child must not repeat its parent's names
@@ -83,6 +84,7 @@ class File:
         self._manager: Any = None
         self._size = -1
         self.mode = -1  # permission bits on workers (set_mode); -1: the source's
+        self._token = next(_file_tokens)  # identifies this File in the manager's records
         if kind is FileKind.TEMP:
             self._name = f"temp-{_TEMP_PREFIX}-{next(_temp_ids)}"
         elif kind is FileKind.BUFFER:
@@ -100,14 +102,16 @@ class File:
         return self._name
 
     def compute_local_name(self) -> str:
-        """Name a local file by its path, size and modification time."""
+        """Name a local file by its content: a hash of its bytes and of the mode bits it
+        gets on workers (hashed once, then remembered while its path, size, mtime and
+        inode are unchanged: ``vinework.contentnames``)."""
         assert self.path is not None
-        st = os.stat(self.path)
-        key = f"{self.path}\0{st.st_size}\0{st.st_mtime_ns}".encode()
-        return "file-" + hashlib.blake2b(key, digest_size=16).hexdigest()
+        from .contentnames import content_name
+        return content_name(self.path, self.mode)
 
     def refresh_name(self) -> None:
-        """Forget the computed name of a local file (its content changed)."""
+        """Forget the computed name of a local file (its content may have changed): the
+        next ``cache_name`` looks at the file again."""
         if self.kind is FileKind.LOCAL:
             self._name = None
 

@@ -40,6 +40,7 @@ from ..txnlog import TxnLog
 from .control import ControlMethods
 from .declare import FileMethods
 from .info import InfoMethods
+from .localfiles import InputMissing, LocalFiles
 from .rundir import RunInfo
 from .server import ManagerServer
 
@@ -147,6 +148,9 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         self._local_counts = [0, 0]
         self._submitted_at: dict[int, float] = {}
         self.notices: list[str] = []  # hints the manager gave (explained waits)
+        # names, writers and lifetimes of local files and buffers (localfiles.py)
+        self._files = LocalFiles(self._run.staging, self._run.cache, self._declare_spec,
+                                 self._release)
         self._server = ManagerServer(
             self._state, listen, self._txn, self._file_at_manager, self._on_task_returned,
             self._on_fetch_done, self._on_error, self._on_notice, name=self.name or "",
@@ -223,13 +227,9 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         t.submit_finalize()
         missing = ""
         for f, remote in t.inputs:
-            if f.kind is FileKind.LOCAL and (f._name is None or f._name not in self._declared):
-                if not f.path or not os.path.exists(f.path):
-                    missing = f"input file {f.path!r} (as {remote!r}) does not exist"
-                    break
-                if os.path.isdir(f.path):
-                    missing = (f"input {f.path!r} (as {remote!r}) is a directory; directory "
-                               "inputs are not supported yet (file kinds)")
+            if f.kind is FileKind.LOCAL:
+                missing = self._files.check_input(f, remote)
+                if missing:
                     break
         with self._cond:
             t.id = self._next_id
@@ -237,6 +237,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         t._reset_results()
         t._manager = self
         self._submitted_at[t.id] = time.time()
+        self._files.track_lifetimes(t.id, [f for f, _ in t.inputs + t.outputs])
         if missing:
             self._finish_locally(t, TaskResult.INPUT_MISSING, -1, missing)
             return t.id
@@ -250,18 +251,25 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
                 self._cache_keys[t.id] = key
         inputs = []
         for f, remote in t.inputs:
-            if f.kind is FileKind.LOCAL and (f._name is None or f._name not in self._declared):
-                f.refresh_name()
-                self._declare(f, size=os.stat(f.path).st_size)  # type: ignore[arg-type]
+            if f.kind is FileKind.LOCAL or f.kind is FileKind.BUFFER:
+                try:
+                    name = self._files.input_name(f, t.id)
+                except InputMissing as e:
+                    self._finish_locally(t, TaskResult.INPUT_MISSING, -1, f"{e} (as {remote!r})")
+                    return t.id
+                f._manager = self
+                if name not in self._declared:  # (a buffer made by hand, not declared)
+                    self._declare(f)
             elif f.cache_name not in self._declared:
                 self._declare(f)
             inputs.append((f.cache_name, remote))
         outputs = []
         for f, remote in t.outputs:
-            if f.kind is FileKind.LOCAL and (f._name is None or f._name not in self._declared):
-                f._name = "file-out-" + os.urandom(12).hex()
-                self._declare(f)
-            elif f.cache_name not in self._declared:
+            if f.kind is FileKind.LOCAL or f.kind is FileKind.BUFFER:
+                f._manager = self
+                outputs.append((self._files.output_name(f, t.id), remote))
+                continue
+            if f.cache_name not in self._declared:
                 self._declare(f)
             outputs.append((f.cache_name, remote))
         payload = None
@@ -287,6 +295,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             features=tuple(t.features), scheduler=t.scheduler, tag=t.tag,
             category=t.category, python_payload=payload, python_output=py_out,
             temp_output=temp, python_mode=getattr(t, "exec_mode", ""),
+            mount_flags=tuple(sorted(t.mount_flags.items())),
         )
         with self._cond:
             self._tasks[t.id] = t
@@ -456,6 +465,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             except OSError as e:
                 t.error_message = f"the task's stdout could not be read: {e}"
             t._stdout_path = ""  # type: ignore[attr-defined]
+        # what it wrote into local files and buffers; unlink_when_done files it held
+        self._files.handed_over(t.id, [f for f, _ in t.outputs])
         key = self._cache_keys.pop(t.id, None)
         if key is not None and self._task_cache is not None and t.successful():
             try:

@@ -19,20 +19,32 @@ from ..constants import CacheLevel, cache_level
 from ..core import FetchDone, FetchRequested, FileDeclared, FileReleased, FileSpec, FileUndeclared
 from ..file import File, FileKind
 from .base import ManagerBase
+from .localfiles import LocalFiles
 
 
 class FileMethods(ManagerBase):
     """Files a task can consume and produce (see the module docstring)."""
 
+    _files: LocalFiles  # names, writers and lifetimes (set by Manager.__init__)
+
     def declare_file(self, path: str, cache: bool | str | int = False, peer_transfer: bool = True,
                      unlink_when_done: bool = False) -> File:
-        """A file on the manager's filesystem, as a task input or output."""
-        return File(FileKind.LOCAL, path=path, cache=cache_level(cache),
-                    peer_transfer=peer_transfer, unlink_when_done=unlink_when_done)
+        """A file on the manager's filesystem, as a task input or output.
+
+        Its cache name follows its content (checked at every submit that reads it). With
+        ``unlink_when_done``, the file is deleted from the manager's disk once the File is
+        released (``undeclare_file``, or no reference to it is left) and no unfinished
+        task uses it."""
+        f = File(FileKind.LOCAL, path=path, cache=cache_level(cache),
+                 peer_transfer=peer_transfer, unlink_when_done=unlink_when_done)
+        if unlink_when_done:
+            self._files.watch_lifetime(f)
+        return f
 
     def declare_buffer(self, buffer: bytes | str | None = None, cache: bool | str | int = False,
                        peer_transfer: bool = True) -> File:
-        """Bytes held by the manager, as a task input."""
+        """Bytes held by the manager, as a task input or output (after the task that writes
+        it comes back from ``wait()``, ``contents()`` gives what the task wrote)."""
         data = buffer.encode() if isinstance(buffer, str) else bytes(buffer or b"")
         f = File(FileKind.BUFFER, data=data, cache=cache_level(cache),
                  peer_transfer=peer_transfer)
@@ -114,6 +126,11 @@ class FileMethods(ManagerBase):
             # once the user drops every handle, the temp may be pruned when no task needs it
             weakref.finalize(f, self._release, spec.name)
 
+    def _declare_spec(self, spec: FileSpec) -> None:
+        """Tell the core about a file (or a new source of a known one)."""
+        self._declared.add(spec.name)
+        self._post(FileDeclared(now=time.monotonic(), spec=spec))
+
     def _redeclare(self, f: File) -> None:
         """A declared local file or buffer changed its mode (``File.set_mode``)."""
         if f._name is not None and f._name in self._declared:
@@ -139,14 +156,16 @@ class FileMethods(ManagerBase):
             return None
 
     def undeclare_file(self, f: File) -> None:
-        """Forget a file: delete it from every worker's cache."""
-        self._post(FileUndeclared(now=time.monotonic(), name=f.cache_name))
-        self._declared.discard(f.cache_name)
-        if f.kind is FileKind.LOCAL and f.unlink_when_done and f.path:
-            try:
-                os.unlink(f.path)
-            except OSError:
-                pass
+        """Forget a file: delete it from every worker's cache. A local file declared with
+        ``unlink_when_done`` is deleted too: at once if no unfinished task uses it, else
+        (and only then is it forgotten) when the last one comes back from ``wait()``."""
+        name = f._name if f.kind is FileKind.LOCAL else f.cache_name
+
+        def undeclare() -> None:
+            if name is not None and not self._closed and self._error is None:
+                self._post(FileUndeclared(now=time.monotonic(), name=name))
+                self._declared.discard(name)
+        self._files.released(f, undeclare)
         if f.kind is FileKind.TEMP:  # a copy brought to the manager (fetch, no-peer route)
             try:
                 os.unlink(os.path.join(self._run.staging, f.cache_name))
