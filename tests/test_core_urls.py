@@ -1,10 +1,11 @@
-"""Pure tests of URL files in the manager's core: who fetches, from where, and when it ends.
+"""Pure tests of URL files in the cores: who fetches, from where, and when it ends.
 
 A URL file (kind "url") has no producer and no manager copy: the worker that
 needs it is told ``Fetch(url=...)``, unless a peer holding a copy can send it.
 A permanent failure (SOURCE_MISSING) ends its consumers at once with result
 "forsaken"; a transient one forsakes the consumer on that worker (it runs
-elsewhere), and ``url-fetch-attempts`` failures end every consumer.
+elsewhere), and ``url-fetch-attempts`` failures end every consumer. The worker's
+core sees a URL as one more source (host = the URL, port = ``URL_PORT``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.state_helpers import (
     step,
     submit,
 )
+from tests.test_worker_helpers import connected, fetch, one, sent
 from vinework.constants import CacheLevel, TaskResult
 from vinework.core import ManagerState
 from vinework.core import TaskState as TState
@@ -38,7 +40,9 @@ from vinework.core.events import (
     TaskReturned,
     WorkerLeft,
 )
-from vinework.protocol import Fetch, RunTask, TransferFailure
+from vinework.protocol import CacheInvalid, CacheUpdate, Fetch, RunTask, TransferFailure
+from vinework.worker import events as wev
+from vinework.worker.fetches import URL_PORT, url_of
 
 URL = "http://data.example/input.dat"
 NAME = "url-0123"
@@ -258,3 +262,31 @@ def test_a_task_level_url_is_fetched_again_for_each_task() -> None:
     step(s, done("w1", 1))  # cache=False: unlinked after its task
     cmds = step(s, submit(spec(2, inputs=[NAME])))
     assert cmds == [url_fetch("w1", 2, cache_level=CacheLevel.TASK)]
+
+
+# ---------------------------------------------------------------------- the worker's core
+def test_worker_core_starts_a_url_fetch() -> None:
+    ws = connected()
+    start = one(ws.handle(fetch(1, name=NAME, host=URL, port=URL_PORT, size=-1)),
+                wev.StartFetch)
+    assert url_of(start.host, start.port) == URL
+    assert url_of("peer1", 8000) == "" and url_of(URL, 8000) == ""
+    out = ws.handle(wev.FetchFinished(fetch_id=start.fetch_id, ok=True, size=7, seconds=0.1))
+    ws.validate_state()
+    (upd,) = sent(out, CacheUpdate)
+    assert (upd.transfer_id, upd.size) == (1, 7)
+
+
+def test_worker_core_serves_a_peer_waiter_when_the_url_fails() -> None:
+    ws = connected()
+    start = one(ws.handle(fetch(1, name=NAME, host=URL, port=URL_PORT, size=-1)),
+                wev.StartFetch)
+    assert ws.handle(fetch(2, name=NAME, host="peer1", port=8000)) == []  # joins it
+    out = ws.handle(wev.FetchFinished(fetch_id=start.fetch_id, ok=False,
+                                      cause=int(TransferFailure.SOURCE_MISSING),
+                                      reason=f"{URL}: HTTP 404 Not Found"))
+    ws.validate_state()
+    (inv,) = sent(out, CacheInvalid)
+    assert inv.transfer_id == 1 and inv.cause == TransferFailure.SOURCE_MISSING
+    again = one(out, wev.StartFetch)
+    assert (again.host, again.port) == ("peer1", 8000)

@@ -25,6 +25,8 @@ import pytest
 
 import vinework as vine
 from tests.conftest import StartWorker, wait_all, wait_workers
+from vinework.protocol import TransferFailure
+from vinework.worker.urlfetch import UrlError, UrlLimits, fetch_url
 
 DATA = b"vinework url data\n" * 100
 
@@ -347,7 +349,43 @@ def test_https_with_an_unknown_ca_fails(manager: vine.Manager, workers: StartWor
 
 
 def test_declare_url_refuses_what_it_cannot_fetch(manager: vine.Manager) -> None:
-    for bad in ("ftp://example.org/x", "relative/path", "http:///nohost", "file://host/x"):
+    for bad in ("ftp://example.org/x", "relative/path", "http:///nohost", "file://host/x",
+                "http://a b/"):
         with pytest.raises(ValueError):
             manager.declare_url(bad)
-    assert os.environ.get("VINEWORK_VALIDATE") == "1"
+    a, b = manager.declare_url("http://x.org/a"), manager.declare_url("http://x.org/a")
+    assert a.cache_name == b.cache_name != manager.declare_url("http://x.org/b").cache_name
+
+
+# ---------------------------------------------------------------------- urlfetch, alone
+def test_limits_from_the_environment() -> None:
+    lim = UrlLimits.from_env({"VINEWORK_URL_TIMEOUT": "2.5", "VINEWORK_URL_ATTEMPTS": "5"})
+    assert (lim.timeout, lim.attempts, lim.deadline, lim.backoff) == (2.5, 5, 3600.0, 1.0)
+    for var, bad in (("VINEWORK_URL_TIMEOUT", "soon"), ("VINEWORK_URL_ATTEMPTS", "0"),
+                     ("VINEWORK_URL_BACKOFF", "-1")):
+        with pytest.raises(ValueError, match=var):
+            UrlLimits.from_env({var: bad})
+
+
+def test_fetch_url_alone(http_server: Server, tmp_path: Path) -> None:
+    dest = str(tmp_path / "part")
+    lim = UrlLimits(timeout=5, attempts=1)
+    assert fetch_url(http_server.url("/old"), dest, lim)[0] == len(DATA)
+    assert Path(dest).read_bytes() == DATA and os.stat(dest).st_mode & 0o777 == 0o644
+    with pytest.raises(UrlError) as e:
+        fetch_url(http_server.url("/gone"), dest, lim)
+    assert e.value.cause is TransferFailure.SOURCE_MISSING and "HTTP 404" in str(e.value)
+    assert not os.path.exists(dest)  # never a partial file
+    with pytest.raises(UrlError) as e:
+        fetch_url(http_server.url("/data"), dest, UrlLimits(max_bytes=10))
+    assert e.value.cause is TransferFailure.DISK_FULL
+    with pytest.raises(UrlError) as e:
+        fetch_url(f"file://{tmp_path}/none", dest, lim)
+    assert e.value.cause is TransferFailure.SOURCE_MISSING and "no such file" in str(e.value)
+    closed = Server()
+    port = closed.server_address[1]
+    closed.stop()
+    with pytest.raises(UrlError) as e:
+        fetch_url(f"http://127.0.0.1:{port}/x", dest,
+                  UrlLimits(timeout=2, attempts=2, backoff=0.01))
+    assert e.value.cause is TransferFailure.SOURCE_UNREACHABLE and "tried 2 times" in str(e.value)
