@@ -262,7 +262,7 @@ def test_task_environment() -> None:
                    "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
                    "VECLIB_MAXIMUM_THREADS": "2", "NUMEXPR_NUM_THREADS": "2", "MEMORY": "300",
                    "DISK": "40", "GPUS": "2", "CUDA_VISIBLE_DEVICES": "1,3", "TMPDIR": tmp,
-                   "TMP": tmp, "TEMP": tmp}
+                   "TMP": tmp, "TEMP": tmp, "VINE_SANDBOX": "/sb"}
 
 
 def test_task_environment_without_cores_or_gpus() -> None:

@@ -298,7 +298,7 @@ class TaskReturned(Command):
     python_result_path: str = ""  # a large result retrieved to the staging directory
     stdout_path: str = ""  # the whole stdout, when too long to come inline
     measured: tuple[float, ...] = ()  # [wall s, cpu s, max rss MB] of the last run
-    allocated: tuple[int, ...] = ()  # (cores, memory, disk, gpus) its latest run was given
+    allocated: tuple[int, ...] = field(default=(), compare=False)  # its latest run's (c, m, d, g)
     story: tuple[tuple[float, str, str, str], ...] = field(default=(), compare=False)
     stimulus_id: str = field(default="", compare=False)
 
