@@ -1,10 +1,11 @@
 """User-side File handles: local files, buffers, temps and URLs that tasks consume and produce.
 
-A File is only a handle: the manager's state (``manager/state.py``) tracks
-where its copies are. Each File has a ``cache_name`` that identifies its
-content on every worker: a hash of the path, size and modification time for a
-local file (computed when a task first needs it), a content hash for a
-buffer, a unique id for a temp.
+A File is only a handle: the manager's core (``vinework/core``) tracks where
+its copies are. Each File has a ``cache_name`` that identifies its content on
+every worker: a hash of a local file's bytes and mode (hashed once and
+remembered while its path, size, mtime and inode stay the same: see
+``contentnames.py``), a content hash for a buffer, a hash of the URL for a URL,
+a unique id for a temp.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The Manager's file methods: declaring, fetching, undeclaring files, and their stories.
 
-TaskVine's ``declare_file``, ``declare_buffer``, ``declare_temp``, ``fetch_file``,
-``undeclare_file`` (and its old names ``remove_file``/``prune_file``),
-``get_file_replica_count``; the kinds that come with the file-kinds work
-(urls, tarballs, packages, mini tasks, xrootd, chirp) raise
-``NotImplementedError`` naming it.
+TaskVine's ``declare_file``, ``declare_buffer``, ``declare_temp``, ``declare_url``,
+``fetch_file``, ``undeclare_file`` (and its old names ``remove_file``/``prune_file``),
+``get_file_replica_count``; the kinds not in vinework yet (tarballs, packages,
+mini tasks, xrootd, chirp) raise ``NotImplementedError`` naming them.
 """
 
 from __future__ import annotations
