@@ -76,6 +76,7 @@ SAMPLES: list[Message] = [
     Hoist(modules=["numpy", "pandas"]),
     GetFile(name="temp-7", token="t0k3n"),
     FileHeader(name="temp-7", size=1024, error=""),
+    FileHeader(name="dir-7", size=10240, mode=0o755, kind="dir"),
 ]
 
 
@@ -287,7 +288,7 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Fetch.TAG, 1, "n", "h", "80", 0, 1, ""], "port"),
         ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0], "keepalive_interval"),
         ([Welcome.TAG, 1, "w", True, 0, "", 30.0], "keepalive_interval"),
-        ([FileHeader.TAG, "f", False, "", 0o644], "size"),
+        ([FileHeader.TAG, "f", False, "", 0o644, "file"], "size"),
         ([GetFile.TAG, "f", None], "token"),
         ([CacheUpdate.TAG, "n", 1, 0.5, 2.0, ""], "transfer_id"),
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, [["f", "12"]], "", []], "cached"),

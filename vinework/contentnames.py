@@ -17,13 +17,21 @@ does not rehash unchanged files. The on-disk memo is a text file of
 than to look up) and rewritten when it holds more stale lines than live ones. A
 damaged line is ignored. Nothing here is needed for correctness: losing the memo
 only costs a rehash.
+
+A local directory is named ``dir-`` and a hash over its tree (``tree_name``):
+relative paths, kinds, permission bits, the digests of its files (from the same
+memo) and the targets of its symlinks; so an unchanged tree keeps its name and
+is not sent again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
+
+from .trees import tree_digest
 
 CHUNK = 1 << 20
 DISK_MEMO_MIN = 64 * 1024  # bytes: smaller files are hashed every time they change key
@@ -97,8 +105,22 @@ class ContentNames:
         (``mode``, or the file's own bits when -1)."""
         if st is None:
             st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return self.tree_name(path)
         bits = mode if mode >= 0 else (st.st_mode & 0o777) | 0o600
         return name_of(self.digest(path, st), bits)
+
+    def tree_name(self, path: str) -> str:
+        """The cache name of a local directory: ``dir-`` and a hash over its tree (paths,
+        kinds, modes, file digests from this memo, link targets: ``trees.tree_digest``).
+        Every entry is looked at each time; only changed files are read again.
+
+        Raises:
+            OSError: the tree cannot be read.
+            TreeError: it holds an entry that is not a file, directory or symlink.
+        """
+        digest = tree_digest(path, self.digest)
+        return "dir-" + hashlib.blake2b(digest.encode(), digest_size=16).hexdigest()
 
     # ------------------------------------------------------------------ on disk
     def _load(self) -> None:

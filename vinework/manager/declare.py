@@ -202,6 +202,9 @@ class FileMethods(ManagerBase):
             done = self._fetches.pop(rid)
         if done.path is None:
             raise FileNotFoundError(f"cannot fetch {f!r}: {done.error}")
+        if os.path.isdir(done.path):
+            raise IsADirectoryError(f"{f!r} is a directory (brought back to {done.path}); "
+                                    "fetch_file gives the bytes of a file")
         with open(done.path, "rb") as fh:
             return fh.read()
 

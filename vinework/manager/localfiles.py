@@ -21,6 +21,10 @@ a buffer declared with them would have. A writer that failed, was cancelled, or
 did not bring the output back (``failure_only``/``success_only``) leaves the File
 as it was.
 
+A local directory (input or output) is handled like a file, but is named by a
+hash over its whole tree at every submit that reads it (``contentnames``), so
+an unchanged tree keeps its name and a changed one is sent again.
+
 ``unlink_when_done`` (TaskVine's rule): a local file declared with it is deleted
 from the manager's disk once it is released (``undeclare_file``, or the user
 dropped every reference to the File) and no task that uses it (as input or
@@ -45,6 +49,7 @@ from ..constants import CacheLevel
 from ..contentnames import DISK_MEMO_NAME, ContentNames, StatKey, stat_key
 from ..core import FileSpec
 from ..file import File, FileKind
+from ..trees import TreeError, tree_size
 
 Declare = Callable[[FileSpec], None]
 
@@ -123,9 +128,6 @@ class LocalFiles:
                 return ""  # a task submitted earlier writes it: this one waits for it
         if not f.path or not os.path.exists(f.path):
             return f"input file {f.path!r} (as {remote!r}) does not exist"
-        if os.path.isdir(f.path):
-            return (f"input {f.path!r} (as {remote!r}) is a directory; directory "
-                    "inputs are not supported yet (file kinds)")
         return ""
 
     def input_name(self, f: File, task_id: int) -> str:
@@ -159,20 +161,29 @@ class LocalFiles:
         path = f.path
         try:
             st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                raise InputMissing(f"input {path!r} is not a regular file")
             key = stat_key(st)
-            made = self._made.get(path)
-            if made is not None and made[0] == key:
-                name = made[1]  # what a task wrote here, unchanged since
+            size = st.st_size
+            if stat.S_ISDIR(st.st_mode):
+                # a tree: named by its content every time (its own stat key does not
+                # follow changes deep inside it; the files' digests are memoized)
+                name = self.names.tree_name(path)
+                size = tree_size(path)
+            elif not stat.S_ISREG(st.st_mode):
+                raise InputMissing(f"input {path!r} is not a regular file or a directory")
             else:
-                name = self.names.name(path, f.mode, st)
+                made = self._made.get(path)
+                if made is not None and made[0] == key:
+                    name = made[1]  # what a task wrote here, unchanged since
+                else:
+                    name = self.names.name(path, f.mode, st)
+        except TreeError as e:
+            raise InputMissing(f"input directory {path!r} cannot be sent: {e}") from None
         except OSError as e:
             raise InputMissing(f"input file {path!r} cannot be read: {e.strerror}") from None
         known = self._sources.get(name)
         if known is None or known[0].path != path or known[1] != key \
                 or known[0].mode != f.mode:
-            spec = self._spec(f, name, path, st.st_size)
+            spec = self._spec(f, name, path, size)
             self._sources[name] = (spec, key)
             self._declare(spec)
         self._by_path[path] = name
@@ -274,8 +285,8 @@ class LocalFiles:
             return  # not brought back (failed, cancelled, an optional output)
         after = stat_key(st)
         if f.kind is FileKind.LOCAL:
-            if after == w.before:
-                return  # not brought back: the file is what it was
+            if after == w.before or stat.S_ISDIR(st.st_mode):
+                return  # not brought back, or a tree (named by its content at each submit)
             with self._lock:
                 self._made[w.path] = (after, w.name)
                 self._by_path[w.path] = w.name

@@ -70,6 +70,7 @@ from ..protocol import (
     encode,
 )
 from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
+from ..trees import remove_path
 from ..txnlog import TxnLog
 from .errors import ManagerError
 
@@ -397,7 +398,12 @@ class ManagerServer:
         def work() -> tuple[int, float]:
             os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
             size, secs = fetch_file(c.host, c.port, c.name, tmp, c.size, timeout=60)
-            os.replace(tmp, dest)
+            if os.path.isdir(tmp) and not os.path.islink(tmp):
+                _put_tree(tmp, dest, f"{dest}.old-{c.retrieval_id}")
+            else:
+                if os.path.isdir(dest) and not os.path.islink(dest):
+                    remove_path(dest)
+                os.replace(tmp, dest)
             return size, secs
 
         fut = self.pool.submit(work)
@@ -409,7 +415,7 @@ class ManagerServer:
                                    size=size, seconds=secs)
             except (TransferError, OSError) as e:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                    remove_path(tmp)
                 cause = e.cause if isinstance(e, TransferError) else TransferFailure.LOCAL_IO
                 ev = RetrievalDone(now=self.now(), retrieval_id=c.retrieval_id, ok=False,
                                    error=str(e), cause=cause)
@@ -446,6 +452,21 @@ class ManagerServer:
         self.pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(OSError):
             self.listen.close()
+
+
+def _put_tree(tree: str, dest: str, aside: str) -> None:
+    """Put a retrieved tree at ``dest``: what is there is renamed aside first, so
+    ``dest`` is the old content or the new, never a mix, and then deleted."""
+    if os.path.lexists(dest):
+        os.replace(dest, aside)
+        try:
+            os.replace(tree, dest)
+        except OSError:
+            os.replace(aside, dest)  # put the old one back
+            raise
+        remove_path(aside)
+    else:
+        os.replace(tree, dest)
 
 
 def _remote(msg: str) -> ProtocolError:

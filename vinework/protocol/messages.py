@@ -327,3 +327,4 @@ class FileHeader(Message):
     size: int
     error: str = ""
     mode: int = 0o644  # permission bits the copy gets (the source's, or File.set_mode's)
+    kind: str = "file"  # "dir": the bytes that follow are a tar stream of a tree (trees.py)

@@ -10,6 +10,13 @@ bytes straight to a temporary file in the destination directory, checks the
 size, and only then hands it over. Blocking sockets in threads keep bulk
 bytes off the asyncio loop, so control messages and heartbeats never wait
 behind a large file.
+
+A directory travels the same way as a tar stream of its tree (``trees.py``):
+the server packs it into an anonymous temporary file (so its size is known up
+front) and sends it with ``kind="dir"``; the client receives the tar into a part
+file beside the destination and unpacks it into ``dest_path`` as a new directory,
+refusing members that would escape it. The size returned is then the tree's
+(the bytes of its files), not the tar's; ``expected_size`` is not checked.
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import BinaryIO
 
+from ..trees import TreeError, pack, unpack
 from .codec import FrameDecoder, RemoteProtocolError, encode
 from .messages import FileHeader, GetFile, TransferFailure
 
@@ -120,16 +130,20 @@ class TransferServer:
             if path is None:
                 conn.sendall(encode(FileHeader(name=req.name, size=-1, error="no such file")))
                 return
+            kind = "file"
             try:
-                f = open(path, "rb")
-            except OSError as e:
+                if os.path.isdir(path):
+                    kind, f = "dir", _packed(path)
+                else:
+                    f = open(path, "rb")
+            except (OSError, TreeError) as e:
                 conn.sendall(encode(FileHeader(name=req.name, size=-1, error=str(e))))
                 return
             with f:
                 st = os.fstat(f.fileno())
                 size = st.st_size
                 bits = (mode if mode >= 0 else st.st_mode) & 0o777
-                conn.sendall(encode(FileHeader(name=req.name, size=size, mode=bits)))
+                conn.sendall(encode(FileHeader(name=req.name, size=size, mode=bits, kind=kind)))
                 conn.settimeout(None)
                 if size:
                     conn.sendfile(f)
@@ -178,7 +192,13 @@ def fetch_file(
         if hdr.size < 0:
             raise TransferError(f"{host}:{port} has no {name}: {hdr.error}",
                                 TransferFailure.SOURCE_MISSING)
-        if expected_size >= 0 and hdr.size != expected_size:
+        is_dir = hdr.kind == "dir"
+        if hdr.kind not in ("file", "dir"):
+            raise TransferError(f"{host}:{port} sent {name} as an unknown kind {hdr.kind!r}",
+                                TransferFailure.SOURCE_BROKEN)
+        if is_dir:  # the tar goes to a part file beside dest_path, unpacked below
+            tree_path, dest_path = dest_path, dest_path + ".tar"
+        if expected_size >= 0 and hdr.size != expected_size and not is_dir:
             raise TransferError(
                 f"{host}:{port} offers {hdr.size} bytes of {name}, expected {expected_size}",
                 TransferFailure.SOURCE_BROKEN,
@@ -223,9 +243,32 @@ def fetch_file(
             os.fchmod(fd, (hdr.mode & 0o777) | 0o600)
         finally:
             os.close(fd)
+        if is_dir:
+            try:
+                got = unpack(dest_path, tree_path)
+            except TreeError as e:
+                raise TransferError(f"{host}:{port} sent a refused tree for {name}: {e}",
+                                    TransferFailure.SOURCE_BROKEN) from None
+            except OSError as e:
+                raise TransferError(f"cannot unpack {name} into {tree_path}: {e}",
+                                    TransferFailure.LOCAL_IO) from None
+            finally:
+                _unlink(dest_path)
         return got, time.monotonic() - start
     finally:
         sock.close()
+
+
+def _packed(path: str) -> BinaryIO:
+    """The tree at ``path`` as a tar in an anonymous temporary file, rewound."""
+    f = tempfile.TemporaryFile()
+    try:
+        pack(path, f)
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -3,7 +3,11 @@
 Every file a worker holds (inputs fetched for tasks, outputs tasks made,
 temps kept for later tasks) lives in one flat directory under its cache name.
 Files arrive under a temporary ``.part-*`` name and are renamed into place only
-once complete, so a name in the directory is always a whole file. Which names
+once complete, so a name in the directory is always a whole file. A directory
+(an input, output or temp that is a tree: ``trees.py``) is an entry too: a
+directory under its cache name, arriving whole the same way; its size is the
+bytes of its files. Cached trees are never handed to tasks to write in place
+(``sandbox.prepare`` copies them). Which names
 exist, their sizes, levels and pins are the core's business (``WorkerState``);
 this module only does the file operations it asks for.
 
@@ -21,6 +25,8 @@ import os
 import re
 import shutil
 import uuid
+
+from ..trees import TreeError, copy_tree, remove_path, tree_size
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 FOREVER_INDEX = ".forever"  # names of the FOREVER entries (not a valid cache name)
@@ -49,9 +55,16 @@ class Cache:
         found = []
         for entry in os.scandir(self.dir):
             if entry.name.startswith(".part-"):
-                os.unlink(entry.path)
-            elif entry.is_file() and _NAME.match(entry.name) and ".." not in entry.name:
+                remove_path(entry.path)
+            elif not _NAME.match(entry.name) or ".." in entry.name:
+                continue
+            elif entry.is_file(follow_symlinks=False):
                 found.append((entry.name, entry.stat().st_size))
+            elif entry.is_dir(follow_symlinks=False):
+                try:
+                    found.append((entry.name, tree_size(entry.path)))
+                except (OSError, TreeError):
+                    remove_path(entry.path)
         return found
 
     def read_forever(self) -> set[str]:
@@ -92,28 +105,59 @@ class Cache:
         return os.path.join(self.dir, check_cache_name(name))
 
     def lookup(self, name: str) -> str | None:
-        """The path of a complete cached file, or None (for the transfer server's threads)."""
+        """The path of a complete cached file or tree, or None (for the transfer server's
+        threads)."""
         try:
             path = self.path(name)
         except CacheError:
             return None
-        return path if os.path.isfile(path) else None
+        return path if os.path.isfile(path) or os.path.isdir(path) else None
 
     def part_path(self) -> str:
         """A fresh temporary path inside the cache for a file being written."""
         return os.path.join(self.dir, ".part-" + uuid.uuid4().hex)
 
     def commit(self, name: str, tmp_path: str) -> int:
-        """Move a finished file into the cache under ``name``; return its size."""
+        """Move a finished file (or tree) into the cache under ``name``; return its size."""
         dest = self.path(name)
+        if os.path.isdir(tmp_path) and not os.path.islink(tmp_path):
+            return self._replace_tree(tmp_path, dest)
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            remove_path(dest)
         os.replace(tmp_path, dest)
         return os.stat(dest).st_size
+
+    def _replace_tree(self, tree: str, dest: str) -> int:
+        """Put the tree ``tree`` (in the cache directory) at ``dest``, replacing what is
+        there; return its size."""
+        size = tree_size(tree)
+        if os.path.lexists(dest):
+            old = self.part_path()
+            os.replace(dest, old)
+            os.replace(tree, dest)
+            remove_path(old)
+        else:
+            os.replace(tree, dest)
+        return size
 
     def store_from(self, name: str, src: str) -> int:
         """Move (or copy, across filesystems) a task's output into the cache."""
         dest = self.path(name)
-        if os.path.isdir(src):
-            raise CacheError(f"output {src!r} is a directory")
+        if os.path.isdir(src) and not os.path.islink(src):
+            try:
+                tree_size(src)  # refuses what a tree cannot hold (fifos, devices)
+            except TreeError as e:
+                raise CacheError(f"output {src!r}: {e}") from None
+            part = self.part_path()
+            try:
+                try:
+                    os.rename(src, part)
+                except OSError:
+                    copy_tree(src, part)
+                return self._replace_tree(part, dest)
+            except BaseException:
+                remove_path(part)
+                raise
         try:
             os.replace(src, dest)
         except OSError:
@@ -129,6 +173,6 @@ class Cache:
 
     def remove(self, name: str) -> None:
         try:
-            os.unlink(self.path(name))
+            remove_path(self.path(name))
         except (FileNotFoundError, CacheError):
             pass

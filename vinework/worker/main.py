@@ -56,6 +56,7 @@ from ..protocol import (
     encode,
 )
 from ..protocol.transfer import TransferError, TransferServer, fetch_file
+from ..trees import remove_path
 from . import events as ev
 from .cache import Cache, CacheError
 from .fetches import URL_PORT, url_of
@@ -269,8 +270,9 @@ class Worker:
             self._commit_fetch(ins)  # type: ignore[arg-type]
         elif t is ev.DiscardFetch:
             part = self.parts.pop(ins.fetch_id, "")  # type: ignore[attr-defined]
-            with contextlib.suppress(OSError):
-                os.unlink(part)
+            if part:
+                with contextlib.suppress(OSError):
+                    remove_path(part)
         elif t is ev.RemoveFile:
             self.cache.remove(ins.name)  # type: ignore[attr-defined]
         elif t is ev.PersistForever:
@@ -429,7 +431,7 @@ class Worker:
             self.cache.commit(ins.name, part)
         except (OSError, CacheError) as e:
             with contextlib.suppress(OSError):
-                os.unlink(part)
+                remove_path(part)
             self.post(ev.FileLost(name=ins.name, reason=f"cannot store {ins.name}: {e}"))
 
 

@@ -3,8 +3,9 @@
 Each task attempt gets an empty directory (released directories are emptied
 and reused: see ``SandboxPool``). Inputs are hard links to cache files
 (symlinks across filesystems, or always for ``mount_symlink`` inputs), placed
-under their remote names; outputs are
-moved from the sandbox into the cache afterwards. The task's stdout and
+under their remote names; a directory input is a copy of the cached tree (see
+``prepare``). Outputs, files or directories, are moved from the sandbox into
+the cache afterwards. The task's stdout and
 stderr go to one file in the sandbox (``OUTPUT_NAME``); ``take_output`` reads
 its start for ``TaskDone`` and caps the file at the task's ``stdout_max`` in
 place, so a large output is never held in memory. Command tasks run under
@@ -29,6 +30,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
+from ..trees import copy_tree
 from .outcome import OUTPUT_INLINE_MAX
 from .taskenv import TMP_DIR_NAME
 
@@ -101,7 +103,12 @@ def prepare(sandbox: str, inputs: list[tuple[str, str]], cache_lookup: dict[str,
             symlinks: frozenset[str] | set[str] = frozenset()) -> None:
     """Place every input (name -> cache path) under its remote name in an empty sandbox:
     a hard link to the cache file (a symlink across filesystems), or a symbolic link to
-    it for the remote names in ``symlinks`` (``add_input(..., mount_symlink=True)``)."""
+    it for the remote names in ``symlinks`` (``add_input(..., mount_symlink=True)``).
+
+    A directory input is copied whole instead (files copied, symlinks kept as links):
+    hard links would let a task that writes a file in place, or changes its mode,
+    change the cached tree that later tasks and peers get. A ``mount_symlink`` tree is
+    a link to the cached tree itself (the task must not write through it)."""
     for name, remote in inputs:
         src = cache_lookup.get(name)
         if src is None:
@@ -114,6 +121,12 @@ def prepare(sandbox: str, inputs: list[tuple[str, str]], cache_lookup: dict[str,
             if not os.path.lexists(src):
                 raise SandboxError(f"input {name} ({remote}) vanished from the cache")
             os.symlink(os.path.abspath(src), dest)
+            continue
+        if os.path.isdir(src) and not os.path.islink(src):
+            try:  # a tree is copied: the task may change its copy, never the cached one
+                copy_tree(src, dest)
+            except OSError as e:
+                raise SandboxError(f"input {name} ({remote}) cannot be copied: {e}") from None
             continue
         try:
             os.link(src, dest)
