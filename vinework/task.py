@@ -157,10 +157,14 @@ class Task:
         self.retries: int = 0
         self.error_message: str = ""
         self.cached = False
+        # what the manager reported (measured, allocated, start, end): summaries on demand
+        self._raw: tuple[tuple[float, ...], tuple[int, ...], float, float] | None = None
         self._measured: ResourceSummary | None = None
-        self.resources_allocated = _NOTHING_ALLOCATED
-        self.limits_exceeded: ResourceSummary | None = None
+        self._allocated: ResourceSummary | None = None
+        self._limits: ResourceSummary | None = None
+        self._limits_known = False
         self._times: tuple[float, float, float, float] | None = None  # submit, start, end, done
+        self._submit_time = 0.0
         self._state = 0
         self._done = False
 
@@ -391,12 +395,53 @@ class Task:
         """What the task used (TaskVine's rmsummary): ``wall_time``, ``cpu_time`` (s),
         ``memory`` (max rss, MB), ``start``/``end`` (us); -1 where unknown."""
         if self._measured is None:
-            self._measured = ResourceSummary()
+            raw = self._raw
+            if raw is None:
+                self._measured = ResourceSummary()
+            else:
+                m, _, start, end = raw
+                if len(m) >= 3:
+                    self._measured = ResourceSummary(
+                        cores=self.cores if self.cores is not None else -1, memory=m[2],
+                        wall_time=m[0], cpu_time=m[1], start=start * 1e6, end=end * 1e6)
+                else:
+                    self._measured = ResourceSummary(wall_time=max(0.0, end - start),
+                                                     start=start * 1e6, end=end * 1e6)
         return self._measured
 
     @resources_measured.setter
     def resources_measured(self, r: ResourceSummary) -> None:
         self._measured = r
+
+    @property
+    def resources_allocated(self) -> ResourceSummary:
+        """What the task's latest run was given (-1 before it was placed)."""
+        if self._allocated is None:
+            a = self._raw[1] if self._raw is not None else ()
+            if len(a) == 4:
+                self._allocated = ResourceSummary(cores=a[0], memory=a[1], disk=a[2],
+                                                  gpus=a[3], wall_time=self.time_max or -1)
+            else:
+                return _NOTHING_ALLOCATED
+        return self._allocated
+
+    @resources_allocated.setter
+    def resources_allocated(self, r: ResourceSummary) -> None:
+        self._allocated = r
+
+    @property
+    def limits_exceeded(self) -> ResourceSummary | None:
+        """The resources the task used beyond what it asked for (memory), or None."""
+        if not self._limits_known:
+            self._limits_known = True
+            m = self._raw[0] if self._raw is not None else ()
+            if len(m) >= 3 and self.memory is not None and m[2] > self.memory:
+                self._limits = ResourceSummary(memory=m[2])
+        return self._limits
+
+    @limits_exceeded.setter
+    def limits_exceeded(self, r: ResourceSummary | None) -> None:
+        self._limits, self._limits_known = r, True
 
     @property
     def resources_requested(self) -> ResourceSummary:

@@ -35,7 +35,7 @@ from ..constants import result_string as _result_string
 from ..core import ManagerState, TaskCancelled, TaskCollected, TaskReturned, TaskSpec, TaskSubmitted
 from ..core.tunables import Tunables
 from ..file import FileKind
-from ..task import PythonTask, PythonTaskNoResult, RemoteTaskError, ResourceSummary, Task
+from ..task import PythonTask, PythonTaskNoResult, RemoteTaskError, Task
 from ..txnlog import TxnLog
 from .control import ControlMethods
 from .declare import FileMethods
@@ -146,7 +146,6 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         self._local: set[int] = set()  # ids finished without the core (not to collect)
         self._cancelled: set[int] = set()  # ids asked to cancel, not yet returned
         self._local_counts = [0, 0]
-        self._submitted_at: dict[int, float] = {}
         self.notices: list[str] = []  # hints the manager gave (explained waits)
         # names, writers and lifetimes of local files and buffers (localfiles.py)
         self._files = LocalFiles(self._run.staging, self._run.cache, self._declare_spec,
@@ -236,7 +235,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             self._next_id += 1
         t._reset_results()
         t._manager = self
-        self._submitted_at[t.id] = time.time()
+        t._submit_time = time.time()
         self._files.track_lifetimes(t.id, [f for f, _ in t.inputs + t.outputs])
         if missing:
             self._finish_locally(t, TaskResult.INPUT_MISSING, -1, missing)
@@ -282,9 +281,12 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
                 py_out = t.output_file.cache_name
                 if py_out not in self._declared:
                     self._declare(t.output_file)
-        env = sorted((k, v) for k, v in t.env.items() if v is not None)
-        unset = sorted(k for k, v in t.env.items() if v is None)
-        mono = time.monotonic() - time.time()  # epoch -> the manager's clock
+        if t.env:
+            env = sorted((k, v) for k, v in t.env.items() if v is not None)
+            unset = sorted(k for k, v in t.env.items() if v is None)
+        else:
+            env, unset = [], []
+        mono = time.monotonic() - time.time() if t.time_end or t.time_start else 0.0
         spec = TaskSpec(
             task_id=t.id, command=t.command, inputs=inputs, outputs=outputs,
             env=env, env_unset=unset, cores=t.cores, memory=t.memory, disk=t.disk,
@@ -349,23 +351,10 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             self._cond.notify_all()
 
     def _fill_resources(self, t: Task, c: TaskReturned) -> None:
-        """``resources_measured``, ``limits_exceeded`` and TaskVine's task metrics."""
-        m = list(c.measured)
-        start_us, end_us = c.start * 1e6, c.end * 1e6
-        if len(c.allocated) == 4:
-            ac, am, ad, ag = c.allocated
-            t.resources_allocated = ResourceSummary(cores=ac, memory=am, disk=ad, gpus=ag,
-                                                    wall_time=t.time_max or -1)
-        if len(m) >= 3:
-            t.resources_measured = ResourceSummary(
-                cores=t.cores if t.cores is not None else -1, memory=m[2],
-                wall_time=m[0], cpu_time=m[1], start=start_us, end=end_us)
-            if t.memory is not None and m[2] > t.memory:
-                t.limits_exceeded = ResourceSummary(memory=m[2])
-        else:
-            t.resources_measured = ResourceSummary(wall_time=max(0.0, c.end - c.start),
-                                                   start=start_us, end=end_us)
-        t._times = (self._submitted_at.pop(t.id, 0.0), c.start, c.end, time.time())
+        """What ``resources_measured``, ``resources_allocated``, ``limits_exceeded`` and the
+        task metrics are made from (on demand)."""
+        t._raw = (c.measured, c.allocated, c.start, c.end)
+        t._times = (t._submit_time, c.start, c.end, time.time())
 
     def _python_output(self, t: PythonTask, c: TaskReturned) -> Any:
         blob = c.python_result
