@@ -333,3 +333,10 @@ def test_file_contents_len_and_type(cluster: vine.Manager, tmp_path: Any) -> Non
     assert tmp.contents() == b"made by a task" and len(tmp) == 14
     assert tmp.contents(lambda b: b.decode().upper()) == "MADE BY A TASK"
     assert bool(m.declare_buffer(b"")) and len(m.declare_buffer(b"")) == 0
+
+
+def test_a_url_cannot_be_an_output(manager: vine.Manager) -> None:
+    t = vine.Task("true")
+    with pytest.raises(ValueError, match="cannot be a task output"):
+        t.add_output(manager.declare_url("http://127.0.0.1:9/x"), "x")
+    assert t.outputs == []

@@ -214,6 +214,9 @@ class Task:
                     "output while the task runs)")
         if failure_only and success_only:
             raise ValueError("an output cannot be both failure_only and success_only")
+        if file.kind is FileKind.URL:
+            raise ValueError(f"a URL ({file.source()}) cannot be a task output; declare a "
+                             "file, a buffer or a temp to hold what the task writes")
         remote = check_remote_name(remote_name)
         self.outputs.append((file, remote))
         flags = (VINE_FAILURE_ONLY if failure_only else 0) \
