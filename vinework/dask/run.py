@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import cloudpickle
 
@@ -45,8 +45,20 @@ from .graph import DaskGraph, Key, modules_of_graph
 from .payload import CannotEncode, PayloadEncoder, run_encoded
 from .priority import TaskPriorities
 
-if TYPE_CHECKING:
-    from .executor import DaskVine
+
+class DaskManager(Protocol):
+    """What a run needs of its manager (``DaskVine`` is one; naming the protocol here keeps
+    this module from importing the executor that imports it)."""
+
+    def submit(self, t: Task) -> int: ...
+    def declare_buffer(self, buffer: bytes | str | None = None,
+                       cache: bool | str | int = False, peer_transfer: bool = True) -> File: ...
+    def undeclare_file(self, f: File) -> None: ...
+    def fetch_file(self, f: File, timeout: float | None = None) -> bytes: ...
+    def cancel_by_task_id(self, task_id: int) -> bool: ...
+    def wait_for_tag(self, tag: str, timeout: Any = ...) -> Task | None: ...
+    def _file_sizes(self, files: list[File]) -> list[int]: ...
+    def _hoist_for_dask(self, tops: list[str]) -> None: ...
 
 __all__ = ["DaskRun", "category_of"]
 
@@ -103,7 +115,7 @@ def category_of(node: Any) -> str:
 class DaskRun:
     """One ``get`` call: submits ready keys by priority, collects results, cleans up."""
 
-    def __init__(self, m: DaskVine, graph: DaskGraph, *, priorities: TaskPriorities,
+    def __init__(self, m: DaskManager, graph: DaskGraph, *, priorities: TaskPriorities,
                  worker_transfers: bool, checkpoint_fn: Any, resources: dict[str, int],
                  extra_files: dict[File, str], env_vars: dict[str, Any], retries: int,
                  verbose: bool, wrapper: Any, wrapper_proc: Any, prune_depth: int,
