@@ -166,6 +166,22 @@ VINE_SCHEDULE_RAND = 4
 VINE_SCHEDULE_WORST = 5
 VINE_SCHEDULE_DISK = 6
 
+SCHEDULER_NAMES = ("", "fcfs", "files", "time", "rand", "worst", "disk")  # by number
+
+
+def scheduler_name(s: str | int) -> str:
+    """A worker-selection policy by name or ``VINE_SCHEDULE_*`` number ("" for UNSET)."""
+    if isinstance(s, int) and not isinstance(s, bool):
+        if not 0 <= s < len(SCHEDULER_NAMES):
+            raise ValueError(f"unknown scheduler number {s}")
+        return SCHEDULER_NAMES[s]
+    name = str(s).lower()
+    if name not in SCHEDULER_NAMES:
+        raise ValueError(f"unknown scheduler {s!r}; use one of "
+                         f"{', '.join(SCHEDULER_NAMES[1:])}")
+    return name
+
+
 # Category allocation modes (``Manager.set_category_mode``).
 VINE_ALLOCATION_MODE_FIXED = 0
 VINE_ALLOCATION_MODE_MAX = 1

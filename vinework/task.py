@@ -11,7 +11,6 @@ meaning; the few that need a feature vinework does not have yet raise
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ._later import not_yet
@@ -23,6 +22,7 @@ from .constants import (
     ResultString,
     TaskResult,
     result_string,
+    scheduler_name,
 )
 from .file import File, FileKind, check_remote_name
 from .pickling import dumps_call, raw_result
@@ -307,8 +307,7 @@ class Task:
 
     def set_scheduler(self, scheduler: str | int) -> None:
         """The worker-selection policy for this task (see ``Manager.set_scheduler``)."""
-        from .constants import VINE_SCHEDULE_UNSET  # noqa: F401 (documented values)
-        self.scheduler = _scheduler_name(scheduler)
+        self.scheduler = scheduler_name(scheduler)
 
     def set_monitor_output(self, directory: str) -> None:
         """Write a JSON summary of the resources the task used into ``directory``
@@ -571,22 +570,3 @@ def _amount(what: str, value: int) -> int | None:
     if value < 0:
         raise ValueError(f"{what} must be >= 0 (or -1: unset), got {value!r}")
     return int(value)
-
-
-_SCHEDULERS = ("", "fcfs", "files", "time", "rand", "worst", "disk")
-
-
-def _scheduler_name(s: str | int) -> str:
-    if isinstance(s, int) and not isinstance(s, bool):
-        if not 0 <= s < len(_SCHEDULERS):
-            raise ValueError(f"unknown scheduler number {s}")
-        return _SCHEDULERS[s]
-    name = str(s).lower()
-    if name not in _SCHEDULERS:
-        raise ValueError(f"unknown scheduler {s!r}; use one of {', '.join(_SCHEDULERS[1:])}")
-    return name
-
-
-def now_us() -> float:
-    """Microseconds since the epoch (TaskVine's time unit for metrics)."""
-    return time.time() * 1e6

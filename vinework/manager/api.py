@@ -234,7 +234,6 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             t.id = self._next_id
             self._next_id += 1
         t._reset_results()
-        t._manager = self
         t._submit_time = time.time()
         self._files.track_lifetimes(t.id, [f for f, _ in t.inputs + t.outputs])
         if missing:

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from .._later import not_yet
+from ..constants import scheduler_name
 from ..core import HoistRequested, Tuned
 from ..core.events import HostBlocked, ResourcesLimited, WorkersReleased
 from ..core.tunables import NO_EFFECT, TUNABLES, Tunables
@@ -23,9 +24,6 @@ from .base import ManagerBase
 
 log = logging.getLogger("vinework.manager")
 
-_SCHEDULERS = {"fcfs": "fcfs", "files": "files", "time": "time", "rand": "rand",
-               "worst": "worst", "disk": "disk"}
-_SCHEDULER_NUMBERS = {1: "fcfs", 2: "files", 3: "time", 4: "rand", 5: "worst", 6: "disk"}
 _CATEGORY_MODES = {"fixed": 0, "max": 1, "min waste": 2, "min_waste": 2, "max throughput": 3,
                    "max_throughput": 3, "greedy bucketing": 4, "greedy_bucketing": 4,
                    "exhaustive bucketing": 5, "exhaustive_bucketing": 5,
@@ -79,13 +77,9 @@ class ControlMethods(ManagerBase):
         """How a worker is picked for a task: "files" (the one holding most of its input
         bytes; the default), "fcfs", "time", "rand", "worst", "disk", or a
         ``VINE_SCHEDULE_*`` number."""
-        if isinstance(scheduler, int) and not isinstance(scheduler, bool):
-            mode = _SCHEDULER_NUMBERS.get(scheduler)
-        else:
-            mode = _SCHEDULERS.get(str(scheduler).lower())
-        if mode is None:
-            raise ValueError(f"unknown scheduler {scheduler!r}; use one of "
-                             f"{', '.join(_SCHEDULERS)}")
+        mode = scheduler_name(scheduler)
+        if not mode:
+            raise ValueError("the manager needs a scheduler, not VINE_SCHEDULE_UNSET")
         self.tune("scheduler", mode)
 
     # ------------------------------------------------------------------ resources
