@@ -285,7 +285,7 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Shutdown.TAG, None], "reason"),
         ([Hoist.TAG, "numpy"], "modules"),  # str where a list is expected
         ([Hoist.TAG, ["numpy", 3]], "modules"),  # a bad list item
-        ([Fetch.TAG, 1, "n", "h", "80", 0, 1, ""], "port"),
+        ([Fetch.TAG, 1, "n", "h", "80", 0, 1, "", "", "", [], [], ""], "port"),
         ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0], "keepalive_interval"),
         ([Welcome.TAG, 1, "w", True, 0, "", 30.0], "keepalive_interval"),
         ([FileHeader.TAG, "f", False, "", 0o644, "file"], "size"),

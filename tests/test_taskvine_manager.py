@@ -62,7 +62,7 @@ def test_later_features_say_so_when_used(make: Any) -> None:
 
 
 def test_later_manager_methods_say_so(manager: vine.Manager) -> None:
-    for call in (lambda: manager.declare_untar(None), lambda: manager.install_library(None),
+    for call in (lambda: manager.declare_starch(None), lambda: manager.install_library(None),
                  lambda: manager.create_library_from_functions("l", print),
                  lambda: manager.set_password("pw"), lambda: manager.remote_map(print, [])):
         with pytest.raises(NotImplementedError):

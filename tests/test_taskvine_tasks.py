@@ -161,8 +161,8 @@ def test_keyword_constructor_and_setters(tmp_path: Any) -> None:
     t.set_max_forsaken(2)
     t.set_scheduler("worst")
     assert t.max_forsaken == 2 and t.scheduler == "worst" and t.state == "INITIAL"
-    with pytest.raises(NotImplementedError):
-        t.add_environment(f)
+    with pytest.raises(TypeError, match="declare_poncho"):
+        t.add_environment(f)  # a temp is not an environment
 
 
 # ---------------------------------------------------------------------- python tasks

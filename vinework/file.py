@@ -1,11 +1,12 @@
-"""User-side File handles: local files, buffers, temps and URLs that tasks consume and produce.
+"""User-side File handles: local files, buffers, temps, URLs and mini-task files.
 
 A File is only a handle: the manager's core (``vinework/core``) tracks where
 its copies are. Each File has a ``cache_name`` that identifies its content on
 every worker: a hash of a local file's bytes and mode (hashed once and
 remembered while its path, size, mtime and inode stay the same: see
 ``contentnames.py``), a content hash for a buffer, a hash of the URL for a URL,
-a unique id for a temp.
+a hash of the mini task (its kind, command, inputs' names, environment and
+source) for a mini-task file, a unique id for a temp.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class FileKind(str, Enum):
     BUFFER = "buffer"  # bytes held by the manager
     TEMP = "temp"  # an intermediate that lives on workers
     URL = "url"  # fetched by workers from a file://, http:// or https:// URL (named by it)
+    MINI = "mini"  # made on the worker that needs it by a mini task (untar, poncho, command)
 
 
 def _valid_remote_name(name: str) -> str:
@@ -85,6 +87,8 @@ class File:
         self._manager: Any = None
         self._size = -1
         self.mode = -1  # permission bits on workers (set_mode); -1: the source's
+        self.mini_kind = ""  # a mini-task file: "command", "untar" or "poncho"
+        self.mini_what = ""  # ... and what makes it, for source()
         self._token = next(_file_tokens)  # identifies this File in the manager's records
         if kind is FileKind.TEMP:
             self._name = f"temp-{_TEMP_PREFIX}-{next(_temp_ids)}"
@@ -118,13 +122,13 @@ class File:
 
     def source(self) -> str:
         """A readable description: the path, the URL, or the kind and name."""
-        return self.path or self.url or f"{self.kind.value}:{self._name}"
+        return self.path or self.url or self.mini_what or f"{self.kind.value}:{self._name}"
 
     def type(self) -> int:
-        """TaskVine's file type: ``VINE_FILE`` (1), ``VINE_URL`` (2), ``VINE_TEMP`` (3) or
-        ``VINE_BUFFER`` (4)."""
-        return {FileKind.LOCAL: 1, FileKind.URL: 2, FileKind.TEMP: 3, FileKind.BUFFER: 4
-                }[self.kind]
+        """TaskVine's file type: ``VINE_FILE`` (1), ``VINE_URL`` (2), ``VINE_TEMP`` (3),
+        ``VINE_BUFFER`` (4) or ``VINE_MINI_TASK`` (5: mini tasks, untar, poncho)."""
+        return {FileKind.LOCAL: 1, FileKind.URL: 2, FileKind.TEMP: 3, FileKind.BUFFER: 4,
+                FileKind.MINI: 5}[self.kind]
 
     def set_mode(self, mode: int) -> None:
         """The permission bits the file gets on workers (e.g. ``0o755``), instead of the

@@ -99,6 +99,7 @@ class Task:
         # remote name -> TaskVine mount flags (VINE_FIXED_LOCATION, VINE_MOUNT_SYMLINK,
         # VINE_FAILURE_ONLY, VINE_SUCCESS_ONLY) of the inputs and outputs that set any
         self.mount_flags: dict[str, int] = {}
+        self.environments: list[str] = []  # remote names of add_environment packages
         self.cores: int | None = None
         self.memory: int | None = None
         self.disk: int | None = None
@@ -317,17 +318,39 @@ class Task:
     def set_snapshot_file(self, f: Any) -> None:
         not_yet("task snapshot files (resource monitor snapshots)")
 
-    def add_execution_context(self, f: Any) -> None:
-        not_yet("execution contexts (poncho/starch environments: file kinds)")
+    def add_environment(self, f: File) -> None:
+        """Run the task inside a software environment: ``f`` from ``m.declare_poncho``
+        (or ``m.declare_untar`` of a tree with a ``bin/``). The unpacked environment is
+        placed in the sandbox, and the command runs with it active: ``CONDA_PREFIX`` set
+        to it, its ``bin/`` first on ``PATH``, and its ``etc/conda/activate.d/*.sh``
+        scripts sourced, as ``conda activate`` does. Several environments stack (the
+        last one added comes first on ``PATH``)."""
+        if not isinstance(f, File) or f.kind is not FileKind.MINI \
+                or f.mini_kind not in ("poncho", "untar"):
+            raise TypeError("add_environment takes a File from declare_poncho or "
+                            f"declare_untar, got {f!r}")
+        if isinstance(self, PythonTask):
+            raise NotImplementedError(
+                "add_environment on a PythonTask: vinework runs Python functions in the "
+                "worker's own warm interpreters, which cannot switch to a packaged "
+                "environment; install the packages where the workers run, or run the "
+                "environment's python in a command Task")
+        remote = f".vinework-env-{len(self.environments) + 1}"
+        self.add_input(f, remote)
+        self.environments.append(remote)
 
-    def add_environment(self, f: Any) -> None:
-        not_yet("task environments (poncho/starch packages: file kinds)")
+    def add_poncho_package(self, f: File) -> None:
+        """TaskVine's older name of ``add_environment``."""
+        self.add_environment(f)
 
-    def add_poncho_package(self, f: Any) -> None:
-        not_yet("poncho packages (file kinds)")
+    def add_execution_context(self, f: File) -> None:
+        """TaskVine's ``add_execution_context``: ``add_environment``."""
+        self.add_environment(f)
 
     def add_starch_package(self, f: Any) -> None:
-        not_yet("starch packages (file kinds)")
+        """Refused: vinework does not run starch packages (see ``declare_starch``)."""
+        raise NotImplementedError("starch packages are not supported by vinework; use "
+                                  "declare_poncho or declare_untar")
 
     def set_library_required(self, name: str) -> None:
         not_yet("serverless libraries (FunctionCall)")
@@ -570,3 +593,18 @@ def _amount(what: str, value: int) -> int | None:
     if value < 0:
         raise ValueError(f"{what} must be >= 0 (or -1: unset), got {value!r}")
     return int(value)
+
+
+def environment_command(command: str, environments: list[str]) -> str:
+    """``command`` run with the environments (remote names in the sandbox) active."""
+    if not environments:
+        return command
+    lines = []
+    for remote in environments:
+        lines.append(f'CONDA_PREFIX="$PWD/{remote}"; export CONDA_PREFIX; '
+                     f'CONDA_DEFAULT_ENV="$CONDA_PREFIX"; export CONDA_DEFAULT_ENV; '
+                     'PATH="$CONDA_PREFIX/bin:$PATH"; export PATH; '
+                     'for _vine_s in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do '
+                     '[ -f "$_vine_s" ] && . "$_vine_s"; done; unset _vine_s')
+    return "; ".join(lines) + "\n" + command
+

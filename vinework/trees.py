@@ -144,10 +144,12 @@ def _enter(dest: str, parts: list[str], name: str) -> str:
     return d
 
 
-def unpack(tar_path: str, dest: str) -> int:
+def unpack(tar_path: str, dest: str, compressed: bool = False) -> int:
     """Extract the tar at ``tar_path`` into the new directory ``dest`` (see the module
     docstring for what is refused); return the tree's size. On any error ``dest`` is
-    removed.
+    removed. ``compressed``: a user's archive (``declare_untar``), plain or gzip, bzip2
+    or xz compressed, whose hard-link members are allowed when they name a file
+    unpacked before them (each becomes a copy of it).
 
     Raises:
         TreeError: a member is refused, or the tar is damaged.
@@ -157,7 +159,7 @@ def unpack(tar_path: str, dest: str) -> int:
     total = 0
     modes: list[tuple[str, int]] = []
     try:
-        with tarfile.open(tar_path, mode="r:") as tar:
+        with tarfile.open(tar_path, mode="r:*" if compressed else "r:") as tar:
             for m in tar:
                 parts = _check_name(m.name)
                 parent = _enter(dest, parts[:-1], m.name)
@@ -181,12 +183,27 @@ def unpack(tar_path: str, dest: str) -> int:
                         shutil.copyfileobj(src, out, 1 << 20)
                         os.fchmod(out.fileno(), bits | 0o600)
                     total += m.size
+                elif m.islnk() and compressed:
+                    target = os.path.join(dest, *_check_name(m.linkname))
+                    _enter(dest, _check_name(m.linkname)[:-1], m.linkname)
+                    if not stat.S_ISREG(os.lstat(target).st_mode):
+                        raise TreeError(f"tar member {m.name!r} is a hard link to "
+                                        f"{m.linkname!r}, which is not a file unpacked before")
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                 0o600)
+                    with os.fdopen(fd, "wb") as out, open(target, "rb") as src2:
+                        shutil.copyfileobj(src2, out, 1 << 20)
+                        os.fchmod(out.fileno(), (os.stat(target).st_mode & 0o777) | 0o600)
+                    total += os.stat(path).st_size
                 else:
                     raise TreeError(f"tar member {m.name!r} has a refused type "
                                     f"({'hard link' if m.islnk() else m.type!r})")
     except (tarfile.TarError, EOFError) as e:
         shutil.rmtree(dest, ignore_errors=True)
         raise TreeError(f"damaged tar stream: {e}") from None
+    except FileNotFoundError as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise TreeError(f"tar stream names a missing entry: {e.filename}") from None
     except FileExistsError:
         shutil.rmtree(dest, ignore_errors=True)
         raise TreeError("tar stream has a duplicate member") from None

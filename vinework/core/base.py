@@ -82,6 +82,8 @@ class CoreBase:
         self._ready: list[tuple[float, int, int]] = []
         self._stage_wait: dict[tuple[str, str], dict[int, None]] = {}
         self._unsourced: dict[tuple[str, str], None] = {}  # fetches waiting for a source
+        # (input, worker) -> mini-task files to make there once that input is ready
+        self._mini_wait: dict[tuple[str, str], dict[str, None]] = {}
         self._retrievals: dict[int, RetrievalRecord] = {}
         self._next_retrieval = 1
         self._drain_wait: dict[str, dict[str, None]] = {}  # draining worker -> files to save

@@ -62,14 +62,20 @@ class FileSpec:
     """A file the manager knows: where its bytes come from and how to keep them."""
 
     name: str
-    kind: str  # "file" | "buffer" | "temp"
+    kind: str  # "file" | "buffer" | "temp" | "url" | "mini"
     path: str | None = None  # manager-side path (local files, staged buffers)
     size: int = -1
     cache_level: int = 1
     peer_transfer: bool = True
     checkpoint: bool = False
     mode: int = -1  # permission bits on workers (File.set_mode); -1: the source's
-    url: str = ""  # kind "url": where workers fetch it from (file://, http://, https://)
+    url: str = ""  # kind "url": where workers fetch it from (file://, http://, https://);
+    # kind "mini": "mini://NAME", the origin workers make it at (the fields below)
+    mini_kind: str = ""  # "command" | "untar" | "poncho"
+    mini_command: str = ""
+    mini_inputs: tuple[tuple[str, str], ...] = ()  # (cache name, remote name)
+    mini_env: tuple[tuple[str, str], ...] = ()
+    mini_source: str = ""  # what the command leaves in its sandbox (kind "command")
 
 
 # ------------------------------------------------------------------ events

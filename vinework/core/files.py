@@ -20,6 +20,15 @@ for it with result "forsaken" and the URL's error in its message; below that,
 the tasks that waited for it on that worker are forsaken (run elsewhere, up to
 ``Task.set_max_forsaken``). ``fetch_file`` of a URL file brings a worker's copy,
 or has a worker fetch it first.
+
+Mini-task files (kind "mini": ``declare_minitask``, ``declare_untar``,
+``declare_poncho``) are origin files too: their origin ``mini://NAME`` is the
+worker that needs one making it itself, by running the mini task there. Every
+input of the mini task must be in that worker's cache first: the core brings
+them like inputs of the tasks waiting for the file (they join those tasks'
+staging), and sends the ``Fetch`` that makes the file once the last one is
+there (``_mini_wait``). A peer's copy is preferred, as for URLs; failures are
+counted and end the waiting tasks as URL failures do.
 """
 
 from __future__ import annotations
@@ -56,7 +65,9 @@ from .records import (
     TaskRecord,
     WorkerRecord,
 )
-from .replicas import MANAGER, Transfer, is_origin
+from .replicas import MANAGER, ReplicaState, Transfer, is_origin
+
+ORIGIN_KINDS = ("url", "mini")  # files a worker gets from their origin itself
 
 
 class FileLogistics(CoreBase):
@@ -69,12 +80,12 @@ class FileLogistics(CoreBase):
         if f is None:
             return False
         return f.at_manager or self.replicas.count_ready(name) > 0 or (
-            f.spec.kind == "url" and not f.undeclared)
+            f.spec.kind in ORIGIN_KINDS and not f.undeclared)
 
     def _on_file_declared(self, ev: FileDeclared) -> None:
         s = ev.spec
         old = self.files.get(s.name)
-        if s.kind == "url" and not s.url and old is not None and old.spec.url:
+        if s.kind in ORIGIN_KINDS and not s.url and old is not None and old.spec.url:
             s = dataclasses.replace(s, url=old.spec.url)  # declared again without its URL
         at_manager = s.kind in ("file", "buffer") and s.path is not None and s.size >= 0
         if old is not None:
@@ -138,7 +149,7 @@ class FileLogistics(CoreBase):
         if self.replicas.in_flight_to(name, dest) is not None:
             return
         f = self.files[name]
-        if f.spec.kind == "url":
+        if f.spec.kind in ORIGIN_KINDS:
             self._url_source_transfer(name, dest, replication)
             return
         peers_ok = self.tune.peer_transfers and f.spec.peer_transfer
@@ -174,8 +185,12 @@ class FileLogistics(CoreBase):
         tr = self.replicas.start_transfer(name, dest, src, self.now, replication)
         f = self.files[name]
         if is_origin(src):  # the worker fetches the URL itself (its size may have changed)
+            s = f.spec
             self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host="", port=0,
-                                   size=-1, cache_level=f.spec.cache_level, url=src))
+                                   size=-1, cache_level=s.cache_level, url=src,
+                                   mini_kind=s.mini_kind, mini_command=s.mini_command,
+                                   mini_inputs=list(s.mini_inputs), mini_env=list(s.mini_env),
+                                   mini_source=s.mini_source))
             self._log("TRANSFER", name, "START", src, dest, tr.transfer_id)
             return
         if src == MANAGER:
@@ -244,6 +259,8 @@ class FileLogistics(CoreBase):
                 self.stats.replicas_made += 1
                 self.file_story_add(ev.name, f"replica made on {ev.worker_id}")
         self._stage_arrived(ev.name, ev.worker_id)
+        if self._mini_wait:
+            self._mini_input_arrived(ev.name, ev.worker_id)
         self._file_became_available(ev.name)
         self._drain_saved(ev.name)
         self._retry_unsourced()
@@ -372,7 +389,7 @@ class FileLogistics(CoreBase):
         if f is None:
             return
         if ev.ok:
-            if f.spec.kind != "url":  # (a URL file is always fetched from its URL or a peer)
+            if f.spec.kind not in ORIGIN_KINDS:  # (always fetched from its origin or a peer)
                 f.at_manager, f.manager_path = True, r.dest
             f.lost = False
             if r.kind is RK.CHECKPOINT:
@@ -472,7 +489,7 @@ class FileLogistics(CoreBase):
                 self._start_retrieval(name, holders[0], posixpath.join(self.staging_dir, name),
                                       RK.FETCH)
             return
-        if f.spec.kind == "url" and not f.undeclared:
+        if f.spec.kind in ORIGIN_KINDS and not f.undeclared:
             f.fetch_requests.append(req)  # served when a worker has fetched it
             if not self.replicas.in_flight(name):
                 self._url_fetch_for_request(name)
@@ -504,6 +521,8 @@ class FileLogistics(CoreBase):
                                         peers_ok, False, "" if blocked else f.spec.url)
         if src is not None:
             self._unsourced.pop((name, dest), None)
+            if is_origin(src) and f.spec.mini_inputs and not self._mini_inputs_at(name, dest):
+                return  # its inputs come first (``_mini_input_arrived`` starts it)
             self._start_fetch(name, dest, src, replication)
             return
         if replication:
@@ -521,7 +540,7 @@ class FileLogistics(CoreBase):
         elsewhere (forsaken, as in TaskVine)."""
         name, wid = ev.name, ev.worker_id
         f = self.files.get(name)
-        if f is None or f.spec.kind != "url" or f.undeclared or not (
+        if f is None or f.spec.kind not in ORIGIN_KINDS or f.undeclared or not (
                 f.fetch_requests or self._stage_wait.get((name, wid))):
             self._retry_unsourced()  # (nothing waits for it there any more: not counted)
             return
@@ -619,4 +638,43 @@ class FileLogistics(CoreBase):
             return
         free = self.durability.disk_free
         dest = min(ws, key=lambda w: (-free(w), w.worker_id)).worker_id
+        if f.spec.mini_inputs and not self._mini_inputs_at(name, dest):
+            return
         self._start_fetch(name, dest, f.spec.url)
+
+    # ---------------------------------------------------------------- mini-task files
+    def _mini_inputs_at(self, name: str, dest: str) -> bool:
+        """True if every input of mini-task file ``name`` is ready at ``dest``; else start
+        bringing the missing ones (as inputs of the tasks waiting for ``name`` there) and
+        remember to make ``name`` when they have come."""
+        f = self.files[name]
+        missing = [i for i, _ in f.spec.mini_inputs
+                   if self.replicas.state(i, dest) is not ReplicaState.READY]
+        if not missing:
+            return True
+        waiting = self._stage_wait.get((name, dest), {})
+        for i in missing:
+            if i not in self.files:
+                self._log("FILE", name, "FAILED", f"its mini task's input {i} is not declared")
+                continue
+            self._mini_wait.setdefault((i, dest), {})[name] = None
+            for tid in waiting:
+                t = self.tasks.get(tid)
+                if t is not None and t.state is T.STAGING and t.worker == dest:
+                    t.staging.add(i)
+                    self._stage_wait.setdefault((i, dest), {})[tid] = None
+            if self.replicas.state(i, dest) is None:
+                self._source_transfer(i, dest, replication=not waiting)
+        return False
+
+    def _mini_input_arrived(self, name: str, wid: str) -> None:
+        """``name`` is ready at ``wid``: make the mini-task files that waited for it there."""
+        for mini in self._mini_wait.pop((name, wid), ()):
+            f = self.files.get(mini)
+            if f is None or f.undeclared or self.replicas.state(mini, wid) is not None:
+                continue
+            if self._stage_wait.get((mini, wid)):
+                self._source_transfer(mini, wid)
+            elif f.fetch_requests and not self.replicas.in_flight(mini):
+                if self._mini_inputs_at(mini, wid):
+                    self._start_fetch(mini, wid, f.spec.url)

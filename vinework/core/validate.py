@@ -90,8 +90,8 @@ def validate(s: Any) -> None:
     for name, f in s.files.items():
         for tid in f.consumers:
             assert tid in s.tasks, (name, "consumer record gone", tid)
-        if f.spec.kind == "url":  # fetched by workers from its URL: never a manager copy
-            assert f.spec.url and not f.at_manager, (name, "URL file")
+        if f.spec.kind in ("url", "mini"):  # got by workers from its origin: never at
+            assert f.spec.url and not f.at_manager, (name, "URL file")  # the manager
         if f.pruned and not f.undeclared:
             assert not s.replicas.holders(name), (name, "pruned but still has replicas")
     for name, holders in s.replicas.where.items():
@@ -108,10 +108,10 @@ def validate(s: Any) -> None:
     for tr in s.replicas.transfers.values():
         assert tr.dest in s.workers, tr
         assert tr.source == MANAGER or tr.source in s.workers or (
-            is_origin(tr.source) and s.files[tr.name].spec.kind == "url"
+            is_origin(tr.source) and s.files[tr.name].spec.kind in ("url", "mini")
             and s.files[tr.name].spec.url == tr.source), tr
         assert s.replicas.state(tr.name, tr.dest) is RS.PENDING, tr
     for name in s.replicas.origin_failures:
-        assert name in s.files and s.files[name].spec.kind == "url", (name, "not a URL")
+        assert name in s.files and s.files[name].spec.kind in ("url", "mini"), (name, "origin")
     for wid in s._drain_wait:
         assert wid in s.workers and s.workers[wid].draining, wid

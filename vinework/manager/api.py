@@ -35,7 +35,7 @@ from ..constants import result_string as _result_string
 from ..core import ManagerState, TaskCancelled, TaskCollected, TaskReturned, TaskSpec, TaskSubmitted
 from ..core.tunables import Tunables
 from ..file import FileKind
-from ..task import PythonTask, PythonTaskNoResult, RemoteTaskError, Task
+from ..task import PythonTask, PythonTaskNoResult, RemoteTaskError, Task, environment_command
 from ..txnlog import TxnLog
 from .control import ControlMethods
 from .declare import FileMethods
@@ -287,7 +287,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             env, unset = [], []
         mono = time.monotonic() - time.time() if t.time_end or t.time_start else 0.0
         spec = TaskSpec(
-            task_id=t.id, command=t.command, inputs=inputs, outputs=outputs,
+            task_id=t.id, command=environment_command(t.command, t.environments),
+            inputs=inputs, outputs=outputs,
             env=env, env_unset=unset, cores=t.cores, memory=t.memory, disk=t.disk,
             gpus=t.gpus, priority=t.priority, retries=t.retries_max,
             max_forsaken=t.max_forsaken, time_max=t.time_max, time_end=t.time_end,

@@ -1,13 +1,21 @@
 """The Manager's file methods: declaring, fetching, undeclaring files, and their stories.
 
 TaskVine's ``declare_file``, ``declare_buffer``, ``declare_temp``, ``declare_url``,
-``fetch_file``, ``undeclare_file`` (and its old names ``remove_file``/``prune_file``),
-``get_file_replica_count``; the kinds not in vinework yet (tarballs, packages,
-mini tasks, xrootd, chirp) raise ``NotImplementedError`` naming them.
+``declare_minitask``, ``declare_untar``, ``declare_poncho``, ``fetch_file``,
+``undeclare_file`` (and its old names ``remove_file``/``prune_file``),
+``get_file_replica_count``; the kinds vinework does not have (starch packages,
+xrootd, chirp) raise ``NotImplementedError`` saying so.
+
+A mini-task file is made on the worker that needs it, by running its mini task
+there (``worker/minitask.py``); its inputs (local files, buffers, URLs, other
+mini-task files) are brought to that worker first. It is named by a hash of
+the mini task, so the same task declared twice is the same file, shared by
+every worker that has made it (with ``peer_transfer``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import weakref
@@ -16,9 +24,15 @@ from typing import Any
 from .._later import not_yet
 from ..constants import CacheLevel, cache_level
 from ..core import FetchDone, FetchRequested, FileDeclared, FileReleased, FileSpec, FileUndeclared
-from ..file import File, FileKind
+from ..file import File, FileKind, check_remote_name
 from .base import ManagerBase
-from .localfiles import LocalFiles
+from .localfiles import InputMissing, LocalFiles
+
+DECLARED = 0  # the pseudo task id under which mini tasks' local inputs are read
+STARCH_REFUSED = (
+    "declare_starch: vinework cannot run starch packages (self-extracting archives made "
+    "by cctools' starch tool); pack the software as a tarball and use declare_untar, or "
+    "as a conda-pack environment and use declare_poncho")
 
 
 class FileMethods(ManagerBase):
@@ -89,21 +103,96 @@ class FileMethods(ManagerBase):
         self._declared.add(spec.name)
         self._post(FileDeclared(now=time.monotonic(), spec=spec))
 
-    def declare_untar(self, tarball: File, cache: Any = False,
+    def declare_untar(self, tarball: File | str, cache: bool | str | int = False,
                       peer_transfer: bool = True) -> File:
-        not_yet("declare_untar (file kinds: untar)")
+        """A directory: ``tarball`` (a File, or a path to one) unpacked on the worker that
+        needs it. Plain, gzip, bzip2 and xz tars; members that would land outside the
+        directory (absolute names, ``..``, links out of it) fail it with an error naming
+        them (the waiting tasks end as for a URL that cannot be fetched)."""
+        f = self._mini_source_file(tarball, "declare_untar")
+        return self._declare_mini("untar", "", [(f, "tarball")], [], "", cache, peer_transfer,
+                                  f"untar:{f.source()}")
 
-    def declare_poncho(self, package: File, cache: Any = False,
+    def declare_poncho(self, package: File | str, cache: bool | str | int = False,
                        peer_transfer: bool = True) -> File:
-        not_yet("declare_poncho (file kinds: poncho)")
+        """A software environment: ``package``, a conda-pack style tarball (``bin/``,
+        ``lib/``, ...), unpacked on the worker (its ``bin/conda-unpack`` run there if it
+        has one). ``task.add_environment(f)`` runs a command task with it active."""
+        f = self._mini_source_file(package, "declare_poncho")
+        return self._declare_mini("poncho", "", [(f, "package")], [], "", cache,
+                                  peer_transfer, f"poncho:{f.source()}")
 
-    def declare_starch(self, starch: File, cache: Any = False,
+    def declare_starch(self, starch: File | str, cache: bool | str | int = False,
                        peer_transfer: bool = True) -> File:
-        not_yet("declare_starch (file kinds: starch)")
+        """Refused: vinework does not run starch packages (see the README)."""
+        raise NotImplementedError(STARCH_REFUSED)
 
-    def declare_minitask(self, minitask: Any, source: str = "", cache: Any = False,
+    def declare_minitask(self, minitask: Any, source: str, cache: bool | str | int = False,
                          peer_transfer: bool = True) -> File:
-        not_yet("declare_minitask (file kinds: mini tasks)")
+        """A file made on the worker that needs it by running ``minitask`` (a command
+        ``Task`` with inputs, environment variables, no outputs) there: what it leaves
+        at ``source`` in its sandbox, a file or a directory, is the file. Made once per
+        worker and cached at ``cache``'s level; a failure is reported as for a URL (the
+        waiting tasks run elsewhere, then end "forsaken" with the error)."""
+        from ..task import PythonTask, Task
+
+        if not isinstance(minitask, Task) or isinstance(minitask, PythonTask):
+            raise TypeError("declare_minitask takes a command Task (a PythonTask cannot be "
+                            f"a mini task), got {type(minitask).__name__}")
+        if not minitask.command:
+            raise ValueError("a mini task needs a command")
+        if minitask.outputs:
+            raise ValueError("a mini task makes one file, named by source=: it has no "
+                             "outputs of its own")
+        src = check_remote_name(source)
+        env = sorted((k, v) for k, v in minitask.env.items() if v is not None)
+        return self._declare_mini("command", minitask.command, list(minitask.inputs), env,
+                                  src, cache, peer_transfer, f"minitask:{minitask.command}")
+
+    def _mini_source_file(self, f: File | str, what: str) -> File:
+        if isinstance(f, str):
+            return self.declare_file(f, cache=True)
+        if not isinstance(f, File):
+            raise TypeError(f"{what} takes a File (or a path), got {type(f).__name__}")
+        return f
+
+    def _declare_mini(self, kind: str, command: str, inputs: list[tuple[File, str]],
+                      env: list[tuple[str, str]], source: str, cache: bool | str | int,
+                      peer_transfer: bool, what: str) -> File:
+        """Declare a mini-task file: its inputs first, then the file (named by a hash of
+        the whole mini task)."""
+        names: list[tuple[str, str]] = []
+        for f, remote in inputs:
+            if f.kind is FileKind.TEMP:
+                raise ValueError(f"a temp ({f!r}) cannot be an input of a mini task: its "
+                                 "inputs are local files, buffers, URLs or mini-task files")
+            if f.kind is FileKind.LOCAL:
+                try:
+                    name = self._files.input_name(f, DECLARED)
+                except InputMissing as e:
+                    raise FileNotFoundError(f"mini task input: {e}") from None
+                f._manager = self
+            elif f.cache_name not in self._declared:
+                if f.kind in (FileKind.URL, FileKind.MINI):
+                    raise ValueError(f"{f!r} was declared to another manager")
+                self._declare(f)
+                name = f.cache_name
+            else:
+                name = f.cache_name
+            names.append((name, remote))
+        key = repr((kind, command, names, env, source)).encode()
+        name = f"mini-{hashlib.blake2b(key, digest_size=16).hexdigest()}"
+        f = File(FileKind.MINI, cache=cache_level(cache), peer_transfer=peer_transfer)
+        f._name = name
+        f.mini_kind, f.mini_what = kind, what
+        f._manager = self
+        spec = FileSpec(name=name, kind=FileKind.MINI.value, url=f"mini://{name}",
+                        cache_level=int(f.cache), peer_transfer=peer_transfer,
+                        mini_kind=kind, mini_command=command, mini_inputs=tuple(names),
+                        mini_env=tuple(env), mini_source=source)
+        self._declared.add(name)
+        self._post(FileDeclared(now=time.monotonic(), spec=spec))
+        return f
 
     def declare_xrootd(self, source: str, proxy: Any = None, env: Any = None,
                        cache: Any = False, peer_transfer: bool = True) -> File:

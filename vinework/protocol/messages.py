@@ -272,6 +272,14 @@ class Fetch(Message):
     size: int  # expected size, -1 if unknown
     cache_level: int = 1  # a CacheLevel: WORKER/FOREVER entries outlive this manager
     url: str = ""  # fetch from this URL (file://, http://, https://) instead of host:port
+    # a mini-task file (url "mini://NAME"): made here by running a small task whose
+    # inputs are in the cache already; kind "command" runs mini_command in a scratch
+    # sandbox and takes mini_source from it, "untar" and "poncho" unpack their input
+    mini_kind: str = ""
+    mini_command: str = ""
+    mini_inputs: list[tuple[str, str]] = field(default_factory=list)  # (cache name, remote)
+    mini_env: list[tuple[str, str]] = field(default_factory=list)
+    mini_source: str = ""
 
 
 @register(23)

@@ -51,6 +51,7 @@ from ..protocol import (
     ProtocolError,
     RunTask,
     Shutdown,
+    TransferFailure,
     Unlink,
     Welcome,
     encode,
@@ -60,10 +61,12 @@ from ..trees import remove_path
 from . import events as ev
 from .cache import Cache, CacheError
 from .fetches import URL_PORT, url_of
+from .minitask import MiniSpec, make_mini, mini_timeout
 from .options import WorkerOptions, detect_resources
 from .records import WorkerConfig
 from .runner import TaskRunner
 from .state import WorkerState
+from .taskenv import base_environment
 from .urlfetch import UrlLimits, fetch_url
 
 log = logging.getLogger("vinework.worker")
@@ -98,6 +101,8 @@ class Worker:
         except ValueError as e:
             raise WorkerStartError(str(e)) from None
         self._url_stop = threading.Event()  # ends URL fetches (their retries) at exit
+        self.minis: dict[str, MiniSpec | str] = {}  # mini-task files asked for (or why not)
+        self.mini_timeout = mini_timeout(os.environ)
         self.owns_workdir = opts.workdir is None
         self.workdir = opts.workdir or os.path.join(
             os.environ.get("TMPDIR", "/tmp"), f"vinework-worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -345,6 +350,11 @@ class Worker:
         if t is FetchMsg:
             f: FetchMsg = msg  # type: ignore[assignment]
             if f.url:  # a URL file: the URL is the source (see fetches.py)
+                if f.mini_kind:  # a mini-task file: made here (see minitask.py)
+                    try:
+                        self.minis[f.name] = MiniSpec.of(f)
+                    except ValueError as e:
+                        self.minis[f.name] = str(e)
                 return ev.FetchRequested(now=now, transfer_id=f.transfer_id, name=f.name,
                                          host=f.url, port=URL_PORT, size=-1,
                                          cache_level=f.cache_level)
@@ -390,7 +400,9 @@ class Worker:
         part = self.parts[ins.fetch_id] = self.cache.part_path()
         url = url_of(ins.host, ins.port)
         loop = asyncio.get_running_loop()
-        if url:
+        if url.startswith("mini://"):
+            fut = asyncio.ensure_future(self._make_mini(ins.name, part))
+        elif url:
             limits = dataclasses.replace(self.url_limits, max_bytes=self._url_room())
             fut = loop.run_in_executor(self.pool, fetch_url, url, part, limits, self._url_stop)
         else:
@@ -413,6 +425,17 @@ class Worker:
                                            reason=f"cannot store {ins.name}: {e}"))
 
         fut.add_done_callback(done)
+
+    async def _make_mini(self, name: str, part: str) -> tuple[int, float]:
+        """Make mini-task file ``name`` at ``part`` (see ``minitask.py``)."""
+        spec = self.minis.get(name)
+        if not isinstance(spec, MiniSpec):
+            raise TransferError(f"mini://{name}: {spec or 'no mini task was sent for it'}",
+                                TransferFailure.SOURCE_BROKEN)
+        loop = asyncio.get_running_loop()
+        return await make_mini(
+            spec, part, self.cache.lookup, self.sandboxes, base_environment(),
+            self.mini_timeout, lambda fn, *a: loop.run_in_executor(self.pool, fn, *a))
 
     def _url_room(self) -> int:
         """The most bytes a URL file may have here: the free space of the cache's disk,
