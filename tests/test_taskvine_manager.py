@@ -51,10 +51,7 @@ def test_every_taskvine_name_imports() -> None:
 @pytest.mark.parametrize("make", [
     lambda: vine.FunctionCall("lib", "f", 1),
     lambda: vine.LibraryTask("cmd", "lib"),
-    lambda: vine.FuturesExecutor(),
-    lambda: vine.VineFuture(),
     lambda: vine.utils.load_variable_from_library("x"),
-    lambda: vine.futures.wait([]),
 ])
 def test_later_features_say_so_when_used(make: Any) -> None:
     with pytest.raises(NotImplementedError, match="vinework does not support"):

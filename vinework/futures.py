@@ -1,52 +1,30 @@
-"""TaskVine's futures names: ``FuturesExecutor``, ``VineFuture``, ``FuturePythonTask``,
+"""TaskVine's futures: ``FuturesExecutor``, ``VineFuture``, ``FuturePythonTask``,
 ``FutureFunctionCall``, and the module functions ``wait`` and ``as_completed``.
 
-The futures executor is not part of vinework yet: the names exist so TaskVine
-programs import, and using them raises ``NotImplementedError``.
+``import vinework as vine`` then ``vine.FuturesExecutor(...)``; ``vine.futures.wait``
+and ``vine.futures.as_completed`` are TaskVine's names of ``concurrent.futures.wait``
+and ``as_completed`` (they also submit a future whose task was made but not
+submitted). The pieces: ``futures_future.py`` (the future, its tasks, the module
+functions), ``futures_executor.py`` (the executor and its driver thread),
+``futures_args.py`` (how a future argument is loaded on the worker).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
-from typing import Any, NoReturn
+from concurrent.futures import CancelledError, TimeoutError
 
-from ._later import NotYet, not_yet
+from .futures_executor import FuturesExecutor
+from .futures_future import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    FutureFunctionCall,
+    FuturePythonTask,
+    VineFuture,
+    as_completed,
+    wait,
+)
 
-_FEATURE = "the futures executor (FuturesExecutor, VineFuture)"
-
-__all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "FutureFunctionCall",
-           "FuturePythonTask", "FuturesExecutor", "VineFuture", "as_completed", "wait"]
-
-
-class FuturesExecutor(NotYet):
-    """TaskVine's ``FuturesExecutor`` (not supported yet)."""
-
-    feature = _FEATURE
-
-
-class VineFuture(NotYet):
-    """TaskVine's ``VineFuture`` (not supported yet)."""
-
-    feature = _FEATURE
-
-
-class FuturePythonTask(NotYet):
-    """TaskVine's ``FuturePythonTask`` (not supported yet)."""
-
-    feature = _FEATURE
-
-
-class FutureFunctionCall(NotYet):
-    """TaskVine's ``FutureFunctionCall`` (not supported yet)."""
-
-    feature = _FEATURE
-
-
-def wait(fs: Any, timeout: Any = None, return_when: str = ALL_COMPLETED) -> NoReturn:
-    """TaskVine's ``futures.wait`` (not supported yet)."""
-    not_yet(_FEATURE)
-
-
-def as_completed(fs: Any, timeout: Any = None) -> NoReturn:
-    """TaskVine's ``futures.as_completed`` (not supported yet)."""
-    not_yet(_FEATURE)
+__all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
+           "FutureFunctionCall", "FuturePythonTask", "FuturesExecutor", "TimeoutError",
+           "VineFuture", "as_completed", "wait"]
