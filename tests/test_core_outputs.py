@@ -70,9 +70,48 @@ def test_optional_outputs_are_never_missing() -> None:
     s2 = fresh()
     step(s2, join("w1"), _outfile("log"), _outfile("plain"))
     step(s2, submit(_flagged(1, {"log": VINE_FAILURE_ONLY, "plain": 0})))  # type: ignore[arg-type]
-    [ret2] = [c for c in step(s2, done("w1", 1, outputs=[("log", 1)]))
+    cmds2 = step(s2, done("w1", 1, outputs=[("log", 1)]))
+    assert not [c for c in cmds2 if isinstance(c, TaskReturned)]  # its log comes back first
+    [r2] = [c for c in cmds2 if isinstance(c, Retrieve)]
+    assert r2.name == "log"
+    [ret2] = [c for c in step(s2, RetrievalDone(retrieval_id=r2.retrieval_id, ok=True, size=1))
               if isinstance(c, TaskReturned)]
     assert ret2.result == TaskResult.OUTPUT_MISSING
+
+
+def test_a_failed_task_brings_back_its_failure_only_outputs_then_ends_failed() -> None:
+    s = fresh()
+    step(s, join("w1"), _outfile("log"), _outfile("res"), _outfile("plain"))
+    step(s, submit(_flagged(1, {"log": VINE_FAILURE_ONLY, "res": VINE_SUCCESS_ONLY,
+                                "plain": 0})))  # type: ignore[arg-type]
+    # killed at its time limit: the worker kept only the failure_only output
+    cmds = step(s, done("w1", 1, result=TaskResult.MAX_WALL_TIME, exit_code=9,
+                        outputs=[("log", 5)]))
+    assert not [c for c in cmds if isinstance(c, TaskReturned)]
+    [r] = [c for c in cmds if isinstance(c, Retrieve)]
+    assert r.name == "log" and not sends(cmds, Unlink)
+    [ret] = [c for c in step(s, RetrievalDone(retrieval_id=r.retrieval_id, ok=True, size=5))
+             if isinstance(c, TaskReturned)]
+    assert ret.result == TaskResult.MAX_WALL_TIME and ret.exit_code == 9
+
+
+def test_the_worker_is_told_which_outputs_are_failure_only() -> None:
+    s = fresh()
+    step(s, join("w1"), _outfile("log"), _outfile("plain"))
+    [send] = sends(step(s, submit(_flagged(1, {"log": VINE_FAILURE_ONLY, "plain": 0}))),  # type: ignore[arg-type]
+                   RunTask)
+    assert isinstance(send.message, RunTask) and send.message.failure_outputs == ["log"]
+
+
+def test_a_retried_failure_drops_its_failure_only_outputs() -> None:
+    s = fresh()
+    step(s, join("w1"), join("w2"), _outfile("log"))
+    step(s, submit(_flagged(1, {"log": VINE_FAILURE_ONLY})))  # type: ignore[arg-type]
+    wid = s.tasks[1].worker
+    # a worker fault (disk full) is retried elsewhere: the output is not wanted
+    cmds = step(s, done(wid, 1, result=TaskResult.DISK_EXHAUSTION, outputs=[("log", 5)]))
+    assert not [c for c in cmds if isinstance(c, (TaskReturned, Retrieve))]
+    assert [c.message.name for c in sends(cmds, Unlink)] == ["log"]
 
 
 def test_a_consumer_of_an_output_not_brought_back_ends_input_missing() -> None:

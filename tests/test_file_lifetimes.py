@@ -282,3 +282,36 @@ def test_watch_is_not_supported_yet(manager: vine.Manager, tmp_path: Any) -> Non
     else:
         raise AssertionError("watch=True should raise NotImplementedError")
     assert time.monotonic() > 0
+
+
+def test_failure_only_outputs_come_back_from_real_failures(cluster: vine.Manager,
+                                                           tmp_path: Any) -> None:
+    """A time-limit kill, another output missing and a raising PythonTask all keep their
+    failure_only outputs (and never their success_only ones)."""
+    m = cluster
+    log1, ok1 = tmp_path / "kill.log", tmp_path / "kill.ok"
+    t1 = vine.Task("echo started > log; echo fine > ok; sleep 30")
+    t1.set_time_max(1)
+    t1.add_output(m.declare_file(str(log1)), "log", failure_only=True)
+    t1.add_output(m.declare_file(str(ok1)), "ok", success_only=True)
+    log2 = tmp_path / "missing.log"
+    t2 = vine.Task("echo no result made > log")
+    t2.add_output(m.declare_file(str(log2)), "log", failure_only=True)
+    t2.add_output(m.declare_file(str(tmp_path / "result")), "result")
+    log3 = tmp_path / "py.log"
+
+    def write_then_raise() -> None:  # (defined here: pickled by value)
+        with open("trace.txt", "w") as f:
+            f.write("about to fail\n")
+        raise ZeroDivisionError("on purpose")
+    t3 = vine.PythonTask(write_then_raise)
+    t3.add_output(m.declare_file(str(log3)), "trace.txt", failure_only=True)
+    for t in (t1, t2, t3):
+        m.submit(t)
+    got = {t.id: t for t in wait_all(m, 3)}
+    assert got[t1.id].result == "max wall time"
+    assert log1.read_text() == "started\n" and not ok1.exists()
+    assert got[t2.id].result == "output missing"
+    assert log2.read_text() == "no result made\n"
+    assert isinstance(got[t3.id].output, ZeroDivisionError)
+    assert log3.read_text() == "about to fail\n"

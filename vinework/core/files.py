@@ -461,7 +461,9 @@ class FileLogistics(CoreBase):
             d = t.done
             code = d.exit_code if d else -1
             out = d.output if d else ""
-            if t.run.unretrieved:
+            if t.run.final_failure is not None:  # failure_only outputs of a failed task
+                self._end(t, RO.FAILED, t.run.final_failure, code, out)
+            elif t.run.unretrieved:
                 self._end(t, RO.OUTPUT_LOST, TR.OUTPUT_TRANSFER_ERROR, code, out)
             else:
                 self._end(t, RO.SUCCEEDED, TR.SUCCESS, code, out)

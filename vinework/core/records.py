@@ -64,6 +64,7 @@ class RunRecord:
     outcome: RunOutcome | None = None
     seconds: float = 0.0
     unretrieved: str = ""  # an output of this run that could not be brought back
+    final_failure: TaskResult | None = None  # failed for good; failure_only outputs coming
 
 
 @dataclass(slots=True)

@@ -457,10 +457,15 @@ class TaskLifecycle(CoreBase):
         counts = result is TR.SUCCESS and (d.exit_code == 0 or (
             command and not t.run.recovery))
         if not counts:
+            keep = set(failure_outputs(t.spec)) if optional else set()
             for name, _ in d.outputs:  # what the run made will not be used
-                if self.replicas.state(name, wid) is None:
+                if name not in keep and self.replicas.state(name, wid) is None:
                     self._send(wid, Unlink(name=name))
             self._task_failed(t, result, d)
+            if keep and t.run.final_failure is None:  # retried, or ended: not wanted
+                for name, _ in d.outputs:
+                    if name in keep and self.replicas.state(name, wid) is None:
+                        self._send(wid, Unlink(name=name))
             return
         # failure_only / success_only outputs: kept only on the matching outcome (TaskVine:
         # "succeeded" is result success with exit code 0); never missing
@@ -544,7 +549,32 @@ class TaskLifecycle(CoreBase):
                 return
         t.message = d.message
         t.python_result = d.python_result  # a PythonTask's pickled exception
+        if self._keep_failure_outputs(t, result, d):
+            return  # it ends when they are back
         self._end(t, RO.FAILED, result, d.exit_code, d.output)
+
+    def _keep_failure_outputs(self, t: TaskRecord, result: TaskResult, d: TaskDone) -> bool:
+        """A task failed for good: keep the ``failure_only`` outputs its run made (files
+        come back to the manager first). True if it now waits for their retrieval."""
+        wanted = set(failure_outputs(t.spec)) if t.spec.mount_flags else set()
+        made = [(n, size) for n, size in d.outputs if n in wanted]
+        if not made or t.run.recovery or t.done_worker not in self.workers:
+            return False
+        wid = t.done_worker
+        t.run.final_failure = result
+        for name, size in made:
+            f = self._file(name)
+            f.size, f.produced, f.failed_producer = size, True, None
+            self.replicas.set_ready(name, wid, size)
+            if f.spec.kind == "file" and f.spec.path:
+                t.retrievals |= {self._start_retrieval(name, wid, f.spec.path,
+                                                       RK.TASK_OUTPUT, t.spec.task_id)}
+        for name, _ in made:
+            self._file_became_available(name)
+        if not t.retrievals:
+            return False
+        self._transition(t, T.WAITING_RETRIEVAL, "failure_only outputs")
+        return True
 
     # ================================================================ dispatch
     def _schedule(self) -> None:
@@ -700,6 +730,7 @@ class TaskLifecycle(CoreBase):
             stdout_max=self.tune.stdout_max,
             symlink_inputs=symlink_inputs(s) if s.mount_flags else [],
             optional_outputs=list(optional_outputs(s)) if s.mount_flags else [],
+            failure_outputs=failure_outputs(s) if s.mount_flags else [],
         ))
         self.stats.tasks_dispatched += 1
         self._transition(t, T.RUNNING, t.worker or "")
@@ -726,6 +757,11 @@ def optional_outputs(s: TaskSpec) -> dict[str, int]:
         if fl:
             out[name] = fl
     return out
+
+
+def failure_outputs(s: TaskSpec) -> list[str]:
+    """Cache names of the outputs marked failure_only (kept only when the task fails)."""
+    return [n for n, fl in optional_outputs(s).items() if fl & VINE_FAILURE_ONLY]
 
 
 def unwanted_outputs(optional: dict[str, int], succeeded: bool) -> set[str]:

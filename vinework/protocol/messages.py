@@ -258,6 +258,7 @@ class RunTask(Message):
     stdout_max: int = 1 << 30  # bytes of stdout kept (TaskVine's max-task-stdout-storage)
     symlink_inputs: list[str] = field(default_factory=list)  # remote names mounted as links
     optional_outputs: list[str] = field(default_factory=list)  # never "missing" (cache names)
+    failure_outputs: list[str] = field(default_factory=list)  # failure_only: kept on failure
 
 
 @register(22)

@@ -153,13 +153,17 @@ class TaskHandling(CoreBase):
             python_traceback=ev.python_traceback, hostname=self.config.hostname)
         stdout = stdout_name(run.task) if ev.stdout_big else ""
         if isinstance(outcome, Verdict):
-            if not stdout:
+            task = run.task
+            keep = [(n, r) for n, r in task.outputs if n in task.failure_outputs] \
+                if task.failure_outputs else []
+            if not stdout and not keep:
                 self._done(run.task, outcome, run.start, ev.wall, ev.output, run=run)
                 self._cleanup(run)
                 return
-            run.verdict = outcome  # final; only the big stdout is still to be kept
+            # final; only the big stdout and the failure_only outputs are still to be kept
+            run.verdict = outcome
             run.state = TaskState.COLLECTING
-            self._emit(CollectOutputs(stimulus_id=self._sid, run_id=run.run_id, outputs=[],
+            self._emit(CollectOutputs(stimulus_id=self._sid, run_id=run.run_id, outputs=keep,
                                       stdout=stdout))
             return
         run.state = TaskState.COLLECTING
@@ -212,10 +216,15 @@ class TaskHandling(CoreBase):
             for name, size in ev.stored:
                 self._publish(name, size, f"produced by task {task.task_id}")
             outputs = list(ev.stored)
-        else:
-            for name, _ in ev.stored:
-                self._discard_output(name)
+        else:  # failed: only its failure_only outputs are kept (TaskVine's rule)
+            keep = set(task.failure_outputs)
             outputs = []
+            for name, size in ev.stored:
+                if name in keep:
+                    self._publish(name, size, f"failure_only output of task {task.task_id}")
+                    outputs.append((name, size))
+                else:
+                    self._discard_output(name)
         self._done(task, verdict, run.start, ev.wall, output, outputs, run=run,
                    stdout_file=stdout_file)
         self._cleanup(run)
