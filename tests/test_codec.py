@@ -45,6 +45,12 @@ from vinework.protocol import (
     encode,
     encode_many,
 )
+from vinework.protocol.messages import (  # noqa: E402  (serverless libraries)
+    LibraryEnded,
+    LibraryReady,
+    StartLibrary,
+    StopLibrary,
+)
 
 # Pairs are written as lists, the shape msgpack gives back, so a decoded message
 # compares equal to the one that was sent.
@@ -74,6 +80,16 @@ SAMPLES: list[Message] = [
     Kill(task_id=7),
     Shutdown(reason="manager closing"),
     Hoist(modules=["numpy", "pandas"]),
+    LibraryReady(instance_id=3, pid=4242),
+    LibraryEnded(instance_id=3, reason="killed by signal 9", setup_failed=False,
+                 output="log tail\n", pid=4242),
+    StartLibrary(instance_id=3, name="lib", payload=b"fns", exec_mode="direct", slots=4,
+                 cores=2, memory=100, disk=100, gpus=0, inputs=[["file-abc", "model.bin"]],
+                 env=[["A", "1"]], env_unset=["B"], init_command="true"),
+    StopLibrary(instance_id=3, reason="evicted"),
+    RunTask(task_id=10, attempt=0, command="python:f", inputs=[], outputs=[], env=[],
+            cores=0, memory=0, disk=0, gpus=0, time_max=0.0, python_payload=b"args",
+            library_instance=3, function="f"),
     GetFile(name="temp-7", token="t0k3n"),
     FileHeader(name="temp-7", size=1024, error=""),
     FileHeader(name="dir-7", size=10240, mode=0o755, kind="dir"),
@@ -298,8 +314,8 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, {"f": 12}, "", []], "cached"),
         ([TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, [], "not-bytes", "", "", [], "", 0], "python_result"),
         ([TaskDone.TAG, 1, 0, 0, 0, b"out", 0.0, 0.0, [], None, "", "", [], "", 0], "output"),
-        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False, 0.0, [], 1, [], [], []], "python_mode"),
-        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "", 1, 0.0, [], 1, [], [], []], "python_keep"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False, 0.0, [], 1, [], [], [], 0, ""], "python_mode"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "", 1, 0.0, [], 1, [], [], [], 0, ""], "python_keep"),
         ([CacheInvalid.TAG, "n", 1, "why", "", "2"], "cause"),
         ([Leaving.TAG, 3], "reason"),
     ],

@@ -9,8 +9,7 @@ re-exports the public API, with TaskVine's names: ``import vinework as vine`` th
 ``vine.Manager``, ``vine.Task``, ``vine.PythonTask``, ``vine.Factory``,
 ``vine.DaskVine`` and every ``VINE_*`` constant (also as ``vinework.cvine``);
 ``vinework.utils`` and ``vinework.futures`` are TaskVine's submodules of those
-names. Names whose behaviour is not in vinework yet (``FunctionCall``,
-``LibraryTask``, ``FuturesExecutor``, ...) import, and raise
+names. Names whose behaviour is not in vinework yet import, and raise
 ``NotImplementedError`` naming the missing feature when used.
 """
 

@@ -532,6 +532,8 @@ class PythonTask(Task):
         self._output_file: File | None = None
         self.remote_traceback = ""
 
+    _no_result: type[PythonTaskNoResult] = PythonTaskNoResult  # (FunctionCall's differs)
+
     def submit_finalize(self) -> None:
         """Serialize the function and its arguments (done by ``Manager.submit``)."""
         if self.payload is None:

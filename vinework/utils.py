@@ -2,16 +2,16 @@
 ``load_variable_from_library``.
 
 ``load_variable_from_library`` reads a value a library's context function
-made; libraries are not part of vinework yet, so it says so when called.
+made (inside a FunctionCall: the dict the library's ``library_context_info``
+function returned, made once per library instance).
 """
 
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+from typing import Any
 
 from . import constants
-from ._later import not_yet
 
 
 def get_c_constant(name: str) -> int:
@@ -33,6 +33,21 @@ def set_port_range(low: int, high: int) -> None:
     os.environ["TCP_HIGH_PORT"] = str(high)
 
 
-def load_variable_from_library(name: str) -> NoReturn:
-    """A variable a library's context function set up (TaskVine's stateful serverless)."""
-    not_yet("load_variable_from_library (serverless libraries: LibraryTask, FunctionCall)")
+def load_variable_from_library(name: str) -> Any:
+    """The variable ``name`` of the dict the library's context function returned
+    (``library_context_info=[fn, args, kwargs]``), in a FunctionCall running in that
+    library. Raises ``KeyError`` naming the variables there are, and ``RuntimeError``
+    outside a library."""
+    import sys
+    lib = sys.modules.get("vinework.worker.libprocess")
+    if lib is None or not getattr(lib, "RUNNING", False):
+        raise RuntimeError("load_variable_from_library works only inside a FunctionCall "
+                           "running in a library (create_library_from_functions)")
+    ctx: dict[str, Any] = lib.CONTEXT
+    try:
+        return ctx[name]
+    except KeyError:
+        raise KeyError(f"the library's context has no variable {name!r} (it has: "
+                       f"{', '.join(sorted(map(str, ctx))) or 'none'}; set them with "
+                       "library_context_info=[fn, args, kwargs], fn returning a dict)"
+                       ) from None

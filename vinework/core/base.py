@@ -23,6 +23,7 @@ from . import durability as dur
 from .events import (
     Command,
     FileSpec,
+    LibrarySpec,
     Log,
     Send,
 )
@@ -38,10 +39,13 @@ from .records import (
     WorkerRecord,
 )
 from .replicas import ReplicaTable
-from .scheduling import task_allocation
+from .scheduling import Resources, task_allocation
 from .stats import ManagerStats
 from .transitions import VINE_TASK_STATE, check_task
 from .tunables import Tunables
+
+if TYPE_CHECKING:
+    from .libraries import LibraryInstance
 
 RECOVERY_ATTEMPTS = 2  # extra tries of a failed recovery run before its consumers fail
 WORKER_FAULT_ATTEMPTS = 3  # runs that may fail for a worker's sake before the task does
@@ -97,6 +101,14 @@ class CoreBase:
         self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._no_worker_since: float | None = None
         self._no_worker_noted = False
+        # serverless libraries (libraries.py): installed specs, instances, queued calls
+        self.libraries: dict[str, LibrarySpec] = {}
+        self.instances: dict[int, LibraryInstance] = {}
+        self._lib_instances: dict[str, dict[int, None]] = {}  # library -> its instance ids
+        self._on_worker: dict[str, dict[int, None]] = {}  # worker -> instance ids there
+        self._instance_names: dict[int, str] = {}  # started instances' libraries (logs)
+        self._lib_ready: dict[str, list[tuple[float, int, int]]] = {}  # READY calls
+        self._next_instance = 0
 
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Queue one step of a cascade (run by ``_drain``, never recursively)."""
@@ -285,6 +297,15 @@ class CoreBase:
         return r
 
     if TYPE_CHECKING:  # implemented by the parts combined in ManagerState
+        def _push_ready(self, t: TaskRecord) -> None: ...
+        def _assign(self, t: TaskRecord, wid: str, alloc: Resources,
+                    extra_inputs: list[str] | None = None) -> None: ...
+        def _library_start(self, t: TaskRecord) -> None: ...
+        def _call_slot_freed(self, t: TaskRecord) -> None: ...
+        def _call_library_exit(self, t: TaskRecord, d: TaskDone) -> None: ...
+        def _forget_worker_instances(self, wid: str) -> None: ...
+        def _schedule_calls(self) -> None: ...
+        def _evict_idle_for_tasks(self) -> None: ...
         def _requeue(self, t: TaskRecord, outcome: RunOutcome, why: str) -> None: ...
         def _expire(self) -> None: ...
         def _schedule(self) -> None: ...

@@ -55,6 +55,8 @@ class TaskSpec:
     temp_output: bool = False  # keep the PythonTask's result on the worker
     python_mode: str = ""  # "direct" | "fork" | "" (the manager's python-exec setting)
     mount_flags: tuple[tuple[str, int], ...] = ()  # (remote name, VINE_* mount flags) set
+    library: str = ""  # a FunctionCall: the library that runs it ("" = not a call)
+    function: str = ""  # a FunctionCall: the name of the function in that library
 
 
 @dataclass(slots=True, kw_only=True)
@@ -255,6 +257,44 @@ class HoistRequested(Event):
     modules: list[str]
 
 
+@dataclass(slots=True, kw_only=True)
+class LibrarySpec:
+    """A library the user installed (``install_library``): what its instances hold."""
+
+    name: str
+    payload: bytes  # cloudpickle of its functions, context and hoisted modules
+    exec_mode: str = "fork"  # "fork" | "direct"
+    slots: int = 0  # calls an instance runs at once (0: as many as its cores)
+    cores: int | None = None  # None everywhere: a whole worker (TaskVine's default)
+    memory: int | None = None
+    disk: int | None = None
+    gpus: int | None = None
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # (cache name, remote name)
+    env: list[tuple[str, str]] = field(default_factory=list)
+    env_unset: list[str] = field(default_factory=list)
+    init_command: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class LibraryInstalled(Event):
+    spec: LibrarySpec
+
+
+@dataclass(slots=True, kw_only=True)
+class LibraryRemoved(Event):
+    """``remove_library``: stop its instances; calls still naming it end "missing library"."""
+
+    name: str
+
+
+@dataclass(slots=True, kw_only=True)
+class LibraryReported(Event):
+    """A worker's ``LibraryReady`` or ``LibraryEnded`` message."""
+
+    worker_id: str
+    message: Message
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -341,5 +381,16 @@ class Log(Command):
 class Notice(Command):
     """Something the user should see in the manager's log (an explained wait)."""
 
+    text: str
+    stimulus_id: str = field(default="", compare=False)
+
+
+@dataclass(slots=True)
+class LibraryLog(Command):
+    """A line (or the end of the log) of a library instance, for ``library-logs/``."""
+
+    library: str
+    instance_id: int
+    worker_id: str
     text: str
     stimulus_id: str = field(default="", compare=False)

@@ -65,6 +65,7 @@ class RunRecord:
     seconds: float = 0.0
     unretrieved: str = ""  # an output of this run that could not be brought back
     final_failure: TaskResult | None = None  # failed for good; failure_only outputs coming
+    instance: int = 0  # a FunctionCall's run: the library instance it was given (0: none)
 
 
 @dataclass(slots=True)

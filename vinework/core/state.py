@@ -57,6 +57,9 @@ from .events import (
     FileUndeclared,
     HoistRequested,
     HostBlocked,
+    LibraryInstalled,
+    LibraryRemoved,
+    LibraryReported,
     ReplicaFailed,
     ReplicaReady,
     ResourcesLimited,
@@ -74,6 +77,7 @@ from .events import (
     WorkersReleased,
 )
 from .files import FileLogistics
+from .libraries import LibraryLifecycle
 from .tasks import TaskLifecycle
 from .workers import WorkerLifecycle
 
@@ -84,7 +88,7 @@ class CascadeOverflow(RuntimeError):
     """A cascade did not settle: the core would loop forever (a bug)."""
 
 
-class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics):
+class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics, LibraryLifecycle):
     """All of the manager's decisions; see the module docstring."""
 
     # ================================================================ entry point
@@ -103,6 +107,11 @@ class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics):
             self._apply_intents(intents)
         if self._ready:
             self._schedule()
+            if self._ready and self.instances:
+                self._evict_idle_for_tasks()
+                self._schedule()
+        if self._lib_ready:
+            self._schedule_calls()
         if self._work:
             self._drain()
         if self.tune.validate:
@@ -188,4 +197,7 @@ _HANDLERS: dict[type[Event], Callable[[ManagerState, Any], None]] = {
     ResourcesLimited: ManagerState._on_resources_limited,
     HostBlocked: ManagerState._on_host_blocked,
     WorkersReleased: ManagerState._on_workers_released,
+    LibraryInstalled: ManagerState._on_library_installed,
+    LibraryRemoved: ManagerState._on_library_removed,
+    LibraryReported: _heard(ManagerState._on_library_reported),
 }

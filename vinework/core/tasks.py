@@ -88,7 +88,7 @@ class TaskLifecycle(CoreBase):
                 self._later(self._ensure_coming, name)
         else:
             self._transition(t, T.READY, why)
-            heapq.heappush(self._ready, (-t.spec.priority, t.seq, t.spec.task_id))
+            self._push_ready(t)
 
     def _requeue(self, t: TaskRecord, outcome: RunOutcome, why: str) -> None:
         """End the current run with ``outcome`` and start a new one (same recovery-ness)."""
@@ -182,6 +182,8 @@ class TaskLifecycle(CoreBase):
             w.running.discard(t.spec.task_id)
             w.free.add(run.alloc)
             self._drop_task_level_inputs(t, w)
+        if run.instance:
+            self._call_slot_freed(t)
         run.alloc = None
 
     def _release(self, t: TaskRecord) -> None:
@@ -305,7 +307,7 @@ class TaskLifecycle(CoreBase):
                 t.missing.discard(name)
                 if not t.missing:
                     self._transition(t, T.READY, f"input {name} available")
-                    heapq.heappush(self._ready, (-t.spec.priority, t.seq, t.spec.task_id))
+                    self._push_ready(t)
         if f.fetch_requests:
             reqs, f.fetch_requests = f.fetch_requests, []
             for req in reqs:
@@ -538,6 +540,9 @@ class TaskLifecycle(CoreBase):
                            f"retry: {result} on {t.done_worker}: {d.message[:120]}",
                            result, d.exit_code, d.output)
             return
+        if result is TR.LIBRARY_EXIT and t.spec.library:
+            self._call_library_exit(t, d)
+            return
         if result is TR.RESOURCE_EXHAUSTION and not t.run.recovery:
             self._run_lost(t, RO.WORKER_FAULT, f"resource exhaustion: {d.message[:120]}",
                            result, d.exit_code, d.output)
@@ -690,6 +695,14 @@ class TaskLifecycle(CoreBase):
                 self._unplaceable[s.task_id] = None
             return False
         wid, alloc = choice
+        self._assign(t, wid, alloc)
+        return True
+
+    def _assign(self, t: TaskRecord, wid: str, alloc: Resources,
+                extra_inputs: list[str] | None = None) -> None:
+        """Give the READY task's run ``alloc`` of worker ``wid``; stage the inputs it
+        lacks there (and ``extra_inputs``: a library's files, for a call), or run it."""
+        s = t.spec
         w = self.workers[wid]
         w.free.sub(alloc)
         w.running.add(s.task_id)
@@ -699,7 +712,10 @@ class TaskLifecycle(CoreBase):
             t.unplaceable_since = -1.0
             self._unplaceable.pop(s.task_id, None)
         t.staging.clear()
-        for name, _ in s.inputs:
+        names = [n for n, _ in s.inputs]
+        if extra_inputs:
+            names += extra_inputs
+        for name in names:
             st = self.replicas.state(name, wid)
             if st is RS.READY:
                 continue
@@ -707,16 +723,17 @@ class TaskLifecycle(CoreBase):
             self._stage_wait.setdefault((name, wid), {})[s.task_id] = None
         if not t.staging:
             self._run(t)  # every input is there already: READY -> RUNNING
-            return True
+            return
         self._transition(t, T.STAGING, ",".join(sorted(t.staging))[:200])
         for name in sorted(t.staging):
             if self.replicas.state(name, wid) is None:
                 self._source_transfer(name, wid)
-        return True
 
     def _run(self, t: TaskRecord) -> None:
         s = t.spec
         a = t.run.alloc or Resources()
+        if t.run.instance:
+            self._library_start(t)  # the instance's StartLibrary goes first
         py_out = s.python_output
         if s.python_payload is not None and not s.temp_output:
             py_out = f"pyout-{s.task_id}-{t.attempt}"
@@ -725,12 +742,14 @@ class TaskLifecycle(CoreBase):
             inputs=list(s.inputs), outputs=list(s.outputs), env=list(s.env),
             cores=a.cores, memory=a.memory, disk=a.disk, gpus=a.gpus, time_max=s.time_max,
             python_payload=s.python_payload, python_output=py_out,
-            python_mode=(s.python_mode or self.tune.python_exec) if s.python_payload else "",
+            python_mode=(s.python_mode or ("" if s.library else self.tune.python_exec))
+            if s.python_payload else "",
             python_keep=s.temp_output, time_end=s.time_end, env_unset=s.env_unset,
             stdout_max=self.tune.stdout_max,
             symlink_inputs=symlink_inputs(s) if s.mount_flags else [],
             optional_outputs=list(optional_outputs(s)) if s.mount_flags else [],
             failure_outputs=failure_outputs(s) if s.mount_flags else [],
+            library_instance=t.run.instance, function=s.function,
         ))
         self.stats.tasks_dispatched += 1
         self._transition(t, T.RUNNING, t.worker or "")

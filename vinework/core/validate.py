@@ -29,6 +29,14 @@ def validate(s: Any) -> None:
             assert t.run.alloc is not None, tid
             for r in used:
                 used[r] += getattr(t.run.alloc, r)
+        for inst in getattr(s, "instances", {}).values():  # library instances hold theirs
+            if inst.worker == wid:
+                for r in used:
+                    used[r] += getattr(inst.alloc, r)
+                for tid in inst.calls:
+                    t = s.tasks[tid]
+                    assert t.worker == wid and t.run.instance == inst.instance_id, \
+                        (tid, "a library call on an instance it does not run on")
         for r, n in used.items():
             free, total = getattr(w.free, r), getattr(w.total, r)
             assert 0 <= free <= total, (wid, r, free, total)

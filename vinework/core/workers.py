@@ -104,6 +104,7 @@ class WorkerLifecycle(CoreBase):
             return
         self.stats.workers_connected -= 1
         self.stats.workers_removed += 1
+        self._forget_worker_instances(wid)
         if not w.draining or self._drain_wait.get(wid):
             self.stats.workers_lost += 1  # a drained worker left as agreed: not a loss
         self._drain_wait.pop(wid, None)

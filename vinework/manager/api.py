@@ -35,11 +35,13 @@ from ..constants import result_string as _result_string
 from ..core import ManagerState, TaskCancelled, TaskCollected, TaskReturned, TaskSpec, TaskSubmitted
 from ..core.tunables import Tunables
 from ..file import FileKind
-from ..task import PythonTask, PythonTaskNoResult, RemoteTaskError, Task, environment_command
+from ..serverless import FunctionCall, LibraryTask
+from ..task import PythonTask, RemoteTaskError, Task, environment_command
 from ..txnlog import TxnLog
 from .control import ControlMethods
 from .declare import FileMethods
 from .info import InfoMethods
+from .libraries import LibraryMethods
 from .localfiles import InputMissing, LocalFiles
 from .rundir import RunInfo
 from .server import ManagerServer
@@ -75,7 +77,7 @@ def _timeout(timeout: Any) -> float | None:
     return 5.0 if t < 0 else t
 
 
-class Manager(FileMethods, ControlMethods, InfoMethods):
+class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
     """Schedules tasks on connected workers; TaskVine's ``Manager``.
 
     Args:
@@ -154,6 +156,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             self._state, listen, self._txn, self._file_at_manager, self._on_task_returned,
             self._on_fetch_done, self._on_error, self._on_notice, name=self.name or "",
         )
+        self._init_libraries()
         self._closed = False
         if status_display_interval is not None:
             self._say_once("display", "status_display_interval: vinework has no Jupyter "
@@ -222,6 +225,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             raise self._error
         if t.id and self._tasks.get(t.id) is t:
             raise ValueError(f"task {t.id} is already submitted")
+        if isinstance(t, LibraryTask):
+            raise TypeError("a LibraryTask is installed (m.install_library), not submitted")
         t._manager = self
         t.submit_finalize()
         missing = ""
@@ -298,6 +303,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             category=t.category, python_payload=payload, python_output=py_out,
             temp_output=temp, python_mode=getattr(t, "exec_mode", ""),
             mount_flags=tuple(sorted(t.mount_flags.items())),
+            library=getattr(t, "library_name", "") if isinstance(t, FunctionCall) else "",
+            function=t.fn_name if isinstance(t, FunctionCall) else "",
         )
         with self._cond:
             self._tasks[t.id] = t
@@ -313,7 +320,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             t.exit_code = exit_code
             t.error_message = message
             if isinstance(t, PythonTask):
-                t._output = PythonTaskNoResult(message)
+                t._output = t._no_result(message)
         self._local.add(t.id)
         if not keep:  # a missing input: TaskVine counts it; a tasks-cache hit it does not
             self._local_counts[0] += 1
@@ -364,7 +371,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
                     blob = f.read()
                 os.unlink(c.python_result_path)
             except OSError as e:
-                return PythonTaskNoResult(f"result of task {t.id} could not be read: {e}")
+                return t._no_result(f"result of task {t.id} could not be read: {e}")
         if c.python_error:
             t.remote_traceback = c.python_error
             exc: Any = None
@@ -381,7 +388,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
             return exc
         if blob is None:
             if c.result != TaskResult.SUCCESS:
-                return PythonTaskNoResult(f"task {t.id} ended with result "
+                return t._no_result(f"task {t.id} ended with result "
                                           f"'{_result_string(c.result)}'"
                                           + (f": {c.message}" if c.message else ""))
             return None
@@ -390,7 +397,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         try:
             return cloudpickle.loads(blob)
         except Exception as e:
-            return PythonTaskNoResult(f"the result of task {t.id} could not be unpickled: {e}")
+            return t._no_result(f"the result of task {t.id} could not be unpickled: {e}")
 
     # ------------------------------------------------------------------ waiting
     def wait(self, timeout: Any = "wait_forever") -> Task | None:
@@ -555,33 +562,6 @@ class Manager(FileMethods, ControlMethods, InfoMethods):
         from .mapping import tree_reduce_tasks
         return tree_reduce_tasks(self, fn, seq, chunksize)
 
-    def remote_map(self, *args: Any, **kwargs: Any) -> Any:
-        not_yet("remote_map (serverless libraries)")
-
-    def remote_pair(self, *args: Any, **kwargs: Any) -> Any:
-        not_yet("remote_pair (serverless libraries)")
-
-    def remote_tree_reduce(self, *args: Any, **kwargs: Any) -> Any:
-        not_yet("remote_tree_reduce (serverless libraries)")
-
-    # ------------------------------------------------------------------ serverless (later)
-    def install_library(self, task: Any) -> None:
-        not_yet("install_library (serverless libraries)")
-
-    def remove_library(self, name: str) -> None:
-        not_yet("remove_library (serverless libraries)")
-
-    def check_library_exists(self, name: str) -> bool:
-        not_yet("check_library_exists (serverless libraries)")
-
-    def create_library_from_functions(self, name: str, *fns: Any, **kwargs: Any) -> Any:
-        not_yet("create_library_from_functions (serverless libraries)")
-
-    def create_library_from_serverized_files(self, *args: Any, **kwargs: Any) -> Any:
-        not_yet("create_library_from_serverized_files (serverless libraries)")
-
-    def create_library_from_command(self, *args: Any, **kwargs: Any) -> Any:
-        not_yet("create_library_from_command (serverless libraries)")
-
+    # (remote_map, remote_pair, remote_tree_reduce and the libraries: libraries.py)
     def undeclare_function(self, fn: Any) -> None:
         not_yet("undeclare_function (serverless libraries)")

@@ -52,6 +52,7 @@ from ..core import (
     WorkerLeaving,
     WorkerLeft,
 )
+from ..core.events import LibraryLog, LibraryReported
 from ..protocol import (
     PROTOCOL_VERSION,
     CacheInvalid,
@@ -69,6 +70,7 @@ from ..protocol import (
     Welcome,
     encode,
 )
+from ..protocol.messages import LibraryEnded, LibraryReady
 from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
 from ..trees import remove_path
 from ..txnlog import TxnLog
@@ -123,6 +125,7 @@ class ManagerServer:
         self.on_error = on_error
         self.on_notice = on_notice
         self.error: ManagerError | None = None
+        self.on_library_log: Callable[[LibraryLog], None] | None = None
         self.bytes_in = 0  # control frames from workers
         self.bytes_out = 0  # control frames to workers
         self.conns: dict[str, Connection] = {}
@@ -235,6 +238,9 @@ class ManagerServer:
                     self._drop(conn, c.reason)
             elif type(c) is Notice:
                 self.on_notice(c.text)
+            elif type(c) is LibraryLog:
+                if self.on_library_log is not None:
+                    self.on_library_log(c)
 
     def now(self) -> float:
         return time.monotonic()
@@ -329,6 +335,8 @@ class ManagerServer:
         elif t is Leaving:
             lv: Leaving = msg  # type: ignore[assignment]
             self.apply(WorkerLeaving(now=now, worker_id=conn.worker_id, reason=lv.reason))
+        elif t is LibraryReady or t is LibraryEnded:
+            self.apply(LibraryReported(now=now, worker_id=conn.worker_id, message=msg))
         else:
             raise _remote(f"unexpected {t.__name__} from a worker")
 

@@ -17,8 +17,10 @@ lists of those), never dicts of arbitrary shape: pairs are lists of two items
 and are typed as ``list[tuple[str, str]]`` and the like.
 
 Control connection (one per worker):
-    worker -> manager: Hello, TaskDone, CacheUpdate, CacheInvalid, Heartbeat, Leaving
-    manager -> worker: Welcome, RunTask, Fetch, Unlink, Kill, Heartbeat, Hoist, Shutdown
+    worker -> manager: Hello, TaskDone, CacheUpdate, CacheInvalid, Heartbeat, Leaving,
+                       LibraryReady, LibraryEnded
+    manager -> worker: Welcome, RunTask, Fetch, Unlink, Kill, Heartbeat, Hoist, Shutdown,
+                       StartLibrary, StopLibrary
 
 Failure causes travel as typed values (``TransferFailure`` numbers), never as
 prefixes of a human-readable reason string.
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class TransferFailure(IntEnum):
@@ -217,6 +219,29 @@ class Leaving(Message):
     reason: str
 
 
+@register(7)
+@dataclass(slots=True, kw_only=True)
+class LibraryReady(Message):
+    """A library instance finished its set-up (functions loaded, context made) and takes
+    calls; ``pid`` is its process."""
+
+    instance_id: int
+    pid: int
+
+
+@register(8)
+@dataclass(slots=True, kw_only=True)
+class LibraryEnded(Message):
+    """A library instance is gone: it crashed, exited, failed its set-up, or was stopped.
+    Calls it was running were reported (``TaskDone`` "library exit") before this."""
+
+    instance_id: int
+    reason: str
+    setup_failed: bool = False  # it never became ready (its set-up raised, or died)
+    output: str = ""  # the end of its stdout+stderr (the library log)
+    pid: int = 0
+
+
 # ---------------------------------------------------------------- control: manager -> worker
 
 
@@ -259,6 +284,10 @@ class RunTask(Message):
     symlink_inputs: list[str] = field(default_factory=list)  # remote names mounted as links
     optional_outputs: list[str] = field(default_factory=list)  # never "missing" (cache names)
     failure_outputs: list[str] = field(default_factory=list)  # failure_only: kept on failure
+    # a FunctionCall: the library instance that runs it (0: not a call) and the function's
+    # name; ``python_payload`` then holds only the cloudpickled (args, kwargs)
+    library_instance: int = 0
+    function: str = ""
 
 
 @register(22)
@@ -313,6 +342,36 @@ class Hoist(Message):
     """Modules the worker's warm interpreters should import before forking."""
 
     modules: list[str]
+
+
+@register(27)
+@dataclass(slots=True, kw_only=True)
+class StartLibrary(Message):
+    """Start an instance of a library: a process holding the functions of ``payload``
+    (cloudpickled by the manager) that runs FunctionCalls naming ``instance_id``."""
+
+    instance_id: int
+    name: str
+    payload: bytes  # cloudpickle of the library's functions, context and hoisted modules
+    exec_mode: str  # "fork" (a child per call) or "direct" (calls run in the process)
+    slots: int  # calls it runs at once
+    cores: int
+    memory: int
+    disk: int
+    gpus: int
+    inputs: list[tuple[str, str]]  # (cache name, remote name) in the library's sandbox
+    env: list[tuple[str, str]]
+    env_unset: list[str] = field(default_factory=list)
+    init_command: str = ""  # a shell command run before the library starts
+
+
+@register(28)
+@dataclass(slots=True, kw_only=True)
+class StopLibrary(Message):
+    """Stop a library instance (evicted, or the library was removed)."""
+
+    instance_id: int
+    reason: str = ""
 
 
 # ---------------------------------------------------------------- transfer connections

@@ -202,6 +202,7 @@ class TaskExited(Event):
     python_kind: str = ""
     python_data: bytes | None = None
     python_traceback: str = ""
+    library_exit: str = ""  # a FunctionCall whose library instance ended under it: why
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -343,3 +344,55 @@ class Exit(Instruction):
 
     code: int
     reason: str
+
+
+# ====================================================================== serverless libraries
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LibraryStartRequested(FromManager):
+    """``StartLibrary``: start an instance of a library."""
+
+    library: Message  # the StartLibrary message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LibraryStopRequested(FromManager):
+    """``StopLibrary``: stop an instance (evicted, or its library removed)."""
+
+    instance_id: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LibraryProcessReady(Event):
+    """A library instance finished its set-up (its process is ``pid``)."""
+
+    instance_id: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LibraryProcessEnded(Event):
+    """A library instance's process is gone (its running calls were reported first, as
+    ``TaskExited`` with ``library_exit``)."""
+
+    instance_id: int
+    reason: str
+    setup_failed: bool = False
+    output: str = ""
+    pid: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartLibraryProcess(Instruction):
+    """Prepare the library's sandbox (its inputs linked from the cache) and start its
+    process; ``LibraryProcessReady`` or ``LibraryProcessEnded`` follows."""
+
+    library: Message  # the StartLibrary message
+    gpu_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopLibraryProcess(Instruction):
+    """Kill a library instance's process (a ``LibraryProcessEnded`` follows)."""
+
+    instance_id: int

@@ -56,11 +56,13 @@ from ..protocol import (
     Welcome,
     encode,
 )
+from ..protocol.messages import StartLibrary, StopLibrary
 from ..protocol.transfer import TransferError, TransferServer, fetch_file
 from ..trees import remove_path
 from . import events as ev
 from .cache import Cache, CacheError
 from .fetches import URL_PORT, url_of
+from .library import LibraryRunner
 from .minitask import MiniSpec, make_mini, mini_timeout
 from .options import WorkerOptions, detect_resources
 from .records import WorkerConfig
@@ -151,6 +153,8 @@ class Worker:
         self.tasks = TaskRunner(self.cache, self.sandboxes, self.py_sandboxes,
                                 self.resources.cores, list(opts.hoist), self.post,
                                 task_wrapper=opts.task_wrapper)
+        self.libraries = LibraryRunner(self.cache, os.path.join(self.workdir, "libraries"),
+                                       self.tasks.py_box_pool, self.post)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -162,6 +166,7 @@ class Worker:
     def close(self) -> None:
         self._url_stop.set()
         self.server.close()
+        self.libraries.close()
         self.tasks.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.py_sandboxes != self.sandboxes:
@@ -262,13 +267,29 @@ class Worker:
         elif t is ev.Log:
             log.log(ins.level, "%s", ins.text)  # type: ignore[attr-defined]
         elif t is ev.StartTask:
-            self.tasks.start(ins)  # type: ignore[arg-type]
+            if ins.task.library_instance:  # type: ignore[attr-defined]
+                self.libraries.start_call(ins)  # type: ignore[arg-type]
+            else:
+                self.tasks.start(ins)  # type: ignore[arg-type]
         elif t is ev.CollectOutputs:
-            self.tasks.collect(ins)  # type: ignore[arg-type]
+            if self.libraries.owns(ins.run_id):  # type: ignore[attr-defined]
+                self.libraries.collect(ins)  # type: ignore[arg-type]
+            else:
+                self.tasks.collect(ins)  # type: ignore[arg-type]
         elif t is ev.CleanupTask:
-            self.tasks.cleanup(ins.run_id)  # type: ignore[attr-defined]
+            if self.libraries.owns(ins.run_id):  # type: ignore[attr-defined]
+                self.libraries.cleanup(ins.run_id)  # type: ignore[attr-defined]
+            else:
+                self.tasks.cleanup(ins.run_id)  # type: ignore[attr-defined]
         elif t is ev.KillTask:
-            self.tasks.kill(ins.run_id)  # type: ignore[attr-defined]
+            if self.libraries.owns(ins.run_id):  # type: ignore[attr-defined]
+                self.libraries.kill(ins.run_id)  # type: ignore[attr-defined]
+            else:
+                self.tasks.kill(ins.run_id)  # type: ignore[attr-defined]
+        elif t is ev.StartLibraryProcess:
+            self.libraries.start(ins)  # type: ignore[arg-type]
+        elif t is ev.StopLibraryProcess:
+            self.libraries.stop(ins.instance_id)  # type: ignore[attr-defined]
         elif t is ev.StartFetch:
             self._start_fetch(ins)  # type: ignore[arg-type]
         elif t is ev.CommitFetch:
@@ -376,6 +397,11 @@ class Worker:
                                       manager_name=w.manager_name)
         if t is Shutdown:
             return ev.ShutdownReceived(now=now, reason=msg.reason)  # type: ignore[attr-defined]
+        if t is StartLibrary:
+            return ev.LibraryStartRequested(now=now, library=msg)
+        if t is StopLibrary:
+            return ev.LibraryStopRequested(now=now, instance_id=msg.instance_id,  # type: ignore[attr-defined]
+                                           reason=msg.reason)  # type: ignore[attr-defined]
         if t is Hoist:
             self.tasks.hoist(list(msg.modules))  # type: ignore[attr-defined]
             return ev.HeartbeatReceived(now=now)  # no state to change: it proves liveness

@@ -101,6 +101,10 @@ from .events import (
     HeartbeatReceived,
     Instruction,
     KillRequested,
+    LibraryProcessEnded,
+    LibraryProcessReady,
+    LibraryStartRequested,
+    LibraryStopRequested,
     OutputsCollected,
     ParentGone,
     ProtocolViolation,
@@ -114,6 +118,7 @@ from .events import (
     WelcomeReceived,
 )
 from .fetches import FetchHandling
+from .libcore import LibraryHandling, LibraryInstance
 from .outcome import Resources
 from .records import EntryState, Link, TaskState, WorkerConfig
 from .tasks import TaskHandling
@@ -121,11 +126,12 @@ from .tasks import TaskHandling
 __all__ = ["ALLOWED", "EntryState", "InvalidTransition", "Link", "WorkerConfig", "WorkerState"]
 
 
-class WorkerState(FetchHandling, TaskHandling):
+class WorkerState(FetchHandling, TaskHandling, LibraryHandling):
     """The worker's whole state; ``handle(event)`` is the only way to change it."""
 
     def __init__(self, config: WorkerConfig, cached: list[tuple[str, int]] | None = None) -> None:
         super().__init__(config, cached)
+        self.libraries: dict[int, LibraryInstance] = {}
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             Started: self._on_started, Tick: self._on_tick,
             ConnectionOpened: self._on_opened, ConnectFailed: self._on_connect_failed,
@@ -137,6 +143,10 @@ class WorkerState(FetchHandling, TaskHandling):
             ShutdownReceived: self._on_shutdown, FetchFinished: self._on_fetch_finished,
             TaskExited: self._on_task_exited, OutputsCollected: self._on_outputs_collected,
             FileLost: self._on_file_lost,
+            LibraryStartRequested: self._on_start_library,
+            LibraryStopRequested: self._on_stop_library,
+            LibraryProcessReady: self._on_library_ready,
+            LibraryProcessEnded: self._on_library_ended,
         }
 
     # ================================================================ entry point

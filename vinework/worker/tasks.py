@@ -8,6 +8,8 @@ and, when the outputs decide, ``CollectOutputs`` and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..constants import TaskResult
 from ..protocol import CacheInvalid, RunTask, TaskDone, TransferFailure
 from .base import WORKFLOW, CoreBase, R
@@ -34,6 +36,8 @@ from .outcome import (
 )
 from .outcome import inline_limit as _inline_limit
 from .records import TaskRun, TaskState, Waiter
+
+_NO_RESOURCES = Resources(0, 0, 0, 0)
 
 
 class TaskHandling(CoreBase):
@@ -81,7 +85,12 @@ class TaskHandling(CoreBase):
                                          f"input {name} ({remote}) is not in the cache"),
                            ev.wall, ev.wall)
                 return
-        ask = Resources.of(task)
+        if task.library_instance:  # a FunctionCall: it runs in its library's resources
+            refused = self._call_refused(task.library_instance)
+            if refused:
+                self._done(task, Verdict(TaskResult.LIBRARY_EXIT, -1, refused), ev.wall, ev.wall)
+                return
+        ask = Resources.of(task) if not task.library_instance else _NO_RESOURCES
         try:
             gpu_ids = self.ledger.commit(ask)
         except OverCommit as e:
@@ -115,6 +124,11 @@ class TaskHandling(CoreBase):
     def _give_up_tasks(self, why: str) -> None:
         for run in list(self.runs.values()):
             self._kill_run(run, why)
+        self._stop_libraries(why)
+
+    if TYPE_CHECKING:  # LibraryHandling's (libcore.py), combined in WorkerState
+        def _stop_libraries(self, why: str) -> None: ...
+        def _call_refused(self, instance_id: int) -> str: ...
 
     def _on_kill(self, ev: KillRequested) -> None:
         rid = self.live.get(ev.task_id)
@@ -144,6 +158,19 @@ class TaskHandling(CoreBase):
         run.output = ev.output
         run.measured = list(ev.measured)
         run.stdout_size = ev.stdout_size
+        task = run.task
+        if ev.library_exit:  # its library instance ended under it
+            self._done(task, Verdict(TaskResult.LIBRARY_EXIT, -1, ev.library_exit),
+                       run.start, ev.wall, ev.output, run=run)
+            self._cleanup(run)
+            return
+        if task.library_instance and ev.python_kind == "inline" and not task.outputs \
+                and not ev.timed_out and not ev.end_time_passed and not ev.worker_error:
+            # a FunctionCall with nothing to collect (the fast path: no sandbox, no files)
+            self._done(task, Verdict(TaskResult.SUCCESS, 0, python_result=ev.python_data),
+                       run.start, ev.wall, ev.output, run=run)
+            self._cleanup(run)
+            return
         outcome = classify_exit(
             run.task, status=ev.status, timed_out=ev.timed_out,
             end_time_passed=ev.end_time_passed,
@@ -153,7 +180,6 @@ class TaskHandling(CoreBase):
             python_traceback=ev.python_traceback, hostname=self.config.hostname)
         stdout = stdout_name(run.task) if ev.stdout_big else ""
         if isinstance(outcome, Verdict):
-            task = run.task
             keep = [(n, r) for n, r in task.outputs if n in task.failure_outputs] \
                 if task.failure_outputs else []
             if not stdout and not keep:

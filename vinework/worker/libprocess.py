@@ -1,0 +1,404 @@
+"""The process of one library instance: functions loaded once, FunctionCalls run on demand.
+
+A worker starts it as ``python -m vinework.worker.libprocess FD`` (after the
+library's ``init_command``, if any) in the library's own sandbox, with its
+stdout and stderr going to the library's log file. Over the socketpair end
+``FD`` it talks length-prefixed msgpack arrays (``forkserver.pack`` and
+``Framer``):
+
+    worker -> library:
+      ["setup", payload, exec_mode]   first, once
+      ["call", call_id, function, args, sandbox, out_path, inline_max, env, unset, mode]
+        (mode: "" = the library's; "fork" or "direct" for this call)
+      ["kill", call_id]               (fork mode: kills that call's child)
+    library -> worker:
+      ["ready", pid]  or  ["failed", traceback_text]  (then it exits)
+      ["done", call_id, kind, data, traceback_text, measured]
+        kind: "inline" (data: the cloudpickled result) | "file" (data: its size; the
+        bytes are in out_path) | "error" (data: the pickled exception) | "crash"
+
+Set-up unpickles the library's functions (cloudpickle, so lambdas, closures
+and functions of ``__main__`` travel by value), imports its hoisted modules,
+and runs the context function once: the dict it returns is what
+``vinework.utils.load_variable_from_library(name)`` reads (``CONTEXT`` here).
+
+Exec modes. "direct": a call runs in this process, one at a time in arrival
+order, so what one call changes (globals, the context) the next one sees; a
+call that exits the process (``sys.exit``, ``os._exit``, a crash) ends the
+library, and the worker reports it. "fork": each call runs in a child forked
+from the process as set-up left it, so every call starts from that state and
+a call that exits only ends its child (its result is then the ``SystemExit``).
+
+Calls with no sandbox run in the library's directory with its environment;
+a call with files gets a sandbox of its own, changed into (and back) for the
+call. Replies are written in batches: all that are ready when no complete
+request is waiting, or every 2 ms while requests keep coming.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from .forkserver import Framer, _apply_env, _environ_snapshot, _kill, _restore_environ, pack
+
+# what the library's context function returned (load_variable_from_library reads it)
+CONTEXT: dict[str, Any] = {}
+RUNNING = False  # True in a library process (load_variable_from_library checks it)
+FLUSH_EVERY = 0.002  # seconds: replies wait at most this long for a batch to fill
+
+
+def dumps_value(value: Any) -> bytes:
+    """The bytes of a return value: plain pickle when it can (fast), else cloudpickle."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(value)
+
+
+def set_up(payload: bytes) -> dict[str, Any]:
+    """Load the library: hoisted modules, functions, context. Returns the functions."""
+    lib = cloudpickle.loads(payload)
+    for mod in lib.get("modules", []):
+        __import__(mod)
+    functions: dict[str, Any] = dict(lib["functions"])
+    main = sys.modules.get("__main__")
+    for name, obj in lib.get("objects", {}).items():  # hoisted classes and values
+        if main is not None:
+            setattr(main, name, obj)
+    ctx = lib.get("context")
+    if ctx is not None:
+        fn, args, kwargs = ctx
+        made = fn(*list(args or ()), **dict(kwargs or {}))
+        if made is not None:
+            if not isinstance(made, dict):
+                raise TypeError("the library's context function must return a dict of "
+                                f"variables (or None), not {type(made).__name__}")
+            CONTEXT.update(made)
+    return functions
+
+
+def run_call(fn: Any, args_blob: bytes, out_path: str, inline_max: int) -> list[Any]:
+    """Call ``fn`` with the unpickled (args, kwargs); the reply [kind, data, traceback]."""
+    try:
+        args, kwargs = pickle.loads(args_blob)
+        value = fn(*args, **kwargs)
+    except Exception as e:
+        return _error(e)
+    try:
+        data = dumps_value(value)
+    except Exception as e:
+        err = TypeError(f"the return value could not be pickled: {e}")
+        return ["error", cloudpickle.dumps(err), f"{err}\n{traceback.format_exc()}"]
+    if out_path and (inline_max < 0 or len(data) > inline_max):
+        with open(out_path, "wb") as f:
+            f.write(data)
+        return ["file", len(data), ""]
+    return ["inline", data, ""]
+
+
+def _error(e: BaseException) -> list[Any]:
+    tb = traceback.format_exc()
+    try:
+        blob = cloudpickle.dumps(e)
+    except Exception:
+        blob = b""
+    return ["error", blob, tb]
+
+
+def _in_sandbox(fn: Any, req: list[Any], home: str, base_env: dict[Any, Any]) -> list[Any]:
+    """A direct call with a sandbox or an environment of its own: enter, call, restore."""
+    args, sandbox, out_path, inline_max, env, unset = req[3:9]
+    try:
+        if sandbox:
+            os.chdir(sandbox)
+        _apply_env(env, unset)
+        return run_call(fn, args, out_path, inline_max)
+    finally:
+        os.chdir(home)
+        _restore_environ(base_env)
+
+
+class _Replies:
+    """Replies not yet written, flushed in batches."""
+
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl
+        self.buf = bytearray()
+        self.since = 0.0
+
+    def add(self, frame: list[Any]) -> None:
+        if not self.buf:
+            self.since = time.monotonic()
+        self.buf += pack(frame)
+
+    def flush(self, force: bool = True) -> None:
+        if self.buf and (force or time.monotonic() - self.since >= FLUSH_EVERY):
+            self.ctl.sendall(self.buf)
+            self.buf.clear()
+
+
+def serve_direct(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
+                 pending: list[list[Any]]) -> None:
+    """Run calls in this process, one at a time (see the module docstring)."""
+    home = os.getcwd()
+    base_env = _environ_snapshot()
+    out = _Replies(ctl)
+    queue = list(pending)
+    while True:
+        if not queue:
+            out.flush()
+            data = ctl.recv(1 << 20)
+            if not data:
+                return
+            queue = framer.feed(data)
+            continue
+        req = queue.pop(0)
+        if req[0] != "call":
+            continue
+        call_id, fname = req[1], req[2]
+        fn = functions.get(fname)
+        t0, c0 = time.monotonic(), time.process_time()
+        try:
+            if fn is None:
+                reply = _missing(fname, functions)
+            elif len(req) > 9 and req[9] == "fork":
+                reply = _fork_and_wait(fn, req)
+            elif req[4] or req[7] or req[8]:
+                reply = _in_sandbox(fn, req, home, base_env)
+            else:
+                reply = run_call(fn, req[3], req[5], req[6])
+        except BaseException:  # the call exits the library: what is done goes out first
+            out.flush()
+            raise
+        out.add(["done", call_id, *reply,
+                 [time.monotonic() - t0, time.process_time() - c0,
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]])
+        if not queue:
+            ctl.setblocking(False)  # more requests already here? run them before flushing
+            try:
+                data = ctl.recv(1 << 20)
+                if not data:
+                    out.flush()
+                    return
+                queue = framer.feed(data)
+            except BlockingIOError:
+                pass
+            finally:
+                ctl.setblocking(True)
+        out.flush(force=not queue)
+
+
+def _missing(fname: str, functions: dict[str, Any]) -> list[Any]:
+    err = LookupError(f"the library has no function {fname!r} (it has: "
+                      f"{', '.join(sorted(functions)) or 'none'})")
+    return ["error", cloudpickle.dumps(err), f"LookupError: {err}\n"]
+
+
+def _fork_and_wait(fn: Any, req: list[Any]) -> list[Any]:
+    """A "fork" call in a direct library: run it in a child and wait for it."""
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(fn, req, w)
+    os.close(w)
+    buf = bytearray()
+    while chunk := os.read(r, 1 << 20):
+        buf += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    frames = Framer().feed(bytes(buf))
+    if frames:
+        return list(frames[0])
+    return ["crash", b"", f"the call's process ended (status {status})"]
+
+
+def _child(fn: Any, req: list[Any], wfd: int) -> None:
+    """In a forked child: run one call, write its reply, exit (never returns)."""
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        fname, args, sandbox, out_path, inline_max, env, unset = req[2:9]
+        if sandbox:
+            os.chdir(sandbox)
+        if env or unset:
+            _apply_env(env, unset)
+        try:
+            reply = run_call(fn, args, out_path, inline_max) if fn is not None else None
+        except BaseException as e:  # SystemExit of a call ends only this child
+            reply = _error(e)
+        if reply is None:
+            reply = ["error", b"", f"LookupError: the library has no function {fname!r}\n"]
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        view = memoryview(pack(reply))
+        while view:
+            n = os.write(wfd, view)
+            view = view[n:]
+    except BaseException:
+        code = 70
+        try:
+            os.write(2, traceback.format_exc().encode())
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def serve_fork(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
+               pending: list[list[Any]]) -> None:
+    """Run each call in a child forked from the set-up process."""
+    ctl.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, None)
+    children: dict[int, tuple[int, int, bytearray, float]] = {}  # rfd -> (call, pid, buf, t0)
+    by_call: dict[int, int] = {}
+    out = _Replies(ctl)
+    home = os.getcwd()
+    base_env = _environ_snapshot()
+
+    def start(req: list[Any]) -> None:
+        if req[0] == "kill":
+            pid = by_call.get(req[1])
+            if pid is not None:
+                _kill(pid)
+            return
+        if req[0] != "call":
+            return
+        if len(req) > 9 and req[9] == "direct":  # this call in the server process itself
+            fn = functions.get(req[2])
+            t0, c0 = time.monotonic(), time.process_time()
+            if fn is None:
+                reply = _missing(req[2], functions)
+            elif req[4] or req[7] or req[8]:
+                reply = _in_sandbox(fn, req, home, base_env)
+            else:
+                reply = run_call(fn, req[3], req[5], req[6])
+            out.add(["done", req[1], *reply, [time.monotonic() - t0,
+                                              time.process_time() - c0, 0.0]])
+            return
+        r, w = os.pipe()
+        t0 = time.monotonic()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            ctl.close()
+            _child(functions.get(req[2]), req, w)
+        os.close(w)
+        os.set_blocking(r, False)
+        children[r] = (req[1], pid, bytearray(), t0)
+        by_call[req[1]] = pid
+        sel.register(r, selectors.EVENT_READ, req[1])
+
+    for req in pending:
+        start(req)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is ctl:
+                try:
+                    data = ctl.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    for pid in by_call.values():
+                        _kill(pid)
+                    return
+                for req in framer.feed(data):
+                    start(req)
+                continue
+            rfd = key.fd
+            call_id, pid, buf, t0 = children[rfd]
+            try:
+                chunk = os.read(rfd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if chunk:
+                buf += chunk
+                continue
+            sel.unregister(rfd)
+            os.close(rfd)
+            del children[rfd]
+            by_call.pop(call_id, None)
+            _, status, usage = os.wait4(pid, 0)
+            measured = [time.monotonic() - t0, usage.ru_utime + usage.ru_stime,
+                        usage.ru_maxrss / 1024.0]
+            frames = Framer().feed(bytes(buf))
+            if frames:
+                kind, data, tb = frames[0]
+            else:
+                kind, data, tb = "crash", b"", f"the call's process ended (status {status})"
+            out.add(["done", call_id, kind, data, tb, measured])
+        ctl.setblocking(True)
+        try:
+            out.flush()
+        finally:
+            ctl.setblocking(False)
+
+
+def _die_with_parent() -> None:
+    """Linux: be killed when the worker that started us dies (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(fd: int) -> int:
+    _die_with_parent()
+    ctl = socket.socket(fileno=fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    framer = Framer()
+    frames: list[list[Any]] = []
+    while not frames:
+        data = ctl.recv(1 << 20)
+        if not data:
+            return 0
+        frames = framer.feed(data)
+    first, pending = frames[0], frames[1:]
+    if first[0] != "setup":
+        ctl.sendall(pack(["failed", f"expected a setup request, got {first[0]!r}"]))
+        return 2
+    _, payload, mode = first[:3]
+    global RUNNING
+    RUNNING = True
+    try:
+        functions = set_up(payload)
+    except BaseException:
+        tb = traceback.format_exc()
+        sys.stderr.write(f"vinework library: set-up failed:\n{tb}")
+        sys.stderr.flush()
+        ctl.sendall(pack(["failed", tb]))
+        return 1
+    print(f"vinework library: ready (pid {os.getpid()}, {mode} mode, functions "
+          f"{', '.join(sorted(functions))})", flush=True)
+    ctl.sendall(pack(["ready", os.getpid()]))
+    if mode == "fork":
+        serve_fork(ctl, framer, functions, pending)
+    else:
+        serve_direct(ctl, framer, functions, pending)
+    return 0
+
+
+if __name__ == "__main__":
+    # make this module's CONTEXT the one load_variable_from_library finds
+    sys.modules.setdefault("vinework.worker.libprocess", sys.modules[__name__])
+    sys.exit(main(int(sys.argv[1])))
