@@ -264,6 +264,7 @@ class FileLogistics(CoreBase):
         self._file_became_available(ev.name)
         self._drain_saved(ev.name)
         self._retry_unsourced()
+        self._trim_cache(ev.worker_id)
 
     def _stage_arrived(self, name: str, wid: str) -> None:
         for tid in self._stage_wait.pop((name, wid), ()):

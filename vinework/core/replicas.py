@@ -67,6 +67,10 @@ class ReplicaTable:
         self.avoid_until: dict[str, float] = {}
         self.origin_failures: dict[str, int] = {}  # URL file -> failed fetches from its URL
         self.origin_errors: dict[str, str] = {}  # URL file -> what its last failure said
+        # (name, worker) -> when it last arrived there or was used by a task placed there
+        # (a sequence number: least-recently-used eviction, see eviction.py)
+        self.used: dict[tuple[str, str], int] = {}
+        self._use_seq = 0
         self._next_transfer = 1
 
     # ---------------------------------------------------------- queries
@@ -113,6 +117,7 @@ class ReplicaTable:
                 files.pop(name, None)
             self.bytes_by_worker[worker] = (self.bytes_by_worker.get(worker, 0)
                                             - self.sizes.pop((name, worker), 0))
+            self.used.pop((name, worker), None)
             return
         if h is None:
             h = self.where[name] = {}
@@ -123,6 +128,17 @@ class ReplicaTable:
             before = self.sizes.get((name, worker), 0)
             self.sizes[(name, worker)] = size
             self.bytes_by_worker[worker] = self.bytes_by_worker.get(worker, 0) + size - before
+            self._use_seq += 1
+            self.used[(name, worker)] = self._use_seq
+
+    def is_ready(self, name: str, worker: str) -> bool:
+        h = self.where.get(name)
+        return h is not None and h.get(worker) is _READY
+
+    def touch(self, name: str, worker: str) -> None:
+        """``name`` on ``worker`` was just used (by a task placed there)."""
+        self._use_seq += 1
+        self.used[(name, worker)] = self._use_seq
 
     def set_ready(self, name: str, worker: str, size: int) -> None:
         self._set(name, worker, _READY, size)

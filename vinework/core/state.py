@@ -76,6 +76,7 @@ from .events import (
     WorkerLeft,
     WorkersReleased,
 )
+from .eviction import CacheEviction
 from .files import FileLogistics
 from .libraries import LibraryLifecycle
 from .tasks import TaskLifecycle
@@ -88,7 +89,8 @@ class CascadeOverflow(RuntimeError):
     """A cascade did not settle: the core would loop forever (a bug)."""
 
 
-class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics, LibraryLifecycle):
+class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics, LibraryLifecycle,
+                   CacheEviction):
     """All of the manager's decisions; see the module docstring."""
 
     # ================================================================ entry point

@@ -79,6 +79,7 @@ class ManagerStats:
     transfers_peer: int = 0
     files_lost: int = 0
     files_pruned: int = 0
+    files_evicted: int = 0  # cached copies deleted to keep a worker within its disk
     replicas_made: int = 0
     bytes_checkpointed: int = 0
     recovery_seconds: float = 0.0

@@ -511,6 +511,8 @@ class TaskLifecycle(CoreBase):
         for name, _ in made:
             self._file_became_available(name)
             self._drain_saved(name)
+        if made:
+            self._trim_cache(wid)
         if t.retrievals:
             if t.state is not T.WAITING_RETRIEVAL:
                 self._transition(t, T.WAITING_RETRIEVAL)
@@ -663,7 +665,7 @@ class TaskLifecycle(CoreBase):
             for holder in self.replicas.holders(name):
                 input_bytes[holder] = input_bytes.get(holder, 0) + size + 1
         avoid = t.avoid
-        can_host = self.durability.can_host
+        can_host = self._can_host  # (evicting unneeded cached files counts as room)
         feats = s.features
         mode = s.scheduler or self.tune.scheduler
         strict = strict_inputs(s) if s.mount_flags else ()
@@ -695,6 +697,7 @@ class TaskLifecycle(CoreBase):
                 self._unplaceable[s.task_id] = None
             return False
         wid, alloc = choice
+        self._make_room_for(t, wid)
         self._assign(t, wid, alloc)
         return True
 
