@@ -179,10 +179,21 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
 
     def _set_cancelled(self) -> bool:
         """Move to CANCELLED_AND_NOTIFIED (what ``concurrent.futures.wait`` counts as done),
-        telling waiters and running callbacks; False if the future had finished."""
-        if not super().cancel():
-            return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
-        self.set_running_or_notify_cancel()  # CANCELLED -> CANCELLED_AND_NOTIFIED
+        telling waiters and running callbacks; False if the future had finished.
+
+        One step under the future's lock (the user's ``cancel()`` and the driver's
+        "cancelled" task may race): the base class's ``cancel()`` followed by
+        ``set_running_or_notify_cancel()`` would leave a window between the two."""
+        with self._condition:
+            if self._state == FINISHED:
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
         return True
 
     def _settle_result(self, value: Any) -> bool:
