@@ -68,6 +68,7 @@ class LibraryInstance:
     pid: int = 0
     since: float = 0.0
     calls_done: int = 0
+    dead: bool = False  # a call reported it gone: no new call; LibraryEnded will follow
 
 
 class LibraryLifecycle(CoreBase):
@@ -179,7 +180,7 @@ class LibraryLifecycle(CoreBase):
         for iid in self._lib_instances.get(s.library, ()):
             inst = self.instances[iid]
             free = inst.slots - len(inst.calls)
-            if free <= room:
+            if free <= room or inst.dead:
                 continue
             w = self.workers.get(inst.worker)
             if w is None or w.draining or (avoid and w.worker_id in avoid):
@@ -199,6 +200,10 @@ class LibraryLifecycle(CoreBase):
     def _new_instance(self, lib: LibrarySpec, t: TaskRecord) -> LibraryInstance | None:
         """Start an instance of ``lib`` where it fits (evicting idle instances of other
         libraries if that makes room), or None."""
+        if all(w.free.cores <= 0 and w.free.gpus <= 0 for w in self.workers.values()) \
+                and not any(not i.calls and i.library != lib.name
+                            for i in self.instances.values()):
+            return None  # (fast: no room anywhere, and nothing to evict)
         declared = (lib.cores, lib.memory, lib.disk, lib.gpus)
         feats = t.spec.features
         choice: tuple[tuple[int, int, int], WorkerRecord, Resources,
@@ -307,6 +312,9 @@ class LibraryLifecycle(CoreBase):
     # ================================================================ call outcomes
     def _call_library_exit(self, t: TaskRecord, d: TaskDone) -> None:
         """A call's library ended under it: again (a new instance), within its budget."""
+        inst = self.instances.get(t.run.instance)
+        if inst is not None:
+            inst.dead = True  # (it holds its resources until the worker says it ended)
         n = t.spec.retries
         budget = n if n >= 1 else LIBRARY_EXIT_RETRIES
         charged = 1 + sum(1 for r in t.runs if r.recovery is t.run.recovery and r.outcome in

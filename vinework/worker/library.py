@@ -87,6 +87,7 @@ class LibraryRunner:
         self.parts: dict[int, str] = {}  # run id -> result part path
         self.killed_for: dict[int, str] = {}  # run id -> the time limit that killed it
         self.timers: dict[int, list[asyncio.TimerHandle]] = {}
+        self.clean: set[int] = set()  # run ids whose part file was surely never written
 
     def owns(self, run_id: int) -> bool:
         """Is ``run_id`` a FunctionCall this runner started (and not yet cleaned up)?"""
@@ -200,9 +201,12 @@ class LibraryRunner:
         pid = 0
         if inst.proc is not None:
             pid = inst.proc.pid
-            self._kill_process(inst)  # (a process that closed its socket but lives on)
-            with contextlib.suppress(Exception):
-                status = inst.proc.wait(timeout=5)
+            try:  # it closed its socket: it is exiting (give it a moment to say how)
+                status = inst.proc.wait(timeout=0 if inst.stop_reason else 1.0)
+            except subprocess.TimeoutExpired:
+                self._kill_process(inst)  # (closed its socket but lives on)
+                with contextlib.suppress(Exception):
+                    status = inst.proc.wait(timeout=5)
         reason = why or inst.stop_reason or _describe(status, inst.ready)
         if inst.failed_setup:
             reason = f"set-up failed: {inst.failed_setup.strip().splitlines()[-1]}" \
@@ -293,7 +297,8 @@ class LibraryRunner:
         elif task.env or task.env_unset:
             sets = [list(p) for p in task.env]
             unset = list(task.env_unset)
-        part = self.cache.part_path()
+        # (named by the run id, unique in this worker process: no uuid per call)
+        part = os.path.join(self.cache.dir, f".part-call-{run_id}")
         self.parts[run_id] = part
         inst.calls[run_id] = task
         self.where[run_id] = inst
@@ -351,6 +356,8 @@ class LibraryRunner:
         if inst.calls.pop(run_id, None) is None:
             return  # killed already
         kind, data, tb = frame[2], frame[3], frame[4]
+        if kind == "inline" or kind == "error":
+            self.clean.add(run_id)
         measured = frame[5] if len(frame) > 5 else []
         if not (isinstance(measured, list) and len(measured) == 3):
             measured = []
@@ -402,7 +409,9 @@ class LibraryRunner:
     def cleanup(self, run_id: int) -> None:
         self.where.pop(run_id, None)
         part = self.parts.pop(run_id, "")
-        if part:
+        if run_id in self.clean:
+            self.clean.discard(run_id)
+        elif part:
             with contextlib.suppress(OSError):
                 os.unlink(part)
         box = self.boxes.pop(run_id, "")
