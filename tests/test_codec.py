@@ -48,6 +48,7 @@ from vinework.protocol import (
 from vinework.protocol.messages import (  # noqa: E402  (serverless libraries)
     LibraryEnded,
     LibraryReady,
+    OutputChunk,
     StartLibrary,
     StopLibrary,
 )
@@ -81,6 +82,7 @@ SAMPLES: list[Message] = [
     Shutdown(reason="manager closing"),
     Hoist(modules=["numpy", "pandas"]),
     LibraryReady(instance_id=3, pid=4242),
+    OutputChunk(task_id=4, attempt=1, name="file-out-1", offset=1 << 33, data=b"\x00line\n"),
     LibraryEnded(instance_id=3, reason="killed by signal 9", setup_failed=False,
                  output="log tail\n", pid=4242),
     StartLibrary(instance_id=3, name="lib", payload=b"fns", exec_mode="direct", slots=4,
@@ -314,8 +316,8 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, {"f": 12}, "", []], "cached"),
         ([TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, [], "not-bytes", "", "", [], "", 0], "python_result"),
         ([TaskDone.TAG, 1, 0, 0, 0, b"out", 0.0, 0.0, [], None, "", "", [], "", 0], "output"),
-        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False, 0.0, [], 1, [], [], [], 0, ""], "python_mode"),
-        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "", 1, 0.0, [], 1, [], [], [], 0, ""], "python_keep"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False, 0.0, [], 1, [], [], [], [], 0, ""], "python_mode"),
+        ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "", 1, 0.0, [], 1, [], [], [], [], 0, ""], "python_keep"),
         ([CacheInvalid.TAG, "n", 1, "why", "", "2"], "cause"),
         ([Leaving.TAG, 3], "reason"),
     ],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import time
 from typing import Any
 
 import pytest
@@ -271,17 +270,6 @@ def test_strict_input_runs_where_the_file_is(cluster: vine.Manager, tmp_path: An
         u.add_input(f, "data", strict_input=True)
         assert _one(m, u).output == "strict"
         assert u.worker == first.worker
-
-
-def test_watch_is_not_supported_yet(manager: vine.Manager, tmp_path: Any) -> None:
-    t = vine.Task("true")
-    try:
-        t.add_output(manager.declare_file(str(tmp_path / "w")), "w", watch=True)
-    except NotImplementedError as e:
-        assert "watch" in str(e)
-    else:
-        raise AssertionError("watch=True should raise NotImplementedError")
-    assert time.monotonic() > 0
 
 
 def test_failure_only_outputs_come_back_from_real_failures(cluster: vine.Manager,

@@ -19,6 +19,7 @@ from .constants import (
     VINE_FIXED_LOCATION,
     VINE_MOUNT_SYMLINK,
     VINE_SUCCESS_ONLY,
+    VINE_WATCH,
     ResultString,
     TaskResult,
     result_string,
@@ -201,8 +202,9 @@ class Task:
             file: a local file, a buffer (``f.contents()`` then holds what the task
                 wrote) or a temp.
             remote_name: its path inside the sandbox.
-            watch: stream the file while the task runs (not supported yet: raises
-                ``NotImplementedError``).
+            watch: a local file only: what the task appends to it reaches the manager's
+                file while the task runs (every half second; the whole file when the
+                task ends).
             failure_only: bring it back only if the task failed (result not "success",
                 or a non-zero exit code); never counted as missing.
             success_only: bring it back only if the task succeeded (result "success" and
@@ -210,9 +212,8 @@ class Task:
         """
         if not isinstance(file, File):
             raise TypeError(f"add_output expects a File, got {type(file).__name__}")
-        if watch:
-            not_yet("watched outputs (add_output(..., watch=True): streaming a growing "
-                    "output while the task runs)")
+        if watch and file.kind is not FileKind.LOCAL:
+            raise ValueError("only a local file (declare_file) can be a watched output")
         if failure_only and success_only:
             raise ValueError("an output cannot be both failure_only and success_only")
         if file.kind is FileKind.URL:
@@ -221,7 +222,7 @@ class Task:
         remote = check_remote_name(remote_name)
         self.outputs.append((file, remote))
         flags = (VINE_FAILURE_ONLY if failure_only else 0) \
-            | (VINE_SUCCESS_ONLY if success_only else 0)
+            | (VINE_SUCCESS_ONLY if success_only else 0) | (VINE_WATCH if watch else 0)
         if flags:
             self.mount_flags[remote] = self.mount_flags.get(remote, 0) | flags
 

@@ -19,6 +19,7 @@ from ..constants import (
     VINE_FIXED_LOCATION,
     VINE_MOUNT_SYMLINK,
     VINE_SUCCESS_ONLY,
+    VINE_WATCH,
     CacheLevel,
     TaskResult,
 )
@@ -752,6 +753,7 @@ class TaskLifecycle(CoreBase):
             symlink_inputs=symlink_inputs(s) if s.mount_flags else [],
             optional_outputs=list(optional_outputs(s)) if s.mount_flags else [],
             failure_outputs=failure_outputs(s) if s.mount_flags else [],
+            watch_outputs=watched_outputs(s) if s.mount_flags else [],
             library_instance=t.run.instance, function=s.function,
         ))
         self.stats.tasks_dispatched += 1
@@ -779,6 +781,12 @@ def optional_outputs(s: TaskSpec) -> dict[str, int]:
         if fl:
             out[name] = fl
     return out
+
+
+def watched_outputs(s: TaskSpec) -> list[str]:
+    """Cache names of the outputs marked watch (streamed to the manager while it runs)."""
+    flags = dict(s.mount_flags)
+    return [n for n, remote in s.outputs if flags.get(remote, 0) & VINE_WATCH]
 
 
 def failure_outputs(s: TaskSpec) -> list[str]:

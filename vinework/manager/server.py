@@ -70,11 +70,12 @@ from ..protocol import (
     Welcome,
     encode,
 )
-from ..protocol.messages import LibraryEnded, LibraryReady
+from ..protocol.messages import LibraryEnded, LibraryReady, OutputChunk
 from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
 from ..trees import remove_path
 from ..txnlog import TxnLog
 from .errors import ManagerError
+from .watch import write_chunk
 
 log = logging.getLogger("vinework.manager")
 
@@ -335,6 +336,8 @@ class ManagerServer:
         elif t is Leaving:
             lv: Leaving = msg  # type: ignore[assignment]
             self.apply(WorkerLeaving(now=now, worker_id=conn.worker_id, reason=lv.reason))
+        elif t is OutputChunk:
+            write_chunk(self.state, conn.worker_id, msg)  # type: ignore[arg-type]
         elif t is LibraryReady or t is LibraryEnded:
             self.apply(LibraryReported(now=now, worker_id=conn.worker_id, message=msg))
         else:

@@ -245,6 +245,19 @@ class LibraryEnded(Message):
 # ---------------------------------------------------------------- control: manager -> worker
 
 
+@register(10)
+@dataclass(slots=True, kw_only=True)
+class OutputChunk(Message):
+    """Bytes a running task appended to a watched output (``add_output(..., watch=True)``):
+    ``data`` belongs at ``offset`` of output ``name`` (its cache name) of that attempt."""
+
+    task_id: int
+    attempt: int
+    name: str
+    offset: int
+    data: bytes
+
+
 @register(20)
 @dataclass(slots=True, kw_only=True)
 class Welcome(Message):
@@ -284,6 +297,7 @@ class RunTask(Message):
     symlink_inputs: list[str] = field(default_factory=list)  # remote names mounted as links
     optional_outputs: list[str] = field(default_factory=list)  # never "missing" (cache names)
     failure_outputs: list[str] = field(default_factory=list)  # failure_only: kept on failure
+    watch_outputs: list[str] = field(default_factory=list)  # streamed while it runs (names)
     # a FunctionCall: the library instance that runs it (0: not a call) and the function's
     # name; ``python_payload`` then holds only the cloudpickled (args, kwargs)
     library_instance: int = 0

@@ -220,6 +220,17 @@ class OutputsCollected(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutputGrew(Event):
+    """A watched output of a running task grew: ``data`` is at ``offset`` (``watch.py``)."""
+
+    task_id: int
+    attempt: int
+    name: str
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FileLost(Event):
     """A cache file vanished or became unreadable under the worker."""
 

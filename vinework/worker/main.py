@@ -426,6 +426,7 @@ class Worker:
         part = self.parts[ins.fetch_id] = self.cache.part_path()
         url = url_of(ins.host, ins.port)
         loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, float]]
         if url.startswith("mini://"):
             fut = asyncio.ensure_future(self._make_mini(ins.name, part))
         elif url:

@@ -177,7 +177,7 @@ async def make_mini(spec: MiniSpec, part: str, lookup: Callable[[str], str | Non
             raise _broken(spec, f"cannot start: {e}") from None
         try:
             status, _ = await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill("time limit")
             raise _broken(spec, f"still running after {timeout:g} s (killed)") from None
         code = os.waitstatus_to_exitcode(status)

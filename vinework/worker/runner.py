@@ -45,6 +45,7 @@ from .taskenv import (
     task_environment,
     wrap_command,
 )
+from .watch import OutputWatcher, watch_interval
 
 log = logging.getLogger("vinework.worker")
 
@@ -62,6 +63,7 @@ class TaskRunner:
         self.hoisted = hoisted
         self.post = post
         self.task_wrapper = task_wrapper
+        self.watch_interval = watch_interval(os.environ)
         self.procs: dict[int, sb.CommandProcess] = {}  # run id -> command process
         self.py_calls: dict[int, asyncio.Task[list[Any]]] = {}  # run id -> runner call
         self.py_killed_for: dict[int, str] = {}  # run id -> time limit that killed it
@@ -208,12 +210,18 @@ class TaskRunner:
                                  output=f"vinework: cannot start the command: {e}\n")
         self.procs[run_id] = proc
         timers = self._arm_limits(run_id, task)
+        watcher = None
+        if task.watch_outputs:
+            watcher = OutputWatcher(task, box, self.post, self.watch_interval)
+            watcher.start()
         try:
             status, usage = await proc.wait()
         finally:
             for t in timers:
                 t.cancel()
             self.procs.pop(run_id, None)
+            if watcher is not None:
+                watcher.finish()
         wall = time.monotonic() - start
         full = False
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:

@@ -82,6 +82,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocol import PROTOCOL_VERSION, Heartbeat, Hello, Leaving
+from ..protocol.messages import OutputChunk
 from .base import ALLOWED, FOREVER, F, InvalidTransition, R
 from .events import (
     ERROR,
@@ -105,6 +106,7 @@ from .events import (
     LibraryProcessReady,
     LibraryStartRequested,
     LibraryStopRequested,
+    OutputGrew,
     OutputsCollected,
     ParentGone,
     ProtocolViolation,
@@ -142,12 +144,17 @@ class WorkerState(FetchHandling, TaskHandling, LibraryHandling):
             RunRequested: self._on_run, KillRequested: self._on_kill,
             ShutdownReceived: self._on_shutdown, FetchFinished: self._on_fetch_finished,
             TaskExited: self._on_task_exited, OutputsCollected: self._on_outputs_collected,
-            FileLost: self._on_file_lost,
+            FileLost: self._on_file_lost, OutputGrew: self._on_output_grew,
             LibraryStartRequested: self._on_start_library,
             LibraryStopRequested: self._on_stop_library,
             LibraryProcessReady: self._on_library_ready,
             LibraryProcessEnded: self._on_library_ended,
         }
+
+    def _on_output_grew(self, ev: OutputGrew) -> None:
+        """A watched output grew: pass it on (the manager writes it into the user's file)."""
+        self._send(OutputChunk(task_id=ev.task_id, attempt=ev.attempt, name=ev.name,
+                               offset=ev.offset, data=ev.data))
 
     # ================================================================ entry point
     def handle(self, event: Event) -> list[Instruction]:
