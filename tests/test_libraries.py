@@ -331,3 +331,23 @@ def test_remove_library_and_bad_arguments(manager: vine.Manager, workers: StartW
         vine.FunctionCall("lib", "add").set_exec_method("spawn")
     with pytest.raises(RuntimeError, match="inside a FunctionCall"):
         load_variable_from_library("x")
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+def test_remote_map_pair_and_tree_reduce(cluster: vine.Manager) -> None:
+    m = cluster
+    m.install_library(m.create_library_from_functions("hof", square, total, fail,
+                                                      exec_mode="direct"))
+    assert m.remote_map("square", range(10), "hof", chunksize=3) == [x * x for x in range(10)]
+    assert m.remote_pair("total", [1, 2], [10, 20], "hof", chunksize=2) == [11, 21, 12, 22]
+    assert m.remote_tree_reduce("total", range(1, 101), "hof", chunksize=4) == 5050
+    with pytest.raises(ValueError, match="no good: 1"):
+        m.remote_map("fail", [1, 2, 3], "hof")
+    assert m.empty()

@@ -1,4 +1,6 @@
-"""TaskVine's higher-order helpers: ``m.map``, ``m.pair`` and ``m.tree_reduce`` over PythonTasks.
+"""TaskVine's higher-order helpers: ``m.map``, ``m.pair`` and ``m.tree_reduce`` over
+PythonTasks, and ``m.remote_map``, ``m.remote_pair``, ``m.remote_tree_reduce`` over
+FunctionCalls of an installed library.
 
 Each helper cuts its input into chunks, submits one PythonTask per chunk, then
 collects the tasks by id (``manager.wait_for_task_id``) in submission order, so
@@ -36,6 +38,9 @@ Differences from TaskVine, on purpose:
 * The tasks carry TaskVine's tags (the chunk index as a string).
 * Results come back to the manager after every ``tree_reduce`` level (as in
   TaskVine); keeping them on the workers as temps is a later improvement.
+* ``remote_*`` take the library function's name and call it with Python values
+  (a chunk), not TaskVine's JSON event ``{name: chunk}`` answered by ``["Result"]``
+  (a protocol its own libraries no longer speak); ``name`` is accepted and unused.
 """
 
 from __future__ import annotations
@@ -231,3 +236,65 @@ def _abandon(manager: _Manager, tasks: list[PythonTask]) -> None:
                 break
     except Exception:
         pass
+
+
+# ---------------------------------------------------------------------- on a library
+def _check_library_call(fn: Any, library: Any) -> None:
+    if not isinstance(fn, str) or not fn:
+        raise TypeError(f"remote helpers take the name of a function of the library, "
+                        f"got {fn!r}")
+    if not isinstance(library, str) or not library:
+        raise TypeError(f"remote helpers take the library's name, got {library!r}")
+
+
+def remote_map_calls(manager: _Manager, fn: str, seq: Iterable[Any], library: str,
+                     chunksize: int = 1) -> list[Any]:
+    """TaskVine's ``m.remote_map``: ``[fn(x) for x in seq]`` with ``fn`` the name of a
+    function of an installed library; one FunctionCall per chunk of ``chunksize``
+    elements (the library applies ``fn`` to each element of its chunk). Errors as
+    ``map_tasks``; a library that is not installed raises ``RemoteTaskError`` ("missing
+    library")."""
+    from ..serverless import FunctionCall
+    _check_library_call(fn, library)
+    _check_chunksize(chunksize, 1)
+    items = list(seq)
+    chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+    calls = [FunctionCall(library, MAP_PREFIX + fn, c) for c in chunks]
+    outputs = _run(manager, calls, "remote_map")  # type: ignore[arg-type]
+    return [value for out in outputs for value in out]
+
+
+def remote_pair_calls(manager: _Manager, fn: str, seq1: Iterable[Any], seq2: Iterable[Any],
+                      library: str, chunksize: int = 1) -> list[Any]:
+    """TaskVine's ``m.remote_pair``: ``[fn((a, b)) for a, b in product(seq1, seq2)]``
+    (``fn`` gets one tuple, as in ``pair``) by FunctionCalls of ``library``."""
+    from ..serverless import FunctionCall
+    _check_library_call(fn, library)
+    _check_chunksize(chunksize, 1)
+    pairs = list(itertools.product(seq1, seq2))
+    chunks = [pairs[i:i + chunksize] for i in range(0, len(pairs), chunksize)]
+    calls = [FunctionCall(library, MAP_PREFIX + fn, c) for c in chunks]
+    outputs = _run(manager, calls, "remote_pair")  # type: ignore[arg-type]
+    return [value for out in outputs for value in out]
+
+
+def remote_tree_reduce_calls(manager: _Manager, fn: str, seq: Iterable[Any], library: str,
+                             chunksize: int = 2) -> Any:
+    """TaskVine's ``m.remote_tree_reduce``: ``tree_reduce`` with ``fn`` (a function of one
+    list) the name of a function of ``library``, one FunctionCall per chunk."""
+    from ..serverless import FunctionCall
+    _check_library_call(fn, library)
+    _check_chunksize(chunksize, 2)
+    values = list(seq)
+    if not values:
+        raise TypeError("remote_tree_reduce() of empty iterable with no initial value")
+    level = 0
+    while len(values) > 1:
+        chunks = [values[i:i + chunksize] for i in range(0, len(values), chunksize)]
+        calls = [FunctionCall(library, fn, c) for c in chunks]
+        values = _run(manager, calls, f"remote_tree_reduce level {level}")  # type: ignore[arg-type]
+        level += 1
+    return values[0]
+
+
+MAP_PREFIX = "vinework.map:"  # a library runs "vinework.map:f" as [f(x) for x in chunk]

@@ -167,7 +167,7 @@ def serve_direct(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
         if req[0] != "call":
             continue
         call_id, fname = req[1], req[2]
-        fn = functions.get(fname)
+        fn = lookup(functions, fname)
         t0, c0 = time.monotonic(), time.process_time()
         try:
             if fn is None:
@@ -197,6 +197,22 @@ def serve_direct(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
             finally:
                 ctl.setblocking(True)
         out.flush(force=not queue)
+
+
+MAP_PREFIX = "vinework.map:"  # (manager/mapping.py's remote_map and remote_pair)
+
+
+def lookup(functions: dict[str, Any], fname: str) -> Any:
+    """The function a call names: one of the library's, or ``vinework.map:<name>`` (that
+    function applied to every element of the call's one argument, a list)."""
+    fn = functions.get(fname)
+    if fn is None and fname.startswith(MAP_PREFIX):
+        inner = functions.get(fname[len(MAP_PREFIX):])
+        if inner is not None:
+            def apply_each(items: list[Any]) -> list[Any]:
+                return [inner(x) for x in items]
+            fn = functions[fname] = apply_each
+    return fn
 
 
 def _missing(fname: str, functions: dict[str, Any]) -> list[Any]:
@@ -282,7 +298,7 @@ def serve_fork(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
         if req[0] != "call":
             return
         if len(req) > 9 and req[9] == "direct":  # this call in the server process itself
-            fn = functions.get(req[2])
+            fn = lookup(functions, req[2])
             t0, c0 = time.monotonic(), time.process_time()
             if fn is None:
                 reply = _missing(req[2], functions)
@@ -301,7 +317,7 @@ def serve_fork(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
         if pid == 0:
             os.close(r)
             ctl.close()
-            _child(functions.get(req[2]), req, w)
+            _child(lookup(functions, req[2]), req, w)
         os.close(w)
         os.set_blocking(r, False)
         children[r] = (req[1], pid, bytearray(), t0)
