@@ -245,3 +245,27 @@ def test_a_temp_directory_moves_from_worker_to_worker(manager: vine.Manager, wor
     assert m.stats.transfers_peer >= 1
     with pytest.raises(IsADirectoryError, match="is a directory"):
         m.fetch_file(temp, timeout=30)
+
+
+def test_a_reader_submitted_before_a_writer_of_the_same_directory_sees_the_old_tree(
+        manager: vine.Manager, workers: Any, tmp_path: Path) -> None:
+    m = manager
+    d = tmp_path / "shared"
+    d.mkdir()
+    (d / "v.txt").write_text("old\n")
+    gate = m.declare_temp()
+    slow = vine.Task("sleep 1; echo go > g")  # the reader waits for this temp too
+    slow.add_output(gate, "g")
+    reader = vine.Task("cat d/v.txt")
+    reader.add_input(m.declare_file(str(d)), "d")
+    reader.add_input(gate, "g")
+    writer = vine.Task("mkdir o && echo new > o/v.txt")
+    writer.add_output(m.declare_file(str(d)), "o")
+    for t in (slow, reader, writer):
+        t.set_cores(1)  # the writer runs beside the slow task, before the reader
+        m.submit(t)
+    workers(m)
+    wait_workers(m, 1)
+    got = {t.id: t for t in wait_all(m, 3, 30)}
+    assert got[writer.id].successful() and (d / "v.txt").read_text() == "new\n"
+    assert got[reader.id].output == "old\n"  # its input as it was when it was submitted

@@ -37,6 +37,7 @@ Everything here is called from the user's thread (``submit``, ``wait``,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -49,7 +50,7 @@ from ..constants import CacheLevel
 from ..contentnames import DISK_MEMO_NAME, ContentNames, StatKey, stat_key
 from ..core import FileSpec
 from ..file import File, FileKind
-from ..trees import TreeError, tree_size
+from ..trees import TreeError, copy_tree, remove_path, tree_size
 
 Declare = Callable[[FileSpec], None]
 
@@ -227,12 +228,17 @@ class LocalFiles:
         try:
             if not os.path.exists(snap):
                 tmp = f"{snap}.tmp-{os.getpid()}"
-                try:
-                    os.link(path, tmp)
-                except OSError:
-                    shutil.copy2(path, tmp)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    copy_tree(path, tmp)  # a tree: its content as it is now
+                else:
+                    try:
+                        os.link(path, tmp)
+                    except OSError:
+                        shutil.copy2(path, tmp)
                 os.replace(tmp, snap)
         except OSError:
+            with contextlib.suppress(OSError):
+                remove_path(f"{snap}.tmp-{os.getpid()}")
             return  # (the file is gone: the core finds out when it tries to send it)
         spec = replace(known[0], path=snap)
         self._sources[name] = (spec, known[1])
