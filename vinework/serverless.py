@@ -27,7 +27,7 @@ from typing import Any
 
 import cloudpickle
 
-from .pickling import _plain
+from .pickling import _ATOMS, _plain
 from .task import PythonTask, PythonTaskNoResult, Task
 
 EXEC_MODES = ("fork", "direct")
@@ -151,8 +151,12 @@ class FunctionCall(PythonTask):
 def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The bytes of a call's arguments: plain pickle for plain values (fast), cloudpickle
     otherwise (lambdas, functions and classes of ``__main__``)."""
-    if all(_plain(a) for a in args) and all(_plain(v) for v in kwargs.values()):
-        return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    for a in args:
+        if type(a) not in _ATOMS and not _plain(a):
+            break
+    else:
+        if not kwargs or all(_plain(v) for v in kwargs.values()):
+            return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
     return cloudpickle.dumps((tuple(args), dict(kwargs)))
 
 

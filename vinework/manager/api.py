@@ -194,6 +194,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         if getattr(self, "_closed", True):
             return
         self._closed = True
+        self._close_libraries()  # (their logs come back before the connections close)
         self._server.close(shutdown=self.shutdown)
         self._txn.write("MANAGER", ("END", self.name or "-"))
         self._txn.close()

@@ -229,6 +229,21 @@ class LibraryMethods(ManagerBase):
         except OSError as e:
             log.warning("library log of %s instance %d: %s", c.library, c.instance_id, e)
 
+    def _close_libraries(self, grace: float = 2.0) -> None:
+        """(At close.) Stop every running instance and wait up to ``grace`` seconds for
+        the workers' reports, so that every instance's log reaches ``library-logs/``."""
+        if not getattr(self, "_libraries", None) or self._error is not None:
+            return
+        try:
+            for name in list(self._libraries):
+                self._post(LibraryRemoved(now=time.monotonic(), name=name))
+            deadline = time.monotonic() + grace
+            while self._ask(lambda: bool(self._state._instance_names)) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+        except Exception as e:  # closing must go on
+            log.warning("stopping the libraries at close: %s", e)
+
     # ------------------------------------------------------------------ remote helpers
     def remote_map(self, fn: str, seq: Iterable[Any], library: str, name: str = "",
                    chunksize: int = 1) -> list[Any]:
