@@ -233,8 +233,8 @@ def test_unknown_keyword_and_function_calls(m: DaskVine) -> None:
     x = da.ones(10, chunks=5).sum()
     with pytest.raises(TypeError, match="no_such_option"):
         x.compute(scheduler=m.get, no_such_option=1)
-    with pytest.raises(NotImplementedError, match="librar"):
-        x.compute(scheduler=m.get, task_mode="function-calls")
+    with pytest.raises(NotImplementedError, match="lib_command"):
+        x.compute(scheduler=m.get, task_mode="function-calls", lib_command="serve")
     # TaskVine options accepted as documented no-ops / aliases
     with pytest.warns(DeprecationWarning):
         assert x.compute(scheduler=m.get, lazy_transfers=True, resources_mode="fixed",

@@ -181,11 +181,14 @@ def _by_value(mod: types.ModuleType | None) -> bool:
 
 def library_payload(functions: dict[str, Callable[..., Any]],
                     context: tuple[Callable[..., Any], list[Any], dict[str, Any]] | None,
-                    modules: list[str], objects: dict[str, Any]) -> bytes:
+                    modules: list[str], objects: dict[str, Any],
+                    optional_modules: list[str] | None = None) -> bytes:
     """The cloudpickle of what a library instance loads at set-up (see ``libprocess``).
 
     Functions of the user's own modules (not installed, not ``__main__``) are pickled by
-    value too, so a worker that cannot import those modules still runs them.
+    value too, so a worker that cannot import those modules still runs them. A module of
+    ``modules`` that does not import fails the instance's set-up; one of
+    ``optional_modules`` is skipped.
     """
     mods = set()
     for obj in [*functions.values(), *(context[:1] if context else ()), *objects.values()]:
@@ -201,7 +204,8 @@ def library_payload(functions: dict[str, Callable[..., Any]],
             pass
     try:
         return cloudpickle.dumps({"functions": functions, "context": context,
-                                  "modules": modules, "objects": objects})
+                                  "modules": modules, "objects": objects,
+                                  "optional_modules": list(optional_modules or [])})
     finally:
         for mod in registered:
             try:

@@ -192,15 +192,18 @@ class DaskVine(Manager):
                 its exception is raised from ``get`` (with the remote traceback), or
                 :class:`DaskVineTaskError` when it raised nothing.
             verbose: Print each completion and each retry.
-            lib_extra_functions, lib_resources, lib_command: The library of
-                ``task_mode="function-calls"``. Accepted, no effect until vinework
-                has libraries.
+            lib_extra_functions, lib_resources: The library of
+                ``task_mode="function-calls"``: more functions to put in it, and
+                each instance's ``cores``/``memory``/``disk``/``gpus`` and
+                ``slots`` (function slots). lib_command (a library run by a
+                command of one's own) is not supported: NotImplementedError.
             lib_modules: Modules to import ahead of the tasks: names, module
                 objects, or functions and classes (their modules). vinework hoists
                 them into the workers' warm interpreters, with the graph's own.
-            task_mode: ``"tasks"`` (one PythonTask per Dask task).
-                ``"function-calls"`` needs libraries, a later vinework feature:
-                it raises NotImplementedError.
+            task_mode: ``"tasks"`` (one PythonTask per Dask task) or
+                ``"function-calls"`` (one FunctionCall per Dask task, in a library
+                made for this ``get`` and removed after it; see
+                :mod:`vinework.dask.calls`). Results are the same.
             task_priority_mode: Which ready task runs first (see
                 :mod:`vinework.dask.priority`): "largest-input-first" (default),
                 "FIFO", "LIFO", "depth-first", "breadth-first",
@@ -235,19 +238,22 @@ class DaskVine(Manager):
                 scheduling_mode, or retries < 0; for a graph using Dask's "disk"
                 shuffle in the tasks' private temporary directories (build it with
                 the "tasks" shuffle, or a shared ``temporary_directory``).
-            NotImplementedError: For ``task_mode="function-calls"``,
-                ``environment`` or ``env_per_task``.
+            NotImplementedError: For ``environment``, ``env_per_task``,
+                ``lib_command``, or a ``wrapper`` with ``task_mode="function-calls"``.
             Exception: The exception a task raised on its last attempt (its
                 ``remote_traceback`` attribute holds the worker-side traceback).
             DaskVineTaskError: A task failed on every attempt without raising.
         """
-        if task_mode == "function-calls":
+        if task_mode == "function-calls" and lib_command is not None:
             raise NotImplementedError(
-                "DaskVine task_mode='function-calls' runs Dask tasks as FunctionCalls in a "
-                "library; vinework does not have libraries yet (a later feature). Use "
-                "task_mode='tasks' (the default)."
-            )
-        if task_mode != "tasks":
+                "DaskVine lib_command: a library started by a command of one's own is not "
+                "supported; task_mode='function-calls' makes its library from functions "
+                "(lib_extra_functions, lib_modules, lib_resources)")
+        if task_mode == "function-calls" and wrapper is not None:
+            raise NotImplementedError(
+                "DaskVine wrapper= with task_mode='function-calls' is not supported; use "
+                "task_mode='tasks' for a wrapper")
+        if task_mode not in ("tasks", "function-calls"):
             raise ValueError(f"unknown task_mode {task_mode!r}; use 'tasks' or 'function-calls'")
         if environment is not None:
             raise NotImplementedError(
@@ -293,7 +299,15 @@ class DaskVine(Manager):
                 "that every worker shares."
             )
         self._apply_taskvine_settings(scheduler)
-        run = DaskRun(
+        if task_mode == "function-calls":
+            from .calls import CallsRun, library_for
+            from .graph import modules_of_graph
+            lib = library_for(self, [*modules_of_graph(graph), *extra_modules],
+                              lib_extra_functions, lib_resources)
+            runner: type[DaskRun] = CallsRun
+        else:
+            lib, runner = None, DaskRun
+        run = runner(
             self, graph, priorities=TaskPriorities(priority_mode),
             worker_transfers=worker_transfers, checkpoint_fn=checkpoint_fn,
             resources=dict(resources or {}), extra_files=dict(extra_files or {}),
@@ -301,7 +315,14 @@ class DaskVine(Manager):
             wrapper=wrapper, wrapper_proc=wrapper_proc, prune_depth=prune_depth,
             submit_per_cycle=submit_per_cycle, max_pending=max_pending,
         )
-        return run.execute(extra_modules, progress_disable, progress_label)
+        if lib is None:
+            return run.execute(extra_modules, progress_disable, progress_label)
+        self.install_library(lib)
+        run.library = lib.library_name  # type: ignore[attr-defined]
+        try:
+            return run.execute(extra_modules, progress_disable, progress_label)
+        finally:
+            self.remove_library(lib.library_name)
 
     # ------------------------------------------------------------------ helpers
     def _apply_taskvine_settings(self, scheduler: str | None) -> None:

@@ -71,6 +71,11 @@ def set_up(payload: bytes) -> dict[str, Any]:
     lib = cloudpickle.loads(payload)
     for mod in lib.get("modules", []):
         __import__(mod)
+    for mod in lib.get("optional_modules", []):
+        try:
+            __import__(mod)
+        except Exception:  # (a module of the caller's the worker cannot import)
+            pass
     functions: dict[str, Any] = dict(lib["functions"])
     main = sys.modules.get("__main__")
     for name, obj in lib.get("objects", {}).items():  # hoisted classes and values
