@@ -148,7 +148,7 @@ class Task:
         self._story: tuple[tuple[float, str, str, str], ...] = ()
         self.result: ResultString = result_string(TaskResult.UNKNOWN)
         self.exit_code: int = -1
-        self._output: Any = None
+        self._output = None
         self.std_output: str = ""
         self.hostname: str = ""
         self.worker: str = ""
@@ -169,6 +169,26 @@ class Task:
         self._submit_time = 0.0
         self._state = 0
         self._done = False
+
+    # ----- the result, read lazily
+    @property
+    def _output(self) -> Any:
+        """The task's result, made on first use (in the reader's thread): a PythonTask's
+        result is unpickled only when the user reads it, never on the manager's loop."""
+        pending = self.__dict__.pop("_output_pending", None)
+        if pending is not None:
+            self.__dict__["_output_value"] = pending()
+        return self.__dict__.get("_output_value")
+
+    @_output.setter
+    def _output(self, value: Any) -> None:
+        self.__dict__.pop("_output_pending", None)
+        self.__dict__["_output_value"] = value
+
+    def _output_later(self, make: Any) -> None:
+        """Make the result with ``make()`` when it is first read."""
+        self.__dict__.pop("_output_value", None)
+        self.__dict__["_output_pending"] = make
 
     # ----- inputs and outputs
     def add_input(self, file: File, remote_name: str, strict_input: bool = False,

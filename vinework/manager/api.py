@@ -19,6 +19,7 @@ constructor, submitting, waiting and cancelling.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import os
@@ -351,8 +352,10 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         t.error_message = c.message
         t._story = c.story
         self._fill_resources(t, c)
-        if isinstance(t, PythonTask):
-            t._output = self._python_output(t, c)
+        if isinstance(t, PythonTask):  # unpickled when the user reads it, in its thread
+            t._output_later(functools.partial(self._python_output, t, c))
+            if c.python_error:
+                t.remote_traceback = c.python_error
         t._done = True
         with self._cond:
             self._done.append(t)
