@@ -211,11 +211,15 @@ class LibraryRunner:
         if inst.failed_setup:
             reason = f"set-up failed: {inst.failed_setup.strip().splitlines()[-1]}" \
                 if inst.failed_setup.strip() else "set-up failed"
+        what = f"library {inst.msg.name} (instance {inst.instance_id}) ended during the " \
+               f"call: {reason}"
         for run_id in list(inst.calls):
-            self._finish(run_id, ev.TaskExited(
-                run_id=run_id, wall=time.time(),
-                library_exit=f"library {inst.msg.name} (instance {inst.instance_id}) ended "
-                             f"during the call: {reason}"))
+            # stopped on purpose (by the manager, or to kill another call): not the call's
+            # doing, so not charged to it (FORSAKEN: run again elsewhere)
+            done = ev.TaskExited(run_id=run_id, wall=time.time(), worker_error=what) \
+                if inst.stop_reason else \
+                ev.TaskExited(run_id=run_id, wall=time.time(), library_exit=what)
+            self._finish(run_id, done)
         inst.calls.clear()
         output = _tail(os.path.join(inst.sandbox, LOG_NAME))
         if inst.failed_setup and inst.failed_setup not in output:
