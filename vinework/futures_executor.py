@@ -7,12 +7,14 @@ per executor waits on the manager for this executor's tasks and settles each
 future exactly once when its task comes back:
 
 * success: the future finishes with a placeholder; the value is fetched from
-  the worker by the first ``result()`` (a future no task takes as an argument
-  is fetched at once in the background, so that ``result()`` rarely waits);
+  the worker by the first ``result()``, or, for a future no task takes as an
+  argument, brought back at once in the background by a gather task that
+  collects many values (``futures_gather.py``);
 * the function raised: the future raises that exception (it travels inline);
 * cancelled: the future is already cancelled (``VineFuture.cancel`` did it);
 * any other end (lost input, time limit, killed...): the exception of the
-  failed future it depended on, or ``PythonTaskNoResult`` saying what happened;
+  failed future it depended on (cancelled, if that one was cancelled), or
+  ``PythonTaskNoResult`` saying what happened;
 * the manager fails or is closed: every pending future gets that error, so no
   ``result()`` is left waiting.
 
@@ -33,7 +35,6 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -47,6 +48,7 @@ from .futures_future import (
     VineFuture,
     future_deps,
 )
+from .futures_gather import Gatherer
 from .manager.api import Manager
 from .task import PythonTaskNoResult, Task
 
@@ -126,8 +128,9 @@ class FuturesExecutor(cf.Executor):
             the factory starts with ``min-workers`` 5 unless told otherwise. A name the
             Factory does not know raises ``AttributeError`` (a TaskVine factory option
             vinework does not have yet: ``NotImplementedError``).
-        prefetch: bring back, in the background, the value of each finished future that
-            no task takes as an argument (vinework's addition; default True).
+        prefetch: bring back, in the background and many per task, the value of each
+            finished future that no task takes as an argument (``futures_gather.py``;
+            vinework's addition; default True).
     """
 
     def __init__(self, port: int | tuple[int, int] | list[int] = VINE_DEFAULT_PORT,
@@ -173,17 +176,12 @@ class FuturesExecutor(cf.Executor):
             if self._own_manager:
                 self.manager.close()
             raise
-        self._prefetch_on = bool(prefetch)
-        self._to_fetch: deque[VineFuture] = deque()
-        self._fetch_cv = threading.Condition()
+        self._internal: dict[int, Task] = {}  # gather tasks in flight, by id
+        self._gatherer = Gatherer(self._submit_internal, lambda: bool(self._pending)) \
+            if prefetch else None
         self._driver = threading.Thread(target=self._drive, daemon=True,
                                         name=f"vine-futures-{self.port}")
         self._driver.start()
-        self._fetcher: threading.Thread | None = None
-        if self._prefetch_on:
-            self._fetcher = threading.Thread(target=self._prefetch_loop, daemon=True,
-                                             name=f"vine-futures-fetch-{self.port}")
-            self._fetcher.start()
 
     # ------------------------------------------------------------------ factory options
     def _option(self, name: str) -> str:
@@ -283,9 +281,9 @@ class FuturesExecutor(cf.Executor):
                 self._submit_task(d._task)
         for d in deps:
             failed = self._dep_failure(t, d)
-            if failed is not None:  # it cannot run: fail it now, as its argument did
+            if failed is not None:  # it cannot run: end it now, as its argument ended
                 fut._is_submitted = True
-                fut._settle_exception(failed)
+                self._end_with(fut, failed)
                 return fut
             if not d._task.temp_output:
                 raise ValueError(f"the future of task {d._task.id} brings its value back to "
@@ -300,6 +298,14 @@ class FuturesExecutor(cf.Executor):
             self._live.add(fut)
             self._wakeup.notify()
         return fut
+
+    def _submit_internal(self, t: Task) -> None:
+        """Submit a task of the executor's own (a gather task); the driver brings it back."""
+        t._executor = self  # type: ignore[attr-defined]
+        with self._lock:
+            self.manager.submit(t)
+            self._internal[t.id] = t
+            self._wakeup.notify()
 
     def _cancel_task(self, fut: VineFuture) -> None:
         """Stop a future's task (``VineFuture.cancel``); it comes back "cancelled"."""
@@ -318,28 +324,35 @@ class FuturesExecutor(cf.Executor):
         m = self.manager
         while True:
             with self._lock:
-                while not self._pending and not self._stopping:
+                while not self._pending and not self._internal and not self._stopping:
                     self._wakeup.wait()
-                if self._stopping and all(f.done() for f in self._pending.values()):
+                if self._stopping and not self._internal and \
+                        all(f.done() for f in self._pending.values()):
                     return
             if getattr(m, "_closed", False):
                 self._fail_all(RuntimeError("the manager was closed before the task finished"))
                 continue
             started = time.monotonic()
+            g = self._gatherer
             try:
-                t = m._wait_for(self._is_ours, _POLL)
+                t = m._wait_for(self._is_ours, _POLL if g is None else g.wait_hint(_POLL))
             except BaseException as e:  # the manager's core failed: fail every future
                 self._broken = e
                 self._fail_all(e)
                 continue
+            if g is not None:
+                g.launch()
             if t is None:
-                if time.monotonic() - started < _POLL / 2:
+                if time.monotonic() - started < 0.01:
                     self._settle_taken()
                 continue
             with self._lock:
                 fut = self._pending.pop(t.id, None)
+                own = self._internal.pop(t.id, None) if fut is None else None
             if fut is not None:
                 self._settle(fut, t)
+            elif own is not None and self._gatherer is not None:
+                self._gatherer.finished(t)  # type: ignore[arg-type]
 
     def _settle_taken(self) -> None:
         """Futures whose finished tasks someone else took from the manager's ``wait()``
@@ -356,8 +369,13 @@ class FuturesExecutor(cf.Executor):
         with self._lock:
             futs = list(self._pending.values())
             self._pending.clear()
+            own = list(self._internal.values())
+            self._internal.clear()
         for f in futs:
             f._settle_exception(exc)
+        if self._gatherer is not None:
+            for t in own:
+                self._gatherer.abandon(t)  # type: ignore[arg-type]
 
     def _settle(self, fut: VineFuture, t: Any) -> None:
         """Settle ``fut`` from its returned task (exactly once: the caller popped it)."""
@@ -369,10 +387,9 @@ class FuturesExecutor(cf.Executor):
         if t.successful():
             if not t.temp_output:
                 fut._settle_result(t._output)
-            elif fut._settle_result(UNFETCHED) and self._prefetch_on and not fut._consumers:
-                with self._fetch_cv:
-                    self._to_fetch.append(fut)
-                    self._fetch_cv.notify()
+            elif fut._settle_result(UNFETCHED) and self._gatherer is not None \
+                    and not fut._consumers:
+                self._gatherer.add(fut)
             return
         exc: BaseException | None = None
         if t.result == TaskResult.INPUT_MISSING:
@@ -384,7 +401,15 @@ class FuturesExecutor(cf.Executor):
             out = t._output
             exc = out if isinstance(out, BaseException) else PythonTaskNoResult(
                 f"task {t.id} ended with result '{t.result}' (exit code {t.exit_code})")
-        fut._settle_exception(exc)
+        self._end_with(fut, exc)
+
+    @staticmethod
+    def _end_with(fut: VineFuture, exc: BaseException) -> None:
+        """Fail ``fut`` with ``exc``; a future whose argument was cancelled is cancelled."""
+        if isinstance(exc, cf.CancelledError):
+            fut._set_cancelled()
+        else:
+            fut._settle_exception(exc)
 
     @staticmethod
     def _dep_failure(t: Any, d: VineFuture) -> BaseException | None:
@@ -396,22 +421,6 @@ class FuturesExecutor(cf.Executor):
         if d.done():
             return d.exception(0)
         return None
-
-    def _prefetch_loop(self) -> None:
-        """The prefetch thread: bring back values no task consumes, in finishing order."""
-        while True:
-            with self._fetch_cv:
-                while not self._to_fetch and not self._stopping:
-                    self._fetch_cv.wait()
-                if not self._to_fetch:
-                    return
-                fut = self._to_fetch.popleft()
-            if fut._consumers or fut.fetched or self._values_gone:
-                continue
-            try:
-                fut._fetch(None)
-            except Exception as e:  # kept in the future: its result() raises it
-                log.debug("prefetch of task %d: %s", fut._task.id, e)
 
     # ------------------------------------------------------------------ higher-order
     def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any],  # type: ignore[override]
@@ -479,25 +488,30 @@ class FuturesExecutor(cf.Executor):
         if wait:
             cf.wait(pending)
         if self._own_manager or self.factory is not None:
+            if self._gatherer is not None:
+                self._gatherer.drain(timeout=60.0)
+                self._gatherer.close()
+            deadline = time.monotonic() + 60.0
             for f in list(self._live):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 if f.done() and not f.cancelled() and not f._consumers and not f.fetched:
                     try:
-                        f._fetch(30.0)
+                        f._fetch(left)
                     except Exception as e:
                         log.debug("value of task %d at shutdown: %s", f._task.id, e)
             self._values_gone = True
+        if self._gatherer is not None:
+            self._gatherer.close()
         with self._lock:
             self._stopping = True
             self._wakeup.notify_all()
-        with self._fetch_cv:
-            self._fetch_cv.notify_all()
         if self.factory is not None:
             self.factory.stop()
         if self._own_manager:
             self.manager.close()
         self._driver.join(timeout=2 * _POLL + 5)
-        if self._fetcher is not None:
-            self._fetcher.join(timeout=5)
         self._fail_all(RuntimeError("the executor was shut down before the task finished"))
 
     def __enter__(self) -> FuturesExecutor:

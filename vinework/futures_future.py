@@ -99,6 +99,7 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
         self._is_submitted = False
         self._consumers = 0  # later tasks that take this future as an argument
         self._fetch_lock = threading.Lock()
+        self._gathered: threading.Event | None = None  # set once its gather is over
 
     # ------------------------------------------------------------------ results
     def result(self, timeout: Any = None) -> Any:
@@ -120,7 +121,12 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
         return super().exception(timeout_seconds(timeout))
 
     def _fetch(self, timeout: float | None) -> Any:
-        """Bring the value from the worker that holds it (once; other callers wait)."""
+        """Bring the value from the worker that holds it (once; other callers wait): from
+        the executor's gather task if the value is in one (``futures_gather.py``), else
+        by fetching the temp."""
+        gathered = self._gathered
+        if gathered is not None and not gathered.wait(timeout):
+            raise cf.TimeoutError(f"the value of task {self._task.id} is on its way back")
         with self._fetch_lock:
             if self._result is not UNFETCHED:
                 if self._exception is not None:
@@ -134,25 +140,44 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
                                    "result() before shutdown")
             try:
                 data = self._executor.manager.fetch_file(task.output_file, timeout=timeout)
-                value = data if not task.serialize_output else cloudpickle.loads(data)
             except TimeoutError:
                 raise
             except Exception as e:
-                err = RuntimeError(f"the value of task {task.id} could not be brought back "
-                                   f"from the workers: {e}")
-                err.__cause__ = e
-                with self._condition:
-                    self._result = None
-                    self._exception = err
-                raise err from e
-            with self._condition:
-                self._result = value
+                self._store_error(RuntimeError(f"the value of task {task.id} could not be "
+                                               f"brought back from the workers: {e}"), e)
+                raise self._exception from e  # type: ignore[misc]
+            value = self._store_bytes(data)
+            if self._exception is not None:
+                raise self._exception
             return value
+
+    def _store_bytes(self, data: bytes) -> Any:
+        """Keep the value whose (pickled) bytes came back; returns it."""
+        with self._condition:
+            if self._result is not UNFETCHED:
+                return self._result
+        try:
+            value = data if not self._task.serialize_output else cloudpickle.loads(data)
+        except Exception as e:
+            self._store_error(RuntimeError(f"the value of task {self._task.id} could not be "
+                                           f"unpickled: {e}"), e)
+            return None
+        with self._condition:
+            if self._result is UNFETCHED:
+                self._result = value
+            return self._result
+
+    def _store_error(self, err: BaseException, cause: BaseException) -> None:
+        err.__cause__ = cause
+        with self._condition:
+            self._result = None
+            self._exception = err
 
     @property
     def fetched(self) -> bool:
-        """True once the value is at the manager (or there is none to fetch)."""
-        return self._result is not UNFETCHED
+        """True once the future finished and its value (or its error) is at the manager."""
+        with self._condition:
+            return self._state == FINISHED and self._result is not UNFETCHED
 
     # ------------------------------------------------------------------ states
     def running(self) -> bool:
@@ -193,7 +218,7 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
     def _settle_result(self, value: Any) -> bool:

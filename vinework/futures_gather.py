@@ -1,0 +1,153 @@
+"""Bringing back the values of finished futures that no task consumes, many per task.
+
+A future's value stays on the worker that computed it (temp output), because a
+later task may take it as an argument. Fetching each value by itself when
+``result()`` is called costs a transfer per future, about as much as running
+the task did. So the executor gathers them: when a future finishes and no task
+has taken it as an argument, it joins a queue; a *gather task* (a PythonTask
+of high priority, one core) takes up to ``GATHER_MAX`` queued values as input
+files and returns their bytes inline in one reply; at most ``IN_FLIGHT_MAX``
+run at a time, so batches grow with the load. A ``result()`` on a queued
+future waits for its batch; if a gather fails (a worker was lost, the manager
+closed), its futures fall back to fetching their own value.
+
+A future taken as an argument after it finished may have been gathered: its
+value then came to the manager once, but the later task still reads it from
+the worker's copy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .task import PythonTask
+
+__all__ = ["GATHER_MAX", "Gatherer", "gather_files"]
+
+GATHER_MAX = 256  # values per gather task
+GATHER_MIN = 64  # a batch waits to be this big ...
+GATHER_DELAY = 0.05  # ... or this old (seconds), or for the executor to have nothing pending
+IN_FLIGHT_MAX = 2  # gather tasks submitted and not yet back
+GATHER_PRIORITY = 1e12  # ahead of the user's tasks: a waiting result() is waiting on it
+
+
+def gather_files(*names: str) -> list[bytes]:
+    """Run on the worker: the bytes of each input file, in order."""
+    out = []
+    for name in names:
+        with open(name, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+class Gatherer:
+    """The queue of values to bring back and the gather tasks in flight.
+
+    ``submit(task)`` hands a gather task to the manager and makes sure it comes back
+    through ``finished(task)`` (the executor's driver thread calls it). Futures are
+    ``VineFuture``s settled with a placeholder value.
+    """
+
+    def __init__(self, submit: Callable[[PythonTask], None],
+                 busy: Callable[[], bool]) -> None:
+        self._submit = submit
+        self._busy = busy  # does the executor have futures still running?
+        self._oldest = 0.0  # when the oldest queued value joined the queue
+        self._lock = threading.Lock()
+        self._queue: deque[Any] = deque()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+
+    def add(self, fut: Any) -> None:
+        """Queue a finished future's value (its ``result()`` waits for the batch)."""
+        fut._gathered = threading.Event()
+        with self._lock:
+            if self._closed:
+                fut._gathered.set()
+                return
+            if not self._queue:
+                self._oldest = time.monotonic()
+            self._queue.append(fut)
+        self.launch()
+
+    def wait_hint(self, longest: float) -> float:
+        """How long the driver may wait on the manager before calling ``launch`` again."""
+        return GATHER_DELAY if self._queue else longest
+
+    def launch(self, force: bool = False) -> None:
+        """Submit gather tasks for queued values: while fewer than ``IN_FLIGHT_MAX`` are
+        out, for a batch of ``GATHER_MIN``, one ``GATHER_DELAY`` old, or whatever is
+        queued once the executor has nothing else running (``force``: everything now)."""
+        while True:
+            with self._lock:
+                if self._closed or not self._queue:
+                    return
+                if not force and (self._in_flight >= IN_FLIGHT_MAX or (
+                        len(self._queue) < GATHER_MIN
+                        and time.monotonic() - self._oldest < GATHER_DELAY
+                        and self._busy())):
+                    return
+                batch: list[Any] = []
+                while self._queue and len(batch) < GATHER_MAX:
+                    f = self._queue.popleft()
+                    if f.fetched or f._consumers:  # consumed after all: leave it there
+                        f._gathered.set()
+                        continue
+                    batch.append(f)
+                self._oldest = time.monotonic()
+                if not batch:
+                    continue
+                self._in_flight += 1
+            names = [f".vinework-value-{i}" for i in range(len(batch))]
+            t = PythonTask(gather_files, *names)
+            for f, name in zip(batch, names, strict=True):
+                t.add_input(f._task.output_file, name)
+            t.set_cores(1)
+            t.set_priority(GATHER_PRIORITY)
+            t._gather_batch = batch  # type: ignore[attr-defined]
+            try:
+                self._submit(t)
+            except Exception:
+                self._done(batch, None)
+
+    def finished(self, t: PythonTask) -> None:
+        """A gather task came back: store the values (or let each future fetch its own)."""
+        batch = t._gather_batch  # type: ignore[attr-defined]
+        values = t._output if t.successful() else None
+        self._done(batch, values)
+        self.launch()
+
+    def _done(self, batch: list[Any], values: Any) -> None:
+        if isinstance(values, list) and len(values) == len(batch):
+            for f, data in zip(batch, values, strict=True):
+                f._store_bytes(data)
+        for f in batch:
+            f._gathered.set()
+        with self._lock:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def drain(self, timeout: float) -> None:
+        """Gather everything queued now and wait (up to ``timeout``) for it to come back."""
+        self.launch(force=True)
+        with self._lock:
+            self._idle.wait_for(lambda: self._in_flight == 0 or self._closed, timeout)
+
+    def close(self) -> None:
+        """No more gathers: every queued future fetches its own value if asked."""
+        with self._lock:
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._idle.notify_all()
+        for f in left:
+            f._gathered.set()
+
+    def abandon(self, t: PythonTask) -> None:
+        """A gather task that will never come back (the manager failed or closed)."""
+        self._done(t._gather_batch, None)  # type: ignore[attr-defined]
