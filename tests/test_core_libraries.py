@@ -239,3 +239,25 @@ def test_an_idle_instance_makes_room_for_a_task_that_needs_the_worker() -> None:
                                              outputs=[], cores=2)))
     assert msgs(out, StopLibrary)
     assert [m.task_id for m in msgs(out, RunTask)] == [2]
+
+
+def test_a_library_whose_set_up_keeps_failing_is_broken_and_its_calls_end() -> None:
+    c = Core()
+    c.join("w1", cores=2)
+    c.install("L", slots=1)
+    for tid in range(1, 4):
+        c.call(tid, "L", retries=10)
+    exit_ = int(TaskResult.LIBRARY_EXIT)
+    for n in range(3):  # three instances in a row fail their set-up
+        (start,) = msgs(c.out, StartLibrary)[n:n + 1]
+        (run,) = [r for r in msgs(c.out, RunTask) if r.library_instance == start.instance_id]
+        c.done("w1", run.task_id, attempt=run.attempt, result=exit_)
+        c.feed(LibraryReported(worker_id="w1", message=LibraryEnded(
+            instance_id=start.instance_id, reason="set-up failed: KeyError: 'x'",
+            setup_failed=True)))
+    back = returned(c.out)
+    assert sorted(back) == [1, 2, 3]
+    assert all(r.result == TaskResult.LIBRARY_EXIT for r in back.values())
+    assert all("KeyError" in r.message and "broken" in r.message for r in back.values())
+    assert returned(c.call(4, "L"))[4].result == TaskResult.LIBRARY_EXIT  # at once
+    assert len(msgs(c.out, StartLibrary)) == 3

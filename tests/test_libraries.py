@@ -351,3 +351,24 @@ def test_remote_map_pair_and_tree_reduce(cluster: vine.Manager) -> None:
     with pytest.raises(ValueError, match="no good: 1"):
         m.remote_map("fail", [1, 2, 3], "hof")
     assert m.empty()
+
+
+def broken_context() -> dict[str, Any]:
+    raise KeyError("no-such-model")
+
+
+def test_a_library_whose_context_raises_ends_its_calls_with_the_error(
+        manager: vine.Manager, workers: StartWorker) -> None:
+    m = manager
+    workers(m)
+    wait_workers(m, 1)
+    m.install_library(m.create_library_from_functions(
+        "bad", add, library_context_info=[broken_context, [], {}]))
+    for i in range(5):
+        m.submit(vine.FunctionCall("bad", "add", i, 1))
+    done = wait_all(m, 5, timeout=60)
+    assert {t.result for t in done} == {"library exit"}
+    assert all("no-such-model" in t.error_message for t in done), done[0].error_message
+    assert all(isinstance(t.output, vine.FunctionCallNoResult) for t in done)
+    logs = list(Path(m._run.library_logs).glob("bad.*.log"))
+    assert logs and any("KeyError" in p.read_text() for p in logs)

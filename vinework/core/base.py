@@ -109,6 +109,8 @@ class CoreBase:
         self._instance_names: dict[int, str] = {}  # started instances' libraries (logs)
         self._lib_ready: dict[str, list[tuple[float, int, int]]] = {}  # READY calls
         self._next_instance = 0
+        self._lib_setup_failures: dict[str, int] = {}  # library -> failed set-ups in a row
+        self._lib_broken: dict[str, str] = {}  # library -> why its calls end at once
 
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Queue one step of a cascade (run by ``_drain``, never recursively)."""

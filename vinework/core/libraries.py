@@ -28,6 +28,13 @@ it, never eagerly.
 *Missing library.* A call naming a library that is not installed (never, or
 removed) ends at once with "missing library".
 
+*Broken library.* When ``SETUP_ATTEMPTS`` instances in a row fail their set-up
+(the functions do not unpickle, a hoisted module does not import, the context
+function raises) and none became ready in between, the library is *broken*:
+its waiting calls, and every later one, end at once with "library exit" and the
+set-up's error in their message, instead of starting instance after instance.
+Installing it again (``remove_library`` then ``install_library``) clears that.
+
 *Queues.* READY calls wait in one heap per library (priority, then
 submission order), not in the tasks' heap: a call waits for a slot of its
 library, not for cores, so one library's calls never hold up other tasks'
@@ -51,6 +58,7 @@ from .records import TaskRecord, WorkerRecord
 from .scheduling import Resources, task_allocation
 
 LIBRARY_EXIT_RETRIES = 2  # re-runs of a call whose library ended under it (no set_retries)
+SETUP_ATTEMPTS = 3  # instances whose set-up failed in a row before a library is broken
 
 
 @dataclass(slots=True)
@@ -78,6 +86,8 @@ class LibraryLifecycle(CoreBase):
     def _on_library_installed(self, ev: LibraryInstalled) -> None:
         spec = ev.spec
         self.libraries[spec.name] = spec
+        self._lib_setup_failures.pop(spec.name, None)
+        self._lib_broken.pop(spec.name, None)
         self._log("LIBRARY", spec.name, "INSTALLED", spec.exec_mode, spec.slots or "-",
                   spec.cores if spec.cores is not None else "-")
 
@@ -100,6 +110,7 @@ class LibraryLifecycle(CoreBase):
             if inst is None or inst.worker != ev.worker_id:
                 return
             inst.ready, inst.pid = True, m.pid
+            self._lib_setup_failures.pop(inst.library, None)
             self._log("LIBRARY", inst.library, "STARTED", ev.worker_id, inst.instance_id,
                       m.pid)
             self._out.append(LibraryLog(inst.library, inst.instance_id, ev.worker_id,
@@ -118,6 +129,8 @@ class LibraryLifecycle(CoreBase):
                                       f"library {name} instance {m.instance_id} ended")
             self._log("LIBRARY", name or "-", "FAILURE" if m.setup_failed else "ENDED",
                       ev.worker_id, m.instance_id, m.reason[:200])
+            if m.setup_failed and name in self.libraries:
+                self._setup_failed(name, m.reason)
             if name:
                 head = (f"[vinework] instance {m.instance_id} on worker {ev.worker_id} "
                         f"(pid {m.pid or '?'}) ended: {m.reason}\n")
@@ -143,9 +156,29 @@ class LibraryLifecycle(CoreBase):
             heapq.heappush(self._ready, (-s.priority, t.seq, s.task_id))
         elif s.library not in self.libraries:
             self._missing_library(t)
+        elif s.library in self._lib_broken:
+            self._broken_library(t)
         else:
             heapq.heappush(self._lib_ready.setdefault(s.library, []),
                            (-s.priority, t.seq, s.task_id))
+
+    def _setup_failed(self, name: str, reason: str) -> None:
+        n = self._lib_setup_failures.get(name, 0) + 1
+        self._lib_setup_failures[name] = n
+        if n < SETUP_ATTEMPTS or name in self._lib_broken:
+            return
+        why = (f"library {name} is broken: the set-up of {n} instances in a row failed "
+               f"(last: {reason})")
+        self._lib_broken[name] = why
+        self._log("LIBRARY", name, "BROKEN", n, reason[:200])
+        for _, _, tid in self._lib_ready.pop(name, []):
+            t = self.tasks.get(tid)
+            if t is not None and t.state is T.READY:
+                self._broken_library(t)
+
+    def _broken_library(self, t: TaskRecord) -> None:
+        t.message = self._lib_broken[t.spec.library]
+        self._end(t, RO.FAILED, TR.LIBRARY_EXIT, -1, "", "library broken")
 
     def _missing_library(self, t: TaskRecord) -> None:
         t.message = f"no library named {t.spec.library!r} is installed"
