@@ -80,8 +80,9 @@ class LibraryHandling(CoreBase):
         self._emit(StartLibraryProcess(stimulus_id=self._sid, library=msg, gpu_ids=gpu_ids))
 
     def _library_failed(self, instance_id: int, why: str) -> None:
+        """It could not start here, for this worker's reasons (not the library's set-up)."""
         self._log(INFO, why)
-        self._send(LibraryEnded(instance_id=instance_id, reason=why, setup_failed=True))
+        self._send(LibraryEnded(instance_id=instance_id, reason=why))
 
     def _on_stop_library(self, ev: LibraryStopRequested) -> None:
         inst = self.libraries.get(ev.instance_id)

@@ -271,8 +271,8 @@ class LibraryRunner:
         inst = self.instances.get(task.library_instance)
         self.parts[run_id] = ""
         if inst is None or inst.ended:
-            self.post(ev.TaskExited(run_id=run_id, wall=time.time(),
-                                    library_exit=f"library instance {task.library_instance} "
+            self.post(ev.TaskExited(run_id=run_id, wall=time.time(),  # (forsaken: uncharged)
+                                    worker_error=f"library instance {task.library_instance} "
                                                  "is not running"))
             return
         box = ""

@@ -87,8 +87,8 @@ class TaskHandling(CoreBase):
                 return
         if task.library_instance:  # a FunctionCall: it runs in its library's resources
             refused = self._call_refused(task.library_instance)
-            if refused:
-                self._done(task, Verdict(TaskResult.LIBRARY_EXIT, -1, refused), ev.wall, ev.wall)
+            if refused:  # (not the call's doing: it runs again, uncharged)
+                self._done(task, Verdict(TaskResult.FORSAKEN, -1, refused), ev.wall, ev.wall)
                 return
         ask = Resources.of(task) if not task.library_instance else _NO_RESOURCES
         try:
