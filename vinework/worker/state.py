@@ -388,10 +388,16 @@ class WorkerState(FetchHandling, TaskHandling, LibraryHandling):
         for tid, rid in self.live.items():
             run = self.runs[rid]
             assert run.task.task_id == tid and run.state is not TaskState.KILLED
+        for inst in self.libraries.values():  # library instances hold theirs until stopped
+            if not inst.released:
+                committed = committed + inst.ask
+                for name in inst.inputs:
+                    pins[name] = pins.get(name, 0) + 1
         assert committed == self.ledger.committed, (committed, self.ledger.committed)
         assert self.ledger.committed.fits_in(self.ledger.total), "resources over-committed"
         held = [g for r in self.runs.values() if r.state is not TaskState.KILLED
                 for g in r.gpu_ids]
+        held += [g for i in self.libraries.values() if not i.released for g in i.gpu_ids]
         assert sorted(held + self.ledger.free_gpus) == list(range(self.ledger.total.gpus)), \
             ("gpu indices", held, self.ledger.free_gpus)
         for name, entry in self.entries.items():
