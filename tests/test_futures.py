@@ -454,3 +454,31 @@ def test_without_prefetch_result_fetches_the_value(manager: vine.Manager,
         received = manager.stats.bytes_received
         assert [f.result(timeout=30) for f in futures] == [1, 2, 3, 4, 5]
         assert all(f.fetched for f in futures) and manager.stats.bytes_received > received
+
+
+# ---------------------------------------------------------------------- function calls
+def my_sum(x: int, y: int) -> int:
+    return x + y
+
+
+def refuse(x: int) -> int:
+    raise KeyError(f"no key {x}")
+
+
+def test_future_funcalls_chain_through_temps(executor: FuturesExecutor,
+                                             manager: vine.Manager) -> None:
+    lib = executor.create_library_from_functions("futures-lib", my_sum, refuse)
+    lib.set_cores(1)
+    executor.install_library(lib)
+    t = executor.future_funcall("futures-lib", "my_sum", 7, 4)
+    assert isinstance(t, vine.FutureFunctionCall) and isinstance(t, vine.FunctionCall)
+    a = executor.submit(t)
+    b = executor.submit(executor.future_funcall("futures-lib", my_sum, a, y=a))
+    c = executor.submit(my_sum, b, 1)  # a PythonTask taking a FunctionCall's temp
+    assert c.result(timeout=60) == 23 and b.result(timeout=0) == 22
+    assert not a.fetched  # a's value went only to b, worker to worker
+    assert t.output() == 11
+    with pytest.raises(KeyError, match="no key 3"):
+        executor.submit(executor.future_funcall("futures-lib", "refuse", 3)).result(60)
+    missing = executor.submit(executor.future_funcall("no-such-lib", "f", 1))
+    assert isinstance(missing.exception(timeout=60), vine.FunctionCallNoResult)

@@ -11,8 +11,11 @@ The manager side replaces each future argument by a :class:`FutureArg` marker
 naming the input's place in the sandbox, and submits the call
 ``call_with_futures(function_bytes, args, kwargs, raw)``; on the worker that
 wrapper unpickles the function, swaps every marker for the value read from its
-file, and calls the function. Nothing here imports the manager: a worker's
-warm interpreter only needs this module, ``pickling`` and cloudpickle.
+file, and calls the function. A FunctionCall runs a library's function by
+name, so there the marker is a :class:`SandboxValue`, which *unpickles as* the
+value: the library unpickles a call's arguments inside the call's sandbox.
+Nothing here imports the manager: a worker's warm interpreter only needs this
+module, ``pickling`` and cloudpickle.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import cloudpickle
 
 from .pickling import raw_result
 
-__all__ = ["FutureArg", "call_with_futures", "load_argument"]
+__all__ = ["FutureArg", "SandboxValue", "call_with_futures", "load_argument",
+           "load_from_sandbox"]
 
 
 class FutureArg:
@@ -42,6 +46,21 @@ class FutureArg:
 
     def __repr__(self) -> str:
         return f"FutureArg({self.remote_name!r})"
+
+
+class SandboxValue(FutureArg):
+    """A ``FutureArg`` that turns into the value when unpickled (in the sandbox): for
+    the arguments of a FunctionCall, which its library unpickles itself."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (load_from_sandbox, (self.remote_name, self.raw))
+
+
+def load_from_sandbox(remote_name: str, raw: bool = False) -> Any:
+    """Unpickling a ``SandboxValue``: the value, read from the current directory."""
+    return load_argument(FutureArg(remote_name, raw))
 
 
 def load_argument(arg: FutureArg) -> Any:

@@ -216,14 +216,10 @@ class FuturesExecutor(cf.Executor):
         ``submit``."""
         return FuturePythonTask(self, fn, *args, **kwargs)
 
-    def future_funcall(self, library_name: str, fn: str, *args: Any, **kwargs: Any
-                       ) -> FutureFunctionCall:
-        """A ``FutureFunctionCall`` of function ``fn`` of an installed library."""
-        from ._later import NotYet
-        from .serverless import FunctionCall
-        if issubclass(FunctionCall, NotYet):
-            not_yet("future_funcall (FutureFunctionCall needs serverless libraries: "
-                    "FunctionCall, create_library_from_functions)")
+    def future_funcall(self, library_name: str, fn: str | Callable[..., Any], *args: Any,
+                       **kwargs: Any) -> FutureFunctionCall:
+        """A ``FutureFunctionCall`` of the function named ``fn`` (a name, or a function,
+        by its ``__name__``) of an installed library, to configure and then ``submit``."""
         return FutureFunctionCall(self, library_name, fn, *args, **kwargs)
 
     def create_library_from_functions(self, name: str, *fns: Callable[..., Any],

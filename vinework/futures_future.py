@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import cloudpickle
 
 from .constants import VINE_TASK_RUNNING
-from .futures_args import FutureArg, call_with_futures
+from .futures_args import FutureArg, SandboxValue, call_with_futures
 from .pickling import function_bytes
-from .serverless import FunctionCall
+from .serverless import FunctionCall, dumps_args
 from .task import PythonTask
 
 __all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "FutureFunctionCall",
@@ -51,6 +51,10 @@ class _Unfetched:
 
 
 UNFETCHED: Any = _Unfetched()
+
+# seconds a finished future's result() may take to bring its value from a worker, even
+# when called with a shorter timeout (result(timeout=0) of a done future gives its value)
+FETCH_TIMEOUT_MIN = 60.0
 
 
 def timeout_seconds(timeout: Any) -> float | None:
@@ -112,8 +116,8 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
         """
         limit = timeout_seconds(timeout)
         value = super().result(limit)
-        if value is UNFETCHED:
-            value = self._fetch(limit)
+        if value is UNFETCHED:  # done: bringing the value is not waiting for the task
+            value = self._fetch(None if limit is None else max(limit, FETCH_TIMEOUT_MIN))
         return value
 
     def exception(self, timeout: Any = None) -> BaseException | None:
@@ -258,9 +262,10 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
         return f"<VineFuture of task {self._task.id or '(not submitted)'} {what}>"
 
 
-def _future_args(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+def _future_args(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 marker: type[FutureArg] = FutureArg
                  ) -> tuple[tuple[Any, ...], dict[str, Any], list[VineFuture]]:
-    """Replace every future among the arguments by a ``FutureArg`` and add its task's
+    """Replace every future among the arguments by a ``marker`` and add its task's
     temp output as an input of ``task`` (once per future)."""
     deps: list[VineFuture] = []
     names: dict[int, FutureArg] = {}
@@ -268,14 +273,14 @@ def _future_args(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     def swap(a: Any) -> Any:
         if not isinstance(a, VineFuture):
             return a
-        marker = names.get(id(a))
-        if marker is None:
+        m = names.get(id(a))
+        if m is None:
             producer = a._task
             remote = f".vinework-future-{producer.output_file.cache_name}"
             task.add_input(producer.output_file, remote)
-            marker = names[id(a)] = FutureArg(remote, raw=not producer.serialize_output)
+            m = names[id(a)] = marker(remote, raw=not producer.serialize_output)
             deps.append(a)
-        return marker
+        return m
 
     new_args = tuple(swap(a) for a in args)
     new_kwargs = {k: swap(v) for k, v in kwargs.items()}
@@ -347,13 +352,17 @@ def _output_of(future: VineFuture, timeout: Any) -> Any:
         return e
 
 
-class FutureFunctionCall(FunctionCall):  # type: ignore[misc]
+class FutureFunctionCall(FunctionCall):
     """A FunctionCall whose result is a ``VineFuture`` (TaskVine's ``FutureFunctionCall``),
-    made by ``executor.future_funcall(library_name, fn_name, *args, **kwargs)``."""
+    made by ``executor.future_funcall(library_name, fn_name, *args, **kwargs)``: a call
+    of the function named ``fn_name`` (or of a function's ``__name__``) of an installed
+    library. Its result stays on the worker (temp output) until asked for; futures among
+    its arguments are read from their temps in the call's sandbox."""
 
     def __init__(self, executor: _Executor, library_name: str, fn: Any, *args: Any,
                  **kwargs: Any) -> None:
-        super().__init__(library_name, fn, *args, **kwargs)
+        name = fn if isinstance(fn, str) else getattr(fn, "__name__", fn)
+        super().__init__(library_name, name, *args, **kwargs)
         self.enable_temp_output()
         self._executor = executor
         self._future = VineFuture(self, executor)
@@ -364,7 +373,15 @@ class FutureFunctionCall(FunctionCall):  # type: ignore[misc]
         """The future of this call's result."""
         return self._future
 
-    def output(self, timeout: Any = "wait_forever") -> Any:
+    def submit_finalize(self) -> None:
+        """Serialize the arguments (done by ``Manager.submit``): futures among them
+        become input files, unpickled as their values in the call's sandbox."""
+        if self.payload is None and self._deps:
+            args, kwargs, _ = _future_args(self, self._args, self._kwargs, SandboxValue)
+            self.payload = dumps_args(args, kwargs)
+        super().submit_finalize()
+
+    def output(self, timeout: Any = "wait_forever") -> Any:  # type: ignore[override]
         """The return value, or the exception object the call raised; ``TimeoutError``
         if it has not finished within ``timeout``."""
         return _output_of(self._future, timeout)

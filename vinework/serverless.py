@@ -196,7 +196,11 @@ def library_payload(functions: dict[str, Callable[..., Any]],
         if _by_value(mod):
             mods.add(mod)
     registered = []
+    already = getattr(getattr(cloudpickle, "cloudpickle", None),
+                      "_is_registered_pickle_by_value", lambda m: False)
     for mod in mods:
+        if already(mod):
+            continue  # the user's own registration: not ours to undo below
         try:
             cloudpickle.register_pickle_by_value(mod)
             registered.append(mod)
