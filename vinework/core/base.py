@@ -109,6 +109,9 @@ class CoreBase:
         self._instance_names: dict[int, str] = {}  # started instances' libraries (logs)
         self._lib_ready: dict[str, list[tuple[float, int, int]]] = {}  # READY calls
         self._next_instance = 0
+        # something changed that may let a queued call be placed (a slot or resources freed,
+        # a worker came, a call became the head of its queue): the next pass looks
+        self._calls_dirty = True
         self._lib_setup_failures: dict[str, int] = {}  # library -> failed set-ups in a row
         self._lib_broken: dict[str, str] = {}  # library -> why its calls end at once
 

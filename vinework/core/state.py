@@ -112,10 +112,14 @@ class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics, LibraryLifecyc
             if self._ready and self.instances:
                 self._evict_idle_for_tasks()
                 self._schedule()
-        if self._lib_ready:
+        if self._lib_ready and (self._calls_dirty or type(event) is Tick):
             self._schedule_calls()
         if self._work:
             self._drain()
+            if self._lib_ready and self._calls_dirty:  # a cascade made a call placeable
+                self._schedule_calls()
+                if self._work:
+                    self._drain()
         if self.tune.validate:
             self.validate_state()
         self._out = []

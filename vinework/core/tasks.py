@@ -185,6 +185,8 @@ class TaskLifecycle(CoreBase):
             self._drop_task_level_inputs(t, w)
         if run.instance:
             self._call_slot_freed(t)
+        elif run.alloc.cores or run.alloc.gpus or run.alloc.memory:
+            self._calls_dirty = True  # room for a library instance, maybe
         run.alloc = None
 
     def _release(self, t: TaskRecord) -> None:

