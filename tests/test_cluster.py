@@ -21,6 +21,7 @@ import pytest
 
 import vinework as vine
 from vinework.protocol import PROTOCOL_VERSION, Hello, encode
+from vinework.protocol.messages import CacheReport, Proof
 
 try:
     from conftest import poll_until, task_states, wait_all, wait_running, wait_workers
@@ -369,9 +370,9 @@ def test_manager_drops_garbage_clients_and_keeps_serving(manager, workers):
     assert st.workers_joined == 0 and st.workers_connected == 0
     # a client that passes the handshake and then sends junk is dropped too
     hello = encode(Hello(version=PROTOCOL_VERSION, hostname="fake", cores=1, memory=10,
-                         disk=10, gpus=0, transfer_port=1, cached=[]))
+                         disk=10, gpus=0, transfer_port=1, cached=[], nonce="ab" * 16))
     with socket.create_connection(("127.0.0.1", m.port), timeout=10) as s:
-        s.sendall(hello)
+        s.sendall(hello + encode(Proof(proof="")) + encode(CacheReport(cached=[])))
         poll_until(lambda: m.stats.workers_joined == 1, 10, "the fake worker to join")
         s.sendall(struct.pack(">I", 1 << 30))
         poll_until(lambda: m.stats.workers_lost == 1, 10, "the fake worker to be dropped")

@@ -46,9 +46,12 @@ from vinework.protocol import (
     encode_many,
 )
 from vinework.protocol.messages import (  # noqa: E402  (serverless libraries)
+    CacheReport,
+    Challenge,
     LibraryEnded,
     LibraryReady,
     OutputChunk,
+    Proof,
     StartLibrary,
     StopLibrary,
 )
@@ -89,6 +92,11 @@ SAMPLES: list[Message] = [
                  cores=2, memory=100, disk=100, gpus=0, inputs=[["file-abc", "model.bin"]],
                  env=[["A", "1"]], env_unset=["B"], init_command="true"),
     StopLibrary(instance_id=3, reason="evicted"),
+    Challenge(nonce="ab" * 16, proof="cd" * 32),
+    Proof(proof="ef" * 32),
+    CacheReport(cached=[["file-abc", 12], ["temp-1", 0]]),
+    Fetch(transfer_id=6, name="file-abc", host="10.0.0.3", port=9, size=12,
+          token="1700000000.abcdef"),
     RunTask(task_id=10, attempt=0, command="python:f", inputs=[], outputs=[], env=[],
             cores=0, memory=0, disk=0, gpus=0, time_max=0.0, python_payload=b"args",
             library_instance=3, function="f"),
@@ -303,17 +311,17 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Shutdown.TAG, None], "reason"),
         ([Hoist.TAG, "numpy"], "modules"),  # str where a list is expected
         ([Hoist.TAG, ["numpy", 3]], "modules"),  # a bad list item
-        ([Fetch.TAG, 1, "n", "h", "80", 0, 1, "", "", "", [], [], ""], "port"),
-        ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0], "keepalive_interval"),
-        ([Welcome.TAG, 1, "w", True, 0, "", 30.0], "keepalive_interval"),
+        ([Fetch.TAG, 1, "n", "h", "80", 0, 1, "", "", "", "", [], [], ""], "port"),
+        ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0, ""], "keepalive_interval"),
+        ([Welcome.TAG, 1, "w", True, 0, "", 30.0, ""], "keepalive_interval"),
         ([FileHeader.TAG, "f", False, "", 0o644, "file"], "size"),
         ([GetFile.TAG, "f", None], "token"),
         ([CacheUpdate.TAG, "n", 1, 0.5, 2.0, ""], "transfer_id"),
-        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, [["f", "12"]], "", []], "cached"),
-        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, [["f", 12, 3]], "", []], "cached"),
-        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, [["f"]], "", []], "cached"),
-        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, ["f", 12], "", []], "cached"),
-        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, {"f": 12}, "", []], "cached"),
+        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, [["f", "12"]], "", [], ""], "cached"),
+        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, [["f", 12, 3]], "", [], ""], "cached"),
+        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, [["f"]], "", [], ""], "cached"),
+        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, ["f", 12], "", [], ""], "cached"),
+        ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, {"f": 12}, "", [], ""], "cached"),
         ([TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, [], "not-bytes", "", "", [], "", 0], "python_result"),
         ([TaskDone.TAG, 1, 0, 0, 0, b"out", 0.0, 0.0, [], None, "", "", [], "", 0], "output"),
         ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False, 0.0, [], 1, [], [], [], [], 0, ""], "python_mode"),
@@ -328,7 +336,7 @@ def test_wrong_field_types(body: list[Any], field: str) -> None:
 
 def test_int_is_accepted_where_a_float_is_expected() -> None:
     dec = FrameDecoder()
-    dec.receive_data(packed([Welcome.TAG, 1, "w", 5, 0, "", 30]))
+    dec.receive_data(packed([Welcome.TAG, 1, "w", 5, 0, "", 30, ""]))
     msg = dec.next_message()
     assert isinstance(msg, Welcome) and msg.keepalive_interval == 5
 

@@ -4,6 +4,8 @@ tokens, and the bounds on what an unauthenticated connection may send."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,13 @@ from typing import Any
 import pytest
 
 import vinework as vine
+from vinework.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, encode
+from vinework.protocol.messages import CacheReport, Challenge, Proof
 
 try:
-    from conftest import wait_all, wait_workers
+    from conftest import poll_until, wait_all, wait_workers
 except ImportError:  # tests/ made a package
-    from tests.conftest import wait_all, wait_workers
+    from tests.conftest import poll_until, wait_all, wait_workers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,3 +50,109 @@ def test_a_result_is_unpickled_in_the_thread_that_reads_it(manager: vine.Manager
     assert box["out"].value == 42
     assert box["out"].unpickled_in == "the-reader"  # not the manager's loop thread
     assert done.output is box["out"]  # made once
+
+
+# ---------------------------------------------------------------------- passwords
+def _password_file(tmp_path: Path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text + "\n")
+    p.chmod(0o600)
+    return str(p)
+
+
+def _worker_log(tmp_path: Path, n: int) -> str:
+    return (tmp_path / f"worker-{n}.log").read_text()
+
+
+def test_a_worker_with_the_password_works(manager: vine.Manager, workers: Any,
+                                          tmp_path: Path) -> None:
+    m = manager
+    m.set_password("s3cret")
+    workers(m, extra=("--password", _password_file(tmp_path, "pw", "s3cret")))
+    wait_workers(m, 1)
+    t = vine.Task("echo hello")
+    m.submit(t)
+    (done,) = wait_all(m, 1)
+    assert done.successful() and done.output == "hello\n"
+
+
+@pytest.mark.parametrize("worker_pw, manager_pw, says", [
+    ("wrong", "s3cret", "does not know this worker's password"),
+    (None, "s3cret", "requires a password"),
+    ("s3cret", None, "has no password but this worker has one"),
+])
+def test_a_worker_and_a_manager_that_disagree_never_work_together(
+        manager: vine.Manager, workers: Any, tmp_path: Path, worker_pw: str | None,
+        manager_pw: str | None, says: str) -> None:
+    m = manager
+    if manager_pw:
+        m.set_password(manager_pw)
+    extra = ("--password", _password_file(tmp_path, "pw", worker_pw)) if worker_pw else ()
+    p = workers(m, extra=extra)
+    assert p.wait(timeout=20) == 1
+    assert says in _worker_log(tmp_path, 0)
+    assert m.stats.workers_connected == 0 and m.stats.workers_joined == 0
+    poll_until(lambda: m._server.rejected >= 1, 10, "the manager to record the rejection")
+
+
+def _raw(m: vine.Manager) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", m.port), timeout=10)
+    return s
+
+
+def _hello(nonce: str = "ab" * 16) -> bytes:
+    return encode(Hello(version=PROTOCOL_VERSION, hostname="x", cores=64, memory=1, disk=1,
+                        gpus=0, transfer_port=1, cached=[], nonce=nonce))
+
+
+def _read_frame(s: socket.socket) -> Any:
+    dec = FrameDecoder()
+    while True:
+        msg = dec.next_message()
+        if msg is not None:
+            return msg
+        data = s.recv(65536)
+        if not data:
+            return None
+        dec.receive_data(data)
+
+
+def test_a_client_that_fails_the_proof_never_becomes_a_worker(manager: vine.Manager) -> None:
+    m = manager
+    m.set_password("s3cret")
+    t = vine.Task("echo never")
+    m.submit(t)
+    with _raw(m) as s:
+        s.sendall(_hello())
+        challenge = _read_frame(s)
+        assert isinstance(challenge, Challenge) and challenge.proof  # the manager proves
+        s.sendall(encode(Proof(proof="00" * 32)) + encode(CacheReport(cached=[])))
+        assert _read_frame(s) is None  # closed: no Welcome, no task, no file name
+    assert m.stats.workers_joined == 0 and m._server.rejected == 1
+    assert m.wait(0) is None  # the task was never sent anywhere
+
+
+def test_a_stranger_may_send_only_a_small_first_frame(manager: vine.Manager) -> None:
+    m = manager
+    with _raw(m) as s:
+        s.sendall(struct.pack(">I", 1 << 20) + b"\x00" * 4096)  # announces a 1 MiB frame
+        assert _read_frame(s) is None  # dropped at once
+    assert m._server.rejected == 1
+
+
+def test_silent_strangers_are_dropped_and_capped(manager: vine.Manager,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import vinework.manager.server as server
+    monkeypatch.setattr(server, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(server, "MAX_STRANGERS", 3)
+    m = manager
+    quiet = [_raw(m) for _ in range(3)]
+    poll_until(lambda: m._server._strangers == 3, 5, "three strangers in their handshake")
+    with _raw(m) as extra:
+        assert _read_frame(extra) is None  # refused at once: too many strangers
+    for s in quiet:  # each is dropped after the handshake timeout
+        s.settimeout(5)
+        assert _read_frame(s) is None
+        s.close()
+    poll_until(lambda: m._server._strangers == 0, 5, "the strangers to be gone")
+    assert m.stats.workers_joined == 0

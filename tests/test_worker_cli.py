@@ -166,9 +166,9 @@ def test_debug_takes_an_optional_subsystem(argv: list[str], debug: bool) -> None
     (["--master-name=x"], "vinework runs no catalog server"),
     (["-C", "catalog.cse.nd.edu:9097", "h:1"], "-C/--catalog: vinework runs no catalog"),
     (["--connection-mode=by_ip", "h:1"], "--connection-mode"),
-    (["--ssl", "h:1"], "--ssl: TLS/password authentication are not supported yet"),
-    (["--tls-sni=x.org", "h:1"], "--tls-sni: TLS/password authentication are not supported"),
-    (["-P", "pw.txt", "h:1"], "-P/--password: TLS/password authentication are not supported"),
+    (["--ssl", "h:1"], "--ssl: TLS is not supported yet"),
+    (["--tls-sni=x.org", "h:1"], "--tls-sni: TLS is not supported yet"),
+    (["-P", "/nonexistent/pw.txt", "h:1"], "-P/--password: cannot read the password file"),
     (["--bandwidth=10M", "h:1"], "--bandwidth: throttling transfers is not supported"),
     (["--disk-allocation", "h:1"], "--disk-allocation"),
 ])

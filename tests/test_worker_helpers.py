@@ -24,13 +24,21 @@ def config(**kw: Any) -> WorkerConfig:
 def connected(cached: list[tuple[str, int]] | None = None, now: float = 0.0,
               interval: float = 1.0, keepalive_timeout: float = 10.0, **kw: Any
               ) -> WorkerState:
-    """A state that went through Started, ConnectionOpened and Welcome."""
+    """A state that went through Started, ConnectionOpened, Challenge and Welcome."""
     ws = WorkerState(config(**kw), cached=cached)
     ws.handle(ev.Started(now=now))
-    ws.handle(ev.ConnectionOpened(now=now))
+    ws.handle(ev.ConnectionOpened(now=now, nonce=NONCE))
+    ws.handle(challenge(now))
     ws.handle(welcome(now, interval, keepalive_timeout))
     ws.validate_state()
     return ws
+
+
+NONCE = "ab" * 16  # the worker's handshake nonce in these tests
+
+
+def challenge(now: float = 0.0, proof: str = "") -> ev.ChallengeReceived:
+    return ev.ChallengeReceived(now=now, nonce="cd" * 16, proof=proof)
 
 
 def welcome(now: float = 0.0, interval: float = 1.0, timeout: float = 10.0,

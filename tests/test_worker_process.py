@@ -40,6 +40,7 @@ from vinework.protocol import (
     Welcome,
     encode,
 )
+from vinework.protocol.messages import CacheReport, Challenge, Proof
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -166,9 +167,18 @@ class FakeManager:
         self.accept()
         hello = self.recv()
         assert isinstance(hello, Hello)
+        self.challenge()
         self.send(Welcome(version=PROTOCOL_VERSION, worker_id="w-test", keepalive_interval=interval,
                           transfer_port=0, keepalive_timeout=timeout))
         return hello
+
+    def challenge(self) -> list[tuple[str, int]]:
+        """Send a Challenge (no password); return what the worker's CacheReport says."""
+        self.send(Challenge(nonce="cd" * 16, proof=""))
+        assert isinstance(self.recv(), Proof)
+        report = self.recv()
+        assert isinstance(report, CacheReport)
+        return sorted(map(tuple, report.cached))  # type: ignore[arg-type]
 
     def close(self) -> None:
         if self.conn is not None:
@@ -308,7 +318,7 @@ def test_first_sigterm_drains_until_shutdown(start: Any, fake: FakeManager,
     w = start("127.0.0.1", str(fake.port))
     fake.handshake()
     fake.send(run_task(1, "echo $$ > pid; exec sleep 30"))
-    pidfile = tmp_path / "w0" / "sandbox" / "s1" / "pid"
+    pidfile = _started(tmp_path)  # (a SIGTERM before the task arrives would refuse it)
     os.kill(w.p.pid, signal.SIGTERM)
     leaving = fake.recv_type(Leaving)
     assert "SIGTERM" in leaving.reason
@@ -351,10 +361,22 @@ def test_second_signal_stops_at_once_and_kills_tasks(start: Any, fake: FakeManag
     assert (tmp_path / "w0" / "cache").is_dir()
 
 
-def test_kill_during_drain_is_not_reported(start: Any, fake: FakeManager) -> None:
+def _started(tmp_path: Path) -> Path:
+    """The pid file a task of the first worker wrote in its sandbox, once it is there."""
+    def find() -> Path | None:
+        for p in (tmp_path / "w0").rglob("pid"):
+            if p.read_text().strip():
+                return p
+        return None
+    return poll_until(find, 10, "the task to start")  # type: ignore[no-any-return]
+
+
+def test_kill_during_drain_is_not_reported(start: Any, fake: FakeManager,
+                                           tmp_path: Path) -> None:
     w = start("127.0.0.1", str(fake.port))
     fake.handshake()
-    fake.send(run_task(1, "sleep 30"))
+    fake.send(run_task(1, "echo $$ > pid; exec sleep 30"))
+    _started(tmp_path)
     os.kill(w.p.pid, signal.SIGTERM)
     fake.recv_type(Leaving)
     fake.send(Kill(task_id=1))
@@ -501,7 +523,7 @@ def test_reconnects_after_eof_with_worker_and_forever_files_only(
         fake.accept()
         hello = fake.recv()
         assert isinstance(hello, Hello)
-        assert sorted(map(tuple, hello.cached)) == [("t-forever", 4), ("t-worker", 3)]
+        assert fake.challenge() == [("t-forever", 4), ("t-worker", 3)]
         assert cache_files(workdir) == ["t-forever", "t-worker"]
         fake.send(Welcome(version=PROTOCOL_VERSION, worker_id="w-2", keepalive_interval=0.2,
                           transfer_port=0, keepalive_timeout=30.0))
@@ -513,7 +535,7 @@ def test_reconnects_after_eof_with_worker_and_forever_files_only(
         try:
             fake.accept()
             hello = fake.recv()
-            assert isinstance(hello, Hello) and list(map(tuple, hello.cached)) == [("t-forever", 4)]
+            assert isinstance(hello, Hello) and fake.challenge() == [("t-forever", 4)]
         finally:
             w2.stop()
     finally:
@@ -534,7 +556,7 @@ def test_own_workspace_lives_across_managers(tmp_path: Path, fake: FakeManager) 
         fake.conn.close()
         fake.accept()
         hello = fake.recv()
-        assert isinstance(hello, Hello) and list(map(tuple, hello.cached)) == [("kept", 3)]
+        assert isinstance(hello, Hello) and fake.challenge() == [("kept", 3)]
         assert [p for p in scratch.iterdir() if p.name.startswith("vinework-worker-")] == \
             [workspace]
         os.kill(w.p.pid, signal.SIGINT)

@@ -12,6 +12,8 @@ import pytest
 
 from tests.test_worker_helpers import (
     MANAGER,
+    NONCE,
+    challenge,
     config,
     connected,
     fetch,
@@ -33,6 +35,8 @@ from vinework.protocol import (
     TaskDone,
     TransferFailure,
 )
+from vinework.protocol.auth import manager_proof, worker_proof
+from vinework.protocol.messages import CacheReport, Proof
 from vinework.worker import events as ev
 from vinework.worker.outcome import (
     INLINE_RESULT_MAX,
@@ -321,9 +325,12 @@ def test_duplicate_run_task_is_a_protocol_error() -> None:
 def test_start_connects_and_handshake_sends_hello() -> None:
     ws = WorkerState(config(), cached=[("f", 2)])
     assert one(ws.handle(ev.Started(now=0.0)), ev.Connect).timeout == 5.0
-    (hello,) = sent(ws.handle(ev.ConnectionOpened(now=0.1)), Hello)
-    assert (hello.cores, hello.memory, hello.disk, hello.gpus, hello.cached) == \
-        (4, 4000, 10000, 1, [("f", 2)])
+    (hello,) = sent(ws.handle(ev.ConnectionOpened(now=0.1, nonce="ab" * 16)), Hello)
+    assert (hello.cores, hello.memory, hello.disk, hello.gpus, hello.cached, hello.nonce) == \
+        (4, 4000, 10000, 1, [], "ab" * 16)  # nothing about the cache before the proofs
+    proof, report = sent(ws.handle(challenge(0.15)))
+    assert isinstance(proof, Proof) and proof.proof == ""  # no password here
+    assert isinstance(report, CacheReport) and report.cached == [("f", 2)]
     out = ws.handle(welcome(0.2))
     assert ws.link is Link.CONNECTED and "as w7" in one(out, ev.Log).text
 
@@ -362,11 +369,37 @@ def test_protocol_error_in_the_first_handshake_exits_2() -> None:
 
 
 def test_message_before_welcome_or_wrong_version_exits_2() -> None:
-    for bad in (fetch(1), welcome(version=1)):
+    for bad, challenged in ((fetch(1), False), (welcome(), False), (fetch(1), True),
+                            (welcome(version=1), True), (challenge(), True)):
         ws = WorkerState(config())
         ws.handle(ev.Started(now=0.0))
         ws.handle(ev.ConnectionOpened(now=0.0))
+        if challenged:
+            ws.handle(challenge())
         assert one(ws.handle(bad), ev.Exit).code == 2
+
+
+def test_the_password_handshake_proves_both_sides() -> None:
+    pw = b"s3cret"
+    ws = WorkerState(config(password=pw))
+    ws.handle(ev.Started(now=0.0))
+    ws.handle(ev.ConnectionOpened(now=0.0, nonce=NONCE))
+    good = manager_proof(pw, NONCE, "cd" * 16)
+    proof, _ = sent(ws.handle(challenge(proof=good)))
+    assert isinstance(proof, Proof) and proof.proof == worker_proof(pw, "cd" * 16, NONCE)
+    assert pw.decode() not in repr(proof)
+    for bad, says in ((manager_proof(b"other", NONCE, "cd" * 16), "does not know"),
+                      ("", "has no password")):
+        ws = WorkerState(config(password=pw))
+        ws.handle(ev.Started(now=0.0))
+        ws.handle(ev.ConnectionOpened(now=0.0, nonce=NONCE))
+        out = ws.handle(challenge(proof=bad))
+        assert one(out, ev.Exit).code == 1 and says in one(out, ev.Exit).reason
+        assert not sent(out)  # no proof, no cache report to a manager that failed
+    ws = WorkerState(config())  # no password, a manager that wants one
+    ws.handle(ev.Started(now=0.0))
+    ws.handle(ev.ConnectionOpened(now=0.0, nonce=NONCE))
+    assert "requires a password" in one(ws.handle(challenge(proof=good)), ev.Exit).reason
 
 
 def test_protocol_error_after_a_session_drops_and_reconnects() -> None:
@@ -413,6 +446,7 @@ def test_new_manager_reusing_a_task_id_gets_a_new_run() -> None:
     ws.handle(ev.ConnectionLost(now=1.0, reason="gone"))
     ws.handle(ev.Tick(now=2.0))
     ws.handle(ev.ConnectionOpened(now=2.0))
+    ws.handle(challenge(2.0))
     ws.handle(welcome(2.0))
     r2 = start_run(ws, run_task(1))
     assert r2 != r1
@@ -527,8 +561,9 @@ def test_a_lost_manager_takes_its_files_and_leaves_worker_and_forever_ones() -> 
     ws.validate_state()
     # the next manager hears of what was kept
     assert len(of(ws.handle(ev.Tick(now=2.0)), ev.Connect)) == 1  # after --min-backoff
-    (hello,) = sent(ws.handle(ev.ConnectionOpened(now=2.1)), Hello)
-    assert sorted(hello.cached) == [("fe", 4), ("wk", 3)]
+    sent(ws.handle(ev.ConnectionOpened(now=2.1, nonce=NONCE)), Hello)
+    (report,) = sent(ws.handle(challenge(2.2)), CacheReport)
+    assert sorted(report.cached) == [("fe", 4), ("wk", 3)]
 
 
 def test_a_file_fetched_again_takes_the_higher_level() -> None:
@@ -576,6 +611,7 @@ def test_backoff_doubles_from_min_to_max_and_resets_after_a_session() -> None:
         assert len(of(ws.handle(ev.Tick(now=now)), ev.Connect)) == 1
     assert pauses == [0.5, 1.0, 2.0, 3.0, 3.0]
     ws.handle(ev.ConnectionOpened(now=now))
+    ws.handle(challenge(now))
     ws.handle(welcome(now))
     ws.handle(ev.ConnectionLost(now=now + 1, reason="EOF"))
     assert ws.retry_at == now + 1 + 0.5

@@ -20,7 +20,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.test_worker_helpers import config, run_task, welcome
+from tests.test_worker_helpers import challenge, config, run_task, welcome
 from vinework.protocol import CacheInvalid, CacheUpdate, RunTask, TransferFailure
 from vinework.worker import events as ev
 from vinework.worker.outcome import Resources
@@ -53,6 +53,7 @@ class WorkerMachine(RuleBasedStateMachine):
         self.feed(ev.Started(now=0.0))
         self.feed(ev.ConnectionOpened(now=0.0))
         self.connect_pending = False
+        self.feed(challenge(0.0))
         self.feed(welcome(0.0, interval=1.0, timeout=6.0))
 
     # ---------------------------------------------------------------- the shell
@@ -107,6 +108,7 @@ class WorkerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.ws.link is Link.HANDSHAKE)
     @rule()
     def welcome(self) -> None:
+        self.feed(challenge(self.now))
         self.feed(welcome(self.now, interval=1.0, timeout=6.0))
 
     @precondition(lambda self: self.ws.link in (Link.HANDSHAKE, Link.CONNECTED))

@@ -20,6 +20,7 @@ from ..constants import scheduler_name
 from ..core import HoistRequested, Tuned
 from ..core.events import HostBlocked, ResourcesLimited, WorkersReleased
 from ..core.tunables import NO_EFFECT, TUNABLES, Tunables
+from ..protocol.auth import read_password_file
 from .base import ManagerBase
 
 log = logging.getLogger("vinework.manager")
@@ -224,10 +225,18 @@ class ControlMethods(ManagerBase):
                        "connect to the address they are given)")
 
     def set_password(self, password: str) -> None:
-        not_yet("password authentication (security)")
+        """Workers must prove they know ``password`` (and the manager proves it to them)
+        before anything else: a mutual HMAC challenge over fresh nonces; the password never
+        crosses the network. Workers take it with ``--password FILE``. Set it before any
+        worker connects (a worker admitted earlier stays)."""
+        pw = password.encode() if isinstance(password, str) else bytes(password)
+        if not pw:
+            raise ValueError("the password is empty")
+        self._server.password = pw
 
     def set_password_file(self, path: str) -> None:
-        not_yet("password authentication (security)")
+        """``set_password`` with the contents of a file (without a trailing newline)."""
+        self._server.password = read_password_file(path)
 
     def set_min_task_id(self, minid: int) -> int:
         """Task ids given from now on start at ``minid`` (if above the next id)."""

@@ -57,9 +57,7 @@ from ..protocol import (
     PROTOCOL_VERSION,
     CacheInvalid,
     CacheUpdate,
-    FrameDecoder,
     Heartbeat,
-    Hello,
     Leaving,
     Message,
     ProtocolError,
@@ -75,6 +73,7 @@ from ..protocol.transfer import TransferError, TransferServer, fetch_file, liste
 from ..trees import remove_path
 from ..txnlog import TxnLog
 from .errors import ManagerError
+from .handshake import HANDSHAKE_TIMEOUT, MAX_STRANGERS, Refused, handshake
 from .watch import write_chunk
 
 log = logging.getLogger("vinework.manager")
@@ -89,7 +88,6 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 _malloc_trim = _load_malloc_trim()
-HELLO_TIMEOUT = 10.0
 TICK_SECONDS = 0.5
 
 
@@ -136,6 +134,12 @@ class ManagerServer:
         self._inbox: collections.deque[Event] = collections.deque()
         self._inbox_scheduled = False
         self._next_worker = 1
+        self.password: bytes | None = None  # set_password: workers must prove they know it
+        self.transfer_key = os.urandom(32)  # this session's transfer tokens (auth.py)
+        self._strangers = 0  # connections in their handshake
+        self.rejected = 0  # connections that did not become workers
+        self._last_reject_log = -1.0
+        self._warned_open = False
         self.listen = self._bind(port)
         self.port: int = self.listen.getsockname()[1]
         self.transfer = TransferServer(files_at_manager)
@@ -256,21 +260,29 @@ class ManagerServer:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        dec = FrameDecoder()
+        if self._strangers >= MAX_STRANGERS:
+            self._reject(host, f"more than {MAX_STRANGERS} connections in their handshake")
+            writer.close()
+            return
+        self._strangers += 1
+        password = self.password
         try:
-            hello = await asyncio.wait_for(self._read_one(reader, dec), HELLO_TIMEOUT)
-        except (TimeoutError, ProtocolError, ConnectionError, OSError) as e:
-            self.txn.write("WORKER", ("-", "REJECTED", host, f"bad handshake: {e}"))
-            log.warning("rejected connection from %s: %s", host, e)
+            hello, cached, dec = await asyncio.wait_for(
+                handshake(reader, writer, password), HANDSHAKE_TIMEOUT)
+        except (Refused, TimeoutError, ProtocolError, ConnectionError, OSError) as e:
+            why = str(e) or type(e).__name__
+            self._reject(host, why if isinstance(e, Refused) else f"bad handshake: {why}")
             writer.close()
             return
-        if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION:
-            why = (f"expected Hello version {PROTOCOL_VERSION}, got "
-                   f"{type(hello).__name__} {getattr(hello, 'version', '')}")
-            self.txn.write("WORKER", ("-", "REJECTED", host, why))
-            log.warning("rejected connection from %s: %s", host, why)
-            writer.close()
-            return
+        finally:
+            self._strangers -= 1
+        if password is None and not self._warned_open:
+            self._warned_open = True
+            addr = self.listen.getsockname()[0]
+            log.warning("no password is set: any process that can reach port %d on %s%s can "
+                        "connect as a worker and run code as this user "
+                        "(m.set_password or m.set_password_file)", self.port, addr,
+                        " (every interface)" if addr in ("0.0.0.0", "::") else "")
         wid = f"w{self._next_worker}"
         self._next_worker += 1
         conn = Connection(wid, writer, host)
@@ -279,12 +291,13 @@ class ManagerServer:
         self._send(wid, Welcome(version=PROTOCOL_VERSION, worker_id=wid,
                                 keepalive_interval=tune.keepalive_interval,
                                 transfer_port=self.transfer.port, manager_name=self.name,
-                                keepalive_timeout=tune.keepalive_timeout))
+                                keepalive_timeout=tune.keepalive_timeout,
+                                transfer_key=self.transfer_key.hex()))
         self.apply(WorkerJoined(now=self.now(), worker_id=wid, host=host,
                                 transfer_port=hello.transfer_port, cores=hello.cores,
                                 memory=hello.memory, disk=hello.disk, gpus=hello.gpus,
                                 hostname=hello.hostname,
-                                cached=[(str(n), int(z)) for n, z in hello.cached],
+                                cached=cached,
                                 features=tuple(hello.features)))
         reason = "connection closed"
         try:
@@ -304,15 +317,14 @@ class ManagerServer:
         finally:
             self._drop(conn, reason)
 
-    async def _read_one(self, reader: asyncio.StreamReader, dec: FrameDecoder) -> Message:
-        while True:
-            msg = dec.next_message()
-            if msg is not None:
-                return msg
-            data = await reader.read(65536)
-            if not data:
-                raise ConnectionError("closed during handshake")
-            dec.receive_data(data)
+    def _reject(self, host: str, why: str) -> None:
+        """A connection that does not become a worker: logged (rate-limited), recorded."""
+        self.txn.write("WORKER", ("-", "REJECTED", host, why))
+        self.rejected += 1
+        now = time.monotonic()
+        if now - self._last_reject_log >= 1.0:
+            self._last_reject_log = now
+            log.warning("rejected connection from %s: %s", host, why)
 
     def _on_message(self, conn: Connection, msg: Message) -> None:
         now = self.now()

@@ -17,10 +17,11 @@ lists of those), never dicts of arbitrary shape: pairs are lists of two items
 and are typed as ``list[tuple[str, str]]`` and the like.
 
 Control connection (one per worker):
-    worker -> manager: Hello, TaskDone, CacheUpdate, CacheInvalid, Heartbeat, Leaving,
-                       LibraryReady, LibraryEnded
-    manager -> worker: Welcome, RunTask, Fetch, Unlink, Kill, Heartbeat, Hoist, Shutdown,
-                       StartLibrary, StopLibrary
+    worker -> manager: Hello, Proof, CacheReport, TaskDone, CacheUpdate, CacheInvalid,
+                       Heartbeat, Leaving, LibraryReady, LibraryEnded, OutputChunk
+    manager -> worker: Challenge, Welcome, RunTask, Fetch, Unlink, Kill, Heartbeat, Hoist,
+                       Shutdown, StartLibrary, StopLibrary
+    handshake: Hello -> Challenge -> Proof, CacheReport -> Welcome (``auth.py``)
 
 Failure causes travel as typed values (``TransferFailure`` numbers), never as
 prefixes of a human-readable reason string.
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class TransferFailure(IntEnum):
@@ -149,8 +150,9 @@ class Hello(Message):
     gpus: int
     transfer_port: int
     cached: list[tuple[str, int]]  # files already in the cache: (name, size)
-    password_proof: str = ""
+    password_proof: str = ""  # (unused: the proof travels in ``Proof``, see auth.py)
     features: list[str] = field(default_factory=list)  # --feature names (Task.add_feature)
+    nonce: str = ""  # the worker's handshake nonce (``auth.py``)
 
 
 @register(2)
@@ -258,6 +260,23 @@ class OutputChunk(Message):
     data: bytes
 
 
+@register(11)
+@dataclass(slots=True, kw_only=True)
+class Proof(Message):
+    """The worker's answer to ``Challenge``: its proof that it knows the password ("" when
+    it has none). Nothing else is accepted from it before this checks out."""
+
+    proof: str
+
+
+@register(12)
+@dataclass(slots=True, kw_only=True)
+class CacheReport(Message):
+    """Right after ``Proof``: the files the worker kept from an earlier manager."""
+
+    cached: list[tuple[str, int]]  # (name, size)
+
+
 @register(20)
 @dataclass(slots=True, kw_only=True)
 class Welcome(Message):
@@ -269,6 +288,17 @@ class Welcome(Message):
     transfer_port: int  # the manager's own transfer server (files it serves)
     manager_name: str = ""
     keepalive_timeout: float = 30.0  # both sides drop a peer silent for this long
+    transfer_key: str = ""  # hex key of the session's transfer tokens (auth.py)
+
+
+@register(30)
+@dataclass(slots=True, kw_only=True)
+class Challenge(Message):
+    """The manager's answer to ``Hello``: its nonce and its proof that it knows the
+    password ("" when it has none); see ``auth.py``."""
+
+    nonce: str
+    proof: str
 
 
 @register(21)
@@ -316,6 +346,7 @@ class Fetch(Message):
     size: int  # expected size, -1 if unknown
     cache_level: int = 1  # a CacheLevel: WORKER/FOREVER entries outlive this manager
     url: str = ""  # fetch from this URL (file://, http://, https://) instead of host:port
+    token: str = ""  # the transfer token to show the source (filled in by the manager)
     # a mini-task file (url "mini://NAME"): made here by running a small task whose
     # inputs are in the cache already; kind "command" runs mini_command in a scratch
     # sandbox and takes mini_source from it, "untar" and "poncho" unpack their input

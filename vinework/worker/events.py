@@ -58,9 +58,11 @@ class Tick(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionOpened(Event):
-    """The TCP connection to the manager is up (the handshake has not happened yet)."""
+    """The TCP connection to the manager is up (the handshake has not happened yet);
+    ``nonce`` is this connection's fresh handshake nonce (``protocol/auth.py``)."""
 
     now: float
+    nonce: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +112,14 @@ class FromManager(Event):
     """Base of the events made from manager messages: each one proves the manager lives."""
 
     now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChallengeReceived(FromManager):
+    """The manager's ``Challenge``: its nonce and its proof of the password ("" if none)."""
+
+    nonce: str
+    proof: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

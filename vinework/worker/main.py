@@ -56,7 +56,8 @@ from ..protocol import (
     Welcome,
     encode,
 )
-from ..protocol.messages import StartLibrary, StopLibrary
+from ..protocol.auth import new_nonce
+from ..protocol.messages import Challenge, StartLibrary, StopLibrary
 from ..protocol.transfer import TransferError, TransferServer, fetch_file
 from ..trees import remove_path
 from . import events as ev
@@ -104,6 +105,7 @@ class Worker:
             raise WorkerStartError(str(e)) from None
         self._url_stop = threading.Event()  # ends URL fetches (their retries) at exit
         self.minis: dict[str, MiniSpec | str] = {}  # mini-task files asked for (or why not)
+        self.transfer_key = b""  # the manager's session key for transfer tokens (Welcome)
         self.mini_timeout = mini_timeout(os.environ)
         self.owns_workdir = opts.workdir is None
         self.workdir = opts.workdir or os.path.join(
@@ -138,7 +140,7 @@ class Worker:
                          drain_timeout=opts.drain_timeout, single_shot=opts.single_shot,
                          idle_timeout=opts.idle_timeout, wall_time=opts.wall_time,
                          min_backoff=opts.min_backoff, max_backoff=opts.max_backoff,
-                         features=opts.features),
+                         features=opts.features, password=opts.password),
             cached=kept)
         self._queue: collections.deque[ev.Event] = collections.deque()
         self._handling = False
@@ -339,7 +341,7 @@ class Worker:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.writer = writer
         self._drop_reason = ""
-        self.post(ev.ConnectionOpened(now=now()))
+        self.post(ev.ConnectionOpened(now=now(), nonce=new_nonce()))
         dec = FrameDecoder()
         reason = "the manager closed the connection"
         try:
@@ -388,8 +390,15 @@ class Worker:
             return ev.KillRequested(now=now, task_id=msg.task_id)  # type: ignore[attr-defined]
         if t is Heartbeat:
             return ev.HeartbeatReceived(now=now)
+        if t is Challenge:
+            c: Challenge = msg  # type: ignore[assignment]
+            return ev.ChallengeReceived(now=now, nonce=c.nonce, proof=c.proof)
         if t is Welcome:
             w: Welcome = msg  # type: ignore[assignment]
+            try:  # this session's transfer tokens (checked by our transfer server)
+                self.transfer_key = bytes.fromhex(w.transfer_key)
+            except ValueError:
+                return ev.ProtocolViolation(now=now, error="Welcome with a bad transfer key")
             return ev.WelcomeReceived(now=now, version=w.version, worker_id=w.worker_id,
                                       keepalive_interval=w.keepalive_interval,
                                       keepalive_timeout=w.keepalive_timeout,

@@ -14,8 +14,8 @@ address and says in its log that it ignores the others.
 
 Options TaskVine has that vinework cannot honour are accepted by the parser
 and then refused with one line (exit 2): ``-M/--manager-name``,
-``-C/--catalog`` and ``--connection-mode`` (no catalog server), ``--ssl``,
-``--tls-sni`` and ``-P/--password`` (not supported yet), ``--bandwidth`` and
+``-C/--catalog`` and ``--connection-mode`` (no catalog server), ``--ssl``
+and ``--tls-sni`` (not supported yet), ``--bandwidth`` and
 ``--disk-allocation``. Options that have no effect here are accepted and
 documented as such in ``--help``: ``-w/--tcp-window-size`` (the kernel tunes
 TCP windows), ``-A/--arch``, ``-O/--os`` (nothing in vinework's Hello carries
@@ -35,6 +35,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..protocol.auth import read_password_file
 from .outcome import Resources
 
 DEFAULT_TIMEOUT = 900.0  # TaskVine's idle and connect timeouts
@@ -72,6 +73,7 @@ class WorkerOptions:
     debug_file: str = ""  # "" or ":stderr": stderr; ":stdout": stdout; else a file
     debug_rotate_max: int = 10 << 20  # bytes; 0: never rotate
     features: tuple[str, ...] = ()
+    password: bytes = b""  # -P/--password FILE: its contents
     transfer_ports: tuple[int, int] = (0, 0)  # (0, 0): any free port
     contact_port: int = 0  # the transfer port to advertise (0: the one bound)
     max_transfer_procs: int = 16  # concurrent fetches into the cache
@@ -330,7 +332,8 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("--ssl", action="store_true", help="refused: TLS is not supported yet")
     n.add_argument("--tls-sni", metavar="NAME", help="refused: TLS is not supported yet")
     n.add_argument("-P", "--password", metavar="FILE",
-                   help="refused: password authentication is not supported yet")
+                   help="a file holding the manager's password (set_password): both sides "
+                        "prove they know it before anything else")
     n.add_argument("--bandwidth", metavar="RATE", help="refused: not supported")
     n.add_argument("--disk-allocation", action="store_true", help="refused: not supported")
 
@@ -351,14 +354,22 @@ def _refusals(args: argparse.Namespace) -> None:
     if args.connection_mode is not None:
         raise OptionError("--connection-mode: it applies to -M, and vinework runs no catalog "
                           "server; give HOST PORT")
-    for given, opt in ((args.ssl, "--ssl"), (args.tls_sni is not None, "--tls-sni"),
-                       (args.password is not None, "-P/--password")):
+    for given, opt in ((args.ssl, "--ssl"), (args.tls_sni is not None, "--tls-sni")):
         if given:
-            raise OptionError(f"{opt}: TLS/password authentication are not supported yet")
+            raise OptionError(f"{opt}: TLS is not supported yet")
     if args.bandwidth is not None:
         raise OptionError("--bandwidth: throttling transfers is not supported")
     if args.disk_allocation:
         raise OptionError("--disk-allocation: loop-device sandboxes are not supported")
+
+
+def _password(path: str | None) -> bytes:
+    if path is None:
+        return b""
+    try:
+        return read_password_file(path)
+    except ValueError as e:
+        raise OptionError(f"-P/--password: {e}") from None
 
 
 def _hostport(text: str, default_port: int | None) -> tuple[str, int]:
@@ -424,6 +435,7 @@ def worker_options(args: argparse.Namespace) -> WorkerOptions:
         debug=args.debug is not None and args.debug.lower() != "none",
         debug_file=args.debug_file or "", debug_rotate_max=args.debug_rotate_max,
         features=tuple(dict.fromkeys(args.feature or ())),
+        password=_password(args.password),
         transfer_ports=args.transfer_port or (0, 0),
         contact_port=args.contact_hostport[1] if args.contact_hostport else 0,
         max_transfer_procs=args.max_transfer_procs or 16, task_wrapper=args.task_wrapper,

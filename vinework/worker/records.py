@@ -112,3 +112,4 @@ class WorkerConfig:
     min_backoff: float = 1.0  # first pause before reconnecting; doubled per failure
     max_backoff: float = 8.0  # longest pause between two connection attempts
     features: tuple[str, ...] = ()  # --feature names, announced in Hello
+    password: bytes = b""  # --password FILE: the manager must prove it knows it, and so must we

@@ -82,12 +82,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocol import PROTOCOL_VERSION, Heartbeat, Hello, Leaving
-from ..protocol.messages import OutputChunk
+from ..protocol.auth import manager_proof, same, worker_proof
+from ..protocol.messages import CacheReport, OutputChunk, Proof
 from .base import ALLOWED, FOREVER, F, InvalidTransition, R
 from .events import (
     ERROR,
     INFO,
     WARNING,
+    ChallengeReceived,
     Connect,
     ConnectFailed,
     ConnectionLost,
@@ -140,6 +142,7 @@ class WorkerState(FetchHandling, TaskHandling, LibraryHandling):
             ConnectionLost: self._on_lost, ProtocolViolation: self._on_violation,
             StopRequested: self._on_stop, ParentGone: self._on_parent_gone,
             WelcomeReceived: self._on_welcome, HeartbeatReceived: lambda ev: None,
+            ChallengeReceived: self._on_challenge,
             FetchRequested: self._on_fetch, UnlinkRequested: self._on_unlink,
             RunRequested: self._on_run, KillRequested: self._on_kill,
             ShutdownReceived: self._on_shutdown, FetchFinished: self._on_fetch_finished,
@@ -260,11 +263,35 @@ class WorkerState(FetchHandling, TaskHandling, LibraryHandling):
         self.link = Link.HANDSHAKE
         self.opened_at = ev.now
         self.dropping = False
+        self.nonce = ev.nonce
+        self.challenged = False
         r = self.config.resources
+        # nothing about the cache before both sides are known: that goes after the Proof
         self._send(Hello(version=PROTOCOL_VERSION, hostname=self.config.hostname,
                          cores=r.cores, memory=r.memory, disk=r.disk, gpus=r.gpus,
-                         transfer_port=self.config.transfer_port, cached=self.cached(),
-                         features=list(self.config.features)))
+                         transfer_port=self.config.transfer_port, cached=[],
+                         features=list(self.config.features), nonce=ev.nonce))
+
+    def _on_challenge(self, ev: ChallengeReceived) -> None:
+        """Check the manager's proof of the password, then prove ours (``auth.py``)."""
+        if self.challenged:
+            self._violation("a second Challenge")
+            return
+        self.challenged = True
+        pw = self.config.password
+        if pw and not ev.proof:
+            self._exit(1, f"{self.manager} has no password but this worker has one "
+                          "(--password): refusing it")
+            return
+        if pw and not same(ev.proof, manager_proof(pw, self.nonce, ev.nonce)):
+            self._exit(1, f"{self.manager} does not know this worker's password: refusing it")
+            return
+        if not pw and ev.proof:
+            self._exit(1, f"{self.manager} requires a password: start the worker with "
+                          "--password FILE")
+            return
+        self._send(Proof(proof=worker_proof(pw, ev.nonce, self.nonce) if pw else ""))
+        self._send(CacheReport(cached=self.cached()))
 
     def _on_connect_failed(self, ev: ConnectFailed) -> None:
         if self.link is not Link.CONNECTING:
@@ -274,8 +301,10 @@ class WorkerState(FetchHandling, TaskHandling, LibraryHandling):
 
     def _heard(self, ev: FromManager) -> bool:
         """Note that the manager spoke; False if the message must be ignored."""
-        if self.link is Link.HANDSHAKE and not isinstance(ev, WelcomeReceived):
-            self._violation(f"{type(ev).__name__} before Welcome")
+        if self.link is Link.HANDSHAKE and not (
+                isinstance(ev, ChallengeReceived if not self.challenged else WelcomeReceived)):
+            self._violation(f"{type(ev).__name__} before "
+                            f"{'Welcome' if self.challenged else 'Challenge'}")
             return False
         if self.link not in (Link.HANDSHAKE, Link.CONNECTED):
             return False  # left over from a connection that is gone
