@@ -49,9 +49,7 @@ def test_every_taskvine_name_imports() -> None:
 
 
 @pytest.mark.parametrize("make", [
-    lambda: vine.FunctionCall("lib", "f", 1),
-    lambda: vine.LibraryTask("cmd", "lib"),
-    lambda: vine.utils.load_variable_from_library("x"),
+    lambda: vine.Task("true").set_snapshot_file("snap"),
 ])
 def test_later_features_say_so_when_used(make: Any) -> None:
     with pytest.raises(NotImplementedError, match="vinework does not support"):
@@ -59,9 +57,10 @@ def test_later_features_say_so_when_used(make: Any) -> None:
 
 
 def test_later_manager_methods_say_so(manager: vine.Manager) -> None:
-    for call in (lambda: manager.declare_starch(None), lambda: manager.install_library(None),
-                 lambda: manager.create_library_from_functions("l", print),
-                 lambda: manager.set_password("pw"), lambda: manager.remote_map(print, [])):
+    for call in (lambda: manager.declare_starch(None),
+                 lambda: manager.create_library_from_functions("l", print, poncho_env="e"),
+                 lambda: manager.create_library_from_command("serve", "l"),
+                 lambda: manager.install_library(vine.LibraryTask("cmd", "l"))):
         with pytest.raises(NotImplementedError):
             call()
     with pytest.raises(NotImplementedError, match="TLS"):
