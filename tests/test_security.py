@@ -14,7 +14,9 @@ import pytest
 
 import vinework as vine
 from vinework.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, encode
+from vinework.protocol.auth import make_token
 from vinework.protocol.messages import CacheReport, Challenge, Proof
+from vinework.protocol.transfer import TransferError, fetch_file
 
 try:
     from conftest import poll_until, wait_all, wait_workers
@@ -156,3 +158,33 @@ def test_silent_strangers_are_dropped_and_capped(manager: vine.Manager,
         s.close()
     poll_until(lambda: m._server._strangers == 0, 5, "the strangers to be gone")
     assert m.stats.workers_joined == 0
+
+
+# ---------------------------------------------------------------------- transfer tokens
+def test_transfer_servers_serve_only_requests_with_a_token_for_that_file(
+        manager: vine.Manager, workers: Any, tmp_path: Path) -> None:
+    m = manager
+    workers(m)
+    wait_workers(m, 1)
+    src = tmp_path / "data.txt"
+    src.write_text("private\n")
+    f = m.declare_file(str(src), cache=True)
+    temp = m.declare_temp()
+    t = vine.Task("cat data > out")
+    t.add_input(f, "data")
+    t.add_output(temp, "out")
+    m.submit(t)
+    (done,) = wait_all(m, 1)
+    assert done.successful()
+    w = next(iter(m._state.workers.values()))
+    key = m._server.transfer_key
+    for port, name in ((w.transfer_port, temp.cache_name), (m._server.transfer.port, f.cache_name)):
+        for token in ("", make_token(b"guessed key", name), make_token(key, "other-name"),
+                      make_token(key, name, now=0.0)):  # none, forged, another file's, expired
+            with pytest.raises(TransferError, match="not authorized"):
+                fetch_file("127.0.0.1", port, name, str(tmp_path / "stolen"), -1, token=token)
+            assert not (tmp_path / "stolen").exists()
+        size, _ = fetch_file("127.0.0.1", port, name, str(tmp_path / "fetched"), -1,
+                             token=make_token(key, name))
+        assert (tmp_path / "fetched").read_text() == "private\n" and size == 8
+        (tmp_path / "fetched").unlink()

@@ -24,6 +24,7 @@ Pure file-system code: no sockets, no threads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -236,5 +237,138 @@ def remove_path(path: str) -> None:
 
 
 def copy_tree(src: str, dest: str) -> None:
-    """A full copy of a tree (files copied, symlinks kept as links, modes kept)."""
-    shutil.copytree(src, dest, symlinks=True)
+    """A full copy of the tree ``src`` at the new directory ``dest``: files copied (a
+    reflink where the filesystem can), symlinks kept as links with their targets
+    verbatim (never followed, wherever they point), permission bits kept; ``src``
+    itself must be a real directory, not a link to one.
+
+    Raises:
+        TreeError: ``src`` is a symlink, or an entry is not a file, directory or symlink
+            (a fifo, a device, a socket: never opened); ``dest`` is then removed.
+        OSError: the tree cannot be read or ``dest`` written.
+    """
+    if stat.S_ISLNK(os.lstat(src).st_mode):
+        raise TreeError(f"{src!r} is a symbolic link, not a directory")
+    os.mkdir(dest, 0o700)
+    modes: list[tuple[str, int]] = [(dest, stat.S_IMODE(os.lstat(src).st_mode) & 0o777)]
+    try:
+        for e in walk(src):
+            target = os.path.join(dest, *e.rel.split("/"))
+            if e.kind == "dir":
+                os.mkdir(target, 0o700)
+                modes.append((target, e.mode))
+            elif e.kind == "link":
+                os.symlink(e.target, target)
+            else:
+                copy_file(e.path, target, e.mode)
+    except BaseException:
+        remove_path(dest)
+        raise
+    for path, bits in reversed(modes):
+        os.chmod(path, bits | 0o700)
+
+
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def reflink(src_fd: int, dest_fd: int) -> bool:
+    """Make ``dest_fd`` share ``src_fd``'s blocks (copy-on-write); False where the
+    filesystem cannot (ext4, tmpfs, across filesystems)."""
+    try:
+        import fcntl
+
+        fcntl.ioctl(dest_fd, FICLONE, src_fd)
+        return True
+    except (OSError, ImportError):
+        return False
+
+
+def copy_file(src: str, dest: str, mode: int | None = None, dir_fd: int | None = None,
+              clone: bool = True) -> int:
+    """Copy the regular file ``src`` (relative to ``dir_fd`` if given; never through a
+    final symlink, never a fifo or device) to the new file ``dest``: a reflink when
+    ``clone`` and the filesystem can, else an in-kernel copy. ``mode``: the
+    permission bits of the copy (default: the source's, owner read and write added).
+    Returns the bytes copied. On any error ``dest`` does not exist.
+
+    Raises:
+        TreeError: ``src`` is not a regular file.
+        OSError: it cannot be read or ``dest`` written.
+    """
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TreeError(f"{src!r} is not a regular file")
+        bits = (stat.S_IMODE(st.st_mode) & 0o777 if mode is None else mode & 0o777) | 0o600
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            if not (clone and st.st_size and reflink(fd, out)):
+                _copy_range(fd, out, st.st_size)
+            os.fchmod(out, bits)
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
+        os.close(out)
+        return st.st_size
+    finally:
+        os.close(fd)
+
+
+def _copy_range(src: int, dest: int, size: int) -> None:
+    """``size`` bytes from ``src`` to ``dest`` inside the kernel (copy_file_range, else
+    sendfile, else read and write)."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src, dest, min(size - done, 1 << 30))
+            if n == 0:
+                break
+            done += n
+        return
+    except OSError as e:
+        if done or e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                                   errno.EPERM):
+            raise
+    while True:
+        data = os.read(src, 1 << 20)
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(dest, view):]
+
+
+def open_under(root: str, rel: str) -> tuple[int, str]:
+    """The directory of ``root/rel`` opened (a descriptor, the caller closes it) through
+    real directories only, and the last component of ``rel``.
+
+    Raises:
+        TreeError: ``rel`` is not a plain relative path, or one of its directories is
+            a symbolic link (absolute or not) or not a directory.
+        OSError: ``root`` cannot be opened.
+    """
+    parts = _check_name(rel) if rel else []
+    if not parts:
+        raise TreeError(f"{rel!r} names no entry under {root!r}")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, p in enumerate(parts[:-1]):
+            try:
+                nfd = os.open(p, flags, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    where = "/".join(parts[: i + 1])
+                    raise TreeError(f"{where!r} is a symbolic link or not a directory") from None
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]

@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..core import (
     Command,
@@ -68,7 +68,8 @@ from ..protocol import (
     Welcome,
     encode,
 )
-from ..protocol.messages import LibraryEnded, LibraryReady, OutputChunk
+from ..protocol.auth import check_token, make_token
+from ..protocol.messages import Fetch, LibraryEnded, LibraryReady, OutputChunk
 from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
 from ..trees import remove_path
 from ..txnlog import TxnLog
@@ -142,7 +143,8 @@ class ManagerServer:
         self._warned_open = False
         self.listen = self._bind(port)
         self.port: int = self.listen.getsockname()[1]
-        self.transfer = TransferServer(files_at_manager)
+        self.transfer = TransferServer(
+            files_at_manager, authorize=lambda n, t: check_token(self.transfer_key, n, t))
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
                                                           thread_name_prefix="vine-retrieve")
         self.loop = asyncio.new_event_loop()
@@ -370,6 +372,8 @@ class ManagerServer:
         conn = self.conns.get(worker_id)
         if conn is None or conn.closed:
             return
+        if type(msg) is Fetch and not msg.url:  # from a transfer server: show it a token
+            msg = replace(msg, token=make_token(self.transfer_key, msg.name))
         conn.outq.append(msg)
         if not conn.flush_scheduled:
             conn.flush_scheduled = True
@@ -420,7 +424,8 @@ class ManagerServer:
 
         def work() -> tuple[int, float]:
             os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-            size, secs = fetch_file(c.host, c.port, c.name, tmp, c.size, timeout=60)
+            size, secs = fetch_file(c.host, c.port, c.name, tmp, c.size, timeout=60,
+                                    token=make_token(self.transfer_key, c.name))
             if os.path.isdir(tmp) and not os.path.islink(tmp):
                 _put_tree(tmp, dest, f"{dest}.old-{c.retrieval_id}")
             else:

@@ -16,17 +16,24 @@ index file (``FOREVER_INDEX``, one name a line, replaced atomically) in the
 cache directory; the index name cannot be a cache name. A worker started on a
 workdir keeps the files the index names and deletes every other file it finds
 (whatever it was, it was meant to go with its manager or its worker process).
+
+The directory is private (mode 0700), whoever made it. A task's output enters
+the cache only as what it is in the sandbox: ``store_from`` with the sandbox
+as root reaches it through real directories only and refuses an output that
+is a symbolic link, lies under one, or is a fifo, a device or a socket, so
+nothing outside the sandbox is ever moved in or sent back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
-import shutil
+import stat
 import uuid
 
-from ..trees import TreeError, copy_tree, remove_path, tree_size
+from ..trees import TreeError, copy_file, copy_tree, open_under, remove_path, tree_size
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 FOREVER_INDEX = ".forever"  # names of the FOREVER entries (not a valid cache name)
@@ -48,7 +55,8 @@ class Cache:
 
     def __init__(self, directory: str) -> None:
         self.dir = directory
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
 
     def scan(self) -> list[tuple[str, int]]:
         """The complete files present (name, size); leftover part files are deleted."""
@@ -111,7 +119,11 @@ class Cache:
             path = self.path(name)
         except CacheError:
             return None
-        return path if os.path.isfile(path) or os.path.isdir(path) else None
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return None
+        return path if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else None
 
     def part_path(self) -> str:
         """A fresh temporary path inside the cache for a file being written."""
@@ -140,39 +152,98 @@ class Cache:
             os.replace(tree, dest)
         return size
 
-    def store_from(self, name: str, src: str) -> int:
-        """Move (or copy, across filesystems) a task's output into the cache."""
+    def store_from(self, name: str, src: str, root: str | None = None) -> int:
+        """Move (or copy, across filesystems) a task's output into the cache.
+
+        ``root``: the sandbox ``src`` lies in; ``src`` is then reached through real
+        directories only (a directory of it that is a symlink is refused). Without
+        it only ``src`` itself is checked. Refused (CacheError, with the reason): a
+        symbolic link (wherever it points), a fifo, device or socket, and a tree
+        holding one of those but links.
+        """
         dest = self.path(name)
-        if os.path.isdir(src) and not os.path.islink(src):
-            try:
-                tree_size(src)  # refuses what a tree cannot hold (fifos, devices)
-            except TreeError as e:
-                raise CacheError(f"output {src!r}: {e}") from None
-            part = self.part_path()
-            try:
-                try:
-                    os.rename(src, part)
-                except OSError:
-                    copy_tree(src, part)
-                return self._replace_tree(part, dest)
-            except BaseException:
-                remove_path(part)
-                raise
         try:
-            os.replace(src, dest)
-        except OSError:
-            part = self.part_path()  # never leave a partial copy under the name
+            if root is not None:
+                dfd, base = open_under(root, os.path.relpath(src, root))
+            else:
+                base = os.path.basename(src)
+                dfd = os.open(os.path.dirname(src) or ".",
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except TreeError as e:
+            raise CacheError(f"output {src!r} refused: {e}") from None
+        try:
+            st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(base, dir_fd=dfd)
+                raise CacheError(f"output {src!r} refused: it is a symbolic link (to "
+                                 f"{target!r}); outputs are never followed")
+            if stat.S_ISDIR(st.st_mode):
+                return self._store_tree(dest, src, dfd, base)
+            if not stat.S_ISREG(st.st_mode):
+                raise CacheError(f"output {src!r} refused: it is {_kind_of(st.st_mode)}, "
+                                 "not a file or a directory")
             try:
-                shutil.copyfile(src, part)
-                os.replace(part, dest)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(part)
-                raise
-        return os.stat(dest).st_size
+                os.rename(base, dest, src_dir_fd=dfd)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                part = self.part_path()  # never leave a partial copy under the name
+                try:
+                    copy_file(base, part, dir_fd=dfd)
+                    os.replace(part, dest)
+                except TreeError as e2:
+                    with contextlib.suppress(OSError):
+                        os.unlink(part)
+                    raise CacheError(f"output {src!r} refused: {e2}") from None
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(part)
+                    raise
+                return os.stat(dest).st_size
+            now = os.lstat(dest)
+            if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev) or not stat.S_ISREG(
+                    now.st_mode):  # swapped under us by something still running
+                remove_path(dest)
+                raise CacheError(f"output {src!r} refused: it changed while it was stored")
+            return now.st_size
+        finally:
+            os.close(dfd)
+
+    def _store_tree(self, dest: str, src: str, dfd: int, base: str) -> int:
+        part = self.part_path()
+        try:
+            try:
+                os.rename(base, part, src_dir_fd=dfd)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                copy_tree(f"/proc/self/fd/{dfd}/{base}", part)
+            if stat.S_ISLNK(os.lstat(part).st_mode):
+                raise CacheError(f"output {src!r} refused: it changed while it was stored")
+            try:
+                tree_size(part)  # refuses what a tree cannot hold (fifos, devices)
+            except TreeError as e:
+                raise CacheError(f"output {src!r} refused: {e}") from None
+            return self._replace_tree(part, dest)
+        except TreeError as e:
+            remove_path(part)
+            raise CacheError(f"output {src!r} refused: {e}") from None
+        except BaseException:
+            remove_path(part)
+            raise
 
     def remove(self, name: str) -> None:
         try:
             remove_path(self.path(name))
         except (FileNotFoundError, CacheError):
             pass
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a fifo"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"

@@ -29,6 +29,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import logging.handlers
@@ -56,7 +57,7 @@ from ..protocol import (
     Welcome,
     encode,
 )
-from ..protocol.auth import new_nonce
+from ..protocol.auth import check_token, new_nonce
 from ..protocol.messages import Challenge, StartLibrary, StopLibrary
 from ..protocol.transfer import TransferError, TransferServer, fetch_file
 from ..trees import remove_path
@@ -129,6 +130,9 @@ class Worker:
         self.resources = detect_resources(opts, self.workdir,
                                           sum(size for _, size in kept) // (1 << 20))
         self.server = _transfer_server(self.cache, opts.transfer_ports)
+        # only requests with a token of this worker's manager are served (auth.py)
+        self.server.authorize = lambda n, t: check_token(self.transfer_key, n, t)
+        self.tokens: dict[str, str] = {}  # name -> the token to show its source
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, opts.max_transfer_procs), thread_name_prefix="vine-fetch")
         self.state = WorkerState(
@@ -381,6 +385,8 @@ class Worker:
                 return ev.FetchRequested(now=now, transfer_id=f.transfer_id, name=f.name,
                                          host=f.url, port=URL_PORT, size=-1,
                                          cache_level=f.cache_level)
+            if f.token:
+                self.tokens[f.name] = f.token
             return ev.FetchRequested(now=now, transfer_id=f.transfer_id, name=f.name,
                                      host=f.host, port=f.port, size=f.size,
                                      cache_level=f.cache_level)
@@ -443,7 +449,8 @@ class Worker:
             fut = loop.run_in_executor(self.pool, fetch_url, url, part, limits, self._url_stop)
         else:
             fut = loop.run_in_executor(
-                self.pool, fetch_file, ins.host, ins.port, ins.name, part, ins.size)
+                self.pool, functools.partial(fetch_file, ins.host, ins.port, ins.name, part,
+                                             ins.size, token=self.tokens.pop(ins.name, "")))
 
         def done(f: asyncio.Future[tuple[int, float]]) -> None:
             if f.cancelled():

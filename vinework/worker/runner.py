@@ -15,9 +15,18 @@ task's stdout+stderr file is read and capped by ``sandbox.take_output``, and a
 stdout too large to travel inline is moved into the cache by ``collect``.
 
 A sandbox the worker cannot prepare for its own reasons (an I/O error, no
-space) is reported as a worker error (FORSAKEN: not the task's fault); an
+space, a sandbox left by an earlier worker on the same workdir that cannot be
+replaced) is reported as a worker error (FORSAKEN: not the task's fault); an
 input that is not there, or a remote name that escapes the sandbox, as a
-setup error (INPUT_MISSING).
+setup error (INPUT_MISSING). Every failure while setting a task up ends in a
+``TaskExited``: a task is never left without a result.
+
+Outputs are taken through ``Cache.store_from`` with the sandbox as root: an
+output that is a symbolic link, lies under one, or is a special file is
+reported missing with the reason. Inputs shared with the cache
+(``sandbox.SharedInput``: large files on filesystems without reflinks) are
+checked when the attempt is cleaned up; one a task changed is reported lost
+(``FileLost``), so the cache never serves the changed bytes again.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ class TaskRunner:
         self.boxes: dict[int, tuple[sb.SandboxPool, str]] = {}  # run id -> sandbox
         self.py_out: dict[int, str] = {}  # run id -> result part file
         self.optional: dict[int, frozenset[str]] = {}  # run id -> outputs never missing
+        self.shared: dict[int, list[sb.SharedInput]] = {}  # run id -> inputs to check
         self.python: PythonRunner | None = None  # warm interpreters, made on first use
 
     # ------------------------------------------------------------------ instructions
@@ -100,7 +110,15 @@ class TaskRunner:
 
     def collect(self, ins: ev.CollectOutputs) -> None:
         """Move the outputs (result file, big stdout) into the cache; post what happened."""
-        _, box = self.boxes[ins.run_id]
+        got = self.boxes.get(ins.run_id)
+        if got is None:  # its sandbox could not even be made
+            self.post(ev.OutputsCollected(
+                run_id=ins.run_id, wall=time.time(), stored=[],
+                missing=[r for n, r in ins.outputs if n not in self.optional.get(ins.run_id, ())],
+                result_error="no sandbox" if ins.python_result else "",
+                stdout_error="no sandbox" if ins.stdout else ""))
+            return
+        _, box = got
         stored: list[tuple[str, int]] = []
         missing: list[str] = []
         disk_full = result_error = ""
@@ -120,7 +138,7 @@ class TaskRunner:
                     missing.append(remote)
                 continue
             try:
-                stored.append((name, self.cache.store_from(name, src)))
+                stored.append((name, self.cache.store_from(name, src, root=box)))
             except (OSError, CacheError) as e:
                 if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                     disk_full = remote
@@ -129,8 +147,8 @@ class TaskRunner:
         stdout_stored, stdout_error = -1, ""
         if ins.stdout:
             try:
-                stdout_stored = self.cache.store_from(ins.stdout,
-                                                      os.path.join(box, sb.OUTPUT_NAME))
+                stdout_stored = self.cache.store_from(
+                    ins.stdout, os.path.join(box, sb.OUTPUT_NAME), root=box)
             except (OSError, CacheError) as e:
                 stdout_error = str(e)
         self.post(ev.OutputsCollected(run_id=ins.run_id, wall=time.time(), stored=stored,
@@ -140,6 +158,12 @@ class TaskRunner:
 
     def cleanup(self, run_id: int) -> None:
         self.optional.pop(run_id, None)
+        for inp in self.shared.pop(run_id, ()):
+            why = inp.changed()
+            if why:
+                log.warning("input %s of run %d changed in the cache: %s", inp.name, run_id,
+                            why)
+                self.post(ev.FileLost(name=inp.name, reason=f"{inp.name}: {why}"))
         pool, box = self.boxes.pop(run_id, (None, ""))
         if pool is not None:
             pool.release(box)
@@ -159,11 +183,17 @@ class TaskRunner:
     async def _run(self, run_id: int, task: RunTask, inline_max: int,
                    gpu_ids: tuple[int, ...]) -> None:
         pool = self.box_pool if task.python_payload is None else self.py_box_pool
-        box = pool.acquire()
+        try:
+            box = pool.acquire()
+        except OSError as e:
+            self.post(ev.TaskExited(run_id=run_id, wall=time.time(),
+                                    worker_error=f"cannot make a sandbox: {e}"))
+            return
         self.boxes[run_id] = (pool, box)
         try:
-            sb.prepare(box, list(task.inputs), {n: self.cache.path(n) for n, _ in task.inputs},
-                       frozenset(task.symlink_inputs))
+            self.shared[run_id] = sb.prepare(
+                box, list(task.inputs), {n: self.cache.path(n) for n, _ in task.inputs},
+                frozenset(task.symlink_inputs))
             if task.optional_outputs:
                 self.optional[run_id] = frozenset(task.optional_outputs)
             for _, remote in task.outputs:
@@ -176,6 +206,11 @@ class TaskRunner:
             self.post(ev.TaskExited(run_id=run_id, wall=time.time(),
                                     worker_error=f"cannot set up the sandbox: {e}"))
             return
+        except Exception as e:  # a worker-side bug: still a result, never a silent task
+            log.exception("setting up task %d failed inside the worker", task.task_id)
+            self.post(ev.TaskExited(run_id=run_id, wall=time.time(),
+                                    worker_error=f"cannot set up the sandbox: {e}"))
+            return
         try:
             if task.python_payload is not None:
                 done = await self._run_python(run_id, task, box, inline_max, gpu_ids)
@@ -183,7 +218,10 @@ class TaskRunner:
                 done = await self._run_command(run_id, task, box, gpu_ids)
         except Exception as e:  # a worker-side bug must not kill the worker
             log.exception("task %d failed inside the worker", task.task_id)
-            out = sb.take_output(box, task.stdout_max)
+            try:
+                out = sb.take_output(box, task.stdout_max)
+            except Exception:
+                out = sb.Output("", 0, False)
             done = ev.TaskExited(run_id=run_id, wall=time.time(), worker_error=str(e),
                                  output=out.text, stdout_size=out.size, stdout_big=out.big)
         self.post(done)
