@@ -307,8 +307,23 @@ def test_map_reduce_allpairs(executor: FuturesExecutor) -> None:
                 lambda: executor.allpairs(add, [1], [2], chunk_size=-1)):
         with pytest.raises(ValueError):
             bad()
-    with pytest.raises(NotImplementedError, match="serverless"):
-        executor.map(inc, nums, library_name="lib")
+
+
+
+def test_map_reduce_allpairs_in_a_library(executor: FuturesExecutor) -> None:
+    nums = list(range(30))
+    assert executor.map(inc, nums, library_name="hof", chunk_size=7).result(timeout=60) \
+        == [x + 1 for x in nums]
+    assert executor.reduce(sum, nums, library_name="hof", chunk_size=4).result(timeout=60) \
+        == sum(nums)
+    table = executor.allpairs(add, [1, 2], [10, 20, 30], library_name="hof", chunk_size=2)
+    assert table.result(timeout=60) == [[11, 21, 31], [12, 22, 32]]
+    assert executor.manager.check_library_exists("hof")
+    lib = executor.manager.create_library_from_functions("taken", inc)
+    lib.set_cores(1)
+    executor.manager.install_library(lib)
+    with pytest.raises(ValueError, match="installed already"):
+        executor.map(inc, nums, library_name="taken")
 
 
 # ---------------------------------------------------------------------- executor lifetimes

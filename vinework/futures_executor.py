@@ -102,6 +102,9 @@ def _rows(ncols: int, *parts: list[Any]) -> list[list[Any]]:
     return [flat[i:i + ncols] for i in range(0, len(flat), ncols)] if ncols else []
 
 
+_HELPERS = (_map_chunk, _concat, _reduce_chunk, _pairs_chunk, _rows)
+
+
 def _positive(name: str, value: Any, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
@@ -177,6 +180,7 @@ class FuturesExecutor(cf.Executor):
                 self.manager.close()
             raise
         self._internal: dict[int, Task] = {}  # gather tasks in flight, by id
+        self._libraries: set[str] = set()  # libraries of map/reduce/allpairs helpers
         self._gatherer = Gatherer(self._submit_internal, lambda: bool(self._pending)) \
             if prefetch else None
         self._driver = threading.Thread(target=self._drive, daemon=True,
@@ -419,17 +423,40 @@ class FuturesExecutor(cf.Executor):
         return None
 
     # ------------------------------------------------------------------ higher-order
+    def _call(self, library_name: str | None, helper: Callable[..., Any], *args: Any
+              ) -> VineFuture:
+        """Submit ``helper(*args)``: a PythonTask, or a call in the executor's library
+        ``library_name`` (made and installed on first use)."""
+        if library_name is None:
+            return self.submit(helper, *args)
+        self._library(library_name)
+        return self.submit(self.future_funcall(library_name, helper.__name__, *args))
+
+    def _library(self, name: str) -> None:
+        """Make and install the library of map/reduce/allpairs helpers named ``name``."""
+        with self._lock:
+            if name in self._libraries:
+                return
+            if self.manager.check_library_exists(name):
+                raise ValueError(f"a library named {name!r} is installed already; map, "
+                                 "reduce and allpairs make a library of their own: give "
+                                 "them a new name")
+            lib = self.manager.create_library_from_functions(name, *_HELPERS)
+            lib.set_cores(1)
+            self.manager.install_library(lib)
+            self._libraries.add(name)
+
     def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any],  # type: ignore[override]
             library_name: str | None = None, chunk_size: int = 1) -> VineFuture:
         """TaskVine's ``map``: one future of ``[fn(x) for x in iterable]``, computed by
-        tasks of ``chunk_size`` items each and gathered on a worker."""
-        if library_name is not None:
-            not_yet("map(..., library_name=...) (serverless libraries)")
+        tasks of ``chunk_size`` items each and gathered on a worker. With
+        ``library_name``, the tasks are FunctionCalls of a library of that name that the
+        executor makes (``fn`` travels with each call)."""
         size = _positive("chunk_size", chunk_size, 1)
         items = list(iterable)
-        parts = [self.submit(_map_chunk, fn, *items[i:i + size])
+        parts = [self._call(library_name, _map_chunk, fn, *items[i:i + size])
                  for i in range(0, len(items), size)]
-        return self.submit(_concat, *parts)
+        return self._call(library_name, _concat, *parts)
 
     def reduce(self, fn: Callable[[list[Any]], Any], iterable: Iterable[Any],
                library_name: str | None = None, chunk_size: int = 2,
@@ -437,16 +464,15 @@ class FuturesExecutor(cf.Executor):
         """TaskVine's ``reduce``: one future of the reduction of ``iterable`` by ``fn``,
         which takes a list of up to ``fn_arity`` values (``max``, ``sum``, ...). Each
         task reduces ``max(chunk_size, fn_arity)`` values; the tasks form a tree whose
-        partial results stay on the workers. Futures may be among the values."""
-        if library_name is not None:
-            not_yet("reduce(..., library_name=...) (serverless libraries)")
+        partial results stay on the workers. Futures may be among the values.
+        ``library_name``: as for ``map``."""
         arity = _positive("fn_arity", fn_arity, 2)
         size = max(arity, _positive("chunk_size", chunk_size, 2))
         level = list(iterable)
         if not level:
             raise ValueError("reduce of an empty iterable")
         while True:
-            level = [self.submit(_reduce_chunk, fn, arity, *level[i:i + size])
+            level = [self._call(library_name, _reduce_chunk, fn, arity, *level[i:i + size])
                      for i in range(0, len(level), size)]
             if len(level) == 1:
                 return level[0]
@@ -455,17 +481,16 @@ class FuturesExecutor(cf.Executor):
                  iterable_cols: Iterable[Any], library_name: str | None = None,
                  chunk_size: int = 1) -> VineFuture:
         """TaskVine's ``allpairs``: one future of the table ``[[fn(a, b) for b in cols]
-        for a in rows]``, computed by tasks of ``chunk_size`` pairs each."""
-        if library_name is not None:
-            not_yet("allpairs(..., library_name=...) (serverless libraries)")
+        for a in rows]``, computed by tasks of ``chunk_size`` pairs each.
+        ``library_name``: as for ``map``."""
         size = _positive("chunk_size", chunk_size, 1)
         rows, cols = list(iterable_rows), list(iterable_cols)
         if future_deps(tuple(rows) + tuple(cols), {}):
             raise ValueError("allpairs takes values, not futures (pass future.result())")
         pairs = [(a, b) for a in rows for b in cols]
-        parts = [self.submit(_pairs_chunk, fn, *pairs[i:i + size])
+        parts = [self._call(library_name, _pairs_chunk, fn, *pairs[i:i + size])
                  for i in range(0, len(pairs), size)]
-        return self.submit(_rows, len(cols), *parts)
+        return self._call(library_name, _rows, len(cols), *parts)
 
     # ------------------------------------------------------------------ shutting down
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
