@@ -6,8 +6,10 @@ Each system computes ``trivial(i) = i + 1`` for i in range(N): submit everything
 collect every result; the figure is N / (time from the first submit to the last
 result). The library is a whole worker (TaskVine's default resources), with its
 function slots raised to keep calls in flight while others travel (``--slots``,
-default 64; "slots=default" runs one per core as TaskVine). Exec modes: "direct"
-(calls run in the library process) and "fork" (a child per call).
+default 256; also run with 64, and with the default of one per core as TaskVine).
+Exec modes: "direct" (calls run in the library process) and "fork" (a child per
+call). The machine's load average is printed: other processes on the two cores
+change every figure here.
 
 Bars (issue 11): >= 5,000 calls/s; TaskVine does 185-243/s on this machine kind.
 Also printed: where the manager's time goes per call (``--profile`` runs the direct
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import tempfile
 import threading
@@ -117,21 +120,25 @@ def run_dask(n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("n", nargs="?", type=int, default=10_000)
-    ap.add_argument("--slots", type=int, default=64)
+    ap.add_argument("--slots", type=int, default=256)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-dask", action="store_true")
     a = ap.parse_args()
     n = a.n
+    load0 = os.getloadavg()[0]
     direct = run_calls(n, "direct", a.slots, a.profile)
+    direct64 = run_calls(n, "direct", 64)
     direct_default = run_calls(n, "direct", 0)
     fork = run_calls(min(n, 2000), "fork", a.slots)
     py = run_python_tasks(n)
     dask = None if a.no_dask else run_dask(n)
     lo, hi = TASKVINE_RATE
-    print(f"{n} trivial calls, one 2-core worker")
+    print(f"{n} trivial calls, one 2-core worker (load average {load0:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after)")
     print(f"FunctionCalls direct, {a.slots} slots: {direct:8.0f} calls/s  "
           f"goal {GOAL:.0f}/s  {'met' if direct >= GOAL else 'NOT met'}; "
           f"TaskVine {lo:.0f}-{hi:.0f}/s: {direct / hi:.0f}-{direct / lo:.0f}x")
+    print(f"FunctionCalls direct, 64 slots:   {direct64:8.0f} calls/s")
     print(f"FunctionCalls direct, default slots (2): {direct_default:8.0f} calls/s")
     print(f"FunctionCalls fork, {a.slots} slots ({min(n, 2000)} calls): {fork:8.0f} calls/s")
     print(f"PythonTasks (warm executors):      {py:8.0f} tasks/s  calls/tasks "

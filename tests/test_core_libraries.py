@@ -261,3 +261,15 @@ def test_a_library_whose_set_up_keeps_failing_is_broken_and_its_calls_end() -> N
     assert all("KeyError" in r.message and "broken" in r.message for r in back.values())
     assert returned(c.call(4, "L"))[4].result == TaskResult.LIBRARY_EXIT  # at once
     assert len(msgs(c.out, StartLibrary)) == 3
+
+
+def test_a_task_that_could_not_run_there_anyway_evicts_nothing() -> None:
+    c = Core()
+    c.join("w1", cores=2)
+    c.install("L")
+    c.call(1, "L")
+    c.done("w1", 1)
+    out = c.feed(TaskSubmitted(spec=TaskSpec(task_id=2, command="true", inputs=[],
+                                             outputs=[], cores=2, features=("gpu",))))
+    assert not msgs(out, StopLibrary) and not msgs(out, RunTask)
+    assert len(c.s.library_instances()) == 1

@@ -378,9 +378,12 @@ class LibraryLifecycle(CoreBase):
         if t is None or t.state is not T.READY:
             return
         s = t.spec
-        declared = (s.cores, s.memory, s.disk, s.gpus)
+        if s.start_after > self.now or s.mount_flags:
+            return  # (not startable yet, or tied to where its strict inputs are)
+        declared = self._declared(s) if self.limits else (s.cores, s.memory, s.disk, s.gpus)
         for w in self.workers.values():
-            if w.draining:
+            if w.draining or (t.avoid and w.worker_id in t.avoid) \
+                    or (s.features and not w.features.issuperset(s.features)):
                 continue
             idle = [self.instances[i] for i in self._on_worker.get(w.worker_id, ())
                     if not self.instances[i].calls]
