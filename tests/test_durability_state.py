@@ -198,11 +198,29 @@ def _auto_after_one_loss(workers: int, size: int, run: float) -> tuple[Sim, str]
     for i in range(workers + 1):  # (they kept sending heartbeats meanwhile)
         s.ev(WorkerHeard, worker_id=f"w{i + 1}")
     s.ev(Tick)
+    s.st.workers[f"w{workers + 1}"].tasks_done = 1  # it had worked: its loss counts
     s.leave(f"w{workers + 1}")
     s.temp("F")
     s.submit(1, outs=["F"])
     s.report(1, size=size, run=run)
     return s, s.st.files["F"].decision
+
+
+def test_workers_that_leave_without_working_do_not_count_as_losses() -> None:
+    s = Sim()
+    s.st.tune.set("durability", "auto")
+    s.join("w1", disk=10000)
+    for i in range(2, 12):  # ten peers that connect and go without doing anything
+        s.join(f"w{i}", disk=10000)
+        s.leave(f"w{i}")
+    s.now = 1000.0
+    s.ev(WorkerHeard, worker_id="w1")
+    s.ev(Tick)
+    s.temp("F")
+    s.submit(1, outs=["F"])
+    s.report(1, size=200 * 1000 * 1000, run=100.0)
+    assert s.st.stats.workers_lost == 10 and s.st.durability.losses == 0
+    assert s.st.files["F"].decision == "one"  # no loss seen: one copy
 
 
 def _expected_choice(workers: int, size: int, run: float) -> str:

@@ -106,6 +106,9 @@ class Durability:
         self.mgr_bw = 100e6
         self.start: float | None = None
         self.worker_seconds = 0.0
+        # losses of workers that had run a task or held a file: only those estimate the
+        # loss rate (a peer that connects and leaves without working cannot steer it)
+        self.losses = 0
         self._last = 0.0
         self._runs = 0
         self._run_total = 0.0
@@ -130,7 +133,9 @@ class Durability:
         return out
 
     # ----------------------------------------------------------- the state tells
-    def worker_lost(self, worker_id: str, names: list[str]) -> None:
+    def worker_lost(self, worker_id: str, names: list[str], worked: bool = True) -> None:
+        if worked:
+            self.losses += 1
         for n in names:
             f = self.files.get(n)
             if f is not None and f.spec.kind == "temp":
@@ -217,7 +222,7 @@ class Durability:
             self.wanted_copies[name] = k
 
     def _decide(self, f: FileRecord, task: TaskRecord) -> str:
-        lost = self.stats.workers_lost
+        lost = self.losses
         lam = lost / self.worker_seconds if self.worker_seconds > 0 else 0.0
         if lam == 0.0:  # no loss seen: one copy, as TaskVine (and no cost estimate needed)
             f.decision = "one"

@@ -106,13 +106,20 @@ class WorkerLifecycle(CoreBase):
         self.stats.workers_connected -= 1
         self.stats.workers_removed += 1
         self._forget_worker_instances(wid)
-        if not w.draining or self._drain_wait.get(wid):
+        is_loss = not w.draining or bool(self._drain_wait.get(wid))
+        if is_loss:
             self.stats.workers_lost += 1  # a drained worker left as agreed: not a loss
         self._drain_wait.pop(wid, None)
         self._log("WORKER", wid, "DISCONNECTION", reason)
         if not self.workers:
             self._no_worker_since = self.now
         names, transfers = self.replicas.drop_worker(wid)
+        for name in [n for n, holders in self._unclaimed.items() if wid in holders]:
+            del self._unclaimed[name][wid]  # no record outlives the worker it is about
+            if not self._unclaimed[name]:
+                del self._unclaimed[name]
+        for key in [k for k in self._mini_wait if k[1] == wid]:
+            del self._mini_wait[key]
         for key in [k for k in self._stage_wait if k[1] == wid]:
             del self._stage_wait[key]
         for key in [k for k in self._unsourced if k[1] == wid]:
@@ -139,7 +146,7 @@ class WorkerLifecycle(CoreBase):
         for tid in forsaken:  # after the losses, so a recovery is logged after its loss
             t = self.tasks[tid]
             self._later(self._run_lost, t, RO.WORKER_LOST, f"worker lost: {reason}")
-        self.durability.worker_lost(wid, names)
+        self.durability.worker_lost(wid, names, worked=is_loss and bool(w.tasks_done or names))
 
     def _on_worker_leaving(self, ev: WorkerLeaving) -> None:
         """Drain: no new task there; its running tasks go elsewhere; the temps only it
