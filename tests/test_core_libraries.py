@@ -273,3 +273,15 @@ def test_a_task_that_could_not_run_there_anyway_evicts_nothing() -> None:
                                              outputs=[], cores=2, features=("gpu",))))
     assert not msgs(out, StopLibrary) and not msgs(out, RunTask)
     assert len(c.s.library_instances()) == 1
+
+
+def test_hungry_counts_function_slots_for_calls() -> None:
+    c = Core()
+    c.join("w1", cores=2)
+    c.install("L", slots=50)
+    for tid in range(1, 41):
+        c.call(tid, "L")
+    # 40 calls run in a 50-slot instance holding the whole worker: room for
+    # factor * 50 - 40 more, though no core is free
+    assert c.s.workers["w1"].free.cores == 0
+    assert c.s.hungry() == int(c.s.tune.hungry_minimum_factor * 50) - 40

@@ -222,6 +222,11 @@ class CoreBase:
         workers = [w for w in self.workers.values() if not w.draining]
         if not workers:
             return base
+        calls = self._hungry_calls()
+        if calls is not None:  # FunctionCalls: what the instances' function slots take
+            room, calls_waiting = calls
+            waiting -= calls_waiting
+            base = max(base, room)
         factor = self.tune.hungry_minimum_factor
         total = [0.0, 0.0, 0.0, 0.0]
         used = [0.0, 0.0, 0.0, 0.0]
@@ -235,7 +240,8 @@ class CoreBase:
         depth = max(1, self.tune.attempt_schedule_depth)
         biggest = max((w.total for w in workers), key=lambda r: (r.cores, r.memory, r.disk))
         for t in self.tasks.values():
-            if t.state is T.WAITING or t.state is T.READY or t.state is T.STAGING:
+            if (t.state is T.WAITING or t.state is T.READY or t.state is T.STAGING) \
+                    and not t.spec.library:  # (a call takes a slot, not the worker)
                 s = t.spec  # what it would take of the biggest worker (unset: all of it)
                 a = task_allocation(biggest, s.cores, s.memory, s.disk, s.gpus)
                 sample.append((a.cores, a.memory, a.disk, a.gpus))
@@ -257,6 +263,18 @@ class CoreBase:
         if not fits:
             fits.append(max(0.0, factor * total[0] - used[0]))
         return max(base, int(min(fits)) - waiting)
+
+    def _hungry_calls(self) -> tuple[int, int] | None:
+        """For ``hungry``: how many more calls the running library instances would take
+        (``hungry-minimum-factor`` times their slots, less the calls they run and the
+        calls queued), and how many calls are queued; None without instances."""
+        if not self.instances:
+            return None
+        queued = sum(len(q) for q in self._lib_ready.values())
+        live = [i for i in self.instances.values() if not i.dead]
+        slots = sum(i.slots for i in live)
+        busy = sum(len(i.calls) for i in live)
+        return max(0, int(self.tune.hungry_minimum_factor * slots) - busy - queued), queued
 
     # ================================================================ helpers
     def _log(self, kind: str, *fields: object) -> None:
