@@ -67,6 +67,7 @@ TASKVINE_FACTORY_OPTIONS = frozenset((
 
 DEFAULT_MIN_WORKERS = 5  # TaskVine's executor asks its factory for 5 workers
 _POLL = 0.25  # seconds the driver waits on the manager before looking at its own state
+_SCAN_EVERY = 0.5  # seconds between looks for tasks someone else's wait() took
 
 
 # ---------------------------------------------------------------------- worker-side helpers
@@ -322,6 +323,7 @@ class FuturesExecutor(cf.Executor):
     def _drive(self) -> None:
         """The driver thread: wait for this executor's tasks and settle their futures."""
         m = self.manager
+        next_scan = 0.0
         while True:
             with self._lock:
                 while not self._pending and not self._internal and not self._stopping:
@@ -343,8 +345,10 @@ class FuturesExecutor(cf.Executor):
             if g is not None:
                 g.launch()
             if t is None:
-                if time.monotonic() - started < 0.01:
-                    self._settle_taken()
+                now = time.monotonic()
+                if now - started < 0.01 or now >= next_scan:  # (a fast None: all taken)
+                    next_scan = now + _SCAN_EVERY
+                    self._settle_taken(pause=now - started < 0.01)
                 continue
             with self._lock:
                 fut = self._pending.pop(t.id, None)
@@ -354,16 +358,24 @@ class FuturesExecutor(cf.Executor):
             elif own is not None and self._gatherer is not None:
                 self._gatherer.finished(t)  # type: ignore[arg-type]
 
-    def _settle_taken(self) -> None:
+    def _settle_taken(self, pause: bool) -> None:
         """Futures whose finished tasks someone else took from the manager's ``wait()``
-        (a shared manager): settle them from the task objects; then pause."""
+        (a shared manager): settle them from the task objects (``pause``: then wait a
+        little, the manager having nothing of ours to wait for)."""
         with self._lock:
             taken = [(tid, f) for tid, f in self._pending.items() if f._task._done]
             for tid, _ in taken:
                 self._pending.pop(tid, None)
+            own = [t for t in self._internal.values() if t._done]
+            for t in own:
+                self._internal.pop(t.id, None)
         for _, f in taken:
             self._settle(f, f._task)
-        time.sleep(0.05)
+        if self._gatherer is not None:
+            for t in own:
+                self._gatherer.finished(t)  # type: ignore[arg-type]
+        if pause:
+            time.sleep(0.05)
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
