@@ -14,6 +14,7 @@ written under the run's ``library-logs/`` directory, one file per instance.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -232,14 +233,21 @@ class LibraryMethods(ManagerBase):
     def _close_libraries(self, grace: float = 2.0) -> None:
         """(At close.) Stop every running instance and wait up to ``grace`` seconds for
         the workers' reports, so that every instance's log reaches ``library-logs/``."""
-        if not getattr(self, "_libraries", None) or self._error is not None:
+        if not getattr(self, "_libraries", None) or self._error is not None \
+                or not self._server.thread.is_alive():
             return
+        deadline = time.monotonic() + grace
+
+        def pending() -> bool:  # (asked on the loop thread, never waiting past the deadline)
+            fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
+            self._server.loop.call_soon_threadsafe(
+                lambda: fut.set_result(bool(self._state._instance_names)))
+            return fut.result(timeout=max(0.05, deadline - time.monotonic()))
+
         try:
             for name in list(self._libraries):
                 self._post(LibraryRemoved(now=time.monotonic(), name=name))
-            deadline = time.monotonic() + grace
-            while self._ask(lambda: bool(self._state._instance_names)) \
-                    and time.monotonic() < deadline:
+            while pending() and time.monotonic() < deadline:
                 time.sleep(0.02)
         except Exception as e:  # closing must go on
             log.warning("stopping the libraries at close: %s", e)
