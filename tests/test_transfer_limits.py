@@ -244,28 +244,32 @@ def test_accept_errors_never_end_the_server(tmp_path: Path) -> None:
 
 
 _EMFILE_SERVER = textwrap.dedent("""
-    import os, resource, sys, time, logging
+    import os, sys, time, logging
     logging.basicConfig(level=logging.WARNING)
-    from vinework.protocol.transfer import TransferServer
+    from vinework.protocol.transfer import TransferServer, listen_socket
     path = sys.argv[1]
-    srv = TransferServer(lambda name: path)
-    print(srv.port, flush=True)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    sock = listen_socket(0, "127.0.0.1")
+    print(sock.getsockname()[1], flush=True)
     hoard = []
-    try:
+    try:  # every descriptor taken before the server starts: its accept() has none
         while True:
             hoard.append(os.open("/dev/null", os.O_RDONLY))
     except OSError:
         pass
+    srv = TransferServer(lambda name: path, listen=sock)
+    deadline = time.monotonic() + 10
+    while srv.accept_errors.get("EMFILE", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     print("full", flush=True)
-    sys.stdin.readline()  # the test has connected: accept() is failing now
-    time.sleep(0.5)
+    sys.stdin.readline()  # the test is connecting
+    time.sleep(0.3)
     for fd in hoard:
         os.close(fd)
     print("freed", flush=True)
     sys.stdin.readline()
     print(srv.accept_errors, flush=True)
 """)
+
 
 
 def test_server_survives_emfile(tmp_path: Path) -> None:

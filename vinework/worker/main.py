@@ -72,6 +72,7 @@ from .runner import TaskRunner
 from .state import WorkerState
 from .taskenv import base_environment
 from .urlfetch import UrlLimits, fetch_url
+from .workspace import make_workdir
 
 log = logging.getLogger("vinework.worker")
 TICK = 0.1  # seconds between two Tick events
@@ -109,10 +110,15 @@ class Worker:
         self.transfer_key = b""  # the manager's session key for transfer tokens (Welcome)
         self.mini_timeout = mini_timeout(os.environ)
         self.owns_workdir = opts.workdir is None
-        self.workdir = opts.workdir or os.path.join(
-            os.environ.get("TMPDIR", "/tmp"), f"vinework-worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        )
-        os.makedirs(self.workdir, exist_ok=True)
+        if opts.workdir:
+            self.workdir = opts.workdir
+            os.makedirs(self.workdir, exist_ok=True)
+        else:  # private, locked, removed at every exit seen, stale ones removed (workspace.py)
+            parent = os.environ.get("TMPDIR", "/tmp")
+            try:
+                self.workdir, self._workdir_lock = make_workdir(parent, opts.keep_workspace)
+            except OSError as e:
+                raise WorkerStartError(f"cannot make a workdir in {parent}: {e}") from None
         self.cache = Cache(os.path.join(self.workdir, "cache"))
         kept = self.cache.load()  # the FOREVER files of an earlier worker on this workdir
         self.forever = {n for n, _ in kept}
@@ -175,14 +181,16 @@ class Worker:
         self.libraries.close()
         self.tasks.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.py_sandboxes != self.sandboxes:
-            shutil.rmtree(self.py_sandboxes, ignore_errors=True)
-        shutil.rmtree(self.sandboxes, ignore_errors=True)
+        with contextlib.suppress(OSError):  # remove_path: also what a task made read-only
+            if self.py_sandboxes != self.sandboxes:
+                remove_path(self.py_sandboxes)
+            remove_path(self.sandboxes)
         for part in self.parts.values():
             with contextlib.suppress(OSError):
                 os.unlink(part)
         if self.owns_workdir and not self.opts.keep_workspace:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_path(self.workdir)
         else:  # what outlives the worker: its FOREVER files
             with contextlib.suppress(OSError):
                 self.cache.prune(self.forever)
@@ -196,6 +204,7 @@ class Worker:
         self._exit = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, self._signal, "SIGTERM", True)
         loop.add_signal_handler(signal.SIGINT, self._signal, "SIGINT", False)
+        loop.add_signal_handler(signal.SIGHUP, self._signal, "SIGHUP", False)
         self._watch_parent(loop)
         self.post(ev.Started(now=time.monotonic()))
         ticker = asyncio.ensure_future(self._tick())

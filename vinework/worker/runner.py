@@ -73,6 +73,11 @@ class TaskRunner:
         self.post = post
         self.task_wrapper = task_wrapper
         self.watch_interval = watch_interval(os.environ)
+        try:
+            self.copy_max = sb.input_copy_max(os.environ)
+        except ValueError as e:
+            log.warning("%s; copying inputs up to %d bytes", e, sb.COPY_MAX)
+            self.copy_max = sb.COPY_MAX
         self.procs: dict[int, sb.CommandProcess] = {}  # run id -> command process
         self.py_calls: dict[int, asyncio.Task[list[Any]]] = {}  # run id -> runner call
         self.py_killed_for: dict[int, str] = {}  # run id -> time limit that killed it
@@ -193,7 +198,7 @@ class TaskRunner:
         try:
             self.shared[run_id] = sb.prepare(
                 box, list(task.inputs), {n: self.cache.path(n) for n, _ in task.inputs},
-                frozenset(task.symlink_inputs))
+                frozenset(task.symlink_inputs), self.copy_max)
             if task.optional_outputs:
                 self.optional[run_id] = frozenset(task.optional_outputs)
             for _, remote in task.outputs:

@@ -35,6 +35,7 @@ import resource
 import signal
 import stat
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..trees import TreeError, copy_file, copy_tree, reflink, remove_path
@@ -49,6 +50,26 @@ OUTPUT_NAME = ".vinework-output"
 # inputs up to this size are copied into the sandbox (where no reflink is possible);
 # larger ones are shared read-only with the cache and checked afterwards (bench_inputs.py)
 COPY_MAX = 16 << 20
+
+
+def input_copy_max(environ: Mapping[str, str]) -> int:
+    """The largest input copied into a sandbox: ``VINEWORK_INPUT_COPY_MAX`` (bytes, 0:
+    share every input read-only), else ``COPY_MAX``.
+
+    Raises:
+        ValueError: the variable is not a whole number of bytes >= 0.
+    """
+    raw = environ.get("VINEWORK_INPUT_COPY_MAX", "").strip()
+    if not raw:
+        return COPY_MAX
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ValueError(f"VINEWORK_INPUT_COPY_MAX={raw!r} is not a whole number of bytes"
+                         ) from None
+    if v < 0:
+        raise ValueError(f"VINEWORK_INPUT_COPY_MAX={raw!r} is negative")
+    return v
 
 
 Rusage = resource.struct_rusage
