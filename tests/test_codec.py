@@ -287,7 +287,7 @@ def test_negative_unknown_tag() -> None:
     assert_broken(packed([-1]), "unknown message tag")
 
 
-@pytest.mark.parametrize("extra", [[], [1, 2]], ids=["too-few", "too-many"])
+@pytest.mark.parametrize("extra", [[], [1, [], 2]], ids=["too-few", "too-many"])
 def test_wrong_field_count(extra: list[int]) -> None:
     body = [Heartbeat.TAG, 1, *extra] if extra else [Heartbeat.TAG]
     assert_broken(packed(body), "Heartbeat has")
@@ -295,16 +295,17 @@ def test_wrong_field_count(extra: list[int]) -> None:
 
 def test_wrong_field_count_for_defaults() -> None:
     # a field with a default must still be present on the wire
-    assert_broken(packed([Heartbeat.TAG, 1]), "Heartbeat has 1 fields, expected 2")
+    assert_broken(packed([Heartbeat.TAG, 1]), "Heartbeat has 1 fields, expected 3")
 
 
 @pytest.mark.parametrize(
     "body, field",
     [
-        ([Heartbeat.TAG, "1", 0], "seq"),  # str where an int is expected
-        ([Heartbeat.TAG, True, 0], "seq"),  # bool where an int is expected
-        ([Heartbeat.TAG, 1.0, 0], "seq"),  # float where an int is expected
-        ([Heartbeat.TAG, None, 0], "seq"),  # None where an int is expected
+        ([Heartbeat.TAG, "1", 0, []], "seq"),  # str where an int is expected
+        ([Heartbeat.TAG, True, 0, []], "seq"),  # bool where an int is expected
+        ([Heartbeat.TAG, 1.0, 0, []], "seq"),  # float where an int is expected
+        ([Heartbeat.TAG, None, 0, []], "seq"),  # None where an int is expected
+        ([Heartbeat.TAG, 1, 0, ["7"]], "running"),  # a task id that is not an int
         ([Kill.TAG, [1]], "task_id"),
         ([Unlink.TAG, b"bytes"], "name"),  # bytes where a str is expected
         ([Unlink.TAG, 5], "name"),

@@ -188,3 +188,36 @@ def test_transfer_servers_serve_only_requests_with_a_token_for_that_file(
                              token=make_token(key, name))
         assert (tmp_path / "fetched").read_text() == "private\n" and size == 8
         (tmp_path / "fetched").unlink()
+
+
+# ---------------------------------------------------------------------- a worker that stops
+def _fake_worker(m: vine.Manager, cores: int = 64) -> socket.socket:
+    """A client that passes the handshake (no password) and then never answers."""
+    s = _raw(m)
+    s.sendall(encode(Hello(version=PROTOCOL_VERSION, hostname="liar", cores=cores,
+                           memory=64000, disk=64000, gpus=0, transfer_port=1, cached=[],
+                           nonce="ab" * 16)))
+    assert isinstance(_read_frame(s), Challenge)
+    s.sendall(encode(Proof(proof="")) + encode(CacheReport(cached=[])))
+    return s
+
+
+def test_a_task_swallowed_by_a_silent_worker_is_taken_back(
+        manager: vine.Manager, workers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vinework.core.deadlines as deadlines
+    monkeypatch.setattr(deadlines, "DEADLINE_GRACE", 0.5)
+    m = manager
+    liar = _fake_worker(m)
+    try:
+        wait_workers(m, 1)
+        t = vine.Task("echo finished")
+        t.set_time_max(1)
+        m.submit(t)
+        poll_until(lambda: any(r["state"] == "RUNNING" for r in m.status("tasks")), 10,
+                   "the task to go to the silent worker")
+        workers(m)
+        (done,) = wait_all(m, 1, 30)
+        assert done.successful() and done.output == "finished\n"
+        assert done.worker != "w1"  # the real worker ran it, after the silent one's deadline
+    finally:
+        liar.close()

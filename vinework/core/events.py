@@ -119,6 +119,7 @@ class WorkerHeard(Event):
 
     worker_id: str
     disk_used: int = -1  # bytes in its cache, -1 if not reported
+    running: tuple[int, ...] | None = None  # the task ids it says it runs (a heartbeat)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -64,6 +64,7 @@ class RunRecord:
     outcome: RunOutcome | None = None
     seconds: float = 0.0
     unretrieved: str = ""  # an output of this run that could not be brought back
+    started: float = 0.0  # when it was dispatched (the manager's deadlines: deadlines.py)
     final_failure: TaskResult | None = None  # failed for good; failure_only outputs coming
     instance: int = 0  # a FunctionCall's run: the library instance it was given (0: none)
 

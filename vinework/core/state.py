@@ -76,6 +76,7 @@ from .events import (
     WorkerLeft,
     WorkersReleased,
 )
+from .deadlines import TaskDeadlines
 from .eviction import CacheEviction
 from .files import FileLogistics
 from .libraries import LibraryLifecycle
@@ -90,7 +91,7 @@ class CascadeOverflow(RuntimeError):
 
 
 class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics, LibraryLifecycle,
-                   CacheEviction):
+                   CacheEviction, TaskDeadlines):
     """All of the manager's decisions; see the module docstring."""
 
     # ================================================================ entry point

@@ -760,6 +760,7 @@ class TaskLifecycle(CoreBase):
         ))
         self.stats.tasks_dispatched += 1
         self._transition(t, T.RUNNING, t.worker or "")
+        self._arm_deadline(t)
 
 
 def _all_outputs(declared: list[tuple[str, str]], made: list[tuple[str, int]],

@@ -95,6 +95,8 @@ class WorkerLifecycle(CoreBase):
         w = self.workers.get(ev.worker_id)
         if w is not None and ev.disk_used >= 0:
             w.disk_used = ev.disk_used
+        if w is not None and ev.running is not None and w.running:
+            self._check_listed(ev.worker_id, ev.running)
 
     def _on_worker_left(self, ev: WorkerLeft) -> None:
         self._worker_gone(ev.worker_id, ev.reason)
@@ -217,6 +219,8 @@ class WorkerLifecycle(CoreBase):
         self._retry_unsourced()
         if self._timed and self._timed[0][0] <= self.now:
             self._expire()
+        if self._deadlines and self._deadlines[0][0] <= self.now:
+            self._check_deadlines()
         if self._deferred:
             self._deferred = False
             self._schedule()

@@ -346,7 +346,8 @@ class ManagerServer:
                                      cause=cause))
         elif t is Heartbeat:
             hb: Heartbeat = msg  # type: ignore[assignment]
-            self.apply(WorkerHeard(now=now, worker_id=conn.worker_id, disk_used=hb.disk_used))
+            self.apply(WorkerHeard(now=now, worker_id=conn.worker_id, disk_used=hb.disk_used,
+                                   running=tuple(hb.running)))
         elif t is Leaving:
             lv: Leaving = msg  # type: ignore[assignment]
             self.apply(WorkerLeaving(now=now, worker_id=conn.worker_id, reason=lv.reason))

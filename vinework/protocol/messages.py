@@ -209,6 +209,7 @@ class Heartbeat(Message):
 
     seq: int
     disk_used: int = 0
+    running: list[int] = field(default_factory=list)  # worker -> manager: its task ids
 
 
 @register(6)

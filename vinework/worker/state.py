@@ -250,7 +250,8 @@ class WorkerState(FetchHandling, TaskHandling, LibraryHandling):
         if now - self.last_heartbeat >= self.keepalive_interval:
             self.last_heartbeat = now
             self.heartbeat_seq += 1
-            self._send(Heartbeat(seq=self.heartbeat_seq, disk_used=self.disk_used()))
+            self._send(Heartbeat(seq=self.heartbeat_seq, disk_used=self.disk_used(),
+                                 running=sorted({r.task.task_id for r in self.runs.values()})))
 
     def _drop(self, reason: str) -> None:
         self.dropping = True
