@@ -282,3 +282,29 @@ def test_copy_tree_keeps_links_and_refuses_specials(tmp_path: Path) -> None:
     with pytest.raises(TreeError):
         copy_tree(str(src), str(tmp_path / "dst2"))
     assert not (tmp_path / "dst2").exists()
+
+
+def test_a_watched_output_is_never_followed_nor_blocks(manager: vine.Manager, workers: Any,
+                                                       tmp_path: Path) -> None:
+    m = manager
+    _one_worker(m, workers)
+    secret = tmp_path / "secret"
+    secret.write_text("do not stream me\n")
+    local = tmp_path / "log"
+    t = vine.Task(f"ln -s {tmp_path} d; sleep 2; rm d; mkdir d; echo mine > d/secret")
+    t.add_output(m.declare_file(str(local)), "d/secret", watch=True)
+    m.submit(t)
+    import time
+    deadline = time.monotonic() + 1.8
+    while time.monotonic() < deadline:
+        if local.exists():
+            assert "do not stream" not in local.read_text()
+        time.sleep(0.05)
+    [back] = wait_all(m, 1, 30)
+    assert back.successful() and local.read_text() == "mine\n", (back.result, back.output)
+    # a fifo in its place must not block the worker (it would, opened for reading)
+    u = vine.Task("mkfifo log; sleep 1.5; rm log; echo end > log")
+    u.add_output(m.declare_file(str(local)), "log", watch=True)
+    m.submit(u)
+    [back] = wait_all(m, 1, 30)
+    assert back.successful() and local.read_text() == "end\n", (back.result, back.output)

@@ -48,6 +48,7 @@ from typing import Any
 
 from . import durability as dur
 from .base import RECOVERY_ATTEMPTS
+from .deadlines import TaskDeadlines
 from .events import (
     Command,
     Event,
@@ -76,7 +77,6 @@ from .events import (
     WorkerLeft,
     WorkersReleased,
 )
-from .deadlines import TaskDeadlines
 from .eviction import CacheEviction
 from .files import FileLogistics
 from .libraries import LibraryLifecycle

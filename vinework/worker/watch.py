@@ -7,7 +7,9 @@ in the task's sandbox every ``interval`` seconds (``VINEWORK_WATCH_INTERVAL``,
 0.5 s by default) and posts what was appended since the last look as
 ``OutputGrew`` events, at most ``CHUNK`` bytes each and ``PER_POLL`` bytes per
 poll per file (so a task writing faster than that is streamed at that pace
-and the rest comes with its normal output retrieval). ``finish`` makes a last
+and the rest comes with its normal output retrieval). A watched output is read
+only as a regular file reached through real directories of the sandbox (a
+symlink, a file under a symlinked directory, a fifo are not read). ``finish`` makes a last
 pass after the process ended, so every byte written before the exit has been
 posted before the task's end is reported. A file that shrinks (rewritten from
 the start) is streamed again from offset 0. The core turns the events into
@@ -19,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Mapping
 
 from ..protocol import RunTask
+from ..trees import TreeError, open_under
 from . import events as ev
 from .sandbox import SandboxError, safe_join
 
@@ -62,7 +66,9 @@ class OutputWatcher:
             if remote is None:
                 continue
             with contextlib.suppress(SandboxError):
-                self.paths[name] = safe_join(sandbox, remote)
+                safe_join(sandbox, remote)
+                self.paths[name] = remote
+        self.sandbox = sandbox
         self.offsets = dict.fromkeys(self.paths, 0)
         self._job: asyncio.Task[None] | None = None
 
@@ -84,13 +90,21 @@ class OutputWatcher:
             self._poll(1 << 62)
 
     def _poll(self, budget: int) -> None:
-        for name, path in self.paths.items():
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
+        for name, remote in self.paths.items():
+            try:  # never through a link, never a fifo (it would block the loop)
+                dfd, base = open_under(self.sandbox, remote)
+                try:
+                    fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                                 | os.O_CLOEXEC, dir_fd=dfd)
+                finally:
+                    os.close(dfd)
+            except (OSError, TreeError):
                 continue  # not made yet (or not a plain file)
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                size = st.st_size
                 off = self.offsets[name]
                 if size < off:
                     off = 0  # rewritten: start again
