@@ -372,3 +372,22 @@ def test_a_library_whose_context_raises_ends_its_calls_with_the_error(
     assert all(isinstance(t.output, vine.FunctionCallNoResult) for t in done)
     logs = list(Path(m._run.library_logs).glob("bad.*.log"))
     assert logs and any("KeyError" in p.read_text() for p in logs)
+
+
+def test_calls_of_a_lost_worker_finish_on_the_other_one(manager: vine.Manager,
+                                                        workers: StartWorker) -> None:
+    m = manager
+    first = workers(m)
+    workers(m)
+    wait_workers(m, 2)
+    lib = m.create_library_from_functions("lib", slow, exec_mode="fork")
+    lib.set_function_slots(4)
+    m.install_library(lib)
+    ids = submit_calls(m, "lib", "slow", [(0.2,)] * 24)
+    poll_until(lambda: {r["worker"] for r in m.library_instances() if r["ready"]}
+               == {"w1", "w2"}, 30, "an instance on each worker")
+    os.killpg(first.pid, signal.SIGKILL)  # the worker and its library processes
+    done = wait_all(m, len(ids), timeout=60)
+    assert all(t.successful() for t in done), [(t.result, t.error_message) for t in done]
+    (survivor,) = {r["worker"] for r in m.library_instances()}  # (the killed one's gone)
+    assert {t.worker for t in done if t.retries} == {survivor}  # its calls ran again there

@@ -252,6 +252,7 @@ def _child(fn: Any, req: list[Any], wfd: int) -> None:
     code = 0
     try:
         os.setpgid(0, 0)
+        _die_with_parent()  # (a call must not outlive its library)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         fname, args, sandbox, out_path, inline_max, env, unset = req[2:9]
         if sandbox:
