@@ -7,7 +7,9 @@ Each system: submit N calls of ``trivial(i)``, then read every result in submiss
 order; the figure is N / (time from the first submit to the last result). Dask is also
 timed with one ``client.gather`` of all N futures, its fast path. vinework
 also runs a chain (each future the argument of the next) to show that intermediate
-values stay on the workers: the manager receives only the last value.
+values stay on the workers: the manager receives only the last value; and the same N
+calls as plain PythonTasks (results inline, then temp output) through ``m.wait``, to
+show what a future costs beyond its task.
 
 Run: ``python bench/bench_futures.py [N]``.
 """
@@ -20,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from common import local_workers
+from common import drain, local_workers
 
 import vinework as vine
 
@@ -54,6 +56,29 @@ def run_vinework(n: int) -> tuple[float, float, int]:
             del futures, values, warm, f
             gc.collect()  # (a future and its task refer to each other)
     return rate, chain_rate, received
+
+
+def run_plain_tasks(n: int) -> tuple[float, float]:
+    """What a future is made of, without the futures layer: (PythonTasks whose results
+    come back inline, PythonTasks with temp output) per second, through ``m.wait``."""
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp, vine.Manager(port=0, run_info_path=tmp) as m:
+        with local_workers(m, 1, cores=2):
+            for temp in (False, True):
+                tasks = []
+                start = time.perf_counter()
+                for i in range(n):
+                    t = vine.PythonTask(trivial, i)
+                    t.set_cores(1)
+                    if temp:
+                        t.enable_temp_output()
+                    m.submit(t)
+                    tasks.append(t)
+                drain(m, n)
+                rates.append(n / (time.perf_counter() - start))
+                del tasks
+                gc.collect()
+    return rates[0], rates[1]
 
 
 def run_process_pool(n: int) -> float:
@@ -94,6 +119,7 @@ def run_dask(n: int) -> tuple[float, float]:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     vw, chain, received = run_vinework(n)
+    inline, temp = run_plain_tasks(n)
     pool = run_process_pool(n)
     dask, dask_gather = run_dask(n)
     print(f"{n} trivial futures, each result read in submission order")
@@ -102,6 +128,8 @@ def main() -> None:
     print(f"Dask client.submit (2 procs):  {dask:8.0f} futures/s   vinework/dask {vw / dask:.2f}x")
     print(f"  the same, one client.gather: {dask_gather:8.0f} futures/s   vinework/dask "
           f"{vw / dask_gather:.2f}x")
+    print(f"what a future is made of: plain PythonTasks through m.wait, results inline "
+          f"{inline:.0f}/s, with temp output (the result file stays on the worker) {temp:.0f}/s")
     print(f"vinework chain of {max(10, n // 20)} futures (each the argument of the next): "
           f"{chain:.0f} futures/s, the manager received {received} bytes (the last value)")
 
