@@ -4,8 +4,8 @@ offered, least recently used first, never an input in use nor the last copy of a
 from __future__ import annotations
 
 from tests.state_helpers import buffer, done, fresh, join, ready, sends, spec, step, submit, temp
-from vinework.core.events import TaskReturned
-from vinework.protocol import Fetch, RunTask, Unlink
+from vinework.core.events import ReplicaFailed, TaskReturned
+from vinework.protocol import Fetch, RunTask, TransferFailure, Unlink
 
 MB = 1 << 20
 
@@ -79,3 +79,21 @@ def test_files_left_by_an_earlier_manager_go_before_anything_else() -> None:
     cmds = step(s, ready("w1", "b", 2 * MB, f.transfer_id))  # type: ignore[union-attr]
     assert [c.message.name for c in sends(cmds, Unlink)] == ["old-1"]
     assert not s._unclaimed
+
+
+def test_a_full_disk_sends_the_task_elsewhere_without_a_storm() -> None:
+    s = fresh()
+    step(s, join("w1", disk=100), buffer("a", 2 * MB))
+    cmds = step(s, submit(spec(1, inputs=["a"], disk=1)))
+    [f] = [c.message for c in sends(cmds, Fetch)]
+    step(s, join("w2", disk=100))
+    cmds = step(s, ReplicaFailed(worker_id="w1", name="a", transfer_id=f.transfer_id,  # type: ignore[union-attr]
+                                 reason="No space left on device",
+                                 cause=TransferFailure.DISK_FULL))
+    fetches = [c for c in sends(cmds, Fetch)]
+    assert [c.worker_id for c in fetches] == ["w2"]  # not w1 again
+    assert "no room on w1" in "\n".join(t for _, t, _ in s.file_story("a"))
+    # a second task is not sent to the full worker for a while either
+    cmds = step(s, submit(spec(2, inputs=["a"], disk=1)))
+    assert all(c.worker_id != "w1" for c in sends(cmds, Fetch))
+    assert s.tasks[2].worker == "w2"

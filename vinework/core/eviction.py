@@ -12,6 +12,12 @@ call for room:
 - a file arriving or a task's outputs landing that bring the worker over its
   budget (``_trim_cache``).
 
+A worker whose disk turns out to be full when a file is written there (a
+transfer fails with DISK_FULL or a local I/O error) takes no new inputs for
+``NO_ROOM_BACKOFF`` seconds, and the tasks that waited for that file there go
+to another worker (charged as the worker's fault): no storm of transfers to a
+full disk.
+
 Victims, oldest use first (``ReplicaTable.used``: every replica's last
 arrival or use by a task placed there): unclaimed files from an earlier
 manager first, then ready replicas. Never evicted: an input of a task that is
@@ -23,11 +29,13 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from ..constants import TaskResult
 from ..protocol import Unlink
 from .base import CoreBase
-from .records import TaskRecord, WorkerRecord
+from .records import RunOutcome, TaskRecord, TaskState, WorkerRecord
 
 MB = 1 << 20
+NO_ROOM_BACKOFF = 10.0  # seconds a worker whose disk filled up takes no new inputs
 
 
 class CacheEviction(CoreBase):
@@ -95,6 +103,9 @@ class CacheEviction(CoreBase):
 
     def _can_host(self, w: WorkerRecord, t: TaskRecord) -> bool:
         """Whether ``w``'s disk can take ``t``'s missing inputs, evicting if need be."""
+        if self._full_until and self._full_until.get(w.worker_id, 0.0) > self.now \
+                and self._missing_bytes(w, t) > 0:
+            return False  # its disk filled up a moment ago
         if self.durability.can_host(w, t):
             return True
         short = self._missing_bytes(w, t) - self.durability.disk_free(w)
@@ -143,3 +154,20 @@ class CacheEviction(CoreBase):
         over = self._held(wid) - w.total.disk * MB
         if over > 0:
             self._evict(wid, over, "over its disk budget")
+
+    def _no_room(self, name: str, wid: str, reason: str) -> None:
+        """Writing ``name`` on ``wid`` failed for want of room: back off from that worker
+        and run the tasks that waited for it there elsewhere."""
+        self._full_until[wid] = self.now + NO_ROOM_BACKOFF
+        self.file_story_add(name, f"no room on {wid}: {reason[:160]}")
+        self._unsourced.pop((name, wid), None)
+        for tid in list(self._stage_wait.pop((name, wid), {})):
+            t = self.tasks.get(tid)
+            if t is None or t.state is not TaskState.STAGING or t.worker != wid:
+                continue
+            t.avoid = t.avoid | {wid}
+            if all(w in t.avoid for w in self.workers):
+                t.avoid = frozenset({wid})
+            self._run_lost(t, RunOutcome.WORKER_FAULT, f"no room for input {name} on {wid}",
+                           TaskResult.DISK_EXHAUSTION)
+

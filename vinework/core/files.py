@@ -317,6 +317,9 @@ class FileLogistics(CoreBase):
         if tr is not None and tr.source == MANAGER and at_source:
             self._manager_copy_missing(ev.name, ev.reason)
             return
+        if ev.cause in (TransferFailure.DISK_FULL, TransferFailure.LOCAL_IO):
+            self._no_room(ev.name, ev.worker_id, ev.reason)  # elsewhere, not here again
+            return
         if self._stage_wait.get((ev.name, ev.worker_id)):
             self._source_transfer(ev.name, ev.worker_id)  # a lost file is handled there
         elif not self.available(ev.name):
