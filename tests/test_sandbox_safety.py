@@ -190,6 +190,8 @@ def test_inputs_never_go_through_a_link(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- reused sandboxes
 @pytest.mark.parametrize("replace", [
     "ln -s {victim} .vinework-output",
+    "ln {victim} .vinework-output",
+    "echo x > .vinework-output && chmod 0 .vinework-output",
     "mkdir .vinework-output && echo x > .vinework-output/y",
     "mkfifo .vinework-output",
     "chmod 500 . && chmod 0 .taskvine.tmp",

@@ -131,7 +131,7 @@ class SandboxPool:
             if stat.S_IMODE(st.st_mode) != 0o700:
                 os.chmod(sandbox, 0o700)
             for e in os.scandir(sandbox):
-                if e.name == OUTPUT_NAME and e.is_file(follow_symlinks=False):
+                if e.name == OUTPUT_NAME and _plain_file(e.path):
                     continue
                 if e.name == TMP_DIR_NAME and _empty_dir(e.path):
                     continue  # the task's TMPDIR, left empty: kept for the next task
@@ -314,7 +314,7 @@ def take_output(sandbox: str, keep_max: int) -> Output:
             return Output(replaced, len(replaced), False)
         return Output("", 0, False)
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link: to elsewhere
         os.close(fd)
         return Output(replaced, len(replaced), False)
     with os.fdopen(fd, "rb") as f:
@@ -367,11 +367,13 @@ def open_output_file(sandbox: str) -> int:
         try:
             fd = os.open(path, flags, 0o600)
         except OSError as e:
-            if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EACCES,
+                               errno.EPERM):
                 raise
             remove_path(path)
             continue
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # not a hard link to elsewhere
             os.ftruncate(fd, 0)
             os.set_blocking(fd, True)
             return fd
@@ -469,9 +471,22 @@ def measured_of(wall: float, usage: Rusage) -> list[float]:
     return [wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0]
 
 
+def _plain_file(path: str) -> bool:
+    """True for a regular file with one link that its owner can read and write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mode & 0o600 == 0o600
+
+
 def _empty_dir(path: str) -> bool:
-    """True for a real, empty directory."""
-    if os.path.islink(path):
+    """True for a real, empty directory that its owner can enter and write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o700 != 0o700:
         return False
     try:
         with os.scandir(path) as it:
