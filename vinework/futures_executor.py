@@ -290,10 +290,15 @@ class FuturesExecutor(cf.Executor):
                 raise ValueError(f"the future of task {d._task.id} brings its value back to "
                                  "the manager (disable_temp_output), so it cannot be passed "
                                  "to a task; pass future.result() instead")
-        for d in deps:
-            d._consumers += 1
         with self._lock:
-            self.manager.submit(t)
+            for d in deps:  # (before the task exists: its producers are not gathered now)
+                d._consumers += 1
+            try:
+                self.manager.submit(t)
+            except BaseException:
+                for d in deps:
+                    d._consumers -= 1
+                raise
             fut._is_submitted = True
             self._pending[t.id] = fut
             self._live.add(fut)
