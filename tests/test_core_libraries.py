@@ -285,3 +285,17 @@ def test_hungry_counts_function_slots_for_calls() -> None:
     # factor * 50 - 40 more, though no core is free
     assert c.s.workers["w1"].free.cores == 0
     assert c.s.hungry() == int(c.s.tune.hungry_minimum_factor * 50) - 40
+
+
+def test_a_library_no_worker_could_hold_is_explained_once_and_its_calls_wait() -> None:
+    from vinework.core.events import Notice
+    c = Core()
+    c.join("w1", cores=2)
+    c.install("big", cores=8)
+    c.call(1, "big")
+    c.call(2, "big")
+    notes = [x for x in c.out if isinstance(x, Notice)]
+    assert len(notes) == 1 and "library big" in notes[0].text and "cores=8" in notes[0].text
+    assert not msgs(c.out, StartLibrary) and not returned(c.out)
+    c.join("w2", cores=8)  # a worker big enough: the calls go there
+    assert [w for w, _ in where(c.out, StartLibrary)] == ["w2"]

@@ -118,6 +118,7 @@ class CoreBase:
         self._calls_dirty = True
         self._lib_setup_failures: dict[str, int] = {}  # library -> failed set-ups in a row
         self._lib_broken: dict[str, str] = {}  # library -> why its calls end at once
+        self._lib_noted: set[str] = set()  # libraries said to fit no connected worker
 
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Queue one step of a cascade (run by ``_drain``, never recursively)."""

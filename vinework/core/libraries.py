@@ -56,10 +56,17 @@ from dataclasses import dataclass, field
 from ..protocol import TaskDone
 from ..protocol.messages import LibraryEnded, LibraryReady, StartLibrary, StopLibrary
 from .base import CoreBase
-from .events import LibraryInstalled, LibraryLog, LibraryRemoved, LibraryReported, LibrarySpec
+from .events import (
+    LibraryInstalled,
+    LibraryLog,
+    LibraryRemoved,
+    LibraryReported,
+    LibrarySpec,
+    Notice,
+)
 from .fast import RO, TR, T
 from .records import TaskRecord, WorkerRecord
-from .scheduling import Resources, task_allocation
+from .scheduling import Resources, could_ever_fit, task_allocation
 
 LIBRARY_EXIT_RETRIES = 2  # re-runs of a call whose library ended under it (no set_retries)
 SETUP_ATTEMPTS = 3  # instances whose set-up failed in a row before a library is broken
@@ -89,6 +96,7 @@ class LibraryLifecycle(CoreBase):
     # ================================================================ events
     def _on_library_installed(self, ev: LibraryInstalled) -> None:
         self._calls_dirty = True
+        self._lib_noted.discard(ev.spec.name)
         spec = ev.spec
         self.libraries[spec.name] = spec
         self._lib_setup_failures.pop(spec.name, None)
@@ -275,6 +283,7 @@ class LibraryLifecycle(CoreBase):
             if choice is None or key > choice[0]:
                 choice = (key, w, alloc, victims)
         if choice is None:
+            self._explain_unplaceable_library(lib, declared)
             return None
         _, w, alloc, victims = choice
         for inst in victims:
@@ -291,6 +300,25 @@ class LibraryLifecycle(CoreBase):
         self._log("LIBRARY", lib.name, "WAITING", w.worker_id, inst.instance_id, alloc.cores,
                   alloc.memory, alloc.disk, slots)
         return inst
+
+    def _explain_unplaceable_library(self, lib: LibrarySpec,
+                                     declared: tuple[int | None, ...]) -> None:
+        """Say once (a Notice) when no connected worker could ever hold the library: its
+        calls wait for a bigger worker, as tasks that fit nowhere do."""
+        if lib.name in self._lib_noted or not self.workers:
+            return
+        totals = [w.total for w in self.workers.values() if not w.draining]
+        if could_ever_fit(totals, (lib.cores, lib.memory, lib.disk, lib.gpus)):
+            return
+        self._lib_noted.add(lib.name)
+        biggest = max(totals, key=lambda r: (r.cores, r.memory, r.disk), default=None)
+        have = (f"the largest has {biggest.cores} cores, {biggest.memory} MB memory, "
+                f"{biggest.disk} MB disk, {biggest.gpus} gpus" if biggest else "none is up")
+        text = (f"library {lib.name}: no connected worker could ever hold an instance (it "
+                f"needs cores={lib.cores} memory={lib.memory} disk={lib.disk} "
+                f"gpus={lib.gpus}; {have}); its calls wait for a bigger worker")
+        self._out.append(Notice(text, self._stim))
+        self._log("LIBRARY", lib.name, "UNPLACEABLE", text)
 
     def _library_start(self, t: TaskRecord) -> None:
         """Just before a call's RunTask: its instance's StartLibrary, if not sent yet."""
