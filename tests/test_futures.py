@@ -95,7 +95,7 @@ def alive(pid: int) -> bool:
 def executor(manager: vine.Manager, workers: StartWorker) -> Iterator[FuturesExecutor]:
     """An executor over the test's manager, with one 2-core worker."""
     workers(manager, cores=2)
-    wait_workers(manager, 1)
+    wait_workers(manager, 1, timeout=30)
     ex = FuturesExecutor(manager=manager, factory=False)
     try:
         yield ex
@@ -374,7 +374,7 @@ def test_factory_option_names_are_checked(tmp_path: Path, monkeypatch: Any) -> N
 def test_executor_with_a_given_manager_leaves_it_open(manager: vine.Manager,
                                                       workers: StartWorker) -> None:
     workers(manager)
-    wait_workers(manager, 1)
+    wait_workers(manager, 1, timeout=30)
     with FuturesExecutor(manager=manager, factory=False) as ex:
         assert ex.manager is manager and ex.factory is None
         assert ex.submit(inc, 41).result(timeout=30) == 42
@@ -391,7 +391,7 @@ def test_executor_with_a_given_manager_leaves_it_open(manager: vine.Manager,
 
 def test_shutdown_with_pending_futures(manager: vine.Manager, workers: StartWorker) -> None:
     workers(manager, cores=2)
-    wait_workers(manager, 1)
+    wait_workers(manager, 1, timeout=30)
     ex = FuturesExecutor(manager=manager, factory=False)
     waited = ex.submit(sleep_then, 0.5, "finished")
     ex.shutdown(wait=True)  # waits for it
@@ -461,7 +461,7 @@ def test_values_no_task_consumes_come_back_many_per_task(executor: FuturesExecut
 def test_without_prefetch_result_fetches_the_value(manager: vine.Manager,
                                                    workers: StartWorker) -> None:
     workers(manager)
-    wait_workers(manager, 1)
+    wait_workers(manager, 1, timeout=30)
     with FuturesExecutor(manager=manager, factory=False, prefetch=False) as ex:
         futures = [ex.submit(inc, i) for i in range(5)]
         assert len(cf.wait(futures, timeout=30).done) == 5
