@@ -91,8 +91,8 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
     ``concurrent.futures.Future``'s, with two of TaskVine's differences: ``cancel()``
     also stops a task that is already running (its process is killed) and returns True
     for any future not finished yet; timeouts also accept "wait_forever" and -1.
-    A future raised exception is the task's own exception object (same type and
-    message; its remote traceback is attached as a note).
+    When the function raised, ``result()`` raises that exception (same type and
+    message; its remote traceback is attached as a note and as ``remote_traceback``).
     """
 
     def __init__(self, task: FuturePythonTask | FutureFunctionCall,
@@ -113,6 +113,8 @@ class VineFuture(cf.Future):  # type: ignore[type-arg]
             concurrent.futures.TimeoutError: Not finished within ``timeout``.
             concurrent.futures.CancelledError: The future was cancelled.
             Exception: Whatever the function raised (re-raised here).
+            RuntimeError: The value could not be brought back from the workers (the
+                manager closed, its worker was lost for good), or the manager failed.
         """
         limit = timeout_seconds(timeout)
         value = super().result(limit)
