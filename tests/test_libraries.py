@@ -391,3 +391,29 @@ def test_calls_of_a_lost_worker_finish_on_the_other_one(manager: vine.Manager,
     assert all(t.successful() for t in done), [(t.result, t.error_message) for t in done]
     (survivor,) = {r["worker"] for r in m.library_instances()}  # (the killed one's gone)
     assert {t.worker for t in done if t.retries} == {survivor}  # its calls ran again there
+
+
+def chatty(n: int) -> int:
+    sys.stdout.write("x" * (n - 4) + "end\n")
+    sys.stdout.flush()
+    return n
+
+
+def test_a_huge_library_log_comes_back_as_its_end(manager: vine.Manager,
+                                                  workers: StartWorker) -> None:
+    m = manager
+    workers(m)
+    wait_workers(m, 1)
+    m.install_library(m.create_library_from_functions("talk", chatty, exec_mode="direct"))
+    m.submit(vine.FunctionCall("talk", "chatty", 3 << 20))
+    assert wait_all(m, 1)[0].output == 3 << 20
+    (row,) = instances(m, 1)
+    m.remove_library("talk")
+    log = Path(m.library_log_path("talk", row["instance"]))
+    text = poll_until(lambda: log.exists() and "ended" in log.read_text() and log.read_text(),
+                      15, "the log of the removed library")
+    assert "end\n" in text and len(text) < 1 << 20
+    assert m.stats.workers_connected == 1  # the worker was not dropped for a big frame
+    m.install_library(m.create_library_from_functions("again", add))
+    m.submit(vine.FunctionCall("again", "add", 1, 1))
+    assert wait_all(m, 1)[0].output == 2

@@ -49,7 +49,8 @@ from .taskenv import THREAD_VARIABLES, TMP_DIR_NAME, base_environment, environme
 
 log = logging.getLogger("vinework.worker")
 LOG_NAME = "library.log"
-LOG_TAIL = 1 << 20  # bytes of the library log sent with LibraryEnded
+LOG_TAIL = 256 << 10  # bytes of the library log sent with LibraryEnded (the manager takes
+# a LibraryEnded frame of up to 1 MiB: manager/flood.py)
 
 
 class _Instance:
@@ -224,6 +225,10 @@ class LibraryRunner:
         output = _tail(os.path.join(inst.sandbox, LOG_NAME))
         if inst.failed_setup and inst.failed_setup not in output:
             output += inst.failed_setup
+        data = output.encode()
+        if len(data) > LOG_TAIL:  # (the end is what tells why it ended)
+            output = "[...]\n" + data[-LOG_TAIL:].decode(errors="ignore")
+        reason = reason[:4096]
         self.instances.pop(inst.instance_id, None)
         shutil.rmtree(inst.sandbox, ignore_errors=True)
         self.post(ev.LibraryProcessEnded(instance_id=inst.instance_id, reason=reason,
