@@ -331,6 +331,9 @@ def test_remove_library_and_bad_arguments(manager: vine.Manager, workers: StartW
         vine.FunctionCall("lib", "add").set_exec_method("spawn")
     with pytest.raises(RuntimeError, match="inside a FunctionCall"):
         load_variable_from_library("x")
+    blob = b"x" * (40 << 20)
+    with pytest.raises(ValueError, match="input files"):
+        m.install_library(m.create_library_from_functions("huge", lambda: len(blob)))
 
 
 def square(x: int) -> int:

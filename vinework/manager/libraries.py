@@ -33,7 +33,8 @@ from .localfiles import InputMissing, LocalFiles
 
 log = logging.getLogger("vinework.manager")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_READERS = itertools.count(1)  # libraries read their input files as "tasks" -1, -2, ...
+_READERS = itertools.count(1)
+PAYLOAD_MAX = 32 << 20  # bytes of pickled functions and context a library may carry  # libraries read their input files as "tasks" -1, -2, ...
 
 
 class LibraryMethods(ManagerBase):
@@ -160,6 +161,12 @@ class LibraryMethods(ManagerBase):
                 "create_library_from_functions; libraries that run their own command are "
                 "not supported")
         name = library.library_name
+        if len(library.payload) > PAYLOAD_MAX:
+            raise ValueError(
+                f"library {name!r}: its functions and context pickle to "
+                f"{len(library.payload) >> 20} MiB (more than {PAYLOAD_MAX >> 20} MiB travel "
+                "with every instance start): put large data in input files "
+                "(lib.add_input) and load them in the context function")
         if name in self._libraries:
             raise ValueError(f"a library named {name!r} is installed already "
                              "(remove_library it first)")
