@@ -331,6 +331,8 @@ def test_remove_library_and_bad_arguments(manager: vine.Manager, workers: StartW
         vine.FunctionCall("lib", "add").set_exec_method("spawn")
     with pytest.raises(RuntimeError, match="inside a FunctionCall"):
         load_variable_from_library("x")
+    with pytest.raises(ValueError, match="input file"):
+        m.submit(vine.FunctionCall("lib", "add", b"x" * (40 << 20), 1))
     blob = b"x" * (40 << 20)
     with pytest.raises(ValueError, match="input files"):
         m.install_library(m.create_library_from_functions("huge", lambda: len(blob)))

@@ -31,6 +31,7 @@ from .pickling import _ATOMS, _plain
 from .task import PythonTask, PythonTaskNoResult, Task
 
 EXEC_MODES = ("fork", "direct")
+ARGS_MAX = 32 << 20  # bytes of pickled arguments a call carries (its RunTask frame)
 
 
 class FunctionCallNoResult(PythonTaskNoResult):
@@ -115,7 +116,13 @@ class FunctionCall(PythonTask):
     def submit_finalize(self) -> None:
         """Serialize the arguments (done by ``Manager.submit``)."""
         if self.payload is None:
-            self.payload = dumps_args(self._args, self._kwargs)
+            payload = dumps_args(self._args, self._kwargs)
+            if len(payload) > ARGS_MAX:
+                raise ValueError(
+                    f"FunctionCall {self.library_name}.{self.fn_name}: its arguments pickle "
+                    f"to {len(payload) >> 20} MiB (at most {ARGS_MAX >> 20} MiB travel with "
+                    "a call): pass large data as an input file (add_input) instead")
+            self.payload = payload
 
     def set_fn_args(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None
                     ) -> None:

@@ -33,8 +33,8 @@ from .localfiles import InputMissing, LocalFiles
 
 log = logging.getLogger("vinework.manager")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_READERS = itertools.count(1)
-PAYLOAD_MAX = 32 << 20  # bytes of pickled functions and context a library may carry  # libraries read their input files as "tasks" -1, -2, ...
+_READERS = itertools.count(1)  # libraries read their input files as "tasks" -1, -2, ...
+PAYLOAD_MAX = 32 << 20  # bytes of pickled functions and context a library may carry
 
 
 class LibraryMethods(ManagerBase):
