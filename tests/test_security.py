@@ -10,10 +10,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 import vinework as vine
-from vinework.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, encode
+from vinework.protocol import (
+    PROTOCOL_VERSION,
+    CacheUpdate,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    encode,
+)
 from vinework.protocol.auth import make_token
 from vinework.protocol.messages import CacheReport, Challenge, Proof
 from vinework.protocol.transfer import TransferError, fetch_file
@@ -221,3 +229,32 @@ def test_a_task_swallowed_by_a_silent_worker_is_taken_back(
         assert done.worker != "w1"  # the real worker ran it, after the silent one's deadline
     finally:
         liar.close()
+
+
+# ---------------------------------------------------------------------- bounded workers
+def _expect_dropped_after(m: vine.Manager, data: bytes) -> None:
+    before = m.stats.workers_lost
+    with _fake_worker(m) as s:
+        poll_until(lambda: m.stats.workers_connected == 1, 10, "the fake worker to join")
+        s.sendall(data)
+        poll_until(lambda: m.stats.workers_lost == before + 1, 10, "the worker to be dropped")
+
+
+def test_a_worker_is_dropped_for_an_oversized_small_message(manager: vine.Manager) -> None:
+    # a CacheUpdate frame announcing 1 MiB (CacheUpdates are a few bytes): dropped as soon
+    # as its header and tag have arrived, before the rest is buffered
+    body = msgpack.packb([CacheUpdate.TAG, "x" * 100])
+    _expect_dropped_after(manager, struct.pack(">I", 1 << 20) + body)
+
+
+def test_a_worker_is_dropped_for_a_bad_file_name(manager: vine.Manager) -> None:
+    _expect_dropped_after(manager, encode(CacheUpdate(name="../../etc/passwd", size=1,
+                                                      seconds=0.0, transfer_id=0)))
+
+
+def test_a_flooding_worker_is_dropped(manager: vine.Manager,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import vinework.manager.flood as flood
+    monkeypatch.setattr(flood, "FLOOD_BURST", 1000)
+    monkeypatch.setattr(flood, "FLOOD_RATE", 100)
+    _expect_dropped_after(manager, encode(Heartbeat(seq=1)) * 5000)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 
 from ..protocol import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, Hello, Message, encode
-from ..protocol.auth import manager_proof, new_nonce, same, worker_proof
+from ..protocol.auth import manager_proof, new_nonce, same, valid_cache_name, worker_proof
 from ..protocol.messages import CacheReport, Challenge, Proof
 
 MAX_STRANGERS = 64
@@ -78,4 +78,7 @@ async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     report = await _read_one(reader, dec)
     if not isinstance(report, CacheReport):
         raise Refused(f"expected CacheReport, got {type(report).__name__}")
+    bad = next((n for n, _ in report.cached if not valid_cache_name(n)), None)
+    if bad is not None:
+        raise Refused(f"CacheReport with an invalid name {str(bad)[:80]!r}")
     return hello, [(str(n), int(z)) for n, z in report.cached], dec

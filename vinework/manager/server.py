@@ -68,12 +68,13 @@ from ..protocol import (
     Welcome,
     encode,
 )
-from ..protocol.auth import check_token, make_token
+from ..protocol.auth import check_token, make_token, valid_cache_name
 from ..protocol.messages import Fetch, LibraryEnded, LibraryReady, OutputChunk
 from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
 from ..trees import remove_path
 from ..txnlog import TxnLog
 from .errors import ManagerError
+from .flood import FLOOD_RATE, WORKER_FRAME_LIMITS, within_budget
 from .handshake import HANDSHAKE_TIMEOUT, MAX_STRANGERS, Refused, handshake
 from .watch import write_chunk
 
@@ -100,6 +101,8 @@ class Connection:
     outq: list[Message] = field(default_factory=list)
     flush_scheduled: bool = False
     closed: bool = False
+    budget: float = 0.0  # messages it may still send now (flood.py)
+    refilled: float = 0.0  # when the budget was last refilled (0: not yet)
 
 
 class ManagerServer:
@@ -302,6 +305,7 @@ class ManagerServer:
                                 cached=cached,
                                 features=tuple(hello.features)))
         reason = "connection closed"
+        dec.limits = WORKER_FRAME_LIMITS
         try:
             while not conn.closed:
                 data = await reader.read(1 << 20)
@@ -309,8 +313,12 @@ class ManagerServer:
                     break
                 self.bytes_in += len(data)
                 dec.receive_data(data)
+                n = 0
                 while (msg := dec.next_message()) is not None:
                     self._on_message(conn, msg)
+                    n += 1
+                if not within_budget(conn, n):
+                    raise _remote(f"more than {FLOOD_RATE} messages a second (a flood)")
         except ProtocolError as e:
             reason = f"protocol error: {e}"
             log.warning("dropping worker %s (%s): %s", wid, host, e)
@@ -335,10 +343,14 @@ class ManagerServer:
             self.apply(TaskReported(now=now, worker_id=conn.worker_id, done=msg))  # type: ignore[arg-type]
         elif t is CacheUpdate:
             m: CacheUpdate = msg  # type: ignore[assignment]
+            if not valid_cache_name(m.name):
+                raise _remote(f"CacheUpdate of an invalid name {m.name[:80]!r}")
             self.apply(ReplicaReady(now=now, worker_id=conn.worker_id, name=m.name, size=m.size,
                                     seconds=m.seconds, transfer_id=m.transfer_id, source=m.source))
         elif t is CacheInvalid:
             ci: CacheInvalid = msg  # type: ignore[assignment]
+            if not valid_cache_name(ci.name):
+                raise _remote(f"CacheInvalid of an invalid name {ci.name[:80]!r}")
             cause = TransferFailure(ci.cause) if ci.cause in TransferFailure._value2member_map_ \
                 else TransferFailure.UNKNOWN
             self.apply(ReplicaFailed(now=now, worker_id=conn.worker_id, name=ci.name,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import time
 
 NONCE_BYTES = 16
@@ -77,6 +78,14 @@ def check_token(key: bytes | None, name: str, token: str, now: float | None = No
     if not expiry.isdigit() or int(expiry) < (time.time() if now is None else now):
         return False
     return same(mac, _mac(key, name, expiry)[:40])
+
+
+CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+
+
+def valid_cache_name(name: str) -> bool:
+    """True for a name a cache may hold (what every file name on the wire must be)."""
+    return CACHE_NAME.fullmatch(name) is not None
 
 
 def read_password_file(path: str) -> bytes:

@@ -74,13 +74,17 @@ def decode_body(body: bytes) -> Message:
 class FrameDecoder:
     """Incremental decoder: bytes in, validated messages out."""
 
-    __slots__ = ("_buf", "_pos", "max_frame", "error")
+    __slots__ = ("_buf", "_pos", "max_frame", "error", "limits")
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, limits: dict[int, int] | None = None
+                 ) -> None:
         self._buf = bytearray()
         self._pos = 0
         self.max_frame = max_frame
         self.error: ProtocolError | None = None
+        # per message tag, the largest frame accepted (checked as soon as the tag has
+        # arrived, before the rest of the frame is buffered); other tags: max_frame
+        self.limits = limits
 
     def receive_data(self, data: bytes) -> None:
         """Append bytes read from the peer."""
@@ -100,6 +104,18 @@ class FrameDecoder:
         if n > self.max_frame:
             self.error = RemoteProtocolError(f"frame of {n} bytes exceeds limit {self.max_frame}")
             raise self.error
+        if self.limits is not None and n > 2 and len(buf) - pos >= 6:
+            # [TAG, ...]: a fixarray or array16/32 header, then the tag as a positive fixint
+            head = buf[pos + 4]
+            at = pos + 5 if 0x90 <= head <= 0x9F else pos + 7 if head == 0xDC else pos + 9
+            if len(buf) > at:
+                limit = self.limits.get(buf[at], self.max_frame)
+                if n > limit:
+                    kind = REGISTRY.get(buf[at])
+                    self.error = RemoteProtocolError(
+                        f"frame of {n} bytes exceeds the limit of {limit} for "
+                        f"{kind.__name__ if kind else f'tag {buf[at]}'}")
+                    raise self.error
         if len(buf) - pos - 4 < n:
             return None
         body = bytes(buf[pos + 4 : pos + 4 + n])
