@@ -310,3 +310,27 @@ def test_a_watched_output_is_never_followed_nor_blocks(manager: vine.Manager, wo
     m.submit(u)
     [back] = wait_all(m, 1, 30)
     assert back.successful() and local.read_text() == "end\n", (back.result, back.output)
+
+
+@pytest.mark.parametrize("make", ["ln -s {secret} made", "ln -s {outside} d",
+                                  "mkfifo made; echo x",
+                                  "rm -f .vinework-output; mkfifo .vinework-output; exit 1"])
+def test_a_minitask_result_is_never_followed(manager: vine.Manager, workers: Any,
+                                             tmp_path: Path, make: str) -> None:
+    m = manager
+    _one_worker(m, workers)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "made"
+    secret.write_text("not yours\n")
+    source = "d/made" if "{outside}" in make else "made"
+    made = m.declare_minitask(vine.Task(make.format(secret=secret, outside=outside)), source)
+    t = vine.Task("cat in")
+    t.add_input(made, "in")
+    t.set_max_forsaken(0)
+    m.submit(t)
+    [done] = wait_all(m, 1, 30)
+    assert not done.successful() and "not yours" not in done.output, (done.result, done.output)
+    story = "\n".join(m.file_story(made))
+    assert any(w in story for w in ("symbolic link", "not a file", "exited with 1")), story
+    assert secret.read_text() == "not yours\n"

@@ -28,8 +28,9 @@ exit code and the end of its output. A mini task has a time limit
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
-import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 from ..protocol import Fetch, TransferFailure
 from ..protocol.transfer import TransferError
-from ..trees import TreeError, remove_path, tree_size, unpack
+from ..trees import TreeError, copy_file, copy_tree, open_under, remove_path, tree_size, unpack
 from .sandbox import OUTPUT_NAME, CommandProcess, SandboxError, prepare, safe_join
 
 KINDS = ("command", "untar", "poncho")
@@ -107,14 +108,54 @@ def _broken(spec: MiniSpec, why: str) -> TransferError:
 
 
 def _tail(sandbox: str) -> str:
-    try:
-        with open(os.path.join(sandbox, OUTPUT_NAME), "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - OUTPUT_TAIL))
-            text = f.read().decode("utf-8", "replace").strip()
+    try:  # never through a link, never a fifo (it would block the loop)
+        fd = os.open(os.path.join(sandbox, OUTPUT_NAME),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return ""
+        text = os.pread(fd, OUTPUT_TAIL, max(0, st.st_size - OUTPUT_TAIL)).decode(
+            "utf-8", "replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
     return f"; its output ends: {text}" if text else "; it printed nothing"
+
+
+def _take(spec: MiniSpec, sandbox: str, part: str) -> None:
+    """Move what the mini task made (``spec.source``) to ``part``: only a regular file or
+    a real directory, reached through real directories of the sandbox."""
+    try:
+        dfd, base = open_under(sandbox, spec.source)
+    except (OSError, TreeError) as e:
+        raise _broken(spec, f"exited with 0 but {spec.source!r} cannot be taken: {e}") from None
+    try:
+        try:
+            st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise _broken(spec, f"exited with 0 but left no {spec.source!r}"
+                          + _tail(sandbox)) from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise _broken(spec, f"exited with 0 but {spec.source!r} is not a file or a "
+                          "directory (a symbolic link or a special file: refused)")
+        try:
+            os.rename(base, part, src_dir_fd=dfd)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    copy_tree(f"/proc/self/fd/{dfd}/{base}", part)
+                else:
+                    copy_file(base, part, dir_fd=dfd)
+            except TreeError as e2:
+                raise _broken(spec, f"what it made cannot be cached: {e2}") from None
+    finally:
+        os.close(dfd)
 
 
 def _unpack_into(spec: MiniSpec, tarball: str, part: str) -> int:
@@ -184,13 +225,7 @@ async def make_mini(spec: MiniSpec, part: str, lookup: Callable[[str], str | Non
         if code != 0:
             what = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
             raise _broken(spec, what + _tail(sandbox))
-        src = safe_join(sandbox, spec.source)
-        if not os.path.lexists(src) or os.path.islink(src):
-            raise _broken(spec, f"exited with 0 but left no {spec.source!r}" + _tail(sandbox))
-        try:
-            os.rename(src, part)
-        except OSError:
-            shutil.move(src, part)
+        _take(spec, sandbox, part)
         try:
             size = tree_size(part) if os.path.isdir(part) else os.stat(part).st_size
         except (OSError, TreeError) as e:
