@@ -205,8 +205,8 @@ class LibraryMethods(ManagerBase):
         self._post(LibraryInstalled(now=time.monotonic(), spec=spec))
 
     def remove_library(self, name: str) -> None:
-        """Stop the library's instances; calls that still name it end "missing library"
-        (those running when it is removed: "library exit", then "missing library")."""
+        """Stop the library's instances; calls that still name it, those running when it
+        is removed included (they are stopped with it), end "missing library"."""
         lib = self._libraries.pop(name, None)
         if lib is None:
             return
