@@ -235,9 +235,10 @@ def prepare(sandbox: str, inputs: list[tuple[str, str]], cache_lookup: dict[str,
             continue
         if not stat.S_ISREG(st.st_mode):
             raise SandboxError(f"input {name} ({remote}) is not a regular file in the cache")
-        if st.st_size <= copy_max or _reflinks(sandbox, st.st_dev):
+        clone = _reflinks(sandbox, st.st_dev)
+        if clone or st.st_size <= copy_max:
             try:
-                copy_file(src, dest, clone=True)
+                copy_file(src, dest, clone=clone)
             except TreeError as e:
                 raise SandboxError(f"input {name} ({remote}): {e}") from None
             continue
