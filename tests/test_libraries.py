@@ -422,3 +422,24 @@ def test_a_huge_library_log_comes_back_as_its_end(manager: vine.Manager,
     m.install_library(m.create_library_from_functions("again", add))
     m.submit(vine.FunctionCall("again", "add", 1, 1))
     assert wait_all(m, 1)[0].output == 2
+
+
+def test_a_short_direct_call_is_not_held_back_by_a_long_one(manager: vine.Manager,
+                                                           workers: StartWorker) -> None:
+    m = manager
+    workers(m)
+    wait_workers(m, 1)
+    lib = m.create_library_from_functions("lib", slow, exec_mode="direct")
+    lib.set_function_slots(4)
+    m.install_library(lib)
+    m.submit(vine.FunctionCall("lib", "slow", 0.5))  # (warm: the instance is up)
+    wait_all(m, 1)
+    short = vine.FunctionCall("lib", "slow", 0.0)
+    long = vine.FunctionCall("lib", "slow", 4.0)
+    m.submit(short)
+    m.submit(long)  # both reach the library in one batch; the short one runs first
+    start = time.monotonic()
+    first = m.wait(10)
+    assert first is not None and first.id == short.id
+    assert time.monotonic() - start < 3.0  # its reply did not wait for the long call
+    assert wait_all(m, 1)[0].id == long.id

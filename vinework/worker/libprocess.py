@@ -31,12 +31,15 @@ a call that exits only ends its child (its result is then the ``SystemExit``).
 
 Calls with no sandbox run in the library's directory with its environment;
 a call with files gets a sandbox of its own, changed into (and back) for the
-call. Replies are written in batches: all that are ready when no complete
-request is waiting, or every 2 ms while requests keep coming.
+call. Replies are written in batches: in fork mode, all that are ready at each
+turn of the server's loop; in direct mode, by a writer thread (``_ReplyWriter``):
+at once when the library waits for requests, and what piled up while calls ran
+in one send.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import resource
@@ -44,6 +47,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -55,7 +59,6 @@ from .forkserver import Framer, _apply_env, _environ_snapshot, _kill, _restore_e
 # what the library's context function returned (load_variable_from_library reads it)
 CONTEXT: dict[str, Any] = {}
 RUNNING = False  # True in a library process (load_variable_from_library checks it)
-FLUSH_EVERY = 0.002  # seconds: replies wait at most this long for a batch to fill
 
 
 def dumps_value(value: Any) -> bytes:
@@ -135,22 +138,78 @@ def _in_sandbox(fn: Any, req: list[Any], home: str, base_env: dict[Any, Any]) ->
 
 
 class _Replies:
-    """Replies not yet written, flushed in batches."""
+    """Replies of a fork library not yet written (flushed at each turn of its loop)."""
 
     def __init__(self, ctl: socket.socket) -> None:
         self.ctl = ctl
         self.buf = bytearray()
-        self.since = 0.0
 
     def add(self, frame: list[Any]) -> None:
-        if not self.buf:
-            self.since = time.monotonic()
         self.buf += pack(frame)
 
-    def flush(self, force: bool = True) -> None:
-        if self.buf and (force or time.monotonic() - self.since >= FLUSH_EVERY):
+    def flush(self) -> None:
+        if self.buf:
             self.ctl.sendall(self.buf)
             self.buf.clear()
+
+
+class _ReplyWriter:
+    """Replies of a direct library, written by a thread of their own: a reply goes out as
+    soon as the writer gets the interpreter (at once when the calls wait for requests,
+    within the switch interval while a long call runs), and replies that pile up meanwhile
+    go out in one ``send``. Frames are whole in every send; their order may differ from
+    the calls' (the worker matches replies by call id)."""
+
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl
+        self.buf = bytearray()
+        self.cv = threading.Condition()
+        self.send_lock = threading.Lock()
+        self.broken = False
+        self.sending = 0  # batches taken by the writer and not yet sent
+        threading.Thread(target=self._run, name="vinework-replies", daemon=True).start()
+
+    def add(self, frame: list[Any]) -> None:
+        data = pack(frame)
+        with self.cv:
+            self.buf += data
+            self.cv.notify()
+
+    def _take(self) -> bytes:
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+    def _send(self, data: bytes) -> None:
+        with self.send_lock:
+            if self.broken:
+                return
+            try:
+                self.ctl.sendall(data)
+            except OSError:
+                self.broken = True  # the worker is gone: the main loop sees the end
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.buf:
+                    self.cv.wait()
+                data = self._take()
+                self.sending += 1
+            self._send(data)
+            with self.cv:
+                self.sending -= 1
+                self.cv.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Send what is buffered now, from the calling thread, and wait for the writer's
+        batch in progress (before the process ends)."""
+        with self.cv:
+            data = self._take()
+        if data:
+            self._send(data)
+        with self.cv:
+            self.cv.wait_for(lambda: not self.sending, timeout)
 
 
 def serve_direct(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
@@ -158,17 +217,17 @@ def serve_direct(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
     """Run calls in this process, one at a time (see the module docstring)."""
     home = os.getcwd()
     base_env = _environ_snapshot()
-    out = _Replies(ctl)
-    queue = list(pending)
+    out = _ReplyWriter(ctl)
+    queue = collections.deque(pending)
     while True:
         if not queue:
-            out.flush()
             data = ctl.recv(1 << 20)
             if not data:
+                out.flush()
                 return
-            queue = framer.feed(data)
+            queue.extend(framer.feed(data))
             continue
-        req = queue.pop(0)
+        req = queue.popleft()
         if req[0] != "call":
             continue
         call_id, fname = req[1], req[2]
@@ -189,19 +248,6 @@ def serve_direct(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
         out.add(["done", call_id, *reply,
                  [time.monotonic() - t0, time.process_time() - c0,
                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]])
-        if not queue:
-            ctl.setblocking(False)  # more requests already here? run them before flushing
-            try:
-                data = ctl.recv(1 << 20)
-                if not data:
-                    out.flush()
-                    return
-                queue = framer.feed(data)
-            except BlockingIOError:
-                pass
-            finally:
-                ctl.setblocking(True)
-        out.flush(force=not queue)
 
 
 MAP_PREFIX = "vinework.map:"  # (manager/mapping.py's remote_map and remote_pair)
