@@ -515,3 +515,13 @@ def test_a_task_taken_by_the_users_wait_still_settles_its_future(
         if taken >= 3:
             break
     assert taken >= 1
+
+
+def test_gathers_run_where_the_values_are(cluster: vine.Manager) -> None:
+    m = cluster
+    with FuturesExecutor(manager=m, factory=False) as ex:
+        futures = [ex.submit(inc, i) for i in range(200)]
+        poll_until(lambda: all(f.fetched for f in futures), 60, "the values to come back")
+        assert {f.task.worker for f in futures} == {"w1", "w2"}
+        assert m.stats.transfers_peer == 0 and m.stats.bytes_peer == 0
+        assert [f.result(timeout=0) for f in futures] == list(range(1, 201))

@@ -5,9 +5,10 @@ later task may take it as an argument. Fetching each value by itself when
 ``result()`` is called costs a transfer per future, about as much as running
 the task did. So the executor gathers them: when a future finishes and no task
 has taken it as an argument, it joins a queue; a *gather task* (a PythonTask
-of high priority, one core) takes up to ``GATHER_MAX`` queued values as input
-files and returns their bytes inline in one reply; at most ``IN_FLIGHT_MAX``
-run at a time, so batches grow with the load. A ``result()`` on a queued
+of high priority, one core) takes up to ``GATHER_MAX`` queued values, all made
+on the same worker, as strict input files (so it runs there: no value moves
+between workers) and returns their bytes inline in one reply; at most
+``IN_FLIGHT_MAX`` run at a time, so batches grow with the load. A ``result()`` on a queued
 future waits for its batch; if a gather fails (a worker was lost, the manager
 closed), its futures fall back to fetching their own value.
 
@@ -93,20 +94,25 @@ class Gatherer:
                         and self._busy())):
                     return
                 batch: list[Any] = []
+                others: list[Any] = []  # values on other workers: for later batches
+                where = self._queue[0]._task.worker
                 while self._queue and len(batch) < GATHER_MAX:
                     f = self._queue.popleft()
                     if f.fetched or f._consumers:  # consumed after all: leave it there
                         f._gathered.set()
-                        continue
-                    batch.append(f)
+                    elif f._task.worker != where:
+                        others.append(f)
+                    else:
+                        batch.append(f)
+                self._queue.extendleft(reversed(others))
                 self._oldest = time.monotonic()
                 if not batch:
                     continue
                 self._in_flight += 1
             names = [f".vinework-value-{i}" for i in range(len(batch))]
             t = PythonTask(gather_files, *names)
-            for f, name in zip(batch, names, strict=True):
-                t.add_input(f._task.output_file, name)
+            for f, name in zip(batch, names, strict=True):  # (run where they all are)
+                t.add_input(f._task.output_file, name, strict_input=True)
             t.set_cores(1)
             t.set_priority(GATHER_PRIORITY)
             t._gather_batch = batch  # type: ignore[attr-defined]
