@@ -313,8 +313,8 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Hoist.TAG, "numpy"], "modules"),  # str where a list is expected
         ([Hoist.TAG, ["numpy", 3]], "modules"),  # a bad list item
         ([Fetch.TAG, 1, "n", "h", "80", 0, 1, "", "", "", "", [], [], ""], "port"),
-        ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0, ""], "keepalive_interval"),
-        ([Welcome.TAG, 1, "w", True, 0, "", 30.0, ""], "keepalive_interval"),
+        ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0, "", "", ""], "keepalive_interval"),
+        ([Welcome.TAG, 1, "w", True, 0, "", 30.0, "", "", ""], "keepalive_interval"),
         ([FileHeader.TAG, "f", False, "", 0o644, "file"], "size"),
         ([GetFile.TAG, "f", None], "token"),
         ([CacheUpdate.TAG, "n", 1, 0.5, 2.0, ""], "transfer_id"),
@@ -337,7 +337,7 @@ def test_wrong_field_types(body: list[Any], field: str) -> None:
 
 def test_int_is_accepted_where_a_float_is_expected() -> None:
     dec = FrameDecoder()
-    dec.receive_data(packed([Welcome.TAG, 1, "w", 5, 0, "", 30, ""]))
+    dec.receive_data(packed([Welcome.TAG, 1, "w", 5, 0, "", 30, "", "", ""]))
     msg = dec.next_message()
     assert isinstance(msg, Welcome) and msg.keepalive_interval == 5
 

@@ -25,6 +25,7 @@ from vinework.protocol import (
 from vinework.protocol.auth import make_token
 from vinework.protocol.messages import CacheReport, Challenge, Proof
 from vinework.protocol.transfer import TransferError, fetch_file
+from vinework.tlsconf import throwaway_pair
 
 try:
     from conftest import poll_until, wait_all, wait_workers
@@ -258,3 +259,57 @@ def test_a_flooding_worker_is_dropped(manager: vine.Manager,
     monkeypatch.setattr(flood, "FLOOD_BURST", 1000)
     monkeypatch.setattr(flood, "FLOOD_RATE", 100)
     _expect_dropped_after(manager, encode(Heartbeat(seq=1)) * 5000)
+
+
+# ---------------------------------------------------------------------- TLS
+@pytest.fixture
+def tls_manager(tmp_path: Path) -> Any:
+    m = vine.Manager(port=0, run_info_path=str(tmp_path / "run-info"), shutdown=True,
+                     ssl=True)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def test_tls_control_connections_and_peer_transfers(tls_manager: vine.Manager, workers: Any,
+                                                   tmp_path: Path) -> None:
+    m = tls_manager
+    cert = next((tmp_path / "run-info").rglob("manager.pem"))
+    workers(m, extra=("--ssl", "--ssl-ca", str(cert), "--feature", "a"))
+    workers(m, extra=("--ssl", "--feature", "b"))
+    wait_workers(m, 2)
+    temp = m.declare_temp()
+    make = vine.Task("echo over tls > out")
+    make.add_feature("a")
+    make.add_output(temp, "out")
+    use = vine.Task("cat in")
+    use.add_feature("b")
+    use.add_input(temp, "in")
+    m.submit(make)
+    m.submit(use)
+    got = {t.id: t for t in wait_all(m, 2)}
+    assert got[use.id].output == "over tls\n" and m.stats.transfers_peer == 1
+    # the workers' transfer servers speak only TLS, and only with the session's pair
+    w = next(x for x in m._state.workers.values() if temp.cache_name in
+             m._state.replicas.files_on(x.worker_id))
+    token = make_token(m._server.transfer_key, temp.cache_name)
+    with pytest.raises(TransferError):
+        fetch_file("127.0.0.1", w.transfer_port, temp.cache_name, str(tmp_path / "x"), -1,
+                   timeout=5, token=token)
+    fetch_file("127.0.0.1", w.transfer_port, temp.cache_name, str(tmp_path / "y"), -1,
+               timeout=5, token=token, ssl_context=m._server.peer_client)
+    assert (tmp_path / "y").read_text() == "over tls\n"
+
+
+def test_a_worker_that_cannot_verify_the_manager_does_not_connect(
+        tls_manager: vine.Manager, workers: Any, tmp_path: Path) -> None:
+    m = tls_manager
+    other = tmp_path / "other"
+    _, wrong = throwaway_pair(str(other), "someone-else")
+    p = workers(m, extra=("--ssl", "--ssl-ca", wrong, "--timeout", "2"))
+    assert p.wait(timeout=20) != 0
+    assert m.stats.workers_joined == 0
+    q = workers(m, extra=("--timeout", "2"))  # no --ssl at all
+    assert q.wait(timeout=20) != 0
+    assert m.stats.workers_joined == 0

@@ -63,8 +63,8 @@ def test_later_manager_methods_say_so(manager: vine.Manager) -> None:
                  lambda: manager.install_library(vine.LibraryTask("cmd", "l"))):
         with pytest.raises(NotImplementedError):
             call()
-    with pytest.raises(NotImplementedError, match="TLS"):
-        vine.Manager(port=0, ssl=True)
+    with pytest.raises(ValueError, match="ssl must be True or"):
+        vine.Manager(port=0, ssl="yes please")
 
 
 # ---------------------------------------------------------------------- results

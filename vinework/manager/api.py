@@ -39,6 +39,7 @@ from ..core.tunables import Tunables
 from ..file import FileKind
 from ..serverless import FunctionCall, LibraryTask
 from ..task import PythonTask, RemoteTaskError, Task, environment_command
+from ..tlsconf import manager_tls
 from ..txnlog import TxnLog
 from .control import ControlMethods
 from .declare import FileMethods
@@ -103,7 +104,9 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         run_info_template: the run directory's name instead of the time stamp.
         staging_path: where ``vine-staging`` (buffers, fetched files) goes (default: in
             this run's directory).
-        ssl: TLS for worker connections; not supported yet (None or (None, None): off).
+        ssl: TLS for worker connections and peer transfers: True (a throwaway key and
+            certificate for this run) or (key_file, cert_file); workers need ``--ssl``
+            (and ``--ssl-ca FILE`` to verify the manager). See ``tlsconf.py``.
         init_fn: called with the manager once it is ready.
         status_display_interval: the Jupyter status widget's period (not supported: logged).
         prometheus_port: metrics endpoint (not supported yet).
@@ -123,8 +126,6 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         prometheus_port: int | None = None,
     ) -> None:
         self._closed = True  # until the end of __init__ (close() then has nothing to do)
-        if ssl not in (None, False, (None, None)):
-            not_yet("TLS connections to workers (Manager(ssl=...), security)")
         if prometheus_port is not None:
             not_yet("a Prometheus metrics endpoint (Manager(prometheus_port=...), "
                     "observability)")
@@ -132,6 +133,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         _tune_gc()
         self._once: set[str] = set()
         self._run = RunInfo(run_info_path, run_info_template, staging_path)
+        tls = None if ssl in (None, False, (None, None)) else \
+            manager_tls(ssl, os.path.join(self._run.runtime, "tls"))
         self._run.start_debug_log()
         self.run_dir = self._run.runtime
         self.staging_dir = self._run.staging
@@ -168,6 +171,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         self._server = ManagerServer(
             self._state, listen, self._txn, self._file_at_manager, self._on_task_returned,
             self._on_fetch_done, self._on_error, self._on_notice, name=self.name or "",
+            tls=tls,
         )
         self._init_libraries()
         self._closed = False

@@ -25,6 +25,7 @@ import ctypes
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -71,6 +72,7 @@ from ..protocol import (
 from ..protocol.auth import check_token, make_token, valid_cache_name
 from ..protocol.messages import Fetch, LibraryEnded, LibraryReady, OutputChunk
 from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
+from ..tlsconf import peer_client_context, peer_server_context
 from ..trees import remove_path
 from ..txnlog import TxnLog
 from .errors import ManagerError
@@ -119,10 +121,15 @@ class ManagerServer:
         on_error: Callable[[ManagerError], None],
         on_notice: Callable[[str], None],
         name: str = "",
+        tls: tuple[ssl.SSLContext, str, str] | None = None,
     ) -> None:
         self.state = state
         self.txn = txn
         self.name = name
+        # TLS (tlsconf.py): the control connection's context, and the peer pair (PEM)
+        self.tls = tls
+        self.peer_client: ssl.SSLContext | None = \
+            peer_client_context(tls[2]) if tls is not None else None
         self.on_task_returned = on_task_returned
         self.on_fetch_done = on_fetch_done
         self.on_error = on_error
@@ -147,7 +154,9 @@ class ManagerServer:
         self.listen = self._bind(port)
         self.port: int = self.listen.getsockname()[1]
         self.transfer = TransferServer(
-            files_at_manager, authorize=lambda n, t: check_token(self.transfer_key, n, t))
+            files_at_manager, authorize=lambda n, t: check_token(self.transfer_key, n, t),
+            ssl_context=None if tls is None else peer_server_context(
+                tls[1], tls[2], os.path.dirname(os.path.abspath(txn.path))))
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
                                                           thread_name_prefix="vine-retrieve")
         self.loop = asyncio.new_event_loop()
@@ -179,8 +188,10 @@ class ManagerServer:
         self.loop.close()
 
     async def _start(self) -> None:
-        self.server = await asyncio.start_server(self._on_connect, sock=self.listen,
-                                                 limit=1 << 20)
+        self.server = await asyncio.start_server(
+            self._on_connect, sock=self.listen, limit=1 << 20,
+            ssl=self.tls[0] if self.tls is not None else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.tls is not None else None)
         self._ticker = asyncio.ensure_future(self._keepalive())
 
     def post(self, event: Event) -> None:
@@ -297,7 +308,9 @@ class ManagerServer:
                                 keepalive_interval=tune.keepalive_interval,
                                 transfer_port=self.transfer.port, manager_name=self.name,
                                 keepalive_timeout=tune.keepalive_timeout,
-                                transfer_key=self.transfer_key.hex()))
+                                transfer_key=self.transfer_key.hex(),
+                                tls_peer_key=self.tls[1] if self.tls else "",
+                                tls_peer_cert=self.tls[2] if self.tls else ""))
         self.apply(WorkerJoined(now=self.now(), worker_id=wid, host=host,
                                 transfer_port=hello.transfer_port, cores=hello.cores,
                                 memory=hello.memory, disk=hello.disk, gpus=hello.gpus,
@@ -438,7 +451,8 @@ class ManagerServer:
         def work() -> tuple[int, float]:
             os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
             size, secs = fetch_file(c.host, c.port, c.name, tmp, c.size, timeout=60,
-                                    token=make_token(self.transfer_key, c.name))
+                                    token=make_token(self.transfer_key, c.name),
+                                    ssl_context=self.peer_client)
             if os.path.isdir(tmp) and not os.path.islink(tmp):
                 _put_tree(tmp, dest, f"{dest}.old-{c.retrieval_id}")
             else:

@@ -290,6 +290,8 @@ class Welcome(Message):
     manager_name: str = ""
     keepalive_timeout: float = 30.0  # both sides drop a peer silent for this long
     transfer_key: str = ""  # hex key of the session's transfer tokens (auth.py)
+    tls_peer_key: str = ""  # with TLS: the peer transfers' key and certificate (PEM)
+    tls_peer_cert: str = ""
 
 
 @register(30)

@@ -37,6 +37,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -60,6 +61,7 @@ from ..protocol import (
 from ..protocol.auth import check_token, new_nonce
 from ..protocol.messages import Challenge, StartLibrary, StopLibrary
 from ..protocol.transfer import TransferError, TransferServer, fetch_file
+from ..tlsconf import manager_client_context, peer_client_context, peer_server_context
 from ..trees import remove_path
 from . import events as ev
 from .cache import Cache, CacheError
@@ -108,6 +110,7 @@ class Worker:
         self._url_stop = threading.Event()  # ends URL fetches (their retries) at exit
         self.minis: dict[str, MiniSpec | str] = {}  # mini-task files asked for (or why not)
         self.transfer_key = b""  # the manager's session key for transfer tokens (Welcome)
+        self.peer_tls: ssl.SSLContext | None = None  # peer transfers over TLS (Welcome)
         self.mini_timeout = mini_timeout(os.environ)
         self.owns_workdir = opts.workdir is None
         if opts.workdir:
@@ -342,8 +345,11 @@ class Worker:
         """One connection: connect, then read until it ends; every outcome becomes an event."""
         now = time.monotonic
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.opts.host, self.opts.port), timeout)
+            tls = manager_client_context(self.opts.ssl_ca) if self.opts.ssl else None
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                self.opts.host, self.opts.port, ssl=tls,
+                server_hostname=(self.opts.tls_sni or self.opts.host) if tls else None),
+                timeout)
         except (OSError, TimeoutError) as e:
             why = str(e) or f"no answer within {timeout:g} s"
             self.post(ev.ConnectFailed(now=now(), reason=why))
@@ -412,8 +418,12 @@ class Worker:
             w: Welcome = msg  # type: ignore[assignment]
             try:  # this session's transfer tokens (checked by our transfer server)
                 self.transfer_key = bytes.fromhex(w.transfer_key)
-            except ValueError:
-                return ev.ProtocolViolation(now=now, error="Welcome with a bad transfer key")
+                if w.tls_peer_cert:  # peer transfers over TLS (tlsconf.py)
+                    self.server.ssl_context = peer_server_context(
+                        w.tls_peer_key, w.tls_peer_cert, self.workdir)
+                    self.peer_tls = peer_client_context(w.tls_peer_cert)
+            except (ValueError, ssl.SSLError, OSError) as e:
+                return ev.ProtocolViolation(now=now, error=f"a Welcome that cannot be used: {e}")
             return ev.WelcomeReceived(now=now, version=w.version, worker_id=w.worker_id,
                                       keepalive_interval=w.keepalive_interval,
                                       keepalive_timeout=w.keepalive_timeout,
@@ -459,7 +469,8 @@ class Worker:
         else:
             fut = loop.run_in_executor(
                 self.pool, functools.partial(fetch_file, ins.host, ins.port, ins.name, part,
-                                             ins.size, token=self.tokens.pop(ins.name, "")))
+                                             ins.size, token=self.tokens.pop(ins.name, ""),
+                                             ssl_context=self.peer_tls))
 
         def done(f: asyncio.Future[tuple[int, float]]) -> None:
             if f.cancelled():

@@ -14,8 +14,7 @@ address and says in its log that it ignores the others.
 
 Options TaskVine has that vinework cannot honour are accepted by the parser
 and then refused with one line (exit 2): ``-M/--manager-name``,
-``-C/--catalog`` and ``--connection-mode`` (no catalog server), ``--ssl``
-and ``--tls-sni`` (not supported yet), ``--bandwidth`` and
+``-C/--catalog`` and ``--connection-mode`` (no catalog server), ``--bandwidth`` and
 ``--disk-allocation``. Options that have no effect here are accepted and
 documented as such in ``--help``: ``-w/--tcp-window-size`` (the kernel tunes
 TCP windows), ``-A/--arch``, ``-O/--os`` (nothing in vinework's Hello carries
@@ -74,6 +73,9 @@ class WorkerOptions:
     debug_rotate_max: int = 10 << 20  # bytes; 0: never rotate
     features: tuple[str, ...] = ()
     password: bytes = b""  # -P/--password FILE: its contents
+    ssl: bool = False  # --ssl: TLS to the manager and for peer transfers
+    ssl_ca: str = ""  # --ssl-ca FILE: verify the manager's certificate
+    tls_sni: str = ""  # --tls-sni NAME
     transfer_ports: tuple[int, int] = (0, 0)  # (0, 0): any free port
     contact_port: int = 0  # the transfer port to advertise (0: the one bound)
     max_transfer_procs: int = 16  # concurrent fetches into the cache
@@ -329,8 +331,14 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("-C", "--catalog", metavar="HOST:PORT",
                    help="refused: vinework runs no catalog server")
     n.add_argument("--connection-mode", metavar="MODE", help="refused (applies to -M)")
-    n.add_argument("--ssl", action="store_true", help="refused: TLS is not supported yet")
-    n.add_argument("--tls-sni", metavar="NAME", help="refused: TLS is not supported yet")
+    n.add_argument("--ssl", action="store_true",
+                   help="TLS to the manager (Manager(ssl=...)) and for peer transfers")
+    n.add_argument("--ssl-ca", metavar="FILE",
+                   help="with --ssl: verify the manager's certificate against this CA "
+                        "bundle (or the certificate itself); without it the connection "
+                        "is encrypted but the manager is not verified")
+    n.add_argument("--tls-sni", metavar="NAME",
+                   help="with --ssl: the server name to ask the manager for")
     n.add_argument("-P", "--password", metavar="FILE",
                    help="a file holding the manager's password (set_password): both sides "
                         "prove they know it before anything else")
@@ -354,9 +362,8 @@ def _refusals(args: argparse.Namespace) -> None:
     if args.connection_mode is not None:
         raise OptionError("--connection-mode: it applies to -M, and vinework runs no catalog "
                           "server; give HOST PORT")
-    for given, opt in ((args.ssl, "--ssl"), (args.tls_sni is not None, "--tls-sni")):
-        if given:
-            raise OptionError(f"{opt}: TLS is not supported yet")
+    if (args.ssl_ca or args.tls_sni) and not args.ssl:
+        raise OptionError("--ssl-ca and --tls-sni go with --ssl")
     if args.bandwidth is not None:
         raise OptionError("--bandwidth: throttling transfers is not supported")
     if args.disk_allocation:
@@ -436,6 +443,7 @@ def worker_options(args: argparse.Namespace) -> WorkerOptions:
         debug_file=args.debug_file or "", debug_rotate_max=args.debug_rotate_max,
         features=tuple(dict.fromkeys(args.feature or ())),
         password=_password(args.password),
+        ssl=bool(args.ssl), ssl_ca=args.ssl_ca or "", tls_sni=args.tls_sni or "",
         transfer_ports=args.transfer_port or (0, 0),
         contact_port=args.contact_hostport[1] if args.contact_hostport else 0,
         max_transfer_procs=args.max_transfer_procs or 16, task_wrapper=args.task_wrapper,
