@@ -85,12 +85,15 @@ def test_an_own_workdir_is_private_and_removed_at_exit(tmp_path: Path, spawn: ob
         assert _mode(wd) == 0o700
         assert _mode(wd / "cache") == 0o700 and _mode(wd / "sandbox") == 0o700
         assert any((wd / "cache").iterdir())  # the temp is there, out of reach of others
+        shm = list(Path("/dev/shm").glob(f"vinework-{p.pid}-*"))
+        assert all(_mode(d) == 0o700 for d in shm), shm  # PythonTask sandboxes
         if how == "shutdown":
             m.close()
         else:
             os.kill(p.pid, getattr(signal, how))
         p.wait(timeout=20)
         assert not wd.exists(), f"{how}: the workdir outlived its worker"
+        assert not any(d.exists() for d in shm), shm
         assert not list(tmpdir.iterdir())
     finally:
         m.close()
