@@ -313,3 +313,20 @@ def test_a_worker_that_cannot_verify_the_manager_does_not_connect(
     q = workers(m, extra=("--timeout", "2"))  # no --ssl at all
     assert q.wait(timeout=20) != 0
     assert m.stats.workers_joined == 0
+
+
+def test_a_factory_passes_the_password_and_tls_on(tmp_path: Path) -> None:
+    m = vine.Manager(port=0, run_info_path=str(tmp_path / "run-info"), shutdown=True,
+                     ssl=True)
+    try:
+        m.set_password_file(_password_file(tmp_path, "pw", "factory-secret"))
+        f = vine.Factory(batch_type="local", manager=m)
+        f.password = str(tmp_path / "pw")
+        f.ssl = True
+        with f:
+            t = vine.Task("echo via factory")
+            m.submit(t)
+            (done,) = wait_all(m, 1, 30)
+            assert done.successful() and done.output == "via factory\n"
+    finally:
+        m.close()

@@ -43,6 +43,8 @@ class Factory:
         self.gpus: int | None = None
         self.timeout = 60.0
         self.scratch_dir: str | None = None
+        self.password: str | None = None  # a password file the workers prove they know
+        self.ssl = False  # workers speak TLS to the manager (Manager(ssl=...))
         self.log_file = log_file
         for k, v in kwargs.items():
             setattr(self, k, v)
@@ -65,6 +67,10 @@ class Factory:
             v = getattr(self, opt)
             if v is not None:
                 argv += [f"--{opt}", str(int(v))]
+        if self.password:
+            argv += ["--password", str(self.password)]
+        if self.ssl:
+            argv.append("--ssl")
         return argv
 
     def _spawn(self) -> None:
