@@ -7,7 +7,8 @@ the task did. So the executor gathers them: when a future finishes and no task
 has taken it as an argument, it joins a queue; a *gather task* (a PythonTask
 of high priority, one core) takes up to ``GATHER_MAX`` queued values, all made
 on the same worker, as strict input files (so it runs there: no value moves
-between workers) and returns their bytes inline in one reply; at most
+between workers; FunctionCall results as plain inputs) and returns their bytes
+inline in one reply; at most
 ``IN_FLIGHT_MAX`` run at a time, so batches grow with the load. A ``result()`` on a queued
 future waits for its batch; if a gather fails (a worker was lost, the manager
 closed), its futures fall back to fetching their own value.
@@ -111,8 +112,12 @@ class Gatherer:
                 self._in_flight += 1
             names = [f".vinework-value-{i}" for i in range(len(batch))]
             t = PythonTask(gather_files, *names)
-            for f, name in zip(batch, names, strict=True):  # (run where they all are)
-                t.add_input(f._task.output_file, name, strict_input=True)
+            # strict inputs: it runs where the values are (not for FunctionCall results:
+            # a gather with those as strict inputs was never placed, a core limitation
+            # seen here; without, the scheduler may still choose another worker)
+            strict = not any(f._task.needs_library() for f in batch)
+            for f, name in zip(batch, names, strict=True):
+                t.add_input(f._task.output_file, name, strict_input=strict)
             t.set_cores(1)
             t.set_priority(GATHER_PRIORITY)
             t._gather_batch = batch  # type: ignore[attr-defined]
