@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 
 from tests.test_worker_helpers import connected, of, one, run_task, sent, start_run
-from tests.test_worker_process import FakeManager, WorkerProc
+from tests.test_worker_process import TRANSFER_KEY, FakeManager, WorkerProc
 from vinework.constants import CacheLevel, TaskResult
 from vinework.protocol import Hello, RunTask, TaskDone, Unlink
+from vinework.protocol.auth import make_token
 from vinework.protocol.transfer import TransferError, fetch_file
 from vinework.worker import events as ev
 from vinework.worker.outcome import (
@@ -428,11 +429,13 @@ def test_big_stdout_is_kept_in_the_cache_and_served(worker: Connected, tmp_path:
     assert done.result == TaskResult.SUCCESS and done.stdout_file == "stdout-1-1"
     assert done.stdout_size == n + 4 and done.output == "x" * OUTPUT_INLINE_MAX
     dest = tmp_path / "got"
-    size, _ = fetch_file("127.0.0.1", hello.transfer_port, "stdout-1-1", str(dest))
+    size, _ = fetch_file("127.0.0.1", hello.transfer_port, "stdout-1-1", str(dest),
+                         token=make_token(TRANSFER_KEY, "stdout-1-1"))
     assert size == n + 4 and dest.read_bytes() == b"x" * n + b"end\n"
     # capped at stdout_max, with the notice
     done = run_one(m, run_msg(2, f"head -c {n} /dev/zero", stdout_max=OUTPUT_INLINE_MAX + 5))
-    size, _ = fetch_file("127.0.0.1", hello.transfer_port, "stdout-2-1", str(dest))
+    size, _ = fetch_file("127.0.0.1", hello.transfer_port, "stdout-2-1", str(dest),
+                         token=make_token(TRANSFER_KEY, "stdout-2-1"))
     data = dest.read_bytes()
     assert size == done.stdout_size == len(data) and b"output truncated" in data
     # the manager unlinks it once retrieved
@@ -440,7 +443,8 @@ def test_big_stdout_is_kept_in_the_cache_and_served(worker: Connected, tmp_path:
     m.send(run_msg(3, "true"))  # a marker: the Unlink was handled before it
     m.recv_type(TaskDone)
     with pytest.raises(TransferError):
-        fetch_file("127.0.0.1", hello.transfer_port, "stdout-1-1", str(dest))
+        fetch_file("127.0.0.1", hello.transfer_port, "stdout-1-1", str(dest),
+                         token=make_token(TRANSFER_KEY, "stdout-1-1"))
 
 
 def test_python_task_environment_measured_and_time_limit(worker: Connected) -> None:

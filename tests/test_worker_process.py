@@ -118,6 +118,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+TRANSFER_KEY = b"k" * 32  # the fake manager's transfer-token key (protocol/auth.py)
+
+
 class FakeManager:
     """A TCP server speaking the vinework codec, one worker connection at a time."""
 
@@ -169,7 +172,8 @@ class FakeManager:
         assert isinstance(hello, Hello)
         self.challenge()
         self.send(Welcome(version=PROTOCOL_VERSION, worker_id="w-test", keepalive_interval=interval,
-                          transfer_port=0, keepalive_timeout=timeout))
+                          transfer_port=0, keepalive_timeout=timeout,
+                          transfer_key=TRANSFER_KEY.hex()))
         return hello
 
     def challenge(self) -> list[tuple[str, int]]:
