@@ -93,6 +93,9 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 _malloc_trim = _load_malloc_trim()
 TICK_SECONDS = 0.5
+# the manager's transfer server serves up to 4 x transfer-source-max fetches at once (see
+# replicas.pick_source): room for that at the largest setting, and retrievals besides
+MANAGER_TRANSFER_CONNECTIONS = 1024
 
 
 @dataclass
@@ -155,6 +158,7 @@ class ManagerServer:
         self.port: int = self.listen.getsockname()[1]
         self.transfer = TransferServer(
             files_at_manager, authorize=lambda n, t: check_token(self.transfer_key, n, t),
+            max_connections=MANAGER_TRANSFER_CONNECTIONS,
             ssl_context=None if tls is None else peer_server_context(
                 tls[1], tls[2], os.path.dirname(os.path.abspath(txn.path))))
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
