@@ -28,6 +28,7 @@ from vinework.core.events import (
     TaskReturned,
     TaskSpec,
     TaskSubmitted,
+    Tick,
     WorkerLeft,
 )
 from vinework.core.state import ManagerState
@@ -237,6 +238,10 @@ def test_an_idle_instance_makes_room_for_a_task_that_needs_the_worker() -> None:
     c.feed(TaskCollected(task_id=1))
     out = c.feed(TaskSubmitted(spec=TaskSpec(task_id=2, command="true", inputs=[],
                                              outputs=[], cores=2)))
+    assert not msgs(out, StopLibrary)  # idle for less than the grace: calls come in waves
+    out = c.feed(Tick(now=1.0))
+    assert not msgs(out, StopLibrary)
+    out = c.feed(Tick(now=2.5))
     assert msgs(out, StopLibrary)
     assert [m.task_id for m in msgs(out, RunTask)] == [2]
 

@@ -11,7 +11,11 @@ the instance of its library with the most free slots; when none has a free
 slot, a new instance is started on a worker where the library fits, if need
 be by evicting idle instances (no call assigned) of *other* libraries there,
 never a busy one. So several instances share a worker when their resources
-allow, and a worker serving one library can be taken over by another.
+allow, and a worker serving one library can be taken over by another. A plain
+task that needs the resources of idle instances evicts them too, but only
+instances idle for ``IDLE_GRACE_FOR_TASKS`` seconds whose library has no call
+waiting (calls come in waves: without that, tasks and calls taking turns on a
+worker would restart the library every time).
 
 *Starting.* An instance is made when its first call is placed, and its
 ``StartLibrary`` is sent just before that call's ``RunTask`` (so the
@@ -70,6 +74,7 @@ from .scheduling import Resources, could_ever_fit, task_allocation
 
 LIBRARY_EXIT_RETRIES = 2  # re-runs of a call whose library ended under it (no set_retries)
 SETUP_ATTEMPTS = 3  # instances whose set-up failed in a row before a library is broken
+IDLE_GRACE_FOR_TASKS = 2.0  # seconds an instance is idle before a task may evict it
 
 
 @dataclass(slots=True)
@@ -86,6 +91,7 @@ class LibraryInstance:
     ready: bool = False  # LibraryReady heard
     pid: int = 0
     since: float = 0.0
+    idle_since: float = 0.0  # when its last call ended (or it was made)
     calls_done: int = 0
     dead: bool = False  # a call reported it gone: no new call; LibraryEnded will follow
 
@@ -291,7 +297,7 @@ class LibraryLifecycle(CoreBase):
         self._next_instance += 1
         slots = lib.slots if lib.slots > 0 else max(1, alloc.cores)
         inst = LibraryInstance(self._next_instance, lib.name, w.worker_id, alloc, slots,
-                               since=self.now)
+                               since=self.now, idle_since=self.now)
         w.free.sub(alloc)
         self.instances[inst.instance_id] = inst
         self._instance_names[inst.instance_id] = lib.name
@@ -380,6 +386,8 @@ class LibraryLifecycle(CoreBase):
         inst = self.instances.get(t.run.instance)
         if inst is not None and inst.calls.pop(t.spec.task_id, 0) is None:
             inst.calls_done += 1
+            if not inst.calls:
+                inst.idle_since = self.now
 
     # ================================================================ call outcomes
     def _call_library_exit(self, t: TaskRecord, d: TaskDone) -> None:
@@ -413,8 +421,11 @@ class LibraryLifecycle(CoreBase):
             if w.draining or (t.avoid and w.worker_id in t.avoid) \
                     or (s.features and not w.features.issuperset(s.features)):
                 continue
-            idle = [self.instances[i] for i in self._on_worker.get(w.worker_id, ())
-                    if not self.instances[i].calls]
+            # an instance idle for a while, whose library has no call waiting: calls come
+            # in waves, and a library restart costs a process and its set-up
+            idle = [i for i in (self.instances[x] for x in self._on_worker.get(w.worker_id, ()))
+                    if not i.calls and self.now - i.idle_since >= IDLE_GRACE_FOR_TASKS
+                    and not self._lib_ready.get(i.library)]
             if not idle:
                 continue
             alloc = task_allocation(w.total, *declared)
