@@ -4,8 +4,12 @@ tokens, and the bounds on what an unauthenticated connection may send."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -330,3 +334,36 @@ def test_a_factory_passes_the_password_and_tls_on(tmp_path: Path) -> None:
             assert done.successful() and done.output == "via factory\n"
     finally:
         m.close()
+
+
+# ---------------------------------------------------------------------- private files
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to look as another user")
+def test_another_user_can_read_none_of_the_files(workers: Any) -> None:
+    top = tempfile.mkdtemp(prefix="vinework-private-")
+    try:
+        os.chmod(top, 0o755)  # anyone may look inside, as in a shared /tmp or $HOME
+        m = vine.Manager(port=0, run_info_path=os.path.join(top, "run"), shutdown=True)
+        try:
+            src = os.path.join(top, "in.txt")  # (the user's own file: its mode is theirs)
+            with open(src, "w") as f:
+                f.write("secret\n")
+            os.chmod(src, 0o600)
+            p = workers(m, extra=("--workdir", os.path.join(top, "w0")))
+            assert p.poll() is None
+            wait_workers(m, 1)
+            temp = m.declare_temp()
+            t = vine.Task("cat in > out")
+            t.add_input(m.declare_file(src, cache=True), "in")
+            t.add_output(temp, "out")
+            m.submit(t)
+            wait_all(m, 1)
+            assert m.fetch_file(temp) == b"secret\n"  # a copy at the manager's staging too
+            found = subprocess.run(
+                ["su", "nobody", "-s", "/bin/sh", "-c",
+                 f"find {top} -type f -readable 2>/dev/null"],
+                capture_output=True, text=True, timeout=30).stdout.split()
+            assert found == []
+        finally:
+            m.close()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

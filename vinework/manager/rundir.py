@@ -8,6 +8,8 @@ files; removed when the manager closes) and ``library-logs/``;
 ``%Y-%m-%dT%H%M%S`` (or ``run_info_template``); a second manager started in
 the same second gets ``-2``, ``-3``, ... instead of sharing the directory.
 ``VINE_RUNTIME_INFO_DIR`` is set to the run's directory, as TaskVine does.
+The run's directory, the staging directory and ``vine-cache`` are mode 0700:
+other users cannot read the logs (they name files and tasks), nor the outputs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class RunInfo:
         self.cache = os.path.join(self.root, "vine-cache")
         for d in (self.logs, self.library_logs, self.staging, self.cache):
             os.makedirs(d, exist_ok=True)
+        # private: logs name files and tasks, staging holds outputs, the cache their names
+        for d in (run, self.staging, self.cache):
+            with contextlib.suppress(OSError):
+                os.chmod(d, 0o700)
         self.transactions = os.path.join(self.logs, "transactions")
         self.debug = os.path.join(self.logs, "debug")
         self.performance = os.path.join(self.logs, "performance")
