@@ -312,7 +312,7 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Shutdown.TAG, None], "reason"),
         ([Hoist.TAG, "numpy"], "modules"),  # str where a list is expected
         ([Hoist.TAG, ["numpy", 3]], "modules"),  # a bad list item
-        ([Fetch.TAG, 1, "n", "h", "80", 0, 1, "", "", "", "", [], [], ""], "port"),
+        ([Fetch.TAG, 1, "n", "h", "80", 0, 1, "", "", "", "", "", [], [], ""], "port"),
         ([Welcome.TAG, 1, "w", "5s", 0, "", 30.0, "", "", ""], "keepalive_interval"),
         ([Welcome.TAG, 1, "w", True, 0, "", 30.0, "", "", ""], "keepalive_interval"),
         ([FileHeader.TAG, "f", False, "", 0o644, "file"], "size"),
@@ -323,8 +323,8 @@ def test_wrong_field_count_for_defaults() -> None:
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, [["f"]], "", [], ""], "cached"),
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, ["f", 12], "", [], ""], "cached"),
         ([Hello.TAG, 1, "h", 1, 1, 1, 0, 9, {"f": 12}, "", [], ""], "cached"),
-        ([TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, [], "not-bytes", "", "", [], "", 0], "python_result"),
-        ([TaskDone.TAG, 1, 0, 0, 0, b"out", 0.0, 0.0, [], None, "", "", [], "", 0], "output"),
+        ([TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, [], "not-bytes", "", "", [], "", 0, []], "python_result"),
+        ([TaskDone.TAG, 1, 0, 0, 0, b"out", 0.0, 0.0, [], None, "", "", [], "", 0, []], "output"),
         ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", 5, False, 0.0, [], 1, [], [], [], [], 0, ""], "python_mode"),
         ([RunTask.TAG, 1, 0, "c", [], [], [], 1, 1, 1, 0, 0.0, None, "", "", 1, 0.0, [], 1, [], [], [], [], 0, ""], "python_keep"),
         ([CacheInvalid.TAG, "n", 1, "why", "", "2"], "cause"),
@@ -346,7 +346,7 @@ def test_optional_fields_accept_none_and_their_type() -> None:
     base = [TaskDone.TAG, 1, 0, 0, 0, "", 0.0, 0.0, []]
     for pr in (None, b"x"):
         dec = FrameDecoder()
-        dec.receive_data(packed([*base, pr, "", "", [], "", 0]))
+        dec.receive_data(packed([*base, pr, "", "", [], "", 0, []]))
         msg = dec.next_message()
         assert isinstance(msg, TaskDone) and msg.python_result == pr
 

@@ -82,6 +82,7 @@ class CoreBase:
         # (when the manager gives up on it, task id, attempt) of running tasks with a limit
         self._deadlines: list[tuple[float, int, int]] = []
         self._full_until: dict[str, float] = {}  # worker -> no new inputs there before then
+        self._bad_data: dict[str, int] = {}  # worker -> transfers it served wrong bytes for
         self._deferred = False  # a ready task waits for its start time (set_time_start)
         self._rng = random.Random(0)  # the "rand" scheduler's (seeded: deterministic core)
         self._seq = 0

@@ -324,6 +324,7 @@ class Retrieve(Command):
     dest: str
     size: int
     stimulus_id: str = field(default="", compare=False)
+    checksum: str = field(default="", compare=False)  # what the bytes must hash to
 
 
 @dataclass(slots=True)

@@ -47,6 +47,7 @@ from .base import (
     CoreBase,
 )
 from .events import (
+    DropWorker,
     FetchDone,
     FetchRequested,
     FileDeclared,
@@ -68,6 +69,7 @@ from .records import (
 from .replicas import MANAGER, ReplicaState, Transfer, is_origin
 
 ORIGIN_KINDS = ("url", "mini")  # files a worker gets from their origin itself
+BAD_DATA_LIMIT = 3  # transfers with wrong bytes after which a worker is disconnected
 
 
 class FileLogistics(CoreBase):
@@ -199,7 +201,8 @@ class FileLogistics(CoreBase):
             sw = self.workers[src]
             host, port = sw.host, sw.transfer_port
         self._send(dest, Fetch(transfer_id=tr.transfer_id, name=name, host=host, port=port,
-                               size=f.size, cache_level=f.spec.cache_level))
+                               size=f.size, cache_level=f.spec.cache_level,
+                               checksum=f.checksum if src != MANAGER else ""))
         self._log("TRANSFER", name, "START", src, dest, tr.transfer_id)
 
     def _checkpoint(self, name: str, worker: str) -> None:
@@ -298,6 +301,9 @@ class FileLogistics(CoreBase):
         if tr is not None and tr.source != MANAGER:
             self.replicas.avoid(tr.source, self.now + self.tune.transfer_avoid_seconds)
             src = self.workers.get(tr.source)
+            if ev.cause is TransferFailure.BAD_DATA and src is not None:
+                self._served_bad_data(ev.name, src.worker_id, ev.reason)
+                src = None  # (its copy is dropped: nothing more to decide about it)
             if ev.cause is TransferFailure.SOURCE_MISSING and src is not None and not any(
                     self.tasks[o].state is T.RUNNING and any(
                         n == ev.name for n, _ in self.tasks[o].spec.inputs)
@@ -324,6 +330,22 @@ class FileLogistics(CoreBase):
             self._source_transfer(ev.name, ev.worker_id)  # a lost file is handled there
         elif not self.available(ev.name):
             self._later(self._file_lost, ev.name, ev.reason)
+
+    def _served_bad_data(self, name: str, wid: str, reason: str) -> None:
+        """``wid`` served bytes of ``name`` that do not match its checksum: its copy is
+        not one; a worker that does it ``BAD_DATA_LIMIT`` times is disconnected."""
+        self.file_story_add(name, f"{wid} served wrong bytes: {reason[:160]}")
+        self._log("FILE", name, "BAD_DATA", wid, reason[:200])
+        if self.replicas.state(name, wid) is not None:
+            self.replicas.remove(name, wid)
+            self._send(wid, Unlink(name=name))
+        n = self._bad_data[wid] = self._bad_data.get(wid, 0) + 1
+        if n >= BAD_DATA_LIMIT:
+            why = f"served wrong bytes {n} times"
+            self._out.append(DropWorker(wid, why, self._stim))
+            self._later(self._worker_gone, wid, why)
+        if not self.available(name):
+            self._later(self._file_lost, name, f"the copy on {wid} was wrong")
 
     def _manager_copy_missing(self, name: str, reason: str) -> None:
         """The manager could not read its own copy of ``name``: fetch it from a worker that
@@ -363,7 +385,8 @@ class FileLogistics(CoreBase):
         self._retrievals[rid] = RetrievalRecord(kind, name, wid, task_id, dest)
         f = self.files.get(name)
         self._out.append(Retrieve(rid, wid, w.host, w.transfer_port, name, dest,
-                                  f.size if f else -1, self._stim))
+                                  f.size if f else -1, self._stim,
+                                  f.checksum if f is not None else ""))
         return rid
 
     def _on_retrieval_done(self, ev: RetrievalDone) -> None:

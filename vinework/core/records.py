@@ -133,6 +133,7 @@ class FileRecord:
     pruned: bool = False  # deleted from every worker (may be remade by a recovery)
     lost: bool = False  # its last copy went (counted once, until a copy exists again)
     decision: str = ""  # the automatic durability policy's choice
+    checksum: str = ""  # of the content its producer made (checksums.py); "" unknown
     story: list[tuple[float, str, str]] = field(default_factory=list)
 
 

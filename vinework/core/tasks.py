@@ -485,10 +485,12 @@ class TaskLifecycle(CoreBase):
             for name in optional:
                 if name not in kept:  # not brought back: its consumers cannot have it
                     self._later(self._file_failed, name, t.spec.task_id)
+        sums = dict(zip((n for n, _ in d.outputs), d.checksums)) if d.checksums else {}
         for name, size in made:
             f = self._file(name)
             f.size, f.produced = size, True
             f.failed_producer = None
+            f.checksum = sums.get(name, "")
             if f.pruned and f.released and f.spec.kind == "temp":
                 f.pruned = False  # remade by a recovery run
             self.replicas.set_ready(name, wid, size)

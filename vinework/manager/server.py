@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from ..checksums import fetch_checked
 from ..core import (
     Command,
     DropWorker,
@@ -71,7 +72,7 @@ from ..protocol import (
 )
 from ..protocol.auth import check_token, make_token, valid_cache_name
 from ..protocol.messages import Fetch, LibraryEnded, LibraryReady, OutputChunk
-from ..protocol.transfer import TransferError, TransferServer, fetch_file, listen_socket
+from ..protocol.transfer import TransferError, TransferServer, listen_socket
 from ..tlsconf import peer_client_context, peer_server_context
 from ..trees import remove_path
 from ..txnlog import TxnLog
@@ -454,9 +455,9 @@ class ManagerServer:
 
         def work() -> tuple[int, float]:
             os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-            size, secs = fetch_file(c.host, c.port, c.name, tmp, c.size, timeout=60,
-                                    token=make_token(self.transfer_key, c.name),
-                                    ssl_context=self.peer_client)
+            size, secs = fetch_checked(c.checksum, c.host, c.port, c.name, tmp, c.size,
+                                       timeout=60, token=make_token(self.transfer_key, c.name),
+                                       ssl_context=self.peer_client)
             if os.path.isdir(tmp) and not os.path.islink(tmp):
                 _put_tree(tmp, dest, f"{dest}.old-{c.retrieval_id}")
             else:

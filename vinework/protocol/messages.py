@@ -53,12 +53,13 @@ class TransferFailure(IntEnum):
     DISK_FULL = 5  # the destination ran out of space
     LOCAL_IO = 6  # the destination could not write the file
     BAD_NAME = 7  # the name is not a valid cache name
+    BAD_DATA = 8  # what arrived does not match the file's checksum (checksums.py)
 
     @property
     def at_source(self) -> bool:
         """True when the source, not the destination, is to blame."""
         return self in (TransferFailure.SOURCE_MISSING, TransferFailure.SOURCE_UNREACHABLE,
-                        TransferFailure.SOURCE_BROKEN)
+                        TransferFailure.SOURCE_BROKEN, TransferFailure.BAD_DATA)
 
 Checker = Callable[[Any], bool]
 
@@ -176,6 +177,7 @@ class TaskDone(Message):
     # stdout beyond what travels inline: a cache file the manager retrieves ("" = none)
     stdout_file: str = ""
     stdout_size: int = 0  # bytes of the whole stdout (inline part included)
+    checksums: list[str] = field(default_factory=list)  # of ``outputs``, in order (shell)
 
 
 @register(3)
@@ -350,6 +352,7 @@ class Fetch(Message):
     cache_level: int = 1  # a CacheLevel: WORKER/FOREVER entries outlive this manager
     url: str = ""  # fetch from this URL (file://, http://, https://) instead of host:port
     token: str = ""  # the transfer token to show the source (filled in by the manager)
+    checksum: str = ""  # what the bytes must hash to ("": not known; checksums.py)
     # a mini-task file (url "mini://NAME"): made here by running a small task whose
     # inputs are in the cache already; kind "command" runs mini_command in a scratch
     # sandbox and takes mini_source from it, "untar" and "poncho" unpack their input

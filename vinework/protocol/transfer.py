@@ -498,9 +498,9 @@ def fetch_file(
         if is_dir:  # the tar goes to a part file beside dest_path, unpacked below
             tree_path, dest_path = dest_path, dest_path + ".tar"
         if expected_size >= 0 and hdr.size != expected_size and not is_dir:
-            raise TransferError(
+            raise TransferError(  # (its copy is not the file: wrong bytes, as checksums.py)
                 f"{host}:{port} offers {hdr.size} bytes of {name}, expected {expected_size}",
-                TransferFailure.SOURCE_BROKEN,
+                TransferFailure.BAD_DATA,
             )
         if max_time is None and min_rate > 0:
             whole = start + timeout + rate_window + hdr.size / min_rate

@@ -43,6 +43,7 @@ import threading
 import time
 import uuid
 
+from ..checksums import checksum, fetch_checked
 from ..protocol import Fetch as FetchMsg
 from ..protocol import (
     FrameDecoder,
@@ -53,6 +54,7 @@ from ..protocol import (
     ProtocolError,
     RunTask,
     Shutdown,
+    TaskDone,
     TransferFailure,
     Unlink,
     Welcome,
@@ -60,9 +62,9 @@ from ..protocol import (
 )
 from ..protocol.auth import check_token, new_nonce
 from ..protocol.messages import Challenge, StartLibrary, StopLibrary
-from ..protocol.transfer import TransferError, TransferServer, fetch_file
+from ..protocol.transfer import TransferError, TransferServer
 from ..tlsconf import manager_client_context, peer_client_context, peer_server_context
-from ..trees import remove_path
+from ..trees import TreeError, remove_path
 from . import events as ev
 from .cache import Cache, CacheError
 from .fetches import URL_PORT, url_of
@@ -142,6 +144,7 @@ class Worker:
         # only requests with a token of this worker's manager are served (auth.py)
         self.server.authorize = lambda n, t: check_token(self.transfer_key, n, t)
         self.tokens: dict[str, str] = {}  # name -> the token to show its source
+        self.expected: dict[str, str] = {}  # name -> the checksum it must have
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, opts.max_transfer_procs), thread_name_prefix="vine-fetch")
         self.state = WorkerState(
@@ -402,6 +405,8 @@ class Worker:
                                          cache_level=f.cache_level)
             if f.token:
                 self.tokens[f.name] = f.token
+            if f.checksum:
+                self.expected[f.name] = f.checksum
             return ev.FetchRequested(now=now, transfer_id=f.transfer_id, name=f.name,
                                      host=f.host, port=f.port, size=f.size,
                                      cache_level=f.cache_level)
@@ -442,10 +447,23 @@ class Worker:
         return ev.ProtocolViolation(now=now, error=f"unexpected {t.__name__} from the manager")
 
     def _send(self, msg: Message) -> None:
+        if type(msg) is TaskDone and msg.outputs:  # the manager records what it made
+            msg = dataclasses.replace(msg, checksums=self._checksums(msg.outputs))
         self._outq.append(msg)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _checksums(self, outputs: list[tuple[str, int]]) -> list[str]:
+        """The checksums of a task's outputs, in the cache now ("" if unreadable)."""
+        out = []
+        for name, _ in outputs:
+            path = self.cache.lookup(name)
+            try:
+                out.append(checksum(path) if path else "")
+            except (OSError, TreeError):
+                out.append("")
+        return out
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -468,9 +486,10 @@ class Worker:
             fut = loop.run_in_executor(self.pool, fetch_url, url, part, limits, self._url_stop)
         else:
             fut = loop.run_in_executor(
-                self.pool, functools.partial(fetch_file, ins.host, ins.port, ins.name, part,
-                                             ins.size, token=self.tokens.pop(ins.name, ""),
-                                             ssl_context=self.peer_tls))
+                self.pool, functools.partial(
+                    fetch_checked, self.expected.pop(ins.name, ""), ins.host, ins.port,
+                    ins.name, part, ins.size, token=self.tokens.pop(ins.name, ""),
+                    ssl_context=self.peer_tls))
 
         def done(f: asyncio.Future[tuple[int, float]]) -> None:
             if f.cancelled():

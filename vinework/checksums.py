@@ -1,0 +1,84 @@
+"""Checksums of produced files, so that a receiver can tell right bytes from wrong ones.
+
+A worker computes the checksum of every output a task makes (``TaskDone.checksums``);
+the manager records it, sends it with every transfer of that file from a worker
+(``Fetch.checksum``) and checks its own retrievals against it; a receiver computes
+the checksum of what arrived before it keeps it and reports a mismatch as the
+source's fault (``TransferFailure.BAD_DATA``): the source's copy is dropped, the
+source avoided, and a worker that serves wrong bytes three times is disconnected.
+
+The checksum is XXH3-128 (``xxhash``): about 20 GB/s from memory here, against
+0.8 GB/s for BLAKE2b, so it costs little beside a transfer. It is not a
+cryptographic hash: it catches corrupted and made-up bytes, not a collision
+crafted on purpose (the worker that made a file is trusted with its content, as it
+is trusted with the task's result). A directory's checksum covers every entry's
+relative path, kind and mode, file contents and link targets (``trees.walk``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import xxhash
+
+from .protocol import TransferFailure
+from .protocol.transfer import TransferError, fetch_file
+from .trees import TreeError, remove_path, walk
+
+CHUNK = 4 << 20
+PREFIX = "xxh3:"
+
+
+def _feed(h: xxhash.xxh3_128, path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        while True:
+            data = os.read(fd, CHUNK)
+            if not data:
+                return
+            h.update(data)
+    finally:
+        os.close(fd)
+
+
+def checksum(path: str) -> str:
+    """The checksum of the file or directory tree at ``path``.
+
+    Raises:
+        OSError: it cannot be read.
+        TreeError: a tree holds an entry that is not a file, directory or symlink.
+    """
+    h = xxhash.xxh3_128()
+    if os.path.isdir(path) and not os.path.islink(path):
+        for e in walk(path):
+            h.update(f"\0{e.rel}\0{e.kind}\0{e.mode:o}\0{e.target}\0".encode())
+            if e.kind == "file":
+                _feed(h, e.path)
+    else:
+        _feed(h, path)
+    return PREFIX + h.hexdigest()
+
+
+def fetch_checked(expected: str, host: str, port: int, name: str, dest: str, size: int,
+                  **kw: Any) -> tuple[int, float]:
+    """``transfer.fetch_file``, then the checksum of what arrived checked against
+    ``expected`` (unless it is ""); a mismatch removes ``dest`` and is the source's
+    fault.
+
+    Raises:
+        TransferError: the transfer failed, or ``BAD_DATA`` for wrong bytes.
+    """
+    got = fetch_file(host, port, name, dest, size, **kw)
+    if expected:
+        try:
+            actual = checksum(dest)
+        except (OSError, TreeError) as e:
+            remove_path(dest)
+            raise TransferError(f"{name}: cannot read what arrived: {e}",
+                                TransferFailure.LOCAL_IO) from None
+        if actual != expected:
+            remove_path(dest)
+            raise TransferError(f"{name} from {host}:{port}: wrong bytes (checksum {actual}, "
+                                f"expected {expected})", TransferFailure.BAD_DATA)
+    return got
