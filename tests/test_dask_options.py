@@ -363,8 +363,6 @@ def test_option_errors(m: DaskVine) -> None:
         m.get(dsk, "x", task_priority_mode="fifo")
     with pytest.raises(ValueError, match="scheduling_mode 'fast'.*files, time, rand, worst, disk"):
         m.get(dsk, "x", scheduling_mode="fast")
-    with pytest.raises(NotImplementedError, match="librar"):
-        m.get(dsk, "x", task_mode="function-calls")
     with pytest.raises(ValueError, match="task_mode"):
         m.get(dsk, "x", task_mode="threads")
     with pytest.raises(NotImplementedError, match="environment"):
