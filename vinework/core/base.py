@@ -31,6 +31,7 @@ from .events import (
 from .fast import T
 from .records import (
     FileRecord,
+    LibraryInstance,
     RetrievalKind,
     RetrievalRecord,
     RunOutcome,
@@ -44,9 +45,6 @@ from .scheduling import Resources, task_allocation
 from .stats import ManagerStats
 from .transitions import VINE_TASK_STATE, check_task
 from .tunables import Tunables
-
-if TYPE_CHECKING:
-    from .libraries import LibraryInstance
 
 RECOVERY_ATTEMPTS = 2  # extra tries of a failed recovery run before its consumers fail
 WORKER_FAULT_ATTEMPTS = 3  # runs that may fail for a worker's sake before the task does
@@ -366,6 +364,7 @@ class CoreBase:
         def _make_room_for(self, t: TaskRecord, wid: str) -> None: ...
         def _trim_cache(self, wid: str) -> None: ...
         def _no_room(self, name: str, wid: str, reason: str) -> None: ...
+        def _worker_gone(self, wid: str, reason: str) -> None: ...
         def _start_retrieval(self, name: str, wid: str, dest: str, kind: RetrievalKind,
                              task_id: int = 0) -> int: ...
         def _serve_fetch(self, req: int, name: str) -> None: ...

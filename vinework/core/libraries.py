@@ -55,7 +55,6 @@ commands, log text is a ``LibraryLog`` command.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
 
 from ..protocol import TaskDone
 from ..protocol.messages import LibraryEnded, LibraryReady, StartLibrary, StopLibrary
@@ -69,31 +68,12 @@ from .events import (
     Notice,
 )
 from .fast import RO, TR, T
-from .records import TaskRecord, WorkerRecord
+from .records import LibraryInstance, TaskRecord, WorkerRecord
 from .scheduling import Resources, could_ever_fit, task_allocation
 
 LIBRARY_EXIT_RETRIES = 2  # re-runs of a call whose library ended under it (no set_retries)
 SETUP_ATTEMPTS = 3  # instances whose set-up failed in a row before a library is broken
 IDLE_GRACE_FOR_TASKS = 2.0  # seconds an instance is idle before a task may evict it
-
-
-@dataclass(slots=True)
-class LibraryInstance:
-    """One running copy of a library on one worker (see the module docstring)."""
-
-    instance_id: int
-    library: str
-    worker: str
-    alloc: Resources
-    slots: int
-    calls: dict[int, None] = field(default_factory=dict)  # task ids assigned to it
-    started: bool = False  # StartLibrary sent
-    ready: bool = False  # LibraryReady heard
-    pid: int = 0
-    since: float = 0.0
-    idle_since: float = 0.0  # when its last call ended (or it was made)
-    calls_done: int = 0
-    dead: bool = False  # a call reported it gone: no new call; LibraryEnded will follow
 
 
 class LibraryLifecycle(CoreBase):

@@ -173,3 +173,22 @@ class RetrievalRecord:
     worker: str
     task_id: int = 0
     dest: str = ""
+
+
+@dataclass(slots=True)
+class LibraryInstance:
+    """One running copy of a library on one worker (see ``libraries.py``)."""
+
+    instance_id: int
+    library: str
+    worker: str
+    alloc: Resources
+    slots: int
+    calls: dict[int, None] = field(default_factory=dict)  # task ids assigned to it
+    started: bool = False  # StartLibrary sent
+    ready: bool = False  # LibraryReady heard
+    pid: int = 0
+    since: float = 0.0
+    idle_since: float = 0.0  # when its last call ended (or it was made)
+    calls_done: int = 0
+    dead: bool = False  # a call reported it gone: no new call; LibraryEnded will follow
