@@ -525,3 +525,14 @@ def test_gathers_run_where_the_values_are(cluster: vine.Manager) -> None:
         assert {f.task.worker for f in futures} == {"w1", "w2"}
         assert m.stats.transfers_peer == 0 and m.stats.bytes_peer == 0
         assert [f.result(timeout=0) for f in futures] == list(range(1, 201))
+
+
+def test_a_value_comes_back_while_every_core_is_busy(executor: FuturesExecutor) -> None:
+    # its gather task finds no free core: it is given up after a while and the value
+    # is fetched by itself, long before the long tasks end
+    f = executor.submit(inc, 1)
+    sleepers = [executor.submit(sleep_then, 40, i) for i in range(2)]
+    assert f.result(timeout=30) == 2
+    assert not any(s.done() for s in sleepers)
+    for s in sleepers:
+        s.cancel()

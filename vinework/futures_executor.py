@@ -182,8 +182,8 @@ class FuturesExecutor(cf.Executor):
             raise
         self._internal: dict[int, Task] = {}  # gather tasks in flight, by id
         self._libraries: set[str] = set()  # libraries of map/reduce/allpairs helpers
-        self._gatherer = Gatherer(self._submit_internal, lambda: bool(self._pending)) \
-            if prefetch else None
+        self._gatherer = Gatherer(self._submit_internal, lambda: bool(self._pending),
+                                  self.manager.cancel_by_task_id) if prefetch else None
         self._driver = threading.Thread(target=self._drive, daemon=True,
                                         name=f"vine-futures-{self.port}")
         self._driver.start()
@@ -349,6 +349,7 @@ class FuturesExecutor(cf.Executor):
                 continue
             if g is not None:
                 g.launch()
+                g.check()
             if t is None:
                 now = time.monotonic()
                 if now - started < 0.01 or now >= next_scan:  # (a fast None: all taken)

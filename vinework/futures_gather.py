@@ -8,10 +8,13 @@ has taken it as an argument, it joins a queue; a *gather task* (a PythonTask
 of high priority, one core) takes up to ``GATHER_MAX`` queued values, all made
 on the same worker, as strict input files (so it runs there: no value moves
 between workers; FunctionCall results as plain inputs) and returns their bytes
-inline in one reply; at most
-``IN_FLIGHT_MAX`` run at a time, so batches grow with the load. A ``result()`` on a queued
+inline in one reply; at most ``IN_FLIGHT_MAX`` run at a time, so batches grow
+with the load, and a batch waits to be ``GATHER_MIN`` values or
+``GATHER_DELAY`` old unless nothing else is running. A ``result()`` on a queued
 future waits for its batch; if a gather fails (a worker was lost, the manager
-closed), its futures fall back to fetching their own value.
+closed) or is not back within ``GATHER_PATIENCE`` (it is then cancelled: every
+core may be busy with long tasks), its futures fall back to fetching their own
+value, which needs no core.
 
 A future taken as an argument after it finished may have been gathered: its
 value then came to the manager once, but the later task still reads it from
@@ -34,6 +37,8 @@ GATHER_MAX = 256  # values per gather task
 GATHER_MIN = 64  # a batch waits to be this big ...
 GATHER_DELAY = 0.05  # ... or this old (seconds), or for the executor to have nothing pending
 IN_FLIGHT_MAX = 2  # gather tasks submitted and not yet back
+GATHER_PATIENCE = 5.0  # seconds a gather may take; then it is cancelled, and its
+#                        futures fetch their own values (no core needed for that)
 GATHER_PRIORITY = 1e12  # ahead of the user's tasks: a waiting result() is waiting on it
 
 
@@ -55,8 +60,10 @@ class Gatherer:
     """
 
     def __init__(self, submit: Callable[[PythonTask], None],
-                 busy: Callable[[], bool]) -> None:
+                 busy: Callable[[], bool], cancel: Callable[[int], Any]) -> None:
         self._submit = submit
+        self._cancel = cancel  # the manager's cancel_by_task_id
+        self._flying: dict[int, tuple[PythonTask, float]] = {}  # id -> (task, submitted)
         self._busy = busy  # does the executor have futures still running?
         self._oldest = 0.0  # when the oldest queued value joined the queue
         self._lock = threading.Lock()
@@ -125,21 +132,42 @@ class Gatherer:
                 self._submit(t)
             except Exception:
                 self._done(batch, None)
+                continue
+            with self._lock:
+                self._flying[t.id] = (t, time.monotonic())
+
+    def check(self) -> None:
+        """Cancel gathers out longer than ``GATHER_PATIENCE`` (no core came free for them,
+        or they could not be placed): their futures then fetch their own values."""
+        now = time.monotonic()
+        with self._lock:
+            for tid in [tid for tid, (t, _) in self._flying.items() if t._done]:
+                del self._flying[tid]  # (back before it was recorded)
+            late = [tid for tid, (_, at) in self._flying.items()
+                    if now - at > GATHER_PATIENCE]
+            for tid in late:
+                self._flying[tid] = (self._flying[tid][0], float("inf"))  # (once)
+        for tid in late:
+            try:
+                self._cancel(tid)
+            except Exception:
+                pass
 
     def finished(self, t: PythonTask) -> None:
         """A gather task came back: store the values (or let each future fetch its own)."""
         batch = t._gather_batch  # type: ignore[attr-defined]
         values = t._output if t.successful() else None
-        self._done(batch, values)
+        self._done(batch, values, t.id)
         self.launch()
 
-    def _done(self, batch: list[Any], values: Any) -> None:
+    def _done(self, batch: list[Any], values: Any, task_id: int = 0) -> None:
         if isinstance(values, list) and len(values) == len(batch):
             for f, data in zip(batch, values, strict=True):
                 f._store_bytes(data)
         for f in batch:
             f._gathered.set()
         with self._lock:
+            self._flying.pop(task_id, None)
             self._in_flight -= 1
             self._idle.notify_all()
 
@@ -161,4 +189,4 @@ class Gatherer:
 
     def abandon(self, t: PythonTask) -> None:
         """A gather task that will never come back (the manager failed or closed)."""
-        self._done(t._gather_batch, None)  # type: ignore[attr-defined]
+        self._done(t._gather_batch, None, t.id)  # type: ignore[attr-defined]
