@@ -12,7 +12,12 @@ from vinework.constants import (
     TaskResult,
 )
 from vinework.core.events import FileDeclared, FileSpec, RetrievalDone, Retrieve, TaskReturned
-from vinework.core.tasks import optional_outputs, strict_inputs, symlink_inputs, unwanted_outputs
+from vinework.core.mountflags import (
+    optional_outputs,
+    strict_inputs,
+    symlink_inputs,
+    unwanted_outputs,
+)
 from vinework.protocol import RunTask, Unlink
 
 
