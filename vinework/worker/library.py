@@ -85,6 +85,8 @@ class LibraryRunner:
         self.instances: dict[int, _Instance] = {}
         self.where: dict[int, _Instance] = {}  # run id -> the instance running that call
         self.boxes: dict[int, str] = {}  # run id -> sandbox (calls with files only)
+        self.shared: dict[int, list[sb.SharedInput]] = {}  # run id -> inputs to check
+        self.copy_max = sb.copy_max_of(os.environ)
         self.parts: dict[int, str] = {}  # run id -> result part path
         self.killed_for: dict[int, str] = {}  # run id -> the time limit that killed it
         self.timers: dict[int, list[asyncio.TimerHandle]] = {}
@@ -288,12 +290,7 @@ class LibraryRunner:
             box = self.py_boxes.acquire()
             self.boxes[run_id] = box
             try:
-                sb.prepare(box, list(task.inputs),
-                           {n: self.cache.path(n) for n, _ in task.inputs},
-                           frozenset(task.symlink_inputs))
-                for _, remote in task.outputs:
-                    sb.safe_join(box, remote)
-                os.makedirs(os.path.join(box, TMP_DIR_NAME), exist_ok=True)
+                self.shared[run_id] = sb.set_up(box, task, self.cache.path, self.copy_max)
             except (sb.SandboxError, CacheError) as e:
                 self.post(ev.TaskExited(run_id=run_id, wall=time.time(), setup_error=str(e)))
                 return
@@ -402,7 +399,7 @@ class LibraryRunner:
                 missing.append(remote)
                 continue
             try:
-                stored.append((name, self.cache.store_from(name, src)))
+                stored.append((name, self.cache.store_from(name, src, root=box)))
             except OSError as e:
                 import errno
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -423,6 +420,9 @@ class LibraryRunner:
         elif part:
             with contextlib.suppress(OSError):
                 os.unlink(part)
+        for name, why in sb.changed_inputs(self.shared.pop(run_id, [])):
+            log.warning("input %s of call %d changed in the cache: %s", name, run_id, why)
+            self.post(ev.FileLost(name=name, reason=f"{name}: {why}"))
         box = self.boxes.pop(run_id, "")
         if box:
             self.py_boxes.release(box)

@@ -48,7 +48,6 @@ from . import sandbox as sb
 from .cache import Cache, CacheError
 from .pypool import PythonRunner
 from .taskenv import (
-    TMP_DIR_NAME,
     base_environment,
     environment_changes,
     task_environment,
@@ -73,11 +72,7 @@ class TaskRunner:
         self.post = post
         self.task_wrapper = task_wrapper
         self.watch_interval = watch_interval(os.environ)
-        try:
-            self.copy_max = sb.input_copy_max(os.environ)
-        except ValueError as e:
-            log.warning("%s; copying inputs up to %d bytes", e, sb.COPY_MAX)
-            self.copy_max = sb.COPY_MAX
+        self.copy_max = sb.copy_max_of(os.environ)
         self.procs: dict[int, sb.CommandProcess] = {}  # run id -> command process
         self.py_calls: dict[int, asyncio.Task[list[Any]]] = {}  # run id -> runner call
         self.py_killed_for: dict[int, str] = {}  # run id -> time limit that killed it
@@ -163,12 +158,9 @@ class TaskRunner:
 
     def cleanup(self, run_id: int) -> None:
         self.optional.pop(run_id, None)
-        for inp in self.shared.pop(run_id, ()):
-            why = inp.changed()
-            if why:
-                log.warning("input %s of run %d changed in the cache: %s", inp.name, run_id,
-                            why)
-                self.post(ev.FileLost(name=inp.name, reason=f"{inp.name}: {why}"))
+        for name, why in sb.changed_inputs(self.shared.pop(run_id, [])):
+            log.warning("input %s of run %d changed in the cache: %s", name, run_id, why)
+            self.post(ev.FileLost(name=name, reason=f"{name}: {why}"))
         pool, box = self.boxes.pop(run_id, (None, ""))
         if pool is not None:
             pool.release(box)
@@ -196,14 +188,9 @@ class TaskRunner:
             return
         self.boxes[run_id] = (pool, box)
         try:
-            self.shared[run_id] = sb.prepare(
-                box, list(task.inputs), {n: self.cache.path(n) for n, _ in task.inputs},
-                frozenset(task.symlink_inputs), self.copy_max)
+            self.shared[run_id] = sb.set_up(box, task, self.cache.path, self.copy_max)
             if task.optional_outputs:
                 self.optional[run_id] = frozenset(task.optional_outputs)
-            for _, remote in task.outputs:
-                sb.safe_join(box, remote)
-            os.makedirs(os.path.join(box, TMP_DIR_NAME), exist_ok=True)
         except (sb.SandboxError, CacheError) as e:
             self.post(ev.TaskExited(run_id=run_id, wall=time.time(), setup_error=str(e)))
             return

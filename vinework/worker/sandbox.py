@@ -29,15 +29,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import re
 import resource
 import signal
 import stat
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ..protocol import RunTask
 from ..trees import TreeError, copy_file, copy_tree, reflink, remove_path
 from .outcome import OUTPUT_INLINE_MAX
 from .taskenv import TMP_DIR_NAME
@@ -50,6 +52,16 @@ OUTPUT_NAME = ".vinework-output"
 # inputs up to this size are copied into the sandbox (where no reflink is possible);
 # larger ones are shared read-only with the cache and checked afterwards (bench_inputs.py)
 COPY_MAX = 16 << 20
+
+
+def copy_max_of(environ: Mapping[str, str]) -> int:
+    """``input_copy_max``, or ``COPY_MAX`` with a warning when the variable is wrong."""
+    try:
+        return input_copy_max(environ)
+    except ValueError as e:
+        logging.getLogger("vinework.worker").warning("%s; copying inputs up to %d bytes",
+                                                      e, COPY_MAX)
+        return COPY_MAX
 
 
 def input_copy_max(environ: Mapping[str, str]) -> int:
@@ -287,6 +299,34 @@ def _reflinks(sandbox: str, cache_dev: int) -> bool:
     ok = ok and key[0] == key[1]
     _REFLINKS[key] = ok
     return ok
+
+
+def set_up(sandbox: str, task: RunTask, cache_path: Callable[[str], str],
+           copy_max: int = COPY_MAX) -> list[SharedInput]:
+    """Make ``sandbox`` ready for ``task`` (a command, a PythonTask or a call): its inputs
+    placed (``prepare``), its output names checked, its TMPDIR made. Returns the inputs
+    shared with the cache, to check with ``changed_inputs`` after the task.
+
+    Raises:
+        SandboxError: an input is missing or a remote name escapes the sandbox.
+        OSError: the sandbox cannot be written.
+    """
+    shared = prepare(sandbox, list(task.inputs), {n: cache_path(n) for n, _ in task.inputs},
+                     frozenset(task.symlink_inputs), copy_max)
+    for _, remote in task.outputs:
+        safe_join(sandbox, remote)
+    os.makedirs(os.path.join(sandbox, TMP_DIR_NAME), exist_ok=True)
+    return shared
+
+
+def changed_inputs(shared: list[SharedInput]) -> list[tuple[str, str]]:
+    """(cache name, what changed) of the shared inputs a task changed in the cache."""
+    out = []
+    for inp in shared:
+        why = inp.changed()
+        if why:
+            out.append((inp.name, why))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
