@@ -40,6 +40,7 @@ from ..protocol import Fetch, TransferFailure
 from ..protocol.transfer import TransferError
 from ..trees import TreeError, copy_file, copy_tree, open_under, remove_path, tree_size, unpack
 from .sandbox import OUTPUT_NAME, CommandProcess, SandboxError, prepare, safe_join
+from .taskenv import env_seconds
 
 KINDS = ("command", "untar", "poncho")
 OUTPUT_TAIL = 2000  # bytes of a failed command's output quoted in the error
@@ -51,16 +52,7 @@ def mini_timeout(environ: Mapping[str, str]) -> float:
     Raises:
         ValueError: the variable is not a positive number.
     """
-    raw = environ.get("VINEWORK_MINI_TIMEOUT", "").strip()
-    if not raw:
-        return 3600.0
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ValueError(f"VINEWORK_MINI_TIMEOUT={raw!r} is not a number") from None
-    if v <= 0:
-        raise ValueError(f"VINEWORK_MINI_TIMEOUT={raw!r} must be positive")
-    return v
+    return env_seconds(environ, "VINEWORK_MINI_TIMEOUT", 3600.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,3 +88,23 @@ def wrap_command(command: str, wrapper: str) -> str:
     if "[]" in wrapper:
         return wrapper.replace("[]", command)
     return f"{wrapper} /bin/sh -c {shlex.quote(command)}"
+
+
+def env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds from the worker's environment variable ``name``
+    (``default`` when it is unset or empty).
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if v <= 0:
+        raise ValueError(f"{name}={raw!r} must be positive")
+    return v
+

@@ -28,6 +28,7 @@ from ..protocol import RunTask
 from ..trees import TreeError, open_under
 from . import events as ev
 from .sandbox import SandboxError, safe_join
+from .taskenv import env_seconds
 
 CHUNK = 1 << 20
 PER_POLL = 4 << 20
@@ -39,16 +40,7 @@ def watch_interval(environ: Mapping[str, str]) -> float:
     Raises:
         ValueError: the variable is not a positive number.
     """
-    raw = environ.get("VINEWORK_WATCH_INTERVAL", "").strip()
-    if not raw:
-        return 0.5
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ValueError(f"VINEWORK_WATCH_INTERVAL={raw!r} is not a number") from None
-    if v <= 0:
-        raise ValueError(f"VINEWORK_WATCH_INTERVAL={raw!r} must be positive")
-    return v
+    return env_seconds(environ, "VINEWORK_WATCH_INTERVAL", 0.5)
 
 
 class OutputWatcher:
