@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..serverless import FunctionCall, LibraryTask, library_payload
-from .run import DaskRun, _run_node, category_of
+from .run import DaskRun, _run_node
 
 RUN_NODE = "vinework_dask_run_node"
 _LIB_KEYS = ("cores", "memory", "disk", "gpus", "slots")
@@ -73,10 +73,4 @@ class CallsRun(DaskRun):
             t.add_input(f, name)
         if temp:
             t.enable_temp_output()
-        for name, value in self.env_vars.items():
-            t.set_env_var(name, value(self.m, t) if callable(value) else value)
-        t.set_priority(priority)
-        t.set_category(category_of(node))
-        t.set_tag(self.tag)
-        tid = self.m.submit(t)
-        self.running[tid] = (key, t)
+        self._send(key, t, node, priority)

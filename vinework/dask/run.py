@@ -213,6 +213,10 @@ class DaskRun:
             t.set_disk(int(self.resources["disk"]))
         if "gpus" in self.resources:
             t.set_gpus(int(self.resources["gpus"]))
+        self._send(key, t, node, priority)
+
+    def _send(self, key: Key, t: PythonTask, node: Any, priority: float) -> None:
+        """The options every task of this run gets, then submit it."""
         for name, value in self.env_vars.items():
             t.set_env_var(name, value(self.m, t) if callable(value) else value)
         t.set_priority(priority)
