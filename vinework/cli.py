@@ -1,4 +1,5 @@
-"""The vinework commands: vinework worker, vinework demo, and TaskVine's vine_worker.
+"""The vinework commands: worker, demo, status, factory, plot; and TaskVine's vine_worker,
+vine_status and vine_factory.
 
 ``vinework worker HOST PORT [...]`` runs a worker, ``vinework demo`` a small DAG
 on local workers; ``vine_worker [options] HOST PORT`` is TaskVine's worker
@@ -89,6 +90,35 @@ def vine_worker_main(argv: list[str] | None = None) -> int:
     return run_worker_command(sys.argv[1:] if argv is None else list(argv), "vine_worker")
 
 
+def vine_status_main(argv: list[str] | None = None) -> int:
+    """``vine_status HOST:PORT``: what a running manager is doing (TaskVine's command)."""
+    from .observe.status_cli import main as status_main
+
+    return status_main(sys.argv[1:] if argv is None else list(argv), "vine_status")
+
+
+def vine_factory_main(argv: list[str] | None = None) -> int:
+    """``vine_factory``: a factory that keeps workers alive apart from the manager."""
+    from .factory.cli import main as factory_main
+
+    return factory_main(sys.argv[1:] if argv is None else list(argv), "vine_factory")
+
+
+# subcommands parsed by their own modules: name -> (module, help)
+_DELEGATED = {
+    "status": ("vinework.observe.status_cli", "show what a running manager is doing"),
+    "factory": ("vinework.factory.cli", "keep workers alive through a batch system"),
+    "plot": ("vinework.observe.plot", "draw PNG plots of a run from its log directory"),
+}
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module = importlib.import_module(_DELEGATED[name][0])
+    return int(module.main(argv, f"vinework {name}") or 0)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -102,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     # it is listed here for --help
     sub.add_parser("worker", help="run a worker that connects to a manager (vinework worker "
                    "--help lists its options)", add_help=False)
+    for name, (_module, text) in _DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (vinework {name} --help)", add_help=False)
     d = sub.add_parser("demo", help="run a small DAG on local workers and show where bytes went")
     d.add_argument("--workers", type=int, default=2)
     d.set_defaults(fn=_demo)
@@ -112,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "worker":
         return run_worker_command(argv[1:], "vinework worker")
+    if argv and argv[0] in _DELEGATED:
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.fn(args) or 0)
 
