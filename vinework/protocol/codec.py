@@ -11,11 +11,12 @@ and leaves the decoder in an error state: the caller drops the connection.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from .messages import REGISTRY, Message
+from .messages import REGISTRY, Message, compile_decoder
 
 MAX_FRAME = 64 * 1024 * 1024  # a frame larger than this is refused
 _LEN = struct.Struct(">I")
@@ -54,21 +55,17 @@ def decode_body(body: bytes) -> Message:
         raise RemoteProtocolError(f"undecodable frame: {e}") from None
     if type(obj) is not list or not obj or type(obj[0]) is not int:
         raise RemoteProtocolError("frame is not a [tag, fields...] array")
-    cls = REGISTRY.get(obj[0])
-    if cls is None:
-        raise RemoteProtocolError(f"unknown message tag {obj[0]}")
-    values = obj[1:]
-    names = cls._fields
-    if len(values) != len(names):
-        raise RemoteProtocolError(
-            f"{cls.__name__} has {len(values)} fields, expected {len(names)}"
-        )
-    for name, check, value in zip(names, cls._checks, values):
-        if not check(value):
-            raise RemoteProtocolError(
-                f"{cls.__name__}.{name} has wrong type {type(value).__name__}"
-            )
-    return cls(**dict(zip(names, values)))
+    decode = _DECODERS.get(obj[0])
+    if decode is None:
+        cls = REGISTRY.get(obj[0])
+        if cls is None:
+            raise RemoteProtocolError(f"unknown message tag {obj[0]}")
+        decode = _DECODERS[obj[0]] = compile_decoder(cls, RemoteProtocolError)
+    return decode(obj[1:])
+
+
+# per tag, the generated decoder of its message class (``messages.compile_decoder``)
+_DECODERS: dict[int, Callable[[list[Any]], Message]] = {}
 
 
 class FrameDecoder:

@@ -113,6 +113,63 @@ class Message:
 
 REGISTRY: dict[int, type[Message]] = {}
 
+# type test written inline by the generated decoders (``compile_decoder``): the same
+# acceptance as ``_checker_for``, without a call per field
+_INLINE: dict[Any, str] = {
+    int: "type({v}) is int",
+    str: "type({v}) is str",
+    bytes: "type({v}) is bytes",
+    bool: "type({v}) is bool",
+    float: "(type({v}) is float or type({v}) is int)",
+    type(None): "{v} is None",
+    bytes | None: "({v} is None or type({v}) is bytes)",
+    str | None: "({v} is None or type({v}) is str)",
+}
+
+
+def _compile_to_wire(tag: int, fields: tuple[str, ...]) -> Callable[[Any], list[Any]]:
+    """``to_wire`` for one message class: one list display, no per-field lookups."""
+    body = ", ".join(f"self.{f}" for f in fields)
+    src = f"def to_wire(self):\n    return [{tag}{', ' if fields else ''}{body}]\n"
+    ns: dict[str, Any] = {}
+    exec(src, ns)  # (generated from the dataclass's own field names)
+    fn: Callable[[Any], list[Any]] = ns["to_wire"]
+    fn.__doc__ = "The message as the msgpack array ``[TAG, fields...]``."
+    return fn
+
+
+def compile_decoder(cls: type[Message], error: type[Exception]
+                    ) -> Callable[[list[Any]], Message]:
+    """A function from a frame's field values (``[tag, *values]`` minus the tag) to the
+    message, raising ``error`` with the same words as a field-by-field check would: the
+    field count, then each field's type, then the constructor."""
+    hints = typing.get_type_hints(cls)
+    names = cls._fields
+    n = len(names)
+    env: dict[str, Any] = {"cls": cls, "error": error}
+    lines = ["def decode(values):",
+             f"    if len(values) != {n}:",
+             f"        raise error(f'{cls.__name__} has {{len(values)}} fields, expected {n}')"]
+    if n:
+        lines.append(f"    {', '.join(f'v{i}' for i in range(n))}, = values")
+    for i, (name, check) in enumerate(zip(names, cls._checks)):
+        tp = hints[name]
+        test = _INLINE.get(tp)
+        if test is not None:
+            test = test.format(v=f"v{i}")
+        else:
+            env[f"c{i}"] = check
+            test = f"c{i}(v{i})"
+            if typing.get_origin(tp) is list:  # (most lists on the wire are empty)
+                test = f"(type(v{i}) is list and (not v{i} or {test}))"
+        lines += [f"    if not {test}:",
+                  f"        raise error('{cls.__name__}.{name} has wrong type ' "
+                  f"+ type(v{i}).__name__)"]
+    lines.append(f"    return cls({', '.join(f'{f}=v{i}' for i, f in enumerate(names))})")
+    exec("\n".join(lines) + "\n", env)  # (generated from the dataclass's own fields)
+    decode: Callable[[list[Any]], Message] = env["decode"]
+    return decode
+
 
 M = typing.TypeVar("M", bound=type)
 
@@ -127,6 +184,7 @@ def register(tag: int) -> Callable[[M], M]:
         cls.TAG = tag
         cls._fields = fields
         cls._checks = tuple(_checker_for(hints[f]) for f in fields)
+        cls.to_wire = _compile_to_wire(tag, fields)
         if tag in REGISTRY:
             raise ValueError(f"duplicate message tag {tag}")
         REGISTRY[tag] = cls
