@@ -62,17 +62,20 @@ def checksum(path: str) -> str:
 
 def fetch_checked(expected: str, host: str, port: int, name: str, dest: str, size: int,
                   **kw: Any) -> tuple[int, float]:
-    """``transfer.fetch_file``, then the checksum of what arrived checked against
-    ``expected`` (unless it is ""); a mismatch removes ``dest`` and is the source's
-    fault.
+    """``transfer.fetch_file``, with the checksum of what arrived (computed as the
+    bytes come in, for a file) checked against ``expected`` (unless it is ""); a
+    mismatch removes ``dest`` and is the source's fault.
 
     Raises:
         TransferError: the transfer failed, or ``BAD_DATA`` for wrong bytes.
     """
-    got = fetch_file(host, port, name, dest, size, **kw)
+    h = xxhash.xxh3_128() if expected else None
+    got = fetch_file(host, port, name, dest, size, **kw,
+                     on_file_bytes=None if h is None else h.update)
     if expected:
-        try:
-            actual = checksum(dest)
+        try:  # a file was hashed as it arrived; a tree is walked once unpacked
+            actual = checksum(dest) if os.path.isdir(dest) and not os.path.islink(dest) \
+                else PREFIX + h.hexdigest()  # type: ignore[union-attr]
         except (OSError, TreeError) as e:
             remove_path(dest)
             raise TransferError(f"{name}: cannot read what arrived: {e}",

@@ -434,7 +434,7 @@ def fetch_file(
     timeout: float = DEFAULT_TIMEOUT, *, token: str = "",
     ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
     min_rate: float = DEFAULT_MIN_RATE, rate_window: float = DEFAULT_RATE_WINDOW,
-    max_time: float | None = None,
+    max_time: float | None = None, on_file_bytes: Callable[[memoryview], object] | None = None,
 ) -> tuple[int, float]:
     """Copy ``name`` from the transfer server at host:port into ``dest_path``.
 
@@ -447,6 +447,8 @@ def fetch_file(
             context says.
         min_rate: the slowest the source may send, in bytes/s over each
             ``rate_window`` seconds (defaults 64 KiB/s over 30 s; 0: no minimum).
+        on_file_bytes: called with every piece of a plain file's body as it arrives
+            (in order; not for a directory's tar), e.g. a checksum's ``update``.
         max_time: seconds for the whole transfer; None: ``timeout +
             rate_window + size / min_rate`` (no limit when ``min_rate`` is 0).
 
@@ -506,7 +508,8 @@ def fetch_file(
             whole = start + timeout + rate_window + hdr.size / min_rate
         now = time.monotonic()
         pace = _Pace(timeout, min_rate, rate_window, whole, now)
-        got = _receive_body(sock, dec, hdr.size, dest_path, pace, host, port, name)
+        got = _receive_body(sock, dec, hdr.size, dest_path, pace, host, port, name,
+                            None if is_dir else on_file_bytes)
         try:
             os.chmod(dest_path, (hdr.mode & 0o777) | 0o600)
         except OSError as e:
@@ -530,9 +533,10 @@ def fetch_file(
 
 
 def _receive_body(sock: socket.socket, dec: FrameDecoder, size: int, dest_path: str,
-                  pace: _Pace, host: str, port: int, name: str) -> int:
-    """Stream ``size`` raw bytes into a new ``dest_path`` at ``pace``; return them.
-    On any failure the file is removed."""
+                  pace: _Pace, host: str, port: int, name: str,
+                  on_bytes: Callable[[memoryview], object] | None = None) -> int:
+    """Stream ``size`` raw bytes into a new ``dest_path`` at ``pace`` (each piece also
+    given to ``on_bytes``); return them. On any failure the file is removed."""
     try:
         fd = os.open(dest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as e:
@@ -543,6 +547,8 @@ def _receive_body(sock: socket.socket, dec: FrameDecoder, size: int, dest_path: 
         leftover = dec.take_raw(size)
         if leftover:
             _write_all(fd, leftover)
+            if on_bytes is not None:
+                on_bytes(memoryview(leftover))
             got += len(leftover)
         buf = bytearray(CHUNK)
         view = memoryview(buf)
@@ -553,6 +559,8 @@ def _receive_body(sock: socket.socket, dec: FrameDecoder, size: int, dest_path: 
                 raise TransferError(f"{host}:{port} closed after {got} of {size} bytes of "
                                     f"{name}", TransferFailure.SOURCE_BROKEN)
             _write_all(fd, view[:n])
+            if on_bytes is not None:
+                on_bytes(view[:n])
             got += n
             pace.moved(n, time.monotonic())
     except _TooSlow as e:
