@@ -336,6 +336,17 @@ def test_a_factory_passes_the_password_and_tls_on(tmp_path: Path) -> None:
         m.close()
 
 
+def test_a_futures_executor_passes_the_password_and_tls_on(tmp_path: Path) -> None:
+    pw = _password_file(tmp_path, "pw", "executor-secret")
+    opts = {"password": pw, "ssl": True, "min-workers": 1, "max-workers": 1, "cores": 1}
+    with vine.FuturesExecutor(port=0, opts=opts) as ex:
+        assert ex.manager._server.password == b"executor-secret"
+        assert ex.manager._server.tls is not None
+        # the factory's worker proved the password over TLS, or nothing would run
+        assert ex.submit(pow, 3, 4).result(timeout=60) == 81
+        assert ex.manager.stats.workers_connected == 1
+
+
 # ---------------------------------------------------------------------- private files
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to look as another user")
 def test_another_user_can_read_none_of_the_files(workers: Any) -> None:

@@ -129,7 +129,9 @@ class FuturesExecutor(cf.Executor):
         log_file: where the factory's workers write their output.
         factory: start a Factory for the manager (TaskVine's default: True).
         opts: Factory options by TaskVine's names, e.g. ``{"min-workers": 2, "cores": 4}``;
-            the factory starts with ``min-workers`` 5 unless told otherwise. A name the
+            the factory starts with ``min-workers`` 5 unless told otherwise. With
+            ``"password": FILE`` (and ``"ssl": True``) the executor's own manager asks for
+            that password (speaks TLS) and the factory's workers use it. A name the
             Factory does not know raises ``AttributeError`` (a TaskVine factory option
             vinework does not have yet: ``NotImplementedError``).
         prefetch: bring back, in the background and many per task, the value of each
@@ -160,8 +162,16 @@ class FuturesExecutor(cf.Executor):
         self._broken: BaseException | None = None
         self._values_gone = False
         self._own_manager = manager is None
+        named = {str(k).replace("_", "-"): v for k, v in (opts or {}).items()}
         self.manager: Manager = manager if manager is not None else Manager(
-            port=port, name=manager_name)
+            port=port, name=manager_name, ssl=bool(named.get("ssl")))
+        if manager is None and named.get("password"):
+            # the factory's workers prove the password file: the manager asks for it too
+            try:
+                self.manager.set_password_file(str(named["password"]))
+            except BaseException:
+                self.manager.close()
+                raise
         self.port = self.manager.port
         self.manager_name = manager_name
         self.factory: Factory | None = None
