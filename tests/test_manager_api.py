@@ -19,6 +19,7 @@ import pytest
 import vinework as vine
 from vinework.core import TaskSubmitted
 from vinework.core import state as core_state
+from vinework.txnlog import read_log
 
 try:
     from conftest import poll_until, task_states, wait_all, wait_workers
@@ -29,9 +30,9 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _txn(m: vine.Manager) -> list[list[str]]:
+    """vinework's records of the transaction log, as [kind, field, ...]."""
     m._txn.flush()
-    with open(m.txn_path) as f:
-        return [ln.rstrip("\n").split(" ")[1:] for ln in f]
+    return [[kind, *fields] for _, kind, fields in read_log(m.txn_path)]
 
 
 # ---------------------------------------------------------------------- errors are raised

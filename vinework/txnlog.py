@@ -1,83 +1,355 @@
-"""The transaction log: one line per event of a run, for people, plots and status tools.
+"""The transaction log, in TaskVine's format, so TaskVine's log tools can read a vinework run.
 
-Format (one record per line, fields separated by single spaces; the last field
-of TASK and FILE records may contain spaces):
+Every line is ``TIME MANAGER_PID SUBJECT ...`` (TIME: microseconds since the Unix
+epoch), after a header of ``#`` lines that document the records, as TaskVine writes
+it (its manual, "Transactions Log Format"):
 
-    TIME KIND FIELD...
+    MANAGER pid START|END time_from_origin_us
+    WORKER worker_id CONNECTION host:port
+    WORKER worker_id DISCONNECTION (UNKNOWN|IDLE_OUT|FAST_ABORT|FAILURE|STATUS_WORKER|EXPLICIT)
+    WORKER worker_id RESOURCES {resources}
+    WORKER worker_id CACHE_UPDATE filename size wall_time_us start_time_us
+    WORKER worker_id TRANSFER (INPUT|OUTPUT) filename size wall_time_us start_time_us
+    TASK task_id WAITING category (FIRST_RESOURCES|MAX_RESOURCES) attempt {requested}
+    TASK task_id RUNNING worker_id (FIRST_RESOURCES|MAX_RESOURCES) {allocated}
+    TASK task_id WAITING_RETRIEVAL worker_id
+    TASK task_id RETRIEVED RESULT exit_code {limits_exceeded} {measured}
+    TASK task_id DONE RESULT exit_code
+    APPLICATION message
 
-TIME is microseconds since the Unix epoch. KIND and its fields:
+JSON values are written without spaces and resources as ``[value,"unit"]``, as
+TaskVine does. Sizes are bytes (TaskVine's header says MB, its code writes bytes and
+its tools divide by 10^6). vinework's states map onto TaskVine's (WAITING and READY
+are TaskVine's WAITING, STAGING and RUNNING its RUNNING); a task's RUNNING line is
+written when it is placed on a worker, as TaskVine does at dispatch. A transfer
+worker->worker or from a URL is a CACHE_UPDATE of the receiving worker, from the
+manager a TRANSFER INPUT, back to the manager a TRANSFER OUTPUT. Workers still
+connected when the manager closes get a DISCONNECTION EXPLICIT before MANAGER END.
 
-    MANAGER  START|END  name
-    WORKER   worker_id CONNECTION host cores memory_mb disk_mb
-    WORKER   worker_id DISCONNECTION reason
-    WORKER   worker_id DRAINING reason | DRAINED -
-    MANAGER  TUNE name value | HINT text | ERROR stimulus_id event
-    TASK     task_id STATE worker attempt [detail]
-             STATE is a state the task entered (INITIAL, WAITING, READY, STAGING,
-             RUNNING, WAITING_RETRIEVAL, RETRIEVED, DONE; detail says why, e.g. the
-             result name "success" on RETRIEVED), or a marker: SUBMITTED, RETRY (a run
-             failed and another starts), FORSAKEN (its worker was lost or drained),
-             RECOVERY (a finished task runs again to remake a lost temp), UNPLACEABLE
-             (no connected worker could ever run it)
-    TRANSFER file START source dest transfer_id
-    TRANSFER file DONE source dest bytes seconds
-    TRANSFER file FAILED source dest reason
-    TRANSFER file QUEUED - dest reason
-    FILE     file LOST|UNAVAILABLE|UNDECLARED|PRUNED|REPLICATE|CHECKPOINT detail
-    DURABILITY file decision numbers
+vinework's own records, all of them and with everything they say, follow as
+``TIME PID VINEWORK KIND FIELD...`` lines, a subject TaskVine's tools do not know and
+skip:
 
-``source`` and ``dest`` are worker ids or the word ``manager``. Writes are
-buffered and flushed at least once a second and at close.
+    VINEWORK MANAGER START|END name | TUNE name value | HINT text | ERROR stimulus event
+             | BLOCK host until | UNBLOCK host
+    VINEWORK WORKER worker_id CONNECTION host cores memory_mb disk_mb
+             | DISCONNECTION reason | DRAINING reason | DRAINED - | REFUSED why
+    VINEWORK WORKER - REJECTED host why
+    VINEWORK TASK task_id STATE worker attempt [detail]
+             STATE: INITIAL, WAITING, READY, STAGING, RUNNING, WAITING_RETRIEVAL,
+             RETRIEVED, DONE, or a marker: SUBMITTED, RETRY, FORSAKEN, RECOVERY (a
+             finished task runs again to remake a lost temp), UNPLACEABLE, TAKEN_BACK
+    VINEWORK TRANSFER file START|DONE|FAILED|QUEUED source dest ...
+             (DONE: bytes seconds; source and dest are worker ids, "manager" or a URL)
+    VINEWORK FILE file LOST|UNAVAILABLE|UNDECLARED|PRUNED|REPLICATE|CHECKPOINT|... detail
+    VINEWORK DURABILITY file decision numbers
+
+``read_log`` gives these back as (time, kind, fields). Writes are buffered and
+flushed at least once a second and at close; the performance log
+(``observe/perflog.py``) is written beside it from the same calls.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
+from typing import TYPE_CHECKING, Any
+
+from .constants import TaskResult
+
+if TYPE_CHECKING:
+    from .core.events import TaskReturned
+    from .core.state import ManagerState
+    from .observe.perflog import PerfLog
+
+HEADER = (
+    "# time manager_pid MANAGER manager_pid START|END time_from_origin\n"
+    "# time manager_pid WORKER worker_id CONNECTION host:port\n"
+    "# time manager_pid WORKER worker_id DISCONNECTION "
+    "(UNKNOWN|IDLE_OUT|FAST_ABORT|FAILURE|STATUS_WORKER|EXPLICIT)\n"
+    "# time manager_pid WORKER worker_id RESOURCES {resources}\n"
+    "# time manager_pid WORKER worker_id CACHE_UPDATE filename size_in_bytes wall_time_us "
+    "start_time_us\n"
+    "# time manager_pid WORKER worker_id TRANSFER (INPUT|OUTPUT) filename size_in_bytes "
+    "wall_time_us start_time_us\n"
+    "# time manager_pid TASK task_id WAITING category_name (FIRST_RESOURCES|MAX_RESOURCES) "
+    "attempt_number {resources_requested}\n"
+    "# time manager_pid TASK task_id RUNNING worker_id (FIRST_RESOURCES|MAX_RESOURCES) "
+    "{resources_allocated}\n"
+    "# time manager_pid TASK task_id WAITING_RETRIEVAL worker_id\n"
+    "# time manager_pid TASK task_id RETRIEVED (SUCCESS|UNKNOWN|INPUT_MISSING|OUTPUT_MISSING|"
+    "STDOUT_MISSING|SIGNAL|RESOURCE_EXHAUSTION|MAX_RETRIES|MAX_END_TIME|MAX_WALL_TIME|"
+    "FORSAKEN|...) exit_code {limits_exceeded} {resources_measured}\n"
+    "# time manager_pid TASK task_id DONE (SUCCESS|UNKNOWN|...) exit_code\n"
+    "# time manager_pid APPLICATION message\n"
+    "# time manager_pid VINEWORK kind fields... (vinework's own records: see docs/logs.md)\n"
+    "\n"
+)
+
+# vinework's task states -> TaskVine's (as in core/transitions.VINE_TASK_STATE)
+TV_STATE = {
+    "WAITING": "WAITING", "READY": "WAITING", "STAGING": "RUNNING", "RUNNING": "RUNNING",
+    "WAITING_RETRIEVAL": "WAITING_RETRIEVAL", "RETRIEVED": "RETRIEVED", "DONE": "DONE",
+}
+DISCONNECT_CODES = ("UNKNOWN", "IDLE_OUT", "FAST_ABORT", "FAILURE", "STATUS_WORKER", "EXPLICIT")
+_UNITS = (("cores", "cores"), ("memory", "MB"), ("disk", "MB"), ("gpus", "gpus"))
+
+
+def _js(d: dict[str, Any]) -> str:
+    return json.dumps(d, separators=(",", ":"))
+
+
+def _resources(obj: Any) -> dict[str, Any]:
+    """``[value, unit]`` pairs of a TaskSpec's or Resources' set values."""
+    out: dict[str, Any] = {}
+    if obj is None:
+        return out
+    for name, unit in _UNITS:
+        v = getattr(obj, name, None)
+        if v is not None and v >= 0:
+            out[name] = [v, unit]
+    return out
+
+
+def disconnect_code(reason: str, drained: bool = False) -> str:
+    """TaskVine's DISCONNECTION code for one of vinework's free-text reasons."""
+    r = reason.lower()
+    if "idle" in r:
+        return "IDLE_OUT"
+    if "fast abort" in r or "slow" in r:
+        return "FAST_ABORT"
+    if drained or any(w in r for w in ("released", "drain", "shutdown", "blocked", "closing")):
+        return "EXPLICIT"
+    if "status" in r:
+        return "STATUS_WORKER"
+    return "FAILURE" if r else "UNKNOWN"
 
 
 class TxnLog:
-    """An append-only, buffered transaction log file."""
+    """An append-only, buffered transaction log file in TaskVine's format (and the
+    performance log beside it once ``attach`` gives it the manager's state)."""
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
+        self.perf_path = os.path.join(os.path.dirname(path) or ".", "performance")
         self._f: io.TextIOWrapper | None = open(path, "a", buffering=1 << 16)  # noqa: SIM115
+        self._f.write(HEADER)
+        self._pid = os.getpid()
+        self._start_us = self._when = int(time.time() * 1e6)
         self._last_flush = time.monotonic()
+        self._state: ManagerState | None = None
+        self._perf: PerfLog | None = None
+        # per task: (TaskVine state last written, result name, exit code, attempts)
+        self._tasks: dict[int, tuple[str, str, int, int]] = {}
+        self._connected: set[str] = set()
+        self._drained: set[str] = set()
 
+    def attach(self, state: ManagerState) -> None:
+        """Read tasks and workers from ``state`` for TaskVine's fields, and start the
+        performance log (called once, by the manager's server)."""
+        from .observe.perflog import PerfLog
+
+        self._state = state
+        if self._perf is None and self._f is not None:
+            self._perf = PerfLog(self.perf_path)
+            self._perf.write(state.stats_snapshot, force=True)
+
+    # ------------------------------------------------------------------ writing
     def write(self, kind: str, fields: tuple[object, ...], when_us: int = 0) -> None:
-        """Append one record (``when_us``: its time, microseconds since the epoch; now if 0)."""
+        """Append one of vinework's records (``when_us``: its time, microseconds since
+        the epoch; now if 0): TaskVine's lines for it, then its VINEWORK line."""
         f = self._f
         if f is None:
             return
-        line = " ".join(map(str, fields))
-        if "\n" in line:
-            line = line.replace("\n", " ")
-        f.write(f"{when_us or int(time.time() * 1e6)} {kind} {line}\n")
+        when = self._when = when_us or int(time.time() * 1e6)
+        head = f"{when} {self._pid} "
+        rest = " ".join(map(str, fields))
+        if "\n" in rest:
+            rest = rest.replace("\n", " ")
+        if kind == "APPLICATION":  # TaskVine's own record (log_txn_app)
+            f.write(f"{head}APPLICATION {rest}\n")
+            return
+        try:
+            tv = self._taskvine(kind, fields, when)
+        except Exception as e:  # never lose the record itself for a translation bug
+            tv = [f"VINEWORK LOGERROR {kind} {type(e).__name__}"]
+        for line in tv:
+            f.write(head + line + "\n")
+        f.write(f"{head}VINEWORK {kind} {rest}\n")
 
+    def _taskvine(self, kind: str, fields: tuple[object, ...], when: int) -> list[str]:
+        if kind == "TASK":
+            return self._task(fields)
+        if kind == "TRANSFER":
+            return self._transfer(fields, when)
+        if kind == "WORKER":
+            return self._worker(fields)
+        if kind == "MANAGER" and fields:
+            if fields[0] == "START":
+                return [f"MANAGER {self._pid} START 0"]
+            if fields[0] == "END":
+                out = [f"WORKER {w} DISCONNECTION EXPLICIT" for w in sorted(self._connected)]
+                self._connected.clear()
+                return [*out, f"MANAGER {self._pid} END {max(0, when - self._start_us)}"]
+        return []
+
+    def _worker(self, f: tuple[object, ...]) -> list[str]:
+        wid, event = str(f[0]), f[1] if len(f) > 1 else ""
+        if event == "CONNECTION":
+            host = f[2] if len(f) > 2 else "-"
+            w = self._state.workers.get(wid) if self._state is not None else None
+            port = w.transfer_port if w is not None else 0
+            self._connected.add(wid)
+            res = {"cores": [f[3], "cores"], "memory": [f[4], "MB"], "disk": [f[5], "MB"]} \
+                if len(f) >= 6 else {}
+            return [f"WORKER {wid} CONNECTION {host}:{port}", f"WORKER {wid} RESOURCES {_js(res)}"]
+        if event == "DISCONNECTION" and wid in self._connected:
+            self._connected.discard(wid)
+            code = disconnect_code(str(f[2]) if len(f) > 2 else "", wid in self._drained)
+            self._drained.discard(wid)
+            return [f"WORKER {wid} DISCONNECTION {code}"]
+        if event == "DRAINED":
+            self._drained.add(wid)
+        return []
+
+    def _transfer(self, f: tuple[object, ...], when: int) -> list[str]:
+        if len(f) < 6 or f[1] != "DONE":
+            return []
+        name, src, dest, size = f[0], str(f[2]), str(f[3]), f[4]
+        wall = int(float(f[5]) * 1e6)  # type: ignore[arg-type]
+        tail = f"{name} {size} {wall} {when - wall}"
+        if src == "manager":
+            return [f"WORKER {dest} TRANSFER INPUT {tail}"]
+        if dest == "manager":
+            return [f"WORKER {src} TRANSFER OUTPUT {tail}"]
+        return [f"WORKER {dest} CACHE_UPDATE {tail}"]  # from a peer or a URL
+
+    def _task(self, f: tuple[object, ...]) -> list[str]:
+        tid = int(f[0])  # type: ignore[call-overload]
+        tv = TV_STATE.get(str(f[1]))
+        if tv is None:
+            return []  # a marker: only the VINEWORK line
+        last = self._tasks.get(tid)
+        if last is not None and last[0] == tv:
+            return []
+        t = self._state.tasks.get(tid) if self._state is not None else None
+        out: list[str] = []
+        if last is None and tv != "WAITING":
+            out.append(self._waiting(tid, t, 0))  # every task is WAITING first
+            last = self._tasks[tid]
+        attempts = last[3] if last is not None else 0
+        if tv == "WAITING":
+            if last is None and t is not None:  # (a recovery after DONE: its runs so far)
+                attempts = max(0, len(t.runs) - 1)
+            out.append(self._waiting(tid, t, attempts))
+            return out
+        if tv == "DONE" and last is not None and last[0] != "RETRIEVED":
+            out.append(self._retrieved(tid, t, None, attempts))  # (a recovery's return)
+        if tv == "RUNNING":
+            alloc = t.run.alloc if t is not None and t.runs else None
+            out.append(f"TASK {tid} RUNNING {f[2]} FIRST_RESOURCES {_js(_resources(alloc))}")
+        elif tv == "WAITING_RETRIEVAL":
+            out.append(f"TASK {tid} WAITING_RETRIEVAL {f[2]}")
+        elif tv == "RETRIEVED":
+            if t is not None and t.runs and t.run.recovery:
+                out.append(self._retrieved(tid, t, None, attempts))
+            else:  # written by ``returned``, which has what the run measured
+                self._tasks[tid] = ("RETRIEVING", "UNKNOWN", -1, attempts)
+            return out
+        else:  # DONE
+            if tid in self._tasks and self._tasks[tid][0] == "RETRIEVING":
+                out.append(self._retrieved(tid, t, None, attempts))
+            _, result, code, _ = self._tasks.pop(tid, ("", "UNKNOWN", -1, 0))
+            if t is not None and t.result.name != "UNKNOWN":
+                result, code = t.result.name, t.exit_code
+            out.append(f"TASK {tid} DONE {result} {code}")
+            return out
+        prev = self._tasks.get(tid)
+        self._tasks[tid] = (tv, *prev[1:]) if prev is not None else (tv, "UNKNOWN", -1, attempts)
+        return out
+
+    def _waiting(self, tid: int, t: Any, attempts: int) -> str:
+        self._tasks[tid] = ("WAITING", "UNKNOWN", -1, attempts + 1)
+        if t is None:
+            return f"TASK {tid} WAITING default FIRST_RESOURCES {attempts + 1} {{}}"
+        return (f"TASK {tid} WAITING {t.spec.category.replace(' ', '_') or 'default'} "
+                f"FIRST_RESOURCES {attempts + 1} {_js(_resources(t.spec))}")
+
+    def _retrieved(self, tid: int, t: Any, c: TaskReturned | None, attempts: int) -> str:
+        """A RETRIEVED line, with what ``c`` (the task handed back) says was measured."""
+        measured: dict[str, Any] = {}
+        if c is not None:
+            result, code = TaskResult(c.result).name, c.exit_code
+            if len(c.allocated) == 4:
+                measured = {n: [v, u] for (n, u), v in zip(_UNITS, c.allocated, strict=True)}
+            if c.measured:
+                measured["wall_time"] = [round(c.measured[0], 6), "s"]
+                if len(c.measured) > 2:
+                    measured["cpu_time"] = [round(c.measured[1], 6), "s"]
+                    measured["memory"] = [round(c.measured[2]), "MB"]
+            if c.start > 0:
+                measured["time_worker_start"] = [round(c.start, 6), "s"]
+                measured["time_worker_end"] = [round(c.end, 6), "s"]
+        elif t is not None:
+            result, code = t.result.name, t.exit_code
+            measured = _resources(t.last_alloc)
+        else:
+            result, code = "UNKNOWN", -1
+        self._tasks[tid] = ("RETRIEVED", result, code, attempts)
+        return f"TASK {tid} RETRIEVED {result} {code} {{}} {_js(measured)}"
+
+    def returned(self, c: TaskReturned) -> None:
+        """A task handed back to the API: its TaskVine RETRIEVED line (the core's
+        RETRIEVED record came just before, in the same batch)."""
+        f = self._f
+        last = self._tasks.get(c.task_id)
+        if f is None or last is None or last[0] != "RETRIEVING":
+            return
+        line = self._retrieved(c.task_id, None, c, last[3])
+        f.write(f"{self._when} {self._pid} {line}\n")  # (the batch's time)
+
+    # ------------------------------------------------------------------ flushing
     def maybe_flush(self) -> None:
+        """Flush if a second has passed, and write a performance row if one is due
+        (called from the manager's loop every tick, twice a second)."""
         now = time.monotonic()
         if self._f is not None and now - self._last_flush > 1.0:
             self._f.flush()
             self._last_flush = now
+        if self._perf is not None and self._state is not None:
+            self._perf.write(self._state.stats_snapshot)
 
     def flush(self) -> None:
         if self._f is not None:
             self._f.flush()
+        if self._perf is not None:
+            self._perf.flush()
 
     def close(self) -> None:
+        if self._perf is not None:
+            if self._state is not None:
+                self._perf.write(self._state.stats_snapshot, force=True)
+            self._perf.close()
+            self._perf = None
         if self._f is not None:
             self._f.close()
             self._f = None
 
 
 def read_log(path: str) -> list[tuple[int, str, list[str]]]:
-    """Parse a transaction log into (time_us, kind, fields)."""
+    """vinework's records of a transaction log: (time_us, kind, fields) of its
+    VINEWORK and APPLICATION lines (TaskVine's lines: ``observe.txnparse``)."""
     out = []
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split(" ")
-            if len(parts) >= 2 and parts[0].isdigit():
-                out.append((int(parts[0]), parts[1], parts[2:]))
+            if len(parts) < 3 or not parts[0].isdigit():
+                continue
+            if parts[2] == "VINEWORK" and len(parts) >= 4:
+                out.append((int(parts[0]), parts[3], parts[4:]))
+            elif parts[2] == "APPLICATION":
+                out.append((int(parts[0]), "APPLICATION", parts[3:]))
     return out

@@ -129,6 +129,7 @@ class ManagerServer:
     ) -> None:
         self.state = state
         self.txn = txn
+        txn.attach(state)  # TaskVine's task and worker fields; the performance log
         self.name = name
         # TLS (tlsconf.py): the control connection's context, and the peer pair (PEM)
         self.tls = tls
@@ -253,6 +254,7 @@ class ManagerServer:
             elif type(c) is Log:
                 txn.write(c.kind, c.fields, when)
             elif type(c) is TaskReturned:
+                txn.returned(c)  # TaskVine's RETRIEVED line: what the run measured
                 self.on_task_returned(c)
             elif type(c) is Retrieve:
                 self._retrieve(c)
