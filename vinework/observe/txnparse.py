@@ -220,6 +220,7 @@ class Run:
 
         attempt: dict[int, int] = {}
         open_runs: dict[int, TaskRun] = {}
+        last_run: dict[int, TaskRun] = {}
         peer_src: dict[tuple[str, str], str] = {}  # (file, dest) -> source (VINEWORK)
         for r in records:
             t = s(r.time_us)
@@ -232,10 +233,12 @@ class Run:
                     tr = TaskRun(tid, attempt.get(tid, 1), r.args[0], t)
                     open_runs[tid] = tr
                     run.runs.append(tr)
-                elif r.event in ("WAITING_RETRIEVAL", "RETRIEVED") and tid in open_runs:
-                    tr = open_runs.pop(tid)
-                    tr.end = t
-                    tr.result = r.args[0] if r.event == "RETRIEVED" else "SUCCESS?"
+                    last_run[tid] = tr
+                elif r.event in ("WAITING_RETRIEVAL", "RETRIEVED"):
+                    if tid in open_runs:
+                        open_runs.pop(tid).end = t
+                    if r.event == "RETRIEVED" and tid in last_run and not last_run[tid].result:
+                        last_run[tid].result = r.args[0]
                 elif r.event == "DONE":
                     run.done[tid] = r.args[0]
             elif r.subject == "WORKER":
@@ -263,7 +266,7 @@ class Run:
                 elif r.target == "FILE" and r.args and r.args[0] == "LOST":
                     run.lost.append((t, r.event))
         for tr in open_runs.values():
-            tr.end = run.end
+            tr.end, tr.result = run.end, "RUNNING"
         for w in run.workers.values():
             if w[1] < 0:
                 w[1] = run.end
