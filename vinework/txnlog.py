@@ -51,8 +51,8 @@ flushed at least once a second and at close; the performance log
 
 from __future__ import annotations
 
+import functools
 import io
-import json
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -97,20 +97,19 @@ DISCONNECT_CODES = ("UNKNOWN", "IDLE_OUT", "FAST_ABORT", "FAILURE", "STATUS_WORK
 _UNITS = (("cores", "cores"), ("memory", "MB"), ("disk", "MB"), ("gpus", "gpus"))
 
 
-def _js(d: dict[str, Any]) -> str:
-    return json.dumps(d, separators=(",", ":"))
+@functools.lru_cache(maxsize=4096)
+def _res_json(values: tuple[int | None, ...]) -> str:
+    """TaskVine's resources JSON (``{"cores":[1,"cores"],...}``, no spaces) of
+    (cores, memory, disk, gpus), leaving out those not set."""
+    return "{" + ",".join(f'"{n}":[{v},"{u}"]' for (n, u), v in zip(_UNITS, values, strict=True)
+                          if v is not None and v >= 0) + "}"
 
 
-def _resources(obj: Any) -> dict[str, Any]:
-    """``[value, unit]`` pairs of a TaskSpec's or Resources' set values."""
-    out: dict[str, Any] = {}
+def _resources(obj: Any) -> str:
+    """The resources JSON of a TaskSpec's or a Resources' values (``{}`` for None)."""
     if obj is None:
-        return out
-    for name, unit in _UNITS:
-        v = getattr(obj, name, None)
-        if v is not None and v >= 0:
-            out[name] = [v, unit]
-    return out
+        return "{}"
+    return _res_json((obj.cores, obj.memory, obj.disk, obj.gpus))
 
 
 def disconnect_code(reason: str, drained: bool = False) -> str:
@@ -139,6 +138,7 @@ class TxnLog:
         self._f.write(HEADER)
         self._pid = os.getpid()
         self._start_us = self._when = int(time.time() * 1e6)
+        self._head_at, self._head = 0, ""
         self._last_flush = time.monotonic()
         self._state: ManagerState | None = None
         self._perf: PerfLog | None = None
@@ -165,7 +165,9 @@ class TxnLog:
         if f is None:
             return
         when = self._when = when_us or int(time.time() * 1e6)
-        head = f"{when} {self._pid} "
+        if when != self._head_at:  # (the records of one event share a time)
+            self._head_at, self._head = when, f"{when} {self._pid} "
+        head = self._head
         rest = " ".join(map(str, fields))
         if "\n" in rest:
             rest = rest.replace("\n", " ")
@@ -173,11 +175,11 @@ class TxnLog:
             f.write(f"{head}APPLICATION {rest}\n")
             return
         try:
-            tv = self._taskvine(kind, fields, when)
+            tv = self._task(fields) if kind == "TASK" else self._taskvine(kind, fields, when)
         except Exception as e:  # never lose the record itself for a translation bug
-            tv = [f"VINEWORK LOGERROR {kind} {type(e).__name__}"]
+            tv = [f"VINEWORK LOGERROR {kind} {type(e).__name__}: {str(e)[:200]}"]
         for line in tv:
-            f.write(head + line + "\n")
+            f.write(f"{head}{line}\n")
         f.write(f"{head}VINEWORK {kind} {rest}\n")
 
     def _taskvine(self, kind: str, fields: tuple[object, ...], when: int) -> list[str]:
@@ -203,9 +205,9 @@ class TxnLog:
             w = self._state.workers.get(wid) if self._state is not None else None
             port = w.transfer_port if w is not None else 0
             self._connected.add(wid)
-            res = {"cores": [f[3], "cores"], "memory": [f[4], "MB"], "disk": [f[5], "MB"]} \
-                if len(f) >= 6 else {}
-            return [f"WORKER {wid} CONNECTION {host}:{port}", f"WORKER {wid} RESOURCES {_js(res)}"]
+            res = _res_json((f[3], f[4], f[5], None)) \
+                if len(f) >= 6 else "{}"  # type: ignore[arg-type]
+            return [f"WORKER {wid} CONNECTION {host}:{port}", f"WORKER {wid} RESOURCES {res}"]
         if event == "DISCONNECTION" and wid in self._connected:
             self._connected.discard(wid)
             code = disconnect_code(str(f[2]) if len(f) > 2 else "", wid in self._drained)
@@ -228,8 +230,8 @@ class TxnLog:
         return [f"WORKER {dest} CACHE_UPDATE {tail}"]  # from a peer or a URL
 
     def _task(self, f: tuple[object, ...]) -> list[str]:
-        tid = int(f[0])  # type: ignore[call-overload]
-        tv = TV_STATE.get(str(f[1]))
+        tid: int = f[0]  # type: ignore[assignment]
+        tv = TV_STATE.get(f[1])  # type: ignore[call-overload]
         if tv is None:
             return []  # a marker: only the VINEWORK line
         last = self._tasks.get(tid)
@@ -250,7 +252,7 @@ class TxnLog:
             out.append(self._retrieved(tid, t, None, attempts))  # (a recovery's return)
         if tv == "RUNNING":
             alloc = t.run.alloc if t is not None and t.runs else None
-            out.append(f"TASK {tid} RUNNING {f[2]} FIRST_RESOURCES {_js(_resources(alloc))}")
+            out.append(f"TASK {tid} RUNNING {f[2]} FIRST_RESOURCES {_resources(alloc)}")
         elif tv == "WAITING_RETRIEVAL":
             out.append(f"TASK {tid} WAITING_RETRIEVAL {f[2]}")
         elif tv == "RETRIEVED":
@@ -276,30 +278,30 @@ class TxnLog:
         if t is None:
             return f"TASK {tid} WAITING default FIRST_RESOURCES {attempts + 1} {{}}"
         return (f"TASK {tid} WAITING {t.spec.category.replace(' ', '_') or 'default'} "
-                f"FIRST_RESOURCES {attempts + 1} {_js(_resources(t.spec))}")
+                f"FIRST_RESOURCES {attempts + 1} {_resources(t.spec)}")
 
     def _retrieved(self, tid: int, t: Any, c: TaskReturned | None, attempts: int) -> str:
         """A RETRIEVED line, with what ``c`` (the task handed back) says was measured."""
-        measured: dict[str, Any] = {}
+        measured = "{}"
         if c is not None:
             result, code = TaskResult(c.result).name, c.exit_code
-            if len(c.allocated) == 4:
-                measured = {n: [v, u] for (n, u), v in zip(_UNITS, c.allocated, strict=True)}
-            if c.measured:
-                measured["wall_time"] = [round(c.measured[0], 6), "s"]
-                if len(c.measured) > 2:
-                    measured["cpu_time"] = [round(c.measured[1], 6), "s"]
-                    measured["memory"] = [round(c.measured[2]), "MB"]
+            parts = [_res_json(c.allocated)[1:-1]] if len(c.allocated) == 4 else []
+            m = c.measured
+            if m:
+                parts.append(f'"wall_time":[{m[0]:.6f},"s"]')
+                if len(m) > 2:
+                    parts.append(f'"cpu_time":[{m[1]:.6f},"s"],"memory":[{round(m[2])},"MB"]')
             if c.start > 0:
-                measured["time_worker_start"] = [round(c.start, 6), "s"]
-                measured["time_worker_end"] = [round(c.end, 6), "s"]
+                parts.append(f'"time_worker_start":[{c.start:.6f},"s"],'
+                             f'"time_worker_end":[{c.end:.6f},"s"]')
+            measured = "{" + ",".join(p for p in parts if p) + "}"
         elif t is not None:
             result, code = t.result.name, t.exit_code
             measured = _resources(t.last_alloc)
         else:
             result, code = "UNKNOWN", -1
         self._tasks[tid] = ("RETRIEVED", result, code, attempts)
-        return f"TASK {tid} RETRIEVED {result} {code} {{}} {_js(measured)}"
+        return f"TASK {tid} RETRIEVED {result} {code} {{}} {measured}"
 
     def returned(self, c: TaskReturned) -> None:
         """A task handed back to the API: its TaskVine RETRIEVED line (the core's
