@@ -68,7 +68,7 @@ NO_EFFECT: dict[str, str] = {
     "monitor-interval": "resources are measured once, when the task ends",
     "resource-management-interval": "no periodic resource re-measurement",
     "option-blocklist-slow-workers-timeout": "slow workers are not blocked",
-    "perf-log-interval": "no performance log",
+    "perf-log-interval": "the performance log gets a row per change, at most twice a second",
     "prefer-dispatch": "dispatch and retrieval are not traded against each other",
     "ramp-down-heuristic": "tasks get what they ask for",
     "resource-submit-multiplier": "workers are not over-committed",
