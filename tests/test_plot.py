@@ -71,7 +71,7 @@ def test_the_timeline_grows_with_the_run(real_run: RealRun, tmp_path: Any) -> No
     part.mkdir(parents=True)
     with open(os.path.join(logs, "transactions")) as f:
         lines = f.readlines()
-    cut = next(i for i, ln in enumerate(lines) if " WORKER w2 CONNECTION " in ln)
+    cut = next(i for i, ln in enumerate(lines) if " WORKER worker-w2 CONNECTION " in ln)
     (part / "transactions").write_text("".join(lines[:cut]))
     whole, first = tmp_path / "whole", tmp_path / "first"
     assert _plot(real_run.run_dir, "-o", str(whole)).returncode == 0

@@ -123,6 +123,8 @@ def test_tasks_done_match_the_program_and_their_results(real_run: RealRun) -> No
     assert last_done == real_run.results
     assert ("SUCCESS", 3) in last_done.values()  # a non-zero exit is still a SUCCESS
     assert any(r != "SUCCESS" for r, _ in last_done.values())  # the missing output
+    running = [g[1] for _, _, w, g in recs if w in ("RUNNING", "WAITING_RETRIEVAL")]
+    assert running and all(w.startswith("worker-") for w in running)
     # each task's lines come in TaskVine's order, WAITING first, attempts counting up
     by_task: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
     for _, _, w, g in recs:
@@ -154,7 +156,8 @@ def test_workers_connect_and_disconnect_in_pairs(real_run: RealRun) -> None:
         elif w in ("RESOURCES", "CACHE_UPDATE", "TRANSFER"):
             assert g[0] in connected, (w, g)
     assert not connected  # all gone by MANAGER END
-    assert reasons[real_run.killed] == "FAILURE"  # killed; the other left as the manager closed
+    assert all(w.startswith("worker-") for w in reasons)  # TaskVine's tools want the prefix
+    assert reasons["worker-" + real_run.killed] == "FAILURE"  # killed; the other left as the manager closed
     assert set(reasons.values()) == {"FAILURE", "EXPLICIT"}
 
 

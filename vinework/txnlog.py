@@ -25,6 +25,8 @@ written when it is placed on a worker, as TaskVine does at dispatch. A transfer
 worker->worker or from a URL is a CACHE_UPDATE of the receiving worker, from the
 manager a TRANSFER INPUT, back to the manager a TRANSFER OUTPUT. Workers still
 connected when the manager closes get a DISCONNECTION EXPLICIT before MANAGER END.
+TaskVine's lines name worker ``w1`` ``worker-w1``: TaskVine's worker ids start with
+``worker-`` and its plotting tool skips the others.
 
 vinework's own records, all of them and with everything they say, follow as
 ``TIME PID VINEWORK KIND FIELD...`` lines, a subject TaskVine's tools do not know and
@@ -193,7 +195,7 @@ class TxnLog:
             if fields[0] == "START":
                 return [f"MANAGER {self._pid} START 0"]
             if fields[0] == "END":
-                out = [f"WORKER {w} DISCONNECTION EXPLICIT" for w in sorted(self._connected)]
+                out = [f"WORKER worker-{w} DISCONNECTION EXPLICIT" for w in sorted(self._connected)]
                 self._connected.clear()
                 return [*out, f"MANAGER {self._pid} END {max(0, when - self._start_us)}"]
         return []
@@ -207,12 +209,13 @@ class TxnLog:
             self._connected.add(wid)
             res = _res_json((f[3], f[4], f[5], None)) \
                 if len(f) >= 6 else "{}"  # type: ignore[arg-type]
-            return [f"WORKER {wid} CONNECTION {host}:{port}", f"WORKER {wid} RESOURCES {res}"]
+            return [f"WORKER worker-{wid} CONNECTION {host}:{port}",
+                    f"WORKER worker-{wid} RESOURCES {res}"]
         if event == "DISCONNECTION" and wid in self._connected:
             self._connected.discard(wid)
             code = disconnect_code(str(f[2]) if len(f) > 2 else "", wid in self._drained)
             self._drained.discard(wid)
-            return [f"WORKER {wid} DISCONNECTION {code}"]
+            return [f"WORKER worker-{wid} DISCONNECTION {code}"]
         if event == "DRAINED":
             self._drained.add(wid)
         return []
@@ -224,10 +227,10 @@ class TxnLog:
         wall = int(float(f[5]) * 1e6)  # type: ignore[arg-type]
         tail = f"{name} {size} {wall} {when - wall}"
         if src == "manager":
-            return [f"WORKER {dest} TRANSFER INPUT {tail}"]
+            return [f"WORKER worker-{dest} TRANSFER INPUT {tail}"]
         if dest == "manager":
-            return [f"WORKER {src} TRANSFER OUTPUT {tail}"]
-        return [f"WORKER {dest} CACHE_UPDATE {tail}"]  # from a peer or a URL
+            return [f"WORKER worker-{src} TRANSFER OUTPUT {tail}"]
+        return [f"WORKER worker-{dest} CACHE_UPDATE {tail}"]  # from a peer or a URL
 
     def _task(self, f: tuple[object, ...]) -> list[str]:
         tid: int = f[0]  # type: ignore[assignment]
@@ -252,9 +255,9 @@ class TxnLog:
             out.append(self._retrieved(tid, t, None, attempts))  # (a recovery's return)
         if tv == "RUNNING":
             alloc = t.run.alloc if t is not None and t.runs else None
-            out.append(f"TASK {tid} RUNNING {f[2]} FIRST_RESOURCES {_resources(alloc)}")
+            out.append(f"TASK {tid} RUNNING worker-{f[2]} FIRST_RESOURCES {_resources(alloc)}")
         elif tv == "WAITING_RETRIEVAL":
-            out.append(f"TASK {tid} WAITING_RETRIEVAL {f[2]}")
+            out.append(f"TASK {tid} WAITING_RETRIEVAL worker-{f[2]}")
         elif tv == "RETRIEVED":
             if t is not None and t.runs and t.run.recovery:
                 out.append(self._retrieved(tid, t, None, attempts))

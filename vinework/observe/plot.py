@@ -79,7 +79,7 @@ def plot_timeline(plt: Any, run: Run, recovered: set[tuple[int, int]], out: str)
     for wid, (t0, t1) in run.workers.items():
         idx = [i for i, (w, _) in enumerate(rows) if w == wid]
         ax.plot([t0, t1], [min(idx) - 0.45] * 2, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(rows)), [f"{w} #{s}" for w, s in rows])
+    ax.set_yticks(range(len(rows)), [f"{w.removeprefix('worker-')} #{s}" for w, s in rows])
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.invert_yaxis()
     ax.set_xlim(0, end * 1.02)
@@ -162,7 +162,7 @@ def plot_workers(plt: Any, run: Run, perf: tuple[list[str], list[list[float]]] |
 
 def plot_recoveries(plt: Any, run: Run, failures: list[tuple[float, str]], out: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 3.5), dpi=100)
-    lanes = [("worker failed", [(t, w) for t, w in failures]),
+    lanes = [("worker failed", [(t, w.removeprefix("worker-")) for t, w in failures]),
              ("file lost", [(t, f[:24]) for t, f in run.lost]),
              ("task re-run", [(t, f"task {tid}") for t, tid in run.recoveries])]
     colours = ("tab:red", "tab:orange", "tab:green")

@@ -260,7 +260,7 @@ class Run:
             elif r.subject == "VINEWORK":
                 if r.target == "TRANSFER" and r.event and len(r.args) >= 3 \
                         and r.args[0] == "START":
-                    peer_src[(r.event, r.args[2])] = r.args[1]
+                    peer_src[(r.event, "worker-" + r.args[2])] = r.args[1]
                 elif r.target == "TASK" and r.args and r.args[0] == "RECOVERY":
                     run.recoveries.append((t, int(r.event)))
                 elif r.target == "FILE" and r.args and r.args[0] == "LOST":
