@@ -19,6 +19,7 @@ matplotlib (the ``plots`` extra) is imported only here, with its Agg backend.
 from __future__ import annotations
 
 import argparse
+import heapq
 import os
 import sys
 from typing import Any
@@ -52,34 +53,68 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_timeline(plt: Any, run: Run, recovered: set[tuple[int, int]], out: str) -> None:
-    """One row per worker slot; a bar per task run."""
-    rows: list[tuple[str, int]] = []  # (worker, slot)
-    placed: list[tuple[int, Any]] = []  # (row, run)
-    for wid in sorted(run.workers, key=lambda w: (len(w), w)):
-        free_at: list[float] = []  # per slot: when it is free again
-        base = len(rows)
-        for tr in sorted((r for r in run.runs if r.worker == wid), key=lambda r: r.start):
-            slot = next((i for i, f in enumerate(free_at) if f <= tr.start), None)
-            if slot is None:
-                slot = len(free_at)
-                free_at.append(0.0)
-                rows.append((wid, slot))
-            free_at[slot] = tr.end
+MAX_ROWS = 150  # more worker cores than this: one row per worker, bars overlapping
+
+
+Rows = tuple[list[tuple[str, int]], list[tuple[int, Any]], dict[str, int], bool]
+
+
+def _rows(run: Run) -> Rows:
+    """Rows (worker, slot), runs placed on rows, each worker's first row, and whether
+    rows are cores: a run takes the lowest slot of its worker free at its start."""
+    by_worker: dict[str, list[Any]] = {w: [] for w in run.workers}
+    for tr in run.runs:
+        by_worker.setdefault(tr.worker, []).append(tr)
+    rows: list[tuple[str, int]] = []
+    placed: list[tuple[int, Any]] = []
+    first: dict[str, int] = {}
+    for wid in sorted(by_worker, key=lambda w: (len(w), w)):
+        first[wid] = base = len(rows)
+        free: list[int] = []  # slots free now (a heap)
+        busy: list[tuple[float, int]] = []  # (end, slot) (a heap)
+        n = 0
+        for tr in sorted(by_worker[wid], key=lambda r: r.start):
+            while busy and busy[0][0] <= tr.start:
+                heapq.heappush(free, heapq.heappop(busy)[1])
+            if free:
+                slot = heapq.heappop(free)
+            else:
+                slot, n = n, n + 1
+            heapq.heappush(busy, (tr.end, slot))
             placed.append((base + slot, tr))
-        if not free_at:
-            rows.append((wid, 0))
-    fig, ax = plt.subplots(figsize=(11, 1.5 + 0.35 * max(1, len(rows))), dpi=100)
+        rows.extend((wid, i) for i in range(max(1, n)))
+    if len(rows) <= MAX_ROWS:
+        return rows, placed, first, True
+    order = sorted(by_worker, key=lambda w: (len(w), w))  # too many cores: a row per worker
+    first = {w: i for i, w in enumerate(order)}
+    return ([(w, 0) for w in order],
+            [(first[tr.worker], tr) for w in order for tr in by_worker[w]], first, False)
+
+
+def plot_timeline(plt: Any, run: Run, recovered: set[tuple[int, int]], out: str) -> None:
+    """One row per worker core (or per worker, for many cores); a bar per task run."""
+    rows, placed, first, per_core = _rows(run)
+    height = min(40.0, 1.5 + 0.35 * max(1, len(rows)))
+    fig, ax = plt.subplots(figsize=(11, height), dpi=100)
     end = max(run.end, 1e-3)
-    for row, tr in placed:
-        width = max(tr.end - tr.start, end / 500)
-        colour = COLOURS.get(tr.result, "tab:red")
-        ax.barh(row, width, left=tr.start, height=0.8, color=colour, edgecolor="black",
-                linewidth=0.3, hatch="//" if (tr.task_id, tr.attempt) in recovered else None)
+    from matplotlib.collections import PolyCollection
+
+    groups: dict[tuple[str, bool], list[list[tuple[float, float]]]] = {}
+    for row, tr in placed:  # one collection of rectangles per look (a bar each is slow)
+        key = (COLOURS.get(tr.result, "tab:red"), (tr.task_id, tr.attempt) in recovered)
+        x0, x1 = tr.start, tr.start + max(tr.end - tr.start, end / 500)
+        groups.setdefault(key, []).append(
+            [(x0, row - 0.4), (x0, row + 0.4), (x1, row + 0.4), (x1, row - 0.4)])
+    for (colour, hatched), verts in groups.items():
+        ax.add_collection(PolyCollection(
+            verts, facecolors=colour, edgecolors="black",
+            linewidths=0.3 if len(placed) < 2000 else 0.0, hatch="//" if hatched else None,
+            alpha=1.0 if per_core else 0.5))
     for wid, (t0, t1) in run.workers.items():
-        idx = [i for i, (w, _) in enumerate(rows) if w == wid]
-        ax.plot([t0, t1], [min(idx) - 0.45] * 2, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(rows)), [f"{w.removeprefix('worker-')} #{s}" for w, s in rows])
+        ax.plot([t0, t1], [first[wid] - 0.45] * 2, color="black", linewidth=0.8)
+    labels = [f"{w.removeprefix('worker-')} #{s}" if per_core else w.removeprefix("worker-")
+              for w, s in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8 if len(rows) < 60 else 5)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.invert_yaxis()
     ax.set_xlim(0, end * 1.02)
