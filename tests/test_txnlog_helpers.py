@@ -1,6 +1,7 @@
 """One real run for the log and plot tests (no tests here): a manager and two real
 worker processes doing a temp passed worker to worker, a buffer sent by the manager,
-an output brought back, a non-zero exit, a missing output, and the loss of a worker
+an output brought back, a non-zero exit, a missing output, a task cancelled before it
+was placed, and the loss of a worker
 whose only copy of a temp a later task needs (a recovery).
 
 ``real_run`` is a session fixture: test_txnlog_format.py and test_plot.py share it.
@@ -87,9 +88,11 @@ def make_run(tmp: str) -> RealRun:
         bad_exit = _task("exit 3", "b")
         missing = _task("true", "b")
         missing.add_output(m.declare_file(os.path.join(tmp, "never.txt")), "never")
-        second = [c1, c2, bad_exit, missing]
+        nowhere = _task("true", "no-such-feature")  # never placed: cancelled waiting
+        second = [c1, c2, bad_exit, missing, nowhere]
         for t in second:
             m.submit(t)
+        m.cancel_by_task_id(nowhere.id)
         second_done = wait_all(m, len(second), timeout=30)
         os.killpg(procs[0].pid, signal.SIGKILL)  # w1 dies with the only copy of t2
         procs[0].wait(timeout=10)

@@ -288,16 +288,21 @@ class TxnLog:
         measured = "{}"
         if c is not None:
             result, code = TaskResult(c.result).name, c.exit_code
-            parts = [_res_json(c.allocated)[1:-1]] if len(c.allocated) == 4 else []
+            parts: dict[str, str] = {}  # name -> "[value,unit]" (measured over allocated)
+            if len(c.allocated) == 4:
+                for (n, u), v in zip(_UNITS, c.allocated, strict=True):
+                    if v is not None and v >= 0:
+                        parts[n] = f'[{v},"{u}"]'
             m = c.measured
             if m:
-                parts.append(f'"wall_time":[{m[0]:.6f},"s"]')
+                parts["wall_time"] = f'[{m[0]:.6f},"s"]'
                 if len(m) > 2:
-                    parts.append(f'"cpu_time":[{m[1]:.6f},"s"],"memory":[{round(m[2])},"MB"]')
+                    parts["cpu_time"] = f'[{m[1]:.6f},"s"]'
+                    parts["memory"] = f'[{round(m[2])},"MB"]'
             if c.start > 0:
-                parts.append(f'"time_worker_start":[{c.start:.6f},"s"],'
-                             f'"time_worker_end":[{c.end:.6f},"s"]')
-            measured = "{" + ",".join(p for p in parts if p) + "}"
+                parts["time_worker_start"] = f'[{c.start:.6f},"s"]'
+                parts["time_worker_end"] = f'[{c.end:.6f},"s"]'
+            measured = "{" + ",".join(f'"{k}":{v}' for k, v in parts.items()) + "}"
         elif t is not None:
             result, code = t.result.name, t.exit_code
             measured = _resources(t.last_alloc)
