@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from .core.events import TaskReturned
     from .core.state import ManagerState
     from .observe.perflog import PerfLog
+
+log = logging.getLogger("vinework.txnlog")
 
 HEADER = (
     "# time manager_pid MANAGER manager_pid START|END time_from_origin\n"
@@ -318,7 +321,11 @@ class TxnLog:
         last = self._tasks.get(c.task_id)
         if f is None or last is None or last[0] != "RETRIEVING":
             return
-        line = self._retrieved(c.task_id, None, c, last[3])
+        try:
+            line = self._retrieved(c.task_id, None, c, last[3])
+        except Exception as e:  # (a result number vinework does not know, ...)
+            self._tasks.pop(c.task_id, None)
+            line = f"VINEWORK LOGERROR RETRIEVED {type(e).__name__}: {str(e)[:200]}"
         f.write(f"{self._when} {self._pid} {line}\n")  # (the batch's time)
 
     # ------------------------------------------------------------------ flushing
@@ -330,7 +337,12 @@ class TxnLog:
             self._f.flush()
             self._last_flush = now
         if self._perf is not None and self._state is not None:
-            self._perf.write(self._state.stats_snapshot)
+            try:
+                self._perf.write(self._state.stats_snapshot)
+            except Exception:  # the loop's tick must go on; say it once and stop the log
+                log.exception("performance log stopped")
+                self._perf.close()
+                self._perf = None
 
     def flush(self) -> None:
         if self._f is not None:
