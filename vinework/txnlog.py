@@ -45,6 +45,9 @@ skip:
              (DONE: bytes seconds; source and dest are worker ids, "manager" or a URL)
     VINEWORK FILE file LOST|UNAVAILABLE|UNDECLARED|PRUNED|REPLICATE|CHECKPOINT|... detail
     VINEWORK DURABILITY file decision numbers
+    VINEWORK LIBRARY name INSTALLED|REMOVED|WAITING|SENT|STARTED|STOPPED|ENDED|FAILURE ...
+             (not TaskVine's LIBRARY lines: its library id is a task id, an instance's
+             is not)
 
 ``read_log`` gives these back as (time, kind, fields). Writes are buffered and
 flushed at least once a second and at close; the performance log
