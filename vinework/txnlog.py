@@ -341,6 +341,7 @@ class TxnLog:
             self._last_flush = now
         if self._perf is not None and self._state is not None:
             try:
+                self._perf.interval = self._state.tune.perf_log_interval
                 self._perf.write(self._state.stats_snapshot)
             except Exception:  # the loop's tick must go on; say it once and stop the log
                 log.exception("performance log stopped")

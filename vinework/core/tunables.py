@@ -37,6 +37,7 @@ TUNABLES: dict[str, tuple[str, Any]] = {
     "peer-transfers": ("peer_transfers", bool),
     "scheduler": ("scheduler", str),
     "url-fetch-attempts": ("url_fetch_attempts", int),
+    "perf-log-interval": ("perf_log_interval", float),
 }
 
 # TaskVine tunables accepted with no effect here, and why (shown in the docs and the log)
@@ -68,7 +69,6 @@ NO_EFFECT: dict[str, str] = {
     "monitor-interval": "resources are measured once, when the task ends",
     "resource-management-interval": "no periodic resource re-measurement",
     "option-blocklist-slow-workers-timeout": "slow workers are not blocked",
-    "perf-log-interval": "the performance log gets a row per change, at most twice a second",
     "prefer-dispatch": "dispatch and retrieval are not traded against each other",
     "ramp-down-heuristic": "tasks get what they ask for",
     "resource-submit-multiplier": "workers are not over-committed",
@@ -108,6 +108,7 @@ class Tunables:
     python_exec: str = "direct"  # "direct": warm executors; "fork": a forked child per call
     scheduler: str = "files"  # worker selection (Manager.set_scheduler)
     url_fetch_attempts: int = 3  # failed fetches of one URL file before its tasks end
+    perf_log_interval: float = 0.5  # seconds at least between performance-log rows
 
     @staticmethod
     def names() -> list[str]:

@@ -1,5 +1,6 @@
 """The performance log, in TaskVine's format: ``# timestamp <vine_stats names>`` and then one
-row of numbers per change, at most twice a second.
+row of numbers per change, at most every ``perf-log-interval`` seconds (0.5 unless tuned;
+TaskVine's tunable of the same name).
 
 The columns are TaskVine's, in its order (``COLUMNS``); the first is microseconds
 since the epoch. Columns vinework does not measure are written as 0: the manager's
@@ -75,7 +76,7 @@ class PerfLog:
         self._f.write("# " + " ".join(COLUMNS) + "\n")
         self._last = ""
         self._last_at = 0.0
-        self._gap = interval
+        self._cost_gap = 0.0  # 50 times what the last snapshot cost
 
     def write(self, snapshot: Callable[[], ManagerStats], force: bool = False) -> None:
         """Write a row of ``snapshot()`` if its numbers changed and the interval passed
@@ -84,11 +85,10 @@ class PerfLog:
         if self._f is None:
             return
         now = time.monotonic()
-        if not force and now - self._last_at < self._gap:
-            return
+        if not force and now - self._last_at < max(self.interval, self._cost_gap):
+            return  # (interval: the manager's tunable, read at every call)
         st = snapshot()
-        cost = time.monotonic() - now
-        self._gap = max(self.interval, 50 * cost)
+        self._cost_gap = 50 * (time.monotonic() - now)
         values = " ".join(row_values(st))
         self._last_at = now
         if values == self._last and not force:
