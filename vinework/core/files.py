@@ -68,6 +68,9 @@ from .records import (
 )
 from .replicas import MANAGER, ReplicaState, Transfer, is_origin
 
+# kinds whose every copy has the size first recorded (a URL may change between fetches)
+_SIZED = frozenset(("temp", "buffer", "file"))
+
 ORIGIN_KINDS = ("url", "mini")  # files a worker gets from their origin itself
 BAD_DATA_LIMIT = 3  # transfers with wrong bytes after which a worker is disconnected
 
@@ -150,6 +153,10 @@ class FileLogistics(CoreBase):
         """Start bringing ``name`` to ``dest``, or remember to when a source frees up."""
         if self.replicas.in_flight_to(name, dest) is not None:
             return
+        if self.replicas.is_ready(name, dest):  # made there meanwhile (e.g. by a re-run)
+            self._unsourced.pop((name, dest), None)
+            self._stage_arrived(name, dest)
+            return
         f = self.files[name]
         if f.spec.kind in ORIGIN_KINDS:
             self._url_source_transfer(name, dest, replication)
@@ -221,17 +228,42 @@ class FileLogistics(CoreBase):
             elif dest not in self.workers or not self._stage_wait.get((name, dest)):
                 self._unsourced.pop((name, dest), None)
 
+    def _foreign_transfer(self, transfer_id: int, name: str, wid: str) -> bool:
+        """True when ``transfer_id`` is under way but is not a transfer of ``name`` to
+        ``wid``: a worker may answer only for its own transfers."""
+        tr = self.replicas.transfers.get(transfer_id)
+        return tr is not None and (tr.dest != wid or tr.name != name)
+
+    def _refuse_claim(self, ev: ReplicaReady, why: str) -> None:
+        """A worker claimed a copy the manager never asked it for, or of the wrong size:
+        it is not recorded (the worker is told to drop it) and the claim is logged."""
+        self._log("TRANSFER", ev.name, "REFUSED", "-", ev.worker_id, why)
+        if not self.replicas.is_ready(ev.name, ev.worker_id):
+            self._send(ev.worker_id, Unlink(name=ev.name))
+
     def _on_replica_ready(self, ev: ReplicaReady) -> None:
         if ev.worker_id not in self.workers:
             return
-        tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
+        f = self.files.get(ev.name)
+        if not ev.transfer_id or ev.transfer_id >= self.replicas.next_transfer_id \
+                or self._foreign_transfer(ev.transfer_id, ev.name, ev.worker_id):
+            self._refuse_claim(ev, f"claim #{ev.transfer_id} answers no transfer to it")
+            return
+        if f is not None and f.size >= 0 and ev.size != f.size and f.spec.kind in _SIZED:
+            self._refuse_claim(ev, f"claims {ev.size} bytes; the file has {f.size}")
+            if self.replicas.in_flight_to(ev.name, ev.worker_id) == ev.transfer_id:
+                self._on_replica_failed(ReplicaFailed(
+                    now=ev.now, worker_id=ev.worker_id, name=ev.name,
+                    transfer_id=ev.transfer_id, reason=f"claimed {ev.size} bytes",
+                    cause=TransferFailure.LOCAL_IO))
+            return
+        tr = self.replicas.end_transfer(ev.transfer_id)
         if tr is None:
             # a late answer to a transfer the core already gave up on (its source was lost):
             # the bytes are there all the same, so a newer transfer to here is not needed
             newer = self.replicas.in_flight_to(ev.name, ev.worker_id)
             if newer is not None:
                 tr = self.replicas.end_transfer(newer)
-        f = self.files.get(ev.name)
         if f is None or f.pruned:  # undeclared or pruned meanwhile: it is not wanted there
             self.replicas.remove(ev.name, ev.worker_id)
             self._send(ev.worker_id, Unlink(name=ev.name))
@@ -279,6 +311,10 @@ class FileLogistics(CoreBase):
                 self._run(t)
 
     def _on_replica_failed(self, ev: ReplicaFailed) -> None:
+        if self._foreign_transfer(ev.transfer_id, ev.name, ev.worker_id):
+            self._log("TRANSFER", ev.name, "REFUSED", "-", ev.worker_id,
+                      f"failure of #{ev.transfer_id}, a transfer to another worker")
+            return
         tr = self.replicas.end_transfer(ev.transfer_id) if ev.transfer_id else None
         if ev.transfer_id and tr is None:
             # a late failure of a transfer the core already ended (replaced after its source

@@ -74,6 +74,11 @@ class ReplicaTable:
         self._next_transfer = 1
 
     # ---------------------------------------------------------- queries
+    @property
+    def next_transfer_id(self) -> int:
+        """The id the next transfer will get (every id below it was given out)."""
+        return self._next_transfer
+
     def state(self, name: str, worker: str) -> ReplicaState | None:
         h = self.where.get(name)
         return h.get(worker) if h is not None else None
@@ -141,6 +146,9 @@ class ReplicaTable:
         self.used[(name, worker)] = self._use_seq
 
     def set_ready(self, name: str, worker: str, size: int) -> None:
+        tid = self.pending_by_dest.get((name, worker))
+        if tid is not None:  # made there (e.g. by a re-run) while a copy was on its way:
+            self.end_transfer(tid)  # the copy is not needed; its answer will be stale
         self._set(name, worker, _READY, size)
 
     def set_pending(self, name: str, worker: str) -> None:

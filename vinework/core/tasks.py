@@ -226,6 +226,10 @@ class TaskLifecycle(CoreBase):
             return
         if f.producer is None:
             self._log("FILE", name, "UNAVAILABLE", "no copy and no task produces it")
+            if f.spec.kind in ("file", "buffer") and not f.at_manager:
+                # the manager's own copy was unreadable and the last worker copy is gone:
+                # nothing can bring it back, so the tasks that need it end
+                self._manager_copy_missing(name, "no worker has a copy either")
             return
         p = self.tasks.get(f.producer)
         if p is None or p.state not in (T.RETRIEVED, T.DONE):
