@@ -152,6 +152,9 @@ class DaskVine(Manager):
         lazy_transfers: bool | None = None,
         low_memory_mode: bool = False,
         init_command: str | None = None,
+        fuse: bool = True,
+        small_graph: bool | None = None,
+        **unused: Any,
     ) -> Any:
         """Compute ``keys`` of the Dask graph ``dsk``; Dask's scheduler ``get`` protocol.
 
@@ -231,9 +234,21 @@ class DaskVine(Manager):
             low_memory_mode: Older TaskVine option. Accepted, no effect.
             init_command: Older TaskVine option (a command run before the
                 library). Accepted, no effect.
+            fuse: vinework's own: run each linear chain (a task whose value only
+                the next task reads) as one task, as dask's ``fuse`` does; an
+                unpicklable intermediate (a generator) then never leaves the
+                worker, and fewer tasks are dispatched. Default True.
+            small_graph: vinework's own: run a small graph as one task on one
+                worker (see :mod:`vinework.dask.small`). None (default) decides
+                by the graph's size and the times its kinds of task took before
+                on this manager; False never; True whenever the run takes no
+                per-task options (checkpoint_fn, wrapper, prune_depth,
+                worker_transfers=False, function-calls).
+            **unused: Keywords DaskVine does not use (dask forwards every extra
+                keyword of ``compute()`` to the scheduler, and its own schedulers
+                accept them): ignored, with one warning naming them.
 
         Raises:
-            TypeError: For a keyword TaskVine's DaskVine does not take.
             ValueError: For an unknown task_mode, task_priority_mode or
                 scheduling_mode, or retries < 0; for a graph using Dask's "disk"
                 shuffle in the tasks' private temporary directories (build it with
@@ -244,6 +259,9 @@ class DaskVine(Manager):
                 ``remote_traceback`` attribute holds the worker-side traceback).
             DaskVineTaskError: A task failed on every attempt without raising.
         """
+        if unused:
+            warnings.warn(f"DaskVine.get ignores keyword(s) it does not use: "
+                          f"{', '.join(sorted(unused))}", UserWarning, stacklevel=2)
         if task_mode == "function-calls" and lib_command is not None:
             raise NotImplementedError(
                 "DaskVine lib_command: a library started by a command of one's own is not "
@@ -287,7 +305,7 @@ class DaskVine(Manager):
         from .graph import DaskGraph
         from .run import DaskRun
 
-        graph = DaskGraph(dsk, keys)
+        graph = DaskGraph(dsk, keys, fuse=fuse)
         shuffles = graph.private_disk_shuffles()
         if shuffles:
             raise ValueError(

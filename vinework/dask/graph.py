@@ -47,7 +47,15 @@ from itertools import islice
 from types import MethodType
 from typing import Any, cast
 
-from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
+from dask._task_spec import (
+    Alias,
+    DataNode,
+    GraphNode,
+    Task,
+    TaskRef,
+    convert_legacy_graph,
+    fuse_linear_task_spec,
+)
 from dask.typing import Key
 from dask.utils import ensure_dict
 
@@ -283,6 +291,7 @@ class DaskGraph:
         *,
         data_as_tasks: bool = False,
         use_dask_order: bool = True,
+        fuse: bool = False,
     ) -> None:
         """Build the bookkeeping for computing ``keys`` from ``graph``.
 
@@ -294,6 +303,11 @@ class DaskGraph:
                 instead of manager-side data (see the module docstring).
             use_dask_order: If True, order ready keys by ``dask.order.order``
                 (memory-friendly); otherwise by position in the graph.
+            fuse: If True, fuse each linear chain of the culled graph into one
+                task with dask's ``fuse_linear_task_spec`` (what dask's own
+                optimizer does): a chain's intermediates are then computed and
+                consumed inside one task. The requested keys keep their names
+                (a fused chain ending in one is reached through an alias).
 
         Raises:
             KeyError: If a requested key is not in the graph.
@@ -319,6 +333,8 @@ class DaskGraph:
                     raise ValueError(f"key {k!r} depends on {d!r}, which is not in the graph")
                 work.append(d)
         self.nodes: dict[Key, GraphNode] = {k: v for k, v in full.items() if k in needed}
+        if fuse:
+            self.nodes = fuse_linear_task_spec(self.nodes, self.targets)
 
         self._deps: dict[Key, frozenset[Key]] = {}
         self._dependents: dict[Key, set[Key]] = {k: set() for k in self.nodes}
