@@ -47,7 +47,7 @@ SCHEDULING_MODES: tuple[str, ...] = ("files", "time", "rand", "worst", "disk")
 # vinework modules a task's payload refers to: imported ahead in the warm interpreters
 _OWN_MODULES = ("cloudpickle", "vinework.dask", "vinework.dask.graph", "vinework.dask.payload",
                 "vinework.dask.run", "vinework.dask.priority", "vinework.dask.errors",
-                "vinework.dask.executor")
+                "vinework.dask.executor", "vinework.dask.small")
 
 
 def require_dask() -> None:
@@ -111,6 +111,8 @@ class DaskVine(Manager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         require_dask()
         super().__init__(*args, **kwargs)
+        # kind of dask key -> longest run seen (seconds); decides the small-graph path
+        self._dask_times: dict[str, float] = {}
 
     def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """Same as :meth:`get` (TaskVine's ``__call__``)."""
@@ -304,8 +306,21 @@ class DaskVine(Manager):
 
         from .graph import DaskGraph
         from .run import DaskRun
+        from .small import SmallGraph
 
-        graph = DaskGraph(dsk, keys, fuse=fuse)
+        sg = SmallGraph(dsk, keys, fuse=fuse)
+        if sg.literal_only():  # nothing to compute: the objects themselves, no round trip
+            return sg.literal_result()
+        per_task = (checkpoint_fn is not None or wrapper is not None or prune_depth > 0
+                    or not worker_transfers or task_mode != "tasks")
+        if small_graph is not False and not per_task \
+                and (small_graph or sg.is_small(self._dask_times)):
+            self._apply_taskvine_settings(scheduler)
+            return sg.run(self, times=self._dask_times, retries=int(retries or 1),
+                          resources=dict(resources or {}), env_vars=dict(env_vars or {}),
+                          extra_files=dict(extra_files or {}), extra_modules=extra_modules,
+                          verbose=verbose)
+        graph = DaskGraph(sg.nodes, keys)
         shuffles = graph.private_disk_shuffles()
         if shuffles:
             raise ValueError(
@@ -333,6 +348,7 @@ class DaskVine(Manager):
             wrapper=wrapper, wrapper_proc=wrapper_proc, prune_depth=prune_depth,
             submit_per_cycle=submit_per_cycle, max_pending=max_pending,
         )
+        run.times = self._dask_times
         if lib is None:
             return run.execute(extra_modules, progress_disable, progress_label)
         self.install_library(lib)

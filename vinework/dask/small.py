@@ -1,0 +1,232 @@
+"""Small Dask graphs as one task: the fast path of ``DaskVine.get``.
+
+A ``compute()`` of tens of trivial tasks costs far more in per-task round trips
+(submit, dispatch, a forked run, a completion, the manager's bookkeeping for
+each) than in the work. When a graph is small -- at most :data:`SMALL_TASKS`
+tasks whose kinds (dask key prefixes, as ``dask.utils.key_split`` names them)
+ran before on this manager and, by their latest runs, took at most
+:data:`SMALL_SECONDS` together (a task's wall time on the usual path, which
+includes its start-up, so the estimate errs high) -- the whole culled graph goes to one worker as one task, which evaluates it in
+dependency order (:func:`run_graph`, as dask's sync scheduler would) and
+returns the requested values with how long each kind of node took. A kind
+never seen, or seen to be slow, sends the graph down the usual path, one task
+per node, so a graph of a few heavy tasks keeps its parallelism.
+
+Literal-only requests (every requested key is a ``DataNode``, or an alias of
+one) are answered here without any task, with the objects themselves.
+
+This module imports Dask; :mod:`vinework.dask.executor` loads it on first use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from dask._task_spec import Alias, DataNode, GraphNode, Task, fuse_linear_task_spec
+from dask.utils import key_split
+
+from ..task import PythonTask
+from ..task import Task as VineTask
+from .errors import DaskVineTaskError
+from .graph import Key, flatten_keys, modules_of_graph, normalize_graph, rebuild_result
+
+__all__ = ["SMALL_SECONDS", "SMALL_TASKS", "SmallGraph", "run_graph"]
+
+SMALL_TASKS = 64  # at most this many tasks (after fusion) for one-task runs
+SMALL_SECONDS = 0.1  # and at most this long, by the times their kinds took last
+WAIT_SECONDS = 5
+
+_run_ids = itertools.count(1)
+
+
+class SmallManager(Protocol):
+    """What the fast path needs of its manager (``DaskVine`` is one)."""
+
+    def submit(self, t: VineTask) -> int: ...
+    def wait_for_tag(self, tag: str, timeout: Any = ...) -> VineTask | None: ...
+    def cancel_by_task_id(self, task_id: int) -> bool: ...
+    def _hoist_for_dask(self, tops: list[str]) -> None: ...
+
+
+def _cull(full: Mapping[Key, GraphNode], targets: list[Key]) -> dict[Key, GraphNode]:
+    """What the targets need, in the graph's order (as DaskGraph culls)."""
+    needed: set[Key] = set()
+    work = list(targets)
+    while work:
+        k = work.pop()
+        if k in needed:
+            continue
+        if k not in full:
+            raise KeyError(f"requested key {k!r} is not in the graph")
+        needed.add(k)
+        for d in full[k].dependencies:
+            if d not in full:
+                raise ValueError(f"key {k!r} depends on {d!r}, which is not in the graph")
+            work.append(d)
+    if len(needed) == len(full):
+        return dict(full)
+    return {k: v for k, v in full.items() if k in needed}
+
+
+def _literal(nodes: Mapping[Key, GraphNode], key: Key) -> tuple[bool, object]:
+    """(True, value) when ``key`` is a literal or an alias chain ending in one."""
+    seen: set[Key] = set()
+    node = nodes[key]
+    while isinstance(node, Alias) and key not in seen:
+        seen.add(key)
+        key = node.target
+        node = nodes[key]
+    if isinstance(node, DataNode):
+        return True, node.value
+    return False, None
+
+
+def run_graph(nodes: dict[Key, GraphNode], targets: list[Key]) -> tuple[dict[Key, object],
+                                                                         dict[str, float]]:
+    """Worker side: evaluate ``nodes`` in dependency order; return the targets' values
+    and, per kind of node (``key_split`` of its key), the longest one took (seconds).
+
+    A value is dropped once its last reader ran. A node that raises re-raises its own
+    exception, with a note naming its key.
+    """
+    order: list[Key] = []
+    state: dict[Key, int] = {}  # 1: on the stack, 2: ordered
+    for root in targets:
+        stack: list[tuple[Key, bool]] = [(root, False)]
+        while stack:
+            k, expanded = stack.pop()
+            if expanded:
+                state[k] = 2
+                order.append(k)
+                continue
+            if k in state:
+                continue
+            state[k] = 1
+            stack.append((k, True))
+            stack.extend((d, False) for d in nodes[k].dependencies if d not in state)
+    readers: dict[Key, int] = {}
+    for k in order:
+        for d in nodes[k].dependencies:
+            readers[d] = readers.get(d, 0) + 1
+    keep = set(targets)
+    values: dict[Key, object] = {}
+    times: dict[str, float] = {}
+    clock = time.perf_counter
+    for k in order:
+        node = nodes[k]
+        start = clock()
+        try:
+            values[k] = node(values)
+        except Exception as e:
+            e.add_note(f"dask key {k!r} raised it (the graph ran as one task)")
+            raise
+        took = clock() - start
+        kind = key_split(k)
+        if took > times.get(kind, -1.0):
+            times[kind] = took
+        for d in node.dependencies:
+            readers[d] -= 1
+            if readers[d] == 0 and d not in keep:
+                del values[d]
+    return {t: values[t] for t in targets}, times
+
+
+class SmallGraph:
+    """A ``get`` looked at before the usual path: literal-only, small, or neither."""
+
+    def __init__(self, dsk: Any, keys: Any, *, fuse: bool) -> None:
+        self.keys = keys
+        self.targets: list[Key] = list(dict.fromkeys(flatten_keys(keys)))
+        self.full = normalize_graph(dsk)
+        nodes = _cull(self.full, self.targets)
+        if fuse:
+            nodes = fuse_linear_task_spec(nodes, self.targets)
+        self.nodes: dict[Key, GraphNode] = nodes
+        self.n_tasks = sum(1 for n in nodes.values() if isinstance(n, Task))
+        self.literals: dict[Key, object] = {}
+        for t in self.targets:
+            is_literal, value = _literal(nodes, t)
+            if is_literal:
+                self.literals[t] = value
+
+    def literal_only(self) -> bool:
+        """Whether every requested key is a literal (no task needed)."""
+        return len(self.literals) == len(self.targets)
+
+    def literal_result(self) -> Any:
+        """The requested literals themselves, in the shape of the keys."""
+        return rebuild_result(self.keys, self.literals)
+
+    def estimate(self, times: Mapping[str, float]) -> float | None:
+        """Seconds the tasks took before (None: a kind never seen, or too many tasks)."""
+        if self.n_tasks > SMALL_TASKS:
+            return None
+        total = 0.0
+        for k, node in self.nodes.items():
+            if isinstance(node, Task):
+                took = times.get(key_split(k))
+                if took is None:
+                    return None
+                total += took
+        return total
+
+    def is_small(self, times: Mapping[str, float]) -> bool:
+        """Whether to run it as one task, by :data:`SMALL_TASKS` and :data:`SMALL_SECONDS`."""
+        est = self.estimate(times)
+        return est is not None and est <= SMALL_SECONDS
+
+    def run(self, m: SmallManager, *, times: dict[str, float], retries: int,
+            resources: Mapping[str, int], env_vars: Mapping[str, Any],
+            extra_files: Mapping[Any, str], extra_modules: list[str], verbose: bool) -> Any:
+        """Run the graph as one task on a worker and return what ``get`` returns.
+
+        Retried up to ``retries`` attempts, as each task of the usual path is; the
+        exception of the last attempt is raised (its own type, with the remote
+        traceback), or :class:`DaskVineTaskError` when it raised nothing.
+        """
+        m._hoist_for_dask([*modules_of_graph(self.nodes), *extra_modules,
+                           "vinework.dask.small"])
+        ship = [t for t in self.targets if t not in self.literals]
+        tag = f"dask-graph-{os.getpid()}-{next(_run_ids)}"
+        attempt = 0
+        while True:
+            attempt += 1
+            t = PythonTask(run_graph, self.nodes, ship)
+            for f, name in extra_files.items():
+                t.add_input(f, name)
+            t.set_cores(int(resources.get("cores", 1)))
+            for res in ("memory", "disk", "gpus"):
+                if res in resources:
+                    getattr(t, f"set_{res}")(int(resources[res]))
+            for name, value in env_vars.items():
+                t.set_env_var(name, value(m, t) if callable(value) else value)
+            t.set_category("dask-graph")
+            t.set_tag(tag)
+            tid = m.submit(t)
+            try:
+                done = None
+                while done is None:
+                    done = m.wait_for_tag(tag, WAIT_SECONDS)
+            except BaseException:
+                m.cancel_by_task_id(tid)
+                m.wait_for_tag(tag, WAIT_SECONDS)
+                raise
+            if verbose:
+                print(f"dask graph of {self.n_tasks} task(s) ran on {done.hostname}: "
+                      f"{done.result}")
+            if done.successful():
+                values, took = done.output
+                times.update(took)  # the latest run of each kind decides the next time
+                return rebuild_result(self.keys, {**self.literals, **values})
+            if attempt >= retries:
+                out = done._output
+                if isinstance(out, BaseException):
+                    raise out
+                raise DaskVineTaskError(
+                    f"the dask graph (run as one task) failed permanently after {attempt} "
+                    f"attempt(s): {done.result}"
+                    + (f" ({done.error_message})" if done.error_message else ""))
