@@ -49,6 +49,8 @@ from .tunables import Tunables
 RECOVERY_ATTEMPTS = 2  # extra tries of a failed recovery run before its consumers fail
 WORKER_FAULT_ATTEMPTS = 3  # runs that may fail for a worker's sake before the task does
 RETRYABLE_ON_ANOTHER_WORKER = (TaskResult.DISK_EXHAUSTION,)
+ABLE_EVERY = 1.0  # seconds a scan for the largest waiting task serves (stats_snapshot)
+ABLE_SCAN_FREE = 5000  # tasks held below which that scan is always redone
 PLACE_SKIP_MAX = 64  # ready tasks looked at per scheduling pass that do not fit anywhere
 
 
@@ -191,12 +193,7 @@ class CoreBase:
         ws = list(self.workers.values())
         st.workers_busy = sum(1 for w in ws if w.running)
         st.workers_idle = len(ws) - st.workers_busy
-        big = [0, 0, 0, 0]
-        for t in self.tasks.values():
-            if t.state is T.WAITING or t.state is T.READY:
-                s = t.spec
-                for i, v in enumerate((s.cores, s.memory, s.disk, s.gpus)):
-                    big[i] = max(big[i], v or 0)
+        big = self._largest_waiting()
         st.workers_able = sum(1 for w in ws if w.total.cores >= big[0]
                               and w.total.memory >= big[1] and w.total.disk >= big[2]
                               and w.total.gpus >= big[3])
@@ -209,6 +206,25 @@ class CoreBase:
             setattr(st, "min_" + r, min(tot, default=0))
         st.inuse_cache = sum(w.disk_used for w in ws)
         return st
+
+    def _largest_waiting(self) -> list[int]:
+        """The largest cores, memory, disk and gpus any waiting task asks for: a scan of
+        every task, so with more than ``ABLE_SCAN_FREE`` tasks held it is redone at most
+        once per ``ABLE_EVERY`` seconds of core time (status, the dashboard and the
+        performance log ask often; ``workers_able`` may lag that much behind)."""
+        cached = getattr(self, "_able_cache", None)
+        if cached is not None and len(self.tasks) > ABLE_SCAN_FREE \
+                and self.now - cached[0] < ABLE_EVERY:
+            return cached[1]
+        big = [0, 0, 0, 0]
+        for t in self.tasks.values():
+            if t.state is T.WAITING or t.state is T.READY:
+                s = t.spec
+                for i, v in enumerate((s.cores, s.memory, s.disk, s.gpus)):
+                    if v and v > big[i]:
+                        big[i] = v
+        self._able_cache = (self.now, big)
+        return big
 
     def hungry(self) -> int:
         """How many more tasks the manager would take now (TaskVine's ``hungry``).
