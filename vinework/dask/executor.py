@@ -393,6 +393,11 @@ class DaskVine(Manager):
         """
         if not hasattr(self, "_dask_hoisted"):
             self._dask_hoisted = set()
+            self._dask_hoist_seen: tuple[int, frozenset[str]] = (-1, frozenset())
+        n_modules, seen = self._dask_hoist_seen
+        if n_modules == len(sys.modules) and seen.issuperset(tops):
+            return  # nothing imported since these were hoisted
+        self._dask_hoist_seen = (len(sys.modules), seen | frozenset(tops))
         want = set(_OWN_MODULES)
         for top in tops:
             want.add(top)

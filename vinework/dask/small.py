@@ -4,9 +4,10 @@ A ``compute()`` of tens of trivial tasks costs far more in per-task round trips
 (submit, dispatch, a forked run, a completion, the manager's bookkeeping for
 each) than in the work. When a graph is small -- at most :data:`SMALL_TASKS`
 tasks whose kinds (dask key prefixes, as ``dask.utils.key_split`` names them)
-ran before on this manager and, by their latest runs, took at most
-:data:`SMALL_SECONDS` together (a task's wall time on the usual path, which
-includes its start-up, so the estimate errs high) -- the whole culled graph goes to one worker as one task, which evaluates it in
+ran before on this manager, each at most :data:`SMALL_TASK_SECONDS` in its
+latest run and at most :data:`SMALL_SECONDS` all together (on the usual path a
+task's wall time, which includes its start-up, so the estimate errs high) --
+the whole culled graph goes to one worker as one task, which evaluates it in
 dependency order (:func:`run_graph`, as dask's sync scheduler would) and
 returns the requested values with how long each kind of node took. A kind
 never seen, or seen to be slow, sends the graph down the usual path, one task
@@ -20,12 +21,16 @@ This module imports Dask; :mod:`vinework.dask.executor` loads it on first use.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
+import pickle
 import time
+import types
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import cloudpickle
 from dask._task_spec import Alias, DataNode, GraphNode, Task, fuse_linear_task_spec
 from dask.utils import key_split
 
@@ -33,11 +38,13 @@ from ..task import PythonTask
 from ..task import Task as VineTask
 from .errors import DaskVineTaskError
 from .graph import Key, flatten_keys, modules_of_graph, normalize_graph, rebuild_result
+from .payload import CannotEncode, _by_value
 
-__all__ = ["SMALL_SECONDS", "SMALL_TASKS", "SmallGraph", "run_graph"]
+__all__ = ["SMALL_SECONDS", "SMALL_TASKS", "SMALL_TASK_SECONDS", "SmallGraph", "run_graph"]
 
 SMALL_TASKS = 64  # at most this many tasks (after fusion) for one-task runs
-SMALL_SECONDS = 0.1  # and at most this long, by the times their kinds took last
+SMALL_TASK_SECONDS = 0.02  # each kind's latest run at most this long
+SMALL_SECONDS = 0.25  # and all the tasks together at most this long, by those times
 WAIT_SECONDS = 5
 
 _run_ids = itertools.count(1)
@@ -135,6 +142,42 @@ def run_graph(nodes: dict[Key, GraphNode], targets: list[Key]) -> tuple[dict[Key
     return {t: values[t] for t in targets}, times
 
 
+def _instance_by_value(cls: type) -> bool:
+    """Whether cloudpickle would pickle the class of an instance by value: a class of
+    ``__main__``, a local class, or one of a module registered by value. (A class of
+    an extension module is pickled by reference even where cloudpickle's lookup of it
+    fails, as for numpy's function dispatchers.)"""
+    module = getattr(cls, "__module__", None)
+    if module in (None, "__main__", "__mp_main__") or "<locals>" in cls.__qualname__:
+        return True
+    registered = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES",
+                         ())
+    return isinstance(module, str) and module.split(".", 1)[0] in registered
+
+
+class _GraphPickler(pickle.Pickler):
+    """The C pickler for a small graph, refusing what only cloudpickle pickles right."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)):
+            if _by_value(obj):
+                raise CannotEncode(f"{obj!r} must be pickled by value")
+        elif _instance_by_value(type(obj)):
+            raise CannotEncode(f"an instance of {type(obj)!r}, a class pickled by value")
+        return NotImplemented
+
+
+def _plain_payload(nodes: dict[Key, GraphNode], ship: list[Key]) -> bytes | None:
+    """The PythonTask payload ``(run_graph, (nodes, ship), {})`` by the C pickler, or
+    None (then the task cloudpickles it) when something must be pickled by value."""
+    buf = io.BytesIO()
+    try:
+        _GraphPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump((run_graph, (nodes, ship), {}))
+    except (CannotEncode, pickle.PicklingError, TypeError, AttributeError):
+        return None
+    return buf.getvalue()
+
+
 class SmallGraph:
     """A ``get`` looked at before the usual path: literal-only, small, or neither."""
 
@@ -162,20 +205,21 @@ class SmallGraph:
         return rebuild_result(self.keys, self.literals)
 
     def estimate(self, times: Mapping[str, float]) -> float | None:
-        """Seconds the tasks took before (None: a kind never seen, or too many tasks)."""
+        """Seconds the tasks took before (None: a kind never seen or slower than
+        :data:`SMALL_TASK_SECONDS`, or more than :data:`SMALL_TASKS` tasks)."""
         if self.n_tasks > SMALL_TASKS:
             return None
         total = 0.0
         for k, node in self.nodes.items():
             if isinstance(node, Task):
                 took = times.get(key_split(k))
-                if took is None:
+                if took is None or took > SMALL_TASK_SECONDS:
                     return None
                 total += took
         return total
 
     def is_small(self, times: Mapping[str, float]) -> bool:
-        """Whether to run it as one task, by :data:`SMALL_TASKS` and :data:`SMALL_SECONDS`."""
+        """Whether to run it as one task (see :meth:`estimate` and :data:`SMALL_SECONDS`)."""
         est = self.estimate(times)
         return est is not None and est <= SMALL_SECONDS
 
@@ -192,10 +236,12 @@ class SmallGraph:
                            "vinework.dask.small"])
         ship = [t for t in self.targets if t not in self.literals]
         tag = f"dask-graph-{os.getpid()}-{next(_run_ids)}"
+        payload = _plain_payload(self.nodes, ship)
         attempt = 0
         while True:
             attempt += 1
             t = PythonTask(run_graph, self.nodes, ship)
+            t.payload = payload
             for f, name in extra_files.items():
                 t.add_input(f, name)
             t.set_cores(int(resources.get("cores", 1)))

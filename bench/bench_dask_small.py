@@ -1,0 +1,146 @@
+"""Small Dask graphs: a compute() of tens of trivial tasks, DaskVine vs dask's sync scheduler
+and dask.distributed, all in one invocation.
+
+The graph is ``(da.ones(100, chunks=10) + i).sum()`` with a new ``i`` each time (so each
+compute is a new graph, as in interactive work). Timed: the ``compute()`` call alone (the
+graph is built outside the timer), median over ``--n`` computes after ``--warm`` warm-up
+ones. Systems, each on a warm worker with 2 cores:
+
+* dask's sync scheduler (the baseline: this process, no worker);
+* DaskVine, default (a small graph runs as one task, see ``vinework/dask/small.py``);
+* DaskVine with ``small_graph=False`` (one task per node, what ``get`` did before);
+* dask.distributed, ``LocalCluster(n_workers=1, threads_per_worker=2, processes=True)``.
+
+Then where DaskVine's milliseconds go: the time in ``Manager.submit``, the time waiting
+for the finished task (``wait_for_tag``), the task's wall time on the worker, and the
+rest (dask's own graph optimization, which the sync scheduler pays too, and DaskVine's
+graph handling).
+
+Run: ``python bench/bench_dask_small.py [--n 60 --warm 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import dask  # noqa: E402
+import dask.array as da  # noqa: E402
+from common import local_workers  # noqa: E402
+
+from vinework.dask import DaskVine  # noqa: E402
+
+
+def graph(i: int) -> Any:
+    return (da.ones(100, chunks=10) + i).sum()
+
+
+def median_ms(compute: Callable[[Any], Any], n: int, warm: int, offset: int) -> float:
+    for i in range(warm):
+        compute(graph(offset + i))
+    times = []
+    for i in range(n):
+        x = graph(offset + warm + i)
+        t0 = time.perf_counter()
+        r = compute(x)
+        times.append(time.perf_counter() - t0)
+        assert r == 100 * (1 + offset + warm + i), r
+    return statistics.median(times) * 1e3
+
+
+class Segments:
+    """Times DaskVine's submit and wait calls, and the tasks' wall times, per compute."""
+
+    def __init__(self, m: DaskVine) -> None:
+        self.m = m
+        self.submit: list[float] = []
+        self.wait: list[float] = []
+        self.worker: list[float] = []
+        self._submit, self._wait = m.submit, m.wait_for_tag
+
+    def __enter__(self) -> Segments:
+        def submit(t: Any) -> int:
+            t0 = time.perf_counter()
+            r = self._submit(t)
+            self.submit.append(time.perf_counter() - t0)
+            return r
+
+        def wait(tag: str, timeout: Any = 5) -> Any:
+            t0 = time.perf_counter()
+            t = self._wait(tag, timeout)
+            self.wait.append(time.perf_counter() - t0)
+            if t is not None:
+                self.worker.append(float(t.wall_time))
+            return t
+
+        self.m.submit = submit  # type: ignore[method-assign]
+        self.m.wait_for_tag = wait  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.m.submit, self.m.wait_for_tag
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--warm", type=int, default=10)
+    ap.add_argument("--no-distributed", action="store_true")
+    a = ap.parse_args()
+    (opt,) = dask.optimize(graph(0))
+    print(f"graph: {len(dict(graph(0).__dask_graph__()))} tasks as built, "
+          f"{len(dict(opt.__dask_graph__()))} after dask's optimization")
+
+    sync = median_ms(lambda x: x.compute(scheduler="sync"), a.n, a.warm, 0)
+    m = DaskVine(port=0)
+    warnings.filterwarnings("ignore", message="no password is set")
+    with local_workers(m, 1, cores=2):
+        vine = median_ms(lambda x: x.compute(scheduler=m.get), a.n, a.warm, 1000)
+        per_task = median_ms(lambda x: x.compute(scheduler=m.get, small_graph=False),
+                             max(10, a.n // 4), a.warm, 2000)
+        k = a.n
+        with Segments(m) as seg:
+            t_total = 0.0
+            for i in range(k):
+                x = graph(3000 + i)
+                t0 = time.perf_counter()
+                x.compute(scheduler=m.get)
+                t_total += time.perf_counter() - t0
+        sync_again = median_ms(lambda x: x.compute(scheduler="sync"), a.n, a.warm, 4000)
+    m.close()
+    dist = None
+    if not a.no_distributed:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            dist = median_ms(lambda x: x.compute(scheduler=client.get), max(20, a.n // 2),
+                             a.warm, 5000)
+
+    base = (sync + sync_again) / 2
+    print(f"dask sync scheduler (baseline)     {sync:7.2f} ms  (again at the end: "
+          f"{sync_again:.2f} ms)")
+    print(f"DaskVine, small graph as one task  {vine:7.2f} ms  = {vine / base:.2f}x sync")
+    print(f"DaskVine, small_graph=False        {per_task:7.2f} ms  = {per_task / base:.2f}x sync")
+    if dist is not None:
+        print(f"dask.distributed, 1 process worker {dist:7.2f} ms  = {dist / base:.2f}x sync; "
+              f"DaskVine is {dist / vine:.1f}x faster")
+    ms = 1e3 / k
+    sub, wt, wk = sum(seg.submit) * ms, sum(seg.wait) * ms, sum(seg.worker) * ms
+    total = t_total * ms
+    print(f"where DaskVine's {total:.2f} ms (mean of {k}) go: submit {sub:.2f}, waiting for "
+          f"the task {wt:.2f} (of which the task's run on the worker {wk:.2f}, the round trip "
+          f"{wt - wk:.2f}), the rest {total - sub - wt:.2f} (dask's optimization, which sync "
+          f"pays too, and DaskVine's graph handling)")
+
+
+if __name__ == "__main__":
+    main()
