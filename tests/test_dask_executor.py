@@ -216,19 +216,6 @@ def test_worker_transfers_keep_intermediates_on_workers(m: DaskVine) -> None:
     assert lazy < eager / 100, (lazy, eager)
 
 
-def test_checkpoint_and_prune(m: DaskVine) -> None:
-    x = da.arange(400, chunks=20)
-    y = ((x + 1) * 2).sum()
-    seen: list[Any] = []
-
-    def checkpoint(dag: Any, key: Any) -> bool:
-        seen.append(key)
-        return True
-
-    assert y.compute(scheduler=m.get, checkpoint_fn=checkpoint, prune_depth=1) == _sync(y)
-    assert seen
-
-
 def test_unknown_keyword_and_function_calls(m: DaskVine) -> None:
     x = da.ones(10, chunks=5).sum()
     # dask forwards compute()'s extra keywords to the scheduler: ignored, one warning

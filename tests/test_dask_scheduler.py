@@ -1,0 +1,306 @@
+"""DaskVine as a Dask scheduler, on real worker processes: dask's scheduler contract (extra
+keywords, literal-only keys, linear chains fused, every collection through
+``dask.config.set(scheduler=m.get)``), isolation of runs, small graphs as one task,
+the bytes that cross the manager's link, and checkpointing and pruning seen on the
+workers and at the manager.
+
+One DaskVine (port 0) with two 2-core workers serves the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import dask
+import dask.array as da
+import dask.bag as db
+import numpy as np
+import pytest
+from dask import delayed
+
+import vinework as vine
+from tests.conftest import poll_until, stop_process
+from vinework.dask import DaskVine
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pd = pytest.importorskip("pandas")
+dd = pytest.importorskip("dask.dataframe")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def dv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaskVine, list[Path]]]:
+    base = tmp_path_factory.mktemp("dasksched")
+    m = DaskVine(port=0, shutdown=True)
+    dirs = [base / f"w{i}" for i in range(2)]
+    procs = []
+    for d in dirs:
+        d.mkdir()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "vinework", "worker", "localhost", str(m.port),
+             "--cores", "2", "--memory", "2000", "--disk", "4000", "--workdir", str(d),
+             "--timeout", "30"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
+    try:
+        poll_until(lambda: m.workers_connected == 2, 30, "2 workers")
+        yield m, dirs
+    finally:
+        m.close()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+            stop_process(p)
+
+
+@pytest.fixture
+def m(dv: tuple[DaskVine, list[Path]]) -> DaskVine:
+    return dv[0]
+
+
+def _sync(x: Any) -> Any:
+    return dask.compute(x, scheduler="sync")[0]
+
+
+class Opaque:
+    """A literal dask should not look into (``delayed(obj, traverse=False)``)."""
+
+    def __init__(self) -> None:
+        self.items = [1, 2, 3]
+
+
+def test_literal_only_keys_are_the_objects_themselves(m: DaskVine) -> None:
+    obj = Opaque()
+    before = m.stats.tasks_submitted
+    assert delayed(obj, traverse=False).compute(scheduler=m.get) is obj
+    assert m.get({"a": obj, "b": "a"}, ["a", ["b"]]) == [obj, [obj]]
+    assert m.get({"a": obj}, ["a"])[0] is obj
+    assert m.stats.tasks_submitted == before  # answered at the manager: no task at all
+
+
+def _squares(n: int) -> Any:
+    return (i * i for i in range(n))
+
+
+def _plus_one(part: list[int]) -> Any:
+    return (v + 1 for v in part)
+
+
+def test_linear_chains_run_in_one_task_so_generators_work(m: DaskVine) -> None:
+    x = delayed(sum)(delayed(_squares)(10))
+    before = m.stats.tasks_submitted
+    assert x.compute(scheduler=m.get, small_graph=False) == 285
+    assert m.stats.tasks_submitted - before == 1  # the chain is one task
+    with pytest.raises(TypeError, match="generator"):  # unfused, the generator must travel
+        x.compute(scheduler=m.get, fuse=False, small_graph=False, retries=1)
+    b = db.from_sequence(range(10), npartitions=2).map_partitions(_plus_one) \
+        .map_partitions(sum)
+    (want,) = dask.compute(b, scheduler="sync", optimize_graph=False)
+    before = m.stats.tasks_submitted
+    (got,) = dask.compute(b, scheduler=m.get, optimize_graph=False, small_graph=False)
+    assert got == want == [15, 40]
+    # per partition from_sequence -> map_partitions -> map_partitions fused into one task,
+    # then the one that gathers both (unfused: 2 x 3 + 1)
+    assert m.stats.tasks_submitted - before == 3
+
+
+def _boom(v: float) -> float:
+    if v > 2:
+        raise ZeroDivisionError(f"no {v}")
+    return v
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_every_collection_through_config(m: DaskVine, small: bool) -> None:
+    arr = (da.arange(200, chunks=20).reshape(10, 20).T @ da.ones((10, 3), chunks=5)).sum(axis=0)
+    bag = db.from_sequence(range(30), npartitions=3).map(lambda v: v * 3).filter(
+        lambda v: v % 2).frequencies()
+    df = dd.from_pandas(pd.DataFrame({"k": [i % 3 for i in range(60)], "v": range(60)}),
+                        npartitions=4)
+    frame = df.groupby("k").v.sum()
+    dl = delayed(sum)([delayed(lambda v: v * v)(i) for i in range(6)])
+    want = [_sync(c) for c in (arr, bag, frame, dl)]
+    with dask.config.set(scheduler=m.get):  # (dask warns when mixing dataframes in)
+        got = [*dask.compute(arr, bag, small_graph=small), frame.compute(small_graph=small),
+               dl.compute(small_graph=small)]
+    np.testing.assert_array_equal(got[0], want[0])
+    assert sorted(got[1]) == sorted(want[1])
+    pd.testing.assert_series_equal(got[2], want[2])
+    assert got[3] == want[3]
+    bad = delayed(sum)([delayed(_boom)(float(i)) for i in range(4)])
+    with dask.config.set(scheduler=m.get), pytest.raises(ZeroDivisionError, match="no 3.0"):
+        bad.compute(small_graph=small, retries=1)
+
+
+def test_small_graph_is_one_task_and_slow_kinds_are_not(m: DaskVine) -> None:
+    def graph(i: int) -> Any:
+        return (da.ones(100, chunks=10) + i).sum()
+
+    for i in range(2):  # the first computes learn what its kinds of task cost
+        assert graph(i).compute(scheduler=m.get) == 100 * (1 + i)
+    before = m.stats.tasks_submitted
+    for i in range(2, 5):
+        assert graph(i).compute(scheduler=m.get) == 100 * (1 + i)
+    assert m.stats.tasks_submitted - before == 3  # one task per compute
+    before = m.stats.tasks_submitted
+    assert graph(9).compute(scheduler=m.get, small_graph=False) == 1000
+    assert m.stats.tasks_submitted - before > 5  # the usual path: a task per node
+
+    def slow_layer() -> Any:
+        return delayed(sum)([delayed(_nap)(i) for i in range(6)])
+
+    for _ in range(2):  # 50 ms per task: above the small-graph limit, never one task
+        before = m.stats.tasks_submitted
+        assert slow_layer().compute(scheduler=m.get) == 15
+        assert m.stats.tasks_submitted - before == 7
+
+
+def _nap(i: int) -> int:
+    time.sleep(0.05)
+    return i
+
+
+def _slow(v: int, delay: float) -> int:
+    time.sleep(delay)
+    return v + 1
+
+
+def _layers(seed: int, width: int, depth: int, delay: float) -> Any:
+    level = [delayed(_slow)(seed + i, delay) for i in range(width)]
+    for _ in range(depth - 1):
+        level = [delayed(_slow)(v, delay) for v in level]
+        level = [delayed(lambda a, b: a + b)(level[i], level[(i + 1) % width])
+                 for i in range(width)]
+    return delayed(sum)(level)
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_users_tasks_finishing_during_a_run_stay_the_users(m: DaskVine, small: bool) -> None:
+    mine = vine.PythonTask(_slow, 41, 0.3)
+    m.submit(mine)
+    x = _layers(0, 4, 3, 0.1)
+    assert x.compute(scheduler=m.get, small_graph=small) == _sync(x)
+    got = m.wait(30)
+    assert got is mine and got.output == 42
+    assert m.wait(0) is None  # nothing of the run was left behind
+
+
+def test_two_threads_on_one_daskvine_get_their_own_results(m: DaskVine) -> None:
+    graphs = [_layers(100 * j, 4, 3, 0.05) for j in range(2)]
+    want = [_sync(g) for g in graphs]
+    got: list[Any] = [None, None]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=30)
+
+    def run(j: int) -> None:
+        try:
+            start.wait()
+            got[j] = graphs[j].compute(scheduler=m.get, small_graph=False)
+        except BaseException as e:  # noqa: BLE001  (re-raised below, in the test's thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors
+    assert got == want and want[0] != want[1]
+
+
+def _blob(i: int, n: int) -> bytes:
+    return np.random.default_rng(i).bytes(n)
+
+
+def _mix(a: bytes, b: bytes) -> int:
+    return len(a) + len(b)
+
+
+def test_intermediates_cross_the_manager_only_without_worker_transfers(m: DaskVine) -> None:
+    n = 300_000
+    parts = [delayed(_blob)(i, n) for i in range(4)]
+    total = delayed(sum)([delayed(_mix)(parts[i], parts[(i + 1) % 4]) for i in range(4)])
+    moved = {}
+    for wt in (False, True):
+        s0 = m.stats
+        assert total.compute(scheduler=m.get, worker_transfers=wt, small_graph=False) == 8 * n
+        s1 = m.stats
+        moved[wt] = {k: getattr(s1, k) - getattr(s0, k) for k in (
+            "bytes_received", "bytes_received_inline", "bytes_received_files", "bytes_sent",
+            "bytes_peer")}
+        assert moved[wt]["bytes_received"] == \
+            moved[wt]["bytes_received_inline"] + moved[wt]["bytes_received_files"]
+    print("worker_transfers=False:", moved[False], "\nworker_transfers=True:", moved[True])
+    # without: each 300 kB intermediate comes back (inside its completion message) and is
+    # uploaded again to the tasks reading it
+    assert moved[False]["bytes_received"] >= 4 * n
+    assert moved[False]["bytes_sent"] >= 4 * n
+    # with: only the small results come back, nothing is uploaded; the blobs go peer to peer
+    # when a reader runs on the other worker
+    assert moved[True]["bytes_received"] < 10_000
+    assert moved[True]["bytes_sent"] < 10_000
+
+
+def _cache_entries(dirs: list[Path]) -> int:
+    return sum(len(os.listdir(d / "cache")) for d in dirs if (d / "cache").is_dir())
+
+
+def test_checkpoint_brings_values_back_and_prune_deletes_them_during_the_run(
+        dv: tuple[DaskVine, list[Path]]) -> None:
+    m, dirs = dv
+    n = 200_000
+    a = [delayed(_blob)(i, n) for i in range(4)]
+    b = [delayed(lambda x, y: x[: n // 2] + y[: n // 2])(a[i], a[(i + 1) % 4]) for i in range(4)]
+    c = [delayed(_mix)(b[i], b[(i + 1) % 4]) for i in range(4)]
+    total = delayed(sum)(c)
+    a_keys = {x.key for x in a}
+    b_keys = {x.key for x in b}
+    c_keys = {x.key for x in c}
+
+    # checkpoint: the b values (200 kB each) come back to the manager; the a values do not
+    received = {}
+    for chosen in (set(), b_keys):
+        asked: list[Any] = []
+        s0 = m.stats.bytes_received
+
+        def pick(dag: Any, key: Any, chosen: set[Any] = chosen, asked: list[Any] = asked) -> bool:
+            asked.append(key)
+            return key in chosen
+
+        assert total.compute(scheduler=m.get, checkpoint_fn=pick) == 4 * 2 * n
+        received[bool(chosen)] = m.stats.bytes_received - s0
+        assert set(asked) == a_keys | b_keys | c_keys  # asked for every intermediate
+    assert received[True] - received[False] >= 4 * n, received
+    assert received[False] < 10_000, received
+
+    # prune_depth=1: when a c task is submitted, every b it needs is done, so the a values
+    # (read only by b tasks) are already deleted -- at the manager and on the workers
+    seen: dict[int, list[tuple[int, int]]] = {}
+    for depth in (0, 1):
+        seen[depth] = []
+        p0 = m.stats.files_pruned
+        entries0 = _cache_entries(dirs)
+
+        def watch(dag: Any, key: Any, depth: int = depth, p0: int = p0,
+                  entries0: int = entries0) -> bool:
+            if key in c_keys:
+                seen[depth].append((m.stats.files_pruned - p0, _cache_entries(dirs) - entries0))
+            return False
+
+        assert total.compute(scheduler=m.get, checkpoint_fn=watch, prune_depth=depth) == 8 * n
+    assert all(pruned == 0 for pruned, _ in seen[0]), seen
+    # the last c task is submitted after all four b's: by then all four a's are pruned
+    assert max(pruned for pruned, _ in seen[1]) >= 4, seen
+    # and the workers' caches hold fewer entries then than without pruning
+    assert max(e for _, e in seen[1]) < max(e for _, e in seen[0]), seen
