@@ -304,3 +304,35 @@ def test_checkpoint_brings_values_back_and_prune_deletes_them_during_the_run(
     assert max(pruned for pruned, _ in seen[1]) >= 4, seen
     # and the workers' caches hold fewer entries then than without pruning
     assert max(e for _, e in seen[1]) < max(e for _, e in seen[0]), seen
+
+
+def _inc(v: int) -> int:
+    return v + 1
+
+
+@pytest.mark.parametrize("small", [None, True])
+def test_bad_graphs_raise_clear_errors(m: DaskVine, small: bool | None) -> None:
+    before = m.stats.tasks_submitted
+    with pytest.raises(ValueError, match="cycle"):
+        m.get({"a": (_inc, "b"), "b": (_inc, "a")}, "a", small_graph=small)
+    with pytest.raises(KeyError, match="requested key 'zz'"):
+        m.get({"a": 1}, "zz", small_graph=small)
+    with pytest.raises(TypeError, match="cannot interpret str"):
+        m.get("not a graph", "a", small_graph=small)
+    assert m.stats.tasks_submitted == before
+
+
+def test_run_graph_evaluates_in_order_and_names_the_failing_key() -> None:
+    from dask._task_spec import convert_legacy_graph
+
+    from vinework.dask.small import run_graph
+
+    nodes = convert_legacy_graph({"n": 5, "g": (_squares, "n"), "s": (sum, "g"),
+                                  "t": (_inc, "s"), "u": "t"})
+    values, took = run_graph(nodes, ["u", "s"])
+    assert values == {"u": 31, "s": 30}
+    assert set(took) == {"n", "g", "s", "t", "u"} and all(v >= 0 for v in took.values())
+    bad = convert_legacy_graph({"x": 1, "y": (_boom, 3.0)})
+    with pytest.raises(ZeroDivisionError) as info:
+        run_graph(bad, ["y", "x"])
+    assert any("'y'" in n for n in getattr(info.value, "__notes__", []))

@@ -79,6 +79,28 @@ def _cull(full: Mapping[Key, GraphNode], targets: list[Key]) -> dict[Key, GraphN
     return {k: v for k, v in full.items() if k in needed}
 
 
+def _check_acyclic(nodes: Mapping[Key, GraphNode]) -> None:
+    """Raise ValueError, naming keys on it, if the graph has a cycle (before fusing it:
+    dask's fusion does not expect one)."""
+    indegree = {k: len(n.dependencies) for k, n in nodes.items()}
+    dependents: dict[Key, list[Key]] = {}
+    for k, n in nodes.items():
+        for d in n.dependencies:
+            dependents.setdefault(d, []).append(k)
+    ready = [k for k, n in indegree.items() if n == 0]
+    visited = 0
+    while ready:
+        k = ready.pop()
+        visited += 1
+        for c in dependents.get(k, ()):
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                ready.append(c)
+    if visited != len(nodes):
+        stuck = sorted(repr(k) for k, n in indegree.items() if n > 0)[:5]
+        raise ValueError(f"the graph has a cycle (through {', '.join(stuck)})")
+
+
 def _literal(nodes: Mapping[Key, GraphNode], key: Key) -> tuple[bool, object]:
     """(True, value) when ``key`` is a literal or an alias chain ending in one."""
     seen: set[Key] = set()
@@ -186,6 +208,7 @@ class SmallGraph:
         self.targets: list[Key] = list(dict.fromkeys(flatten_keys(keys)))
         self.full = normalize_graph(dsk)
         nodes = _cull(self.full, self.targets)
+        _check_acyclic(nodes)
         if fuse:
             nodes = fuse_linear_task_spec(nodes, self.targets)
         self.nodes: dict[Key, GraphNode] = nodes
