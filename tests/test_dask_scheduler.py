@@ -196,7 +196,8 @@ def test_users_tasks_finishing_during_a_run_stay_the_users(m: DaskVine, small: b
     assert m.wait(0) is None  # nothing of the run was left behind
 
 
-def test_two_threads_on_one_daskvine_get_their_own_results(m: DaskVine) -> None:
+@pytest.mark.parametrize("small", [False, True])
+def test_two_threads_on_one_daskvine_get_their_own_results(m: DaskVine, small: bool) -> None:
     graphs = [_layers(100 * j, 4, 3, 0.05) for j in range(2)]
     want = [_sync(g) for g in graphs]
     got: list[Any] = [None, None]
@@ -206,7 +207,7 @@ def test_two_threads_on_one_daskvine_get_their_own_results(m: DaskVine) -> None:
     def run(j: int) -> None:
         try:
             start.wait()
-            got[j] = graphs[j].compute(scheduler=m.get, small_graph=False)
+            got[j] = graphs[j].compute(scheduler=m.get, small_graph=small)
         except BaseException as e:  # noqa: BLE001  (re-raised below, in the test's thread)
             errors.append(e)
 

@@ -3,6 +3,8 @@
 Layout: ``executor`` is the ``DaskVine`` Manager subclass whose ``get`` is a
 Dask scheduler: it takes TaskVine's options and hands the work to ``run``
 (one ``get`` call: submitting ready keys as tasks, retries, results);
+``small`` answers literal-only requests at the manager and runs a small graph
+as one task on one worker (the fast path for many small computes);
 ``graph`` is the pure bookkeeping of one Dask graph computation (culling,
 readiness, depths, pruning, packing the result; no I/O, no threads, no
 clock); ``priority`` the pure ``task_priority_mode`` policies; ``payload``

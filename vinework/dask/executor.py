@@ -14,6 +14,14 @@ and hands the computation to :class:`vinework.dask.run.DaskRun`. It does not
 import Dask, so ``from vinework.dask import DaskVine`` costs nothing and works
 without Dask installed; making a ``DaskVine`` then raises ImportError.
 
+Before a graph takes the usual path (:mod:`vinework.dask.run`: one task per node),
+:mod:`vinework.dask.small` looks at it: requested keys that are all literals are
+answered with the objects themselves, and a small graph of kinds of task known to
+be quick runs as one task. Linear chains are fused (dask's
+``fuse_linear_task_spec``) on both paths, so a chain's intermediates (generators
+included) never leave the worker that runs it. Keywords ``get`` does not use
+are ignored with a warning, as dask's own schedulers ignore them.
+
 With ``worker_transfers=True`` (the default) an intermediate result is a temp
 output that stays on the worker that made it and reaches its dependents
 worker-to-worker; only the requested keys (and those ``checkpoint_fn``
