@@ -1,98 +1,155 @@
-"""The 4-producer / 4-consumer temp DAG on a simulated 1 Gbit cluster: peers vs the manager.
+"""The 4 x 200 MB temp DAG on a simulated 1 Gbit/s cluster: vinework vs Dask distributed.
 
-A ``NetnsCluster(4, rate="1gbit")`` (every host, the manager included, has its own
-1 Gbit/s full-duplex cable to a switch, fairly shared between peers). The manager runs
-in its namespace, one 1-core worker in each worker namespace. Producer i writes a
-200 MB temp on its own host; consumer i reads temps i and i+1 (mod 4) and prints their
-md5 (see ``tests/netns_manager_script.py``). Run twice on the same cluster: with peer
-transfers, and with ``m.disable_peer_transfers()`` (every remote temp goes worker ->
-manager -> worker). Makespan = first submit to last task back; it includes the
-producers and the consumers' md5 (CPU: the machine has 2 cores for 4 workers).
+A ``NetnsCluster(4, rate="1gbit")``: every host, the manager's included, has its own
+1 Gbit/s full-duplex cable to a switch, fairly shared between peers. Producer i writes
+200 MB on its own host; consumer i reads the outputs of producers i and (i+1) mod 4.
+This is a data-movement benchmark: producers write zeros and consumers only read and
+count their inputs (``cat a b | wc -c``; Dask: ``len(a) + len(b)`` of the bytes its
+worker received), so neither engine is charged for hashing 400 MB.
 
-The ideal bound counts only link time for the data that must move: each consumer runs
-on a host holding one of its two temps, so it must receive the other one, 200 MB. 4
-temps x 200 MB cross the network in total.
+Each round runs vinework (the manager in the manager's namespace, one 1-core worker
+per worker host, peer transfers) and then Dask distributed (scheduler and client in
+the manager's namespace, one 1-thread worker per worker host) on the same cluster, in
+the same invocation; ``--rounds`` (default 10) rounds alternate the two so that the
+machine's load hits both. Makespan = first submit to the last consumer's result.
+Bytes are the hosts' cable counters (``eth0``, headers included) around each run:
+"worker links" = bytes the worker hosts received, "manager link" = bytes the manager's
+host sent plus received. ``--via-manager`` adds one vinework run with peer transfers
+off (every temp goes worker -> manager -> worker) for comparison.
 
-Needs root and network namespaces. Run: ``python bench/bench_netns.py``.
+The ideal: each consumer runs on a host holding one of its two inputs, so it must
+receive the other one, 200 MB; the 4 transfers use disjoint cables and run in
+parallel: 200 MB / 1 Gbit/s = 1.6 s (the producers and the counting add to it).
+
+Needs root and network namespaces. Run: ``python bench/bench_netns.py [--rounds N]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
 
-from netns_manager_script import SIZE, expected_md5, run_dag  # noqa: E402
+from netns_dask import DaskOnCluster  # noqa: E402
+from netns_manager_script import SIZE, run_dag  # noqa: E402
 
 from vinework.testing.netns import NetnsCluster, netns_available, parse_rate  # noqa: E402
 
 N = 4
 RATE = "1gbit"
+MB = 1e6
 
 
-def check(res: dict, label: str) -> None:
+def check_vinework(res: dict[str, Any], label: str) -> None:
     if not res["complete"] or not all(t["ok"] for t in res["tasks"]):
         raise RuntimeError(f"{label}: the DAG failed: {res['tasks']}")
     for t in res["tasks"]:
-        if t["role"] == "consumer":
-            want = expected_md5([t["i"], (t["i"] + 1) % N], SIZE)
-            if t["output"].split()[:1] != [want]:
-                raise RuntimeError(f"{label}: consumer {t['i']} got {t['output']!r}")
+        if t["role"] == "consumer" and t["output"].split()[:1] != [str(2 * SIZE)]:
+            raise RuntimeError(f"{label}: consumer {t['i']} counted {t['output']!r}")
+
+
+def local_consumers(res: dict[str, Any]) -> int:
+    """How many of vinework's consumers ran on a host holding one of their inputs."""
+    made = {t["i"]: t["worker"] for t in res["tasks"] if t["role"] == "producer"}
+    return sum(1 for t in res["tasks"] if t["role"] == "consumer"
+               and t["worker"] in (made[t["i"]], made[(t["i"] + 1) % N]))
+
+
+def measured(cluster: NetnsCluster, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``run`` and add the bytes that crossed the worker cables and the manager's."""
+    before = [cluster.link_bytes(i) for i in range(N + 1)]
+    res = run()
+    after = [cluster.link_bytes(i) for i in range(N + 1)]
+    res["worker_rx"] = sum(after[i][1] - before[i][1] for i in range(1, N + 1))
+    res["manager_link"] = sum(after[0][k] - before[0][k] for k in (0, 1))
+    return res
+
+
+def summary(label: str, runs: list[dict[str, Any]], ideal: float) -> float:
+    spans = [r["makespan"] for r in runs]
+    med = statistics.median(spans)
+    print(f"  {label:9s} makespans: " + " ".join(f"{s:.2f}" for s in spans))
+    print(f"  {label:9s} min {min(spans):.2f}  median {med:.2f}  max {max(spans):.2f} s"
+          f"  (max / ideal {max(spans) / ideal:.2f})   worker links "
+          f"{min(r['worker_rx'] for r in runs) / MB:.0f}-"
+          f"{max(r['worker_rx'] for r in runs) / MB:.0f} MB per run, manager link "
+          f"{max(r['manager_link'] for r in runs) / MB:.2f} MB at most")
+    return med
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--via-manager", action="store_true")
+    args = ap.parse_args()
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     ok, why = netns_available()
     if not ok:
         sys.exit(f"network namespaces unavailable: {why}")
-    link = parse_rate(RATE) / 8  # bytes/s per direction of one cable
+    ideal = SIZE / (parse_rate(RATE) / 8)
+    load = os.getloadavg()
     base = tempfile.mkdtemp(prefix="vinework-bench-netns-")
+    vw: list[dict[str, Any]] = []
+    dk: list[dict[str, Any]] = []
+    via: dict[str, Any] | None = None
     try:
         with NetnsCluster(N, rate=RATE) as cluster:
-            peer = run_dag(cluster, base, peer=True, size=SIZE)
-            check(peer, "peer")
-            shutil.rmtree(base, ignore_errors=True)
-            os.makedirs(base)
-            via = run_dag(cluster, base, peer=False, size=SIZE)
-            check(via, "no peer")
+            dask = DaskOnCluster(cluster, base, SIZE)
+            try:
+                for r in range(args.rounds):
+                    def one(r: int = r) -> dict[str, Any]:
+                        return run_dag(cluster, base, size=SIZE, count=True, tag=f"r{r}")
+                    res = measured(cluster, one)
+                    check_vinework(res, f"vinework round {r}")
+                    vw.append(res)
+                    for d in os.listdir(base):  # free the temps' disk before the next round
+                        if d.startswith(f"r{r}-"):
+                            shutil.rmtree(os.path.join(base, d), ignore_errors=True)
+                    d_res = measured(cluster, dask.run)
+                    if d_res["counts"] != [2 * SIZE] * N:
+                        raise RuntimeError(f"dask round {r} counted {d_res['counts']}")
+                    dk.append(d_res)
+                    print(f"round {r}: vinework {res['makespan']:.2f} s (producers "
+                          f"{res['producers_done']:.2f} s, {local_consumers(res)}/{N} "
+                          f"consumers by an input, worker links {res['worker_rx'] / MB:.0f} "
+                          f"MB, manager link {res['manager_link'] / MB:.2f} MB)   dask "
+                          f"{d_res['makespan']:.2f} s (producers "
+                          f"{d_res['producers_done']:.2f} s, worker links "
+                          f"{d_res['worker_rx'] / MB:.0f} MB)", flush=True)
+            finally:
+                dask.close()
+            if args.via_manager:
+                via = run_dag(cluster, base, size=SIZE, count=True, peer=False, tag="via")
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-    moved = N * SIZE
-    t1 = SIZE / link  # one 200 MB temp over one 1 Gbit/s cable
-    bound_peer = t1
-    bound_via_duplex = N * t1 + t1
-    bound_via_twice = 2 * N * t1
-    print(f"DAG: {N} producers x {SIZE // 10**6} MB temps, {N} consumers each reading 2 "
-          f"temps; {N} hosts + manager, {RATE} links")
-    for label, r in (("peer transfers", peer), ("through the manager", via)):
-        s = r["stats"]
-        print(f"  {label:20s} makespan {r['makespan']:6.2f} s (producers done at "
-              f"{r['producers_done']:5.2f} s)   peer {s['bytes_peer'] / 1e6:6.0f} MB   "
-              f"manager sent {s['bytes_sent'] / 1e6:6.0f} MB, received "
-              f"{s['bytes_received'] / 1e6:6.0f} MB")
-    for label, r in (("peer", peer), ("via manager", via)):
-        secs = sorted(float(f[5]) for f in r["transfers"])
-        print(f"  {label:12s} transfers (txn log): {len(secs)}, each "
-              f"{secs[0]:.2f}-{secs[-1]:.2f} s" if secs else f"  {label}: no transfers")
-    print("  ideal link-time bounds (data movement only, after the producers):")
-    print(f"    peer transfers      {bound_peer:5.2f} s : each consumer receives one remote "
-          f"{SIZE // 10**6} MB temp on its own cable; the {N} transfers use disjoint links "
-          f"(each host sends one and receives one temp) and run in parallel: "
-          f"{SIZE // 10**6} MB / {RATE}")
-    print(f"    through the manager {bound_via_duplex:5.2f} s : all {moved // 10**6} MB must "
-          f"enter the manager over its single cable ({N * t1:.1f} s) and leave it again; with "
-          f"full duplex and perfect per-file pipelining only the last file's way out "
-          f"({t1:.1f} s) adds")
-    print(f"                        {bound_via_twice:5.2f} s : if all temps come in together "
-          f"(as here: the 4 retrievals share the link) and only then go out, the bytes cross "
-          f"the manager's link twice: 2 x {moved // 10**6} MB / {RATE}")
-    print(f"  measured makespan minus producer phase: peer "
-          f"{peer['makespan'] - peer['producers_done']:.2f} s, through the manager "
-          f"{via['makespan'] - via['producers_done']:.2f} s")
+    end_load = os.getloadavg()
+    print(f"DAG: {N} producers x {SIZE // 10**6} MB, {N} consumers each reading and counting "
+          f"2 of them; {N} hosts + manager, {RATE} links; {args.rounds} rounds alternating; "
+          f"load average {load[0]:.2f} at start, {end_load[0]:.2f} at end (2 cores)")
+    v_med = summary("vinework", vw, ideal)
+    d_med = summary("dask", dk, ideal)
+    print(f"  ideal (200 MB over one 1 Gbit/s cable) {ideal:.2f} s; vinework / dask median "
+          f"{v_med / d_med:.2f}; vinework median / ideal {v_med / ideal:.2f}; vinework runs "
+          f"<= 1.2 x ideal: {sum(r['makespan'] <= 1.2 * ideal for r in vw)}/{len(vw)}")
+    print(f"  vinework intermediate bytes through the manager (its stats): "
+          f"{max(r['stats']['bytes_sent'] + r['stats']['bytes_received'] for r in vw)} B at "
+          f"most; consumers by an input: "
+          f"{min(local_consumers(r) for r in vw)}-{max(local_consumers(r) for r in vw)}/{N}")
+    if via is not None:
+        s = via["stats"]
+        print(f"  through the manager (peer transfers off): makespan {via['makespan']:.2f} s, "
+              f"manager sent {s['bytes_sent'] / MB:.0f} MB, received "
+              f"{s['bytes_received'] / MB:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def manager_main() -> None:
     ap.add_argument("--size", type=int, default=SIZE)
     ap.add_argument("--run-info", required=True)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--count", action="store_true",
+                    help="data movement only: producers write zeros, consumers count bytes")
     ap.add_argument("--connect-timeout", type=float, default=30.0)
     ap.add_argument("--timeout", type=float, default=150.0)
     args = ap.parse_args()
@@ -77,12 +79,13 @@ def manager_main() -> None:
     role: dict[int, tuple[str, int]] = {}
     start = time.perf_counter()
     for i in range(n):
-        t = vine.Task(f"yes vinework-temp-{i} | head -c {args.size} > out")
+        t = vine.Task(f"head -c {args.size} /dev/zero > out" if args.count
+                      else f"yes vinework-temp-{i} | head -c {args.size} > out")
         t.add_output(temps[i], "out")
         t.set_cores(1)
         role[m.submit(t)] = ("producer", i)
     for i in range(n):
-        t = vine.Task("cat a b | md5sum")
+        t = vine.Task("cat a b | wc -c" if args.count else "cat a b | md5sum")
         t.add_input(temps[i], "a")
         t.add_input(temps[(i + 1) % n], "b")
         t.set_cores(1)
@@ -116,20 +119,24 @@ def manager_main() -> None:
 
 # ---------------------------------------------------------------------- the driver
 def run_dag(cluster: NetnsCluster, base: str, *, peer: bool = True, size: int = SIZE,
-            timeout: float = 150.0) -> dict[str, Any]:
+            timeout: float = 150.0, count: bool = False, tag: str = "") -> dict[str, Any]:
     """Run the DAG on ``cluster``: the manager on host 0, one 1-core worker per other host.
+
+    ``count``: the data-movement variant (producers write zeros, consumers print
+    ``cat a b | wc -c``). ``tag`` names the run's directories under ``base``.
 
     Worker directories and the manager's run directory go under ``base`` (the caller
     deletes it). Returns the manager's RESULT record; raises RuntimeError on failure.
     """
     n = cluster.n_workers
-    tag = "peer" if peer else "nopeer"
+    tag = tag or ("peer" if peer else "nopeer")
     err_path = os.path.join(base, f"manager-{tag}.err")
     with open(err_path, "w") as err:
         mgr = cluster.popen(0, [sys.executable, os.path.abspath(__file__), "--workers", str(n),
                                 "--size", str(size), "--timeout", str(timeout),
                                 "--run-info", os.path.join(base, f"manager-{tag}"),
-                                *([] if peer else ["--no-peer"])],
+                                *([] if peer else ["--no-peer"]),
+                                *(["--count"] if count else [])],
                             stdout=subprocess.PIPE, stderr=err, text=True)
 
     def fail(why: str) -> RuntimeError:
@@ -166,12 +173,16 @@ def run_dag(cluster: NetnsCluster, base: str, *, peer: bool = True, size: int = 
             result: dict[str, Any] = json.loads(text[len("RESULT "):])
             break
     mgr.wait(timeout=20)
-    for w in workers:  # they got Shutdown from the manager; give them a moment to tidy up
+    for w in workers:  # the run is over: a worker that waits for a next manager is ended
         try:
-            w.wait(timeout=10)
+            w.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            w.kill()
-            w.wait()
+            w.terminate()
+            try:
+                w.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
     return result
 
 

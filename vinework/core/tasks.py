@@ -670,10 +670,14 @@ class TaskLifecycle(CoreBase):
         declared = (s.cores, s.memory, s.disk, s.gpus) if not self.limits \
             else self._declared(s)
         input_bytes: dict[str, int] = {}
-        for name, _ in s.inputs:
-            size = max(0, self.files[name].size)
+        n_in = len(s.inputs)
+        for k, (name, _) in enumerate(s.inputs):
+            # bytes already there decide; between equal bytes, the holder of the earlier
+            # declared input wins (a stable order, so that consumers of a ring of equal
+            # inputs spread one per holder instead of two landing on the same one)
+            size = max(0, self.files[name].size) + n_in - k
             for holder in self.replicas.holders(name):
-                input_bytes[holder] = input_bytes.get(holder, 0) + size + 1
+                input_bytes[holder] = input_bytes.get(holder, 0) + size
         avoid = t.avoid
         can_host = self._can_host  # (evicting unneeded cached files counts as room)
         feats = s.features

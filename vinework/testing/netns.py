@@ -31,6 +31,7 @@ entered; ``ip netns exec`` would remount ``/sys``). Needs root; see :func:`netns
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -381,6 +382,17 @@ class NetnsCluster:
         proc: subprocess.Popen[Any] = subprocess.Popen(self.wrap(i, argv), **kw)
         self._state.procs.append(proc)
         return proc
+
+    def link_bytes(self, i: int) -> tuple[int, int]:
+        """Bytes host ``i`` has sent and received on its cable so far (its ``eth0``
+        counters: every frame, headers included). Take the difference of two readings."""
+        out = _run(["ip", "-n", self._check(i), "-s", "-j", "link", "show", "eth0"]).stdout
+        try:
+            stats = json.loads(out)[0]["stats64"]
+            return int(stats["tx"]["bytes"]), int(stats["rx"]["bytes"])
+        except (ValueError, LookupError, TypeError) as exc:
+            raise NetnsError(f"cannot read the counters of {self.hosts[i]}: {out[:200]!r}") \
+                from exc
 
     def cut(self, i: int) -> None:
         """Pull host ``i``'s cable (its switch port goes down; connections stall)."""
