@@ -113,6 +113,16 @@ def _res_json(values: tuple[int | None, ...]) -> str:
                           if v is not None and v >= 0) + "}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _alloc_parts(values: tuple[int | None, ...]) -> tuple[tuple[str, str], ...]:
+    """(name, ``"name":[v,"unit"]``) of the allocated (cores, memory, disk, gpus) set."""
+    return tuple((n, f'"{n}":[{v},"{u}"]') for (n, u), v in zip(_UNITS, values, strict=True)
+                 if v is not None and v >= 0)
+
+
+_RESULT_NAMES = {int(r): r.name for r in TaskResult}
+
+
 def _resources(obj: Any) -> str:
     """The resources JSON of a TaskSpec's or a Resources' values (``{}`` for None)."""
     if obj is None:
@@ -186,8 +196,8 @@ class TxnLog:
             tv = self._task(fields) if kind == "TASK" else self._taskvine(kind, fields, when)
         except Exception as e:  # never lose the record itself for a translation bug
             tv = [f"VINEWORK LOGERROR {kind} {type(e).__name__}: {str(e)[:200]}"]
-        for line in tv:
-            f.write(f"{head}{line}\n")
+        if tv:
+            f.write("".join([f"{head}{line}\n" for line in tv]))
         f.write(f"{head}VINEWORK {kind} {rest}\n")
 
     def _taskvine(self, kind: str, fields: tuple[object, ...], when: int) -> list[str]:
@@ -293,22 +303,28 @@ class TxnLog:
         """A RETRIEVED line, with what ``c`` (the task handed back) says was measured."""
         measured = "{}"
         if c is not None:
-            result, code = TaskResult(c.result).name, c.exit_code
-            parts: dict[str, str] = {}  # name -> "[value,unit]" (measured over allocated)
-            if len(c.allocated) == 4:
-                for (n, u), v in zip(_UNITS, c.allocated, strict=True):
-                    if v is not None and v >= 0:
-                        parts[n] = f'[{v},"{u}"]'
+            result = _RESULT_NAMES.get(c.result) or TaskResult(c.result).name
+            code = c.exit_code
             m = c.measured
+            mem = round(m[2]) if m and len(m) > 2 else None
+            out: list[str] = []  # measured over allocated, in TaskVine's order
+            if len(c.allocated) == 4:
+                for n, part in _alloc_parts(tuple(c.allocated)):
+                    if n == "memory" and mem is not None:
+                        out.append(f'"memory":[{mem},"MB"]')
+                        mem = None
+                    else:
+                        out.append(part)
             if m:
-                parts["wall_time"] = f'[{m[0]:.6f},"s"]'
+                out.append(f'"wall_time":[{m[0]:.6f},"s"]')
                 if len(m) > 2:
-                    parts["cpu_time"] = f'[{m[1]:.6f},"s"]'
-                    parts["memory"] = f'[{round(m[2])},"MB"]'
+                    out.append(f'"cpu_time":[{m[1]:.6f},"s"]')
+                    if mem is not None:
+                        out.append(f'"memory":[{mem},"MB"]')
             if c.start > 0:
-                parts["time_worker_start"] = f'[{c.start:.6f},"s"]'
-                parts["time_worker_end"] = f'[{c.end:.6f},"s"]'
-            measured = "{" + ",".join(f'"{k}":{v}' for k, v in parts.items()) + "}"
+                out.append(f'"time_worker_start":[{c.start:.6f},"s"],'
+                           f'"time_worker_end":[{c.end:.6f},"s"]')
+            measured = "{" + ",".join(out) + "}"
         elif t is not None:
             result, code = t.result.name, t.exit_code
             measured = _resources(t.last_alloc)
