@@ -39,17 +39,19 @@ class InfoMethods(ManagerBase):
     @property
     def stats(self) -> ManagerStats:
         """A snapshot of the manager's counters (TaskVine's ``vine_stats`` names)."""
-        def snap() -> ManagerStats:
-            st = self._state.stats_snapshot()
-            local = self._local_counts  # tasks failed without the core (missing inputs)
-            st.tasks_submitted += local[0]
-            st.tasks_done += local[0]
-            st.tasks_failed += local[1]
-            st.bytes_control_in = self._server.bytes_in
-            st.bytes_control_out = self._server.bytes_out
-            st.time_when_started = int(self._started * 1e6)
-            return st
-        return self._ask(snap)  # type: ignore[no-any-return]
+        return self._ask(self._stats_now)  # type: ignore[no-any-return]
+
+    def _stats_now(self) -> ManagerStats:
+        """``stats`` computed here (loop thread only: status queries and metrics use it)."""
+        st = self._state.stats_snapshot()
+        local = self._local_counts  # tasks failed without the core (missing inputs)
+        st.tasks_submitted += local[0]
+        st.tasks_done += local[0]
+        st.tasks_failed += local[1]
+        st.bytes_control_in = self._server.bytes_in
+        st.bytes_control_out = self._server.bytes_out
+        st.time_when_started = int(self._started * 1e6)
+        return st
 
     def stats_category(self, category: str) -> dict[str, int]:
         """Counts of the tasks of one category the manager holds, by state."""
