@@ -221,7 +221,13 @@ class FileLogistics(CoreBase):
     def _retry_unsourced(self) -> None:
         if not self._unsourced:
             return
-        for name, dest in list(self._unsourced):
+        waiting = list(self._unsourced)
+        if len(waiting) > 1:
+            # rarest first (stable: ties keep their order): a file few workers hold is not
+            # starved behind a popular one whose queue would take every freed source slot
+            count = self.replicas.count_ready
+            waiting.sort(key=lambda nd: count(nd[0]))
+        for name, dest in waiting:
             if dest in self.workers and name in self.files and self._stage_wait.get((name, dest)):
                 del self._unsourced[(name, dest)]
                 self._source_transfer(name, dest)
