@@ -37,6 +37,7 @@ from ..constants import result_string as _result_string
 from ..core import ManagerState, TaskCancelled, TaskCollected, TaskReturned, TaskSpec, TaskSubmitted
 from ..core.tunables import Tunables
 from ..file import FileKind
+from ..observe.status import status_json
 from ..serverless import FunctionCall, LibraryTask
 from ..task import PythonTask, RemoteTaskError, Task, environment_command
 from ..tlsconf import manager_tls
@@ -173,6 +174,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
             self._on_fetch_done, self._on_error, self._on_notice, name=self.name or "",
             tls=tls,
         )
+        self._server.status_source = functools.partial(status_json, self)  # vinework status
         self._init_libraries()
         self._closed = False
         if status_display_interval is not None:

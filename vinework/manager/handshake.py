@@ -13,15 +13,22 @@ Before a connection is a worker it is a stranger, and a stranger gets little
 
 ``handshake`` returns what the server needs to admit the worker, or raises
 ``Refused`` saying why (the server logs it and closes the connection).
+
+A status client opens with ``StatusQuery`` instead of ``Hello``. Without a
+password it gets its ``StatusReply`` at once; with one it must first pass the
+same challenge-response as a worker, and one that fails gets a refusal and no
+data. Either way ``handshake`` raises ``StatusAnswered`` (the server closes the
+connection; the client never counts as a worker).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from ..protocol import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, Hello, Message, encode
 from ..protocol.auth import manager_proof, new_nonce, same, valid_cache_name, worker_proof
-from ..protocol.messages import CacheReport, Challenge, Proof
+from ..protocol.messages import CacheReport, Challenge, Proof, StatusQuery, StatusReply
 
 MAX_STRANGERS = 64
 STRANGER_FRAME = 4096
@@ -31,6 +38,46 @@ NONCE_HEX = 32
 
 class Refused(Exception):
     """A connection that may not become a worker, and why."""
+
+
+class StatusAnswered(Exception):
+    """A status client got its answer; the connection is to be closed."""
+
+
+StatusSource = Callable[[str], str]  # what -> the status as JSON (loop thread; ValueError)
+
+
+async def _answer_status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         dec: FrameDecoder, query: StatusQuery, password: bytes | None,
+                         status: StatusSource | None) -> None:
+    if query.version != PROTOCOL_VERSION:
+        raise Refused(f"StatusQuery of protocol version {query.version}, not "
+                      f"{PROTOCOL_VERSION}")
+    if len(query.nonce) != NONCE_HEX or any(c not in "0123456789abcdef" for c in query.nonce):
+        raise Refused("StatusQuery without a valid nonce")
+    if password:
+        nonce = new_nonce()
+        writer.write(encode(Challenge(nonce=nonce,
+                                      proof=manager_proof(password, query.nonce, nonce))))
+        await writer.drain()
+        answer = await _read_one(reader, dec)
+        if not isinstance(answer, Proof) or not same(
+                answer.proof, worker_proof(password, nonce, query.nonce)):
+            why = "wrong password" if isinstance(answer, Proof) and answer.proof else \
+                "no password given"
+            writer.write(encode(StatusReply(json="", error=f"failed authentication: {why}")))
+            await writer.drain()
+            raise Refused(f"status query failed authentication: {why}")
+    if status is None:
+        reply = StatusReply(json="", error="this manager does not answer status queries")
+    else:
+        try:
+            reply = StatusReply(json=status(query.what))
+        except ValueError as e:
+            reply = StatusReply(json="", error=str(e))
+    writer.write(encode(reply))
+    await writer.drain()
+    raise StatusAnswered()
 
 
 async def _read_one(reader: asyncio.StreamReader, dec: FrameDecoder) -> Message:
@@ -45,7 +92,8 @@ async def _read_one(reader: asyncio.StreamReader, dec: FrameDecoder) -> Message:
 
 
 async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    password: bytes | None) -> tuple[Hello, list[tuple[str, int]], FrameDecoder]:
+                    password: bytes | None, status: StatusSource | None = None,
+                    ) -> tuple[Hello, list[tuple[str, int]], FrameDecoder]:
     """Run the manager's side of the handshake (see the module docstring).
 
     Returns:
@@ -55,10 +103,14 @@ async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     Raises:
         Refused: the peer is not a vinework worker of this protocol version, or failed
             the password check.
+        StatusAnswered: the peer was a status client, and got its answer (``status``:
+            the snapshot's source, called on the loop thread).
         ProtocolError, ConnectionError, OSError: as the connection goes.
     """
     dec = FrameDecoder(max_frame=STRANGER_FRAME)
     hello = await _read_one(reader, dec)
+    if isinstance(hello, StatusQuery):
+        await _answer_status(reader, writer, dec, hello, password, status)
     if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION:
         raise Refused(f"expected Hello version {PROTOCOL_VERSION}, got "
                       f"{type(hello).__name__} {getattr(hello, 'version', '')}")

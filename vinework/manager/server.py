@@ -78,7 +78,7 @@ from ..trees import remove_path
 from ..txnlog import TxnLog
 from .errors import ManagerError
 from .flood import FLOOD_RATE, WORKER_FRAME_LIMITS, within_budget
-from .handshake import HANDSHAKE_TIMEOUT, MAX_STRANGERS, Refused, handshake
+from .handshake import HANDSHAKE_TIMEOUT, MAX_STRANGERS, Refused, StatusAnswered, handshake
 from .watch import write_chunk
 
 log = logging.getLogger("vinework.manager")
@@ -151,6 +151,8 @@ class ManagerServer:
         self._inbox_scheduled = False
         self._next_worker = 1
         self.password: bytes | None = None  # set_password: workers must prove they know it
+        self.status_source: Callable[[str], str] | None = None  # status queries (handshake.py)
+        self.status_answered = 0  # status queries answered
         self.transfer_key = os.urandom(32)  # this session's transfer tokens (auth.py)
         self._strangers = 0  # connections in their handshake
         self.rejected = 0  # connections that did not become workers
@@ -291,7 +293,11 @@ class ManagerServer:
         password = self.password
         try:
             hello, cached, dec = await asyncio.wait_for(
-                handshake(reader, writer, password), HANDSHAKE_TIMEOUT)
+                handshake(reader, writer, password, self.status_source), HANDSHAKE_TIMEOUT)
+        except StatusAnswered:
+            self.status_answered += 1
+            writer.close()
+            return
         except (Refused, TimeoutError, ProtocolError, ConnectionError, OSError) as e:
             why = str(e) or type(e).__name__
             self._reject(host, why if isinstance(e, Refused) else f"bad handshake: {why}")

@@ -19,6 +19,7 @@ endpoint (``metrics.py``) and the dashboard.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -152,3 +153,22 @@ def manager_snapshot(m: Manager) -> dict[str, Any]:
              "password": m._server.password is not None,
              "ssl": m._server.tls is not None}
     return status_snapshot(m._state, st, ident)
+
+
+SECTIONS = ("manager", "stats", "workers", "tasks", "files", "recoveries", "transfers")
+
+
+def status_json(m: Manager, what: str) -> str:
+    """A status query's answer (loop thread): "all" (the whole snapshot) or one of
+    ``SECTIONS`` (that part, beside "schema" and "time"), as JSON.
+
+    Raises:
+        ValueError: ``what`` is none of these.
+    """
+    if what != "all" and what not in SECTIONS:
+        raise ValueError(f"unknown status {what[:40]!r}; ask for 'all' or one of "
+                         f"{', '.join(SECTIONS)}")
+    snap = manager_snapshot(m)
+    if what != "all":
+        snap = {"schema": snap["schema"], "time": snap["time"], what: snap[what]}
+    return json.dumps(snap, separators=(",", ":"))

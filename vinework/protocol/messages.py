@@ -22,6 +22,7 @@ Control connection (one per worker):
     manager -> worker: Challenge, Welcome, RunTask, Fetch, Unlink, Kill, Heartbeat, Hoist,
                        Shutdown, StartLibrary, StopLibrary
     handshake: Hello -> Challenge -> Proof, CacheReport -> Welcome (``auth.py``)
+    status client: StatusQuery [-> Challenge -> Proof, with a password] -> StatusReply
 
 Failure causes travel as typed values (``TransferFailure`` numbers), never as
 prefixes of a human-readable reason string.
@@ -338,6 +339,19 @@ class CacheReport(Message):
     cached: list[tuple[str, int]]  # (name, size)
 
 
+@register(13)
+@dataclass(slots=True, kw_only=True)
+class StatusQuery(Message):
+    """Sent instead of ``Hello`` by a status client (``vinework status``): what it asks
+    ("all": ``observe/status.py``'s snapshot) and its handshake nonce. With a password
+    set, the manager answers ``Challenge`` and the client must answer ``Proof`` as a
+    worker does (``auth.py``); then (or at once, without a password) ``StatusReply``."""
+
+    version: int
+    what: str
+    nonce: str
+
+
 @register(20)
 @dataclass(slots=True, kw_only=True)
 class Welcome(Message):
@@ -362,6 +376,16 @@ class Challenge(Message):
 
     nonce: str
     proof: str
+
+
+@register(31)
+@dataclass(slots=True, kw_only=True)
+class StatusReply(Message):
+    """The answer to ``StatusQuery``: the status as JSON, or ``error`` saying why not
+    (then ``json`` is empty). The manager closes the connection after it."""
+
+    json: str
+    error: str = ""
 
 
 @register(21)
