@@ -53,6 +53,8 @@ from vinework.protocol.messages import (  # noqa: E402  (serverless libraries)
     OutputChunk,
     Proof,
     StartLibrary,
+    StatusQuery,
+    StatusReply,
     StopLibrary,
 )
 
@@ -93,6 +95,8 @@ SAMPLES: list[Message] = [
                  env=[["A", "1"]], env_unset=["B"], init_command="true"),
     StopLibrary(instance_id=3, reason="evicted"),
     Challenge(nonce="ab" * 16, proof="cd" * 32),
+    StatusQuery(version=5, what="all", nonce="ab" * 16),
+    StatusReply(json='{"schema": 1}', error=""),
     Proof(proof="ef" * 32),
     CacheReport(cached=[["file-abc", 12], ["temp-1", 0]]),
     Fetch(transfer_id=6, name="file-abc", host="10.0.0.3", port=9, size=12,

@@ -1,0 +1,181 @@
+"""Status queries on the manager's port and the ``vinework status`` command.
+
+A real manager with real worker processes running tasks; the command runs as a
+subprocess against it over TCP. Checks: the JSON matches ``m.stats``, the
+tables name the workers, a status client never counts as a worker, and with a
+password set only the right one gets data (the others get one line saying why).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import vinework as vine
+from vinework.observe.status import manager_snapshot
+from vinework.observe.status_cli import StatusError, parse_address, query
+
+try:
+    from conftest import poll_until, wait_all, wait_workers
+except ImportError:  # tests/ made a package
+    from tests.conftest import poll_until, wait_all, wait_workers
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def status(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vinework", "status", *args],
+                          capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def run_some(m: vine.Manager) -> vine.File:
+    """Tasks that pass a temp file worker to worker, one that fails, and a few plain."""
+    tmp = m.declare_temp()
+    make = vine.Task("head -c 5000 /dev/zero > out")
+    make.add_output(tmp, "out")
+    use = vine.Task("wc -c < in")
+    use.add_input(tmp, "in")
+    m.submit(make)
+    m.submit(use)
+    bad = vine.Task("true")
+    bad.add_output(m.declare_temp(), "never-made")  # fails: output missing
+    m.submit(bad)
+    for i in range(3):
+        m.submit(vine.Task(f"echo {i}"))
+    wait_all(m, 6)
+    return tmp  # (kept: a temp nobody holds is pruned)
+
+
+def test_status_json_matches_the_managers_stats(manager: vine.Manager, workers: Any) -> None:
+    m = manager
+    workers(m)
+    workers(m)
+    wait_workers(m, 2)
+    tmp = run_some(m)
+    r = status(f"localhost:{m.port}", "--json")
+    assert r.returncode == 0, r.stderr
+    snap = json.loads(r.stdout)
+    st = m.stats
+    for key in ("tasks_submitted", "tasks_done", "tasks_failed", "workers_connected",
+                "bytes_peer", "bytes_sent", "bytes_received", "transfers_peer",
+                "total_cores", "inuse_cache"):
+        assert snap["stats"][key] == getattr(st, key), key
+    assert snap["stats"]["tasks_done"] == 6 and snap["stats"]["tasks_failed"] >= 1
+    assert st.workers_connected == 2  # the status client did not count as a worker
+    assert sorted(w["worker_id"] for w in snap["workers"]) == ["w1", "w2"]
+    assert sum(w["cores_total"] for w in snap["workers"]) == 4
+    assert sum(w["tasks_done"] for w in snap["workers"]) == 6
+    assert snap["tasks"]["done"] == 6 and snap["tasks"]["running"] == 0
+    # the temp lives on a worker only (none of them is checkpointed)
+    assert snap["files"]["workers_only"]["files"] >= 1
+    assert snap["files"]["checkpointed"]["files"] == 0
+    assert snap["transfers"]["in_flight"] == 0
+    del tmp
+    assert m._server.status_answered == 1 and m._server.rejected == 0
+
+    tables = status(f"localhost:{m.port}")
+    assert tables.returncode == 0, tables.stderr
+    for word in ("workers", "w1", "w2", "tasks by state", "files by where they live",
+                 "recoveries and transfers in flight"):
+        assert word in tables.stdout, word
+
+
+def test_the_snapshot_is_the_loop_threads_view(manager: vine.Manager, workers: Any) -> None:
+    m = manager
+    workers(m)
+    wait_workers(m, 1)
+    t = vine.Task("sleep 30")
+    t.set_category("slow")
+    t.set_cores(1)
+    m.submit(t)
+    u = vine.Task("sleep 30")
+    u.set_cores(1)
+    m.submit(u)  # (2 cores: both run)
+
+    def both_running() -> bool:
+        return int(m._ask(lambda: manager_snapshot(m))["tasks"]["running"]) == 2
+    poll_until(both_running, 20, "two running tasks")
+    snap = query("localhost", m.port)
+    assert snap["workers"][0]["tasks_running"] == 2
+    assert snap["workers"][0]["cores_inuse"] == 2
+    cats = {c["category"]: c for c in snap["tasks"]["categories"]}
+    assert cats["slow"]["running"] == 1
+    only = query("localhost", m.port, what="workers")
+    assert set(only) == {"schema", "time", "workers"}
+    with pytest.raises(StatusError, match="unknown status 'nonsense'"):
+        query("localhost", m.port, what="nonsense")
+    m.cancel_by_task_id(t.id)
+    m.cancel_by_task_id(u.id)
+
+
+def test_with_a_password_only_the_right_one_gets_data(manager: vine.Manager,
+                                                       tmp_path: Any) -> None:
+    m = manager
+    m.set_password("sesame")
+    right = tmp_path / "right"
+    right.write_text("sesame\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("open up")
+    r = status(f"localhost:{m.port}", "--json")
+    assert r.returncode == 1 and r.stdout == ""
+    assert "requires a password" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = status(f"localhost:{m.port}", "--json", "--password", str(wrong))
+    assert r.returncode == 1 and r.stdout == ""
+    assert "could not prove it knows the password" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = status(f"localhost:{m.port}", "--json", "--password", str(right))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["manager"]["password"] is True
+    assert m._server.status_answered == 1
+
+
+def test_a_wrong_proof_gets_nothing(manager: vine.Manager) -> None:
+    """A client that skips the password check on its side still gets no data."""
+    import socket
+
+    from vinework.protocol import PROTOCOL_VERSION, FrameDecoder, encode
+    from vinework.protocol.auth import new_nonce
+    from vinework.protocol.messages import Challenge, Proof, StatusQuery, StatusReply
+    m = manager
+    m.set_password("sesame")
+    with socket.create_connection(("localhost", m.port), timeout=10) as s:
+        s.sendall(encode(StatusQuery(version=PROTOCOL_VERSION, what="all", nonce=new_nonce())))
+        dec = FrameDecoder()
+        got: list[Any] = []
+        while len(got) < 2:
+            msg = dec.next_message()
+            if msg is not None:
+                got.append(msg)
+                if isinstance(msg, Challenge):
+                    s.sendall(encode(Proof(proof="0" * 64)))
+                continue
+            data = s.recv(65536)
+            if not data:
+                break
+            dec.receive_data(data)
+    assert isinstance(got[0], Challenge)
+    assert isinstance(got[1], StatusReply) and got[1].json == ""
+    assert "wrong password" in got[1].error
+    assert m._server.rejected == 1 and m._server.status_answered == 0
+
+
+def test_errors_are_one_line() -> None:
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = status(f"127.0.0.1:{port}")
+    assert r.returncode == 1 and "cannot connect" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = status("localhost:notaport")
+    assert r.returncode == 2 and "not a manager address" in r.stderr
+    r = status("localhost:1", "--watch", "-1")
+    assert r.returncode == 2 and "--watch" in r.stderr
+    assert parse_address(["host", "9123"]) == ("host", 9123)
+    assert parse_address(["[::1]:9123"]) == ("::1", 9123)
+    assert parse_address(["9123"]) == ("localhost", 9123)
