@@ -37,6 +37,8 @@ from ..constants import result_string as _result_string
 from ..core import ManagerState, TaskCancelled, TaskCollected, TaskReturned, TaskSpec, TaskSubmitted
 from ..core.tunables import Tunables
 from ..file import FileKind
+from ..observe.metrics import MetricsServer
+from ..observe.progress import ProgressDisplay
 from ..observe.status import status_json
 from ..serverless import FunctionCall, LibraryTask
 from ..task import PythonTask, RemoteTaskError, Task, environment_command
@@ -110,7 +112,11 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
             (and ``--ssl-ca FILE`` to verify the manager). See ``tlsconf.py``.
         init_fn: called with the manager once it is ready.
         status_display_interval: the Jupyter status widget's period (not supported: logged).
-        prometheus_port: metrics endpoint (not supported yet).
+        prometheus_port: serve Prometheus metrics (``observe/metrics.py``) on this port
+            (0: any free port; the bound one is ``m.prometheus_port``).
+        prometheus_host: the address the metrics listen on (loopback unless told).
+        progress: draw a progress display inside ``wait()`` when stdout is a terminal
+            (``observe/progress.py``; also ``m.enable_progress()``).
     """
 
     def __init__(
@@ -125,11 +131,12 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         init_fn: Callable[[Manager], Any] | None = None,
         status_display_interval: float | None = None,
         prometheus_port: int | None = None,
+        prometheus_host: str = "127.0.0.1",
+        progress: bool = False,
     ) -> None:
         self._closed = True  # until the end of __init__ (close() then has nothing to do)
-        if prometheus_port is not None:
-            not_yet("a Prometheus metrics endpoint (Manager(prometheus_port=...), "
-                    "observability)")
+        self._metrics: MetricsServer | None = None
+        self._progress: ProgressDisplay | None = None
         listen = _ports(port)
         _tune_gc()
         self._once: set[str] = set()
@@ -177,6 +184,15 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         self._server.status_source = functools.partial(status_json, self)  # vinework status
         self._init_libraries()
         self._closed = False
+        if prometheus_port is not None:
+            try:
+                self._metrics = MetricsServer(self, prometheus_port, prometheus_host)
+            except BaseException:
+                self.close()
+                raise
+        self.prometheus_port: int | None = self._metrics.port if self._metrics else None
+        if progress:
+            self.enable_progress()
         if status_display_interval is not None:
             self._say_once("display", "status_display_interval: vinework has no Jupyter "
                            "status display (use m.status() or m.stats)")
@@ -213,6 +229,10 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         if getattr(self, "_closed", True):
             return
         self._closed = True
+        if getattr(self, "_progress", None) is not None:
+            self._progress.stop()  # type: ignore[union-attr]
+        if getattr(self, "_metrics", None) is not None:
+            self._metrics.close()  # type: ignore[union-attr]
         self._close_libraries()  # (their logs come back before the connections close)
         self._server.close(shutdown=self.shutdown)
         self._txn.write("MANAGER", ("END", self.name or "-"))
@@ -426,7 +446,25 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         """The next finished task, waiting up to ``timeout`` seconds ("wait_forever" or -1:
         forever, the default; 0: just look). Returns None on timeout, or at once when no
         submitted task is left to return. Raises the ``ManagerError`` if the core failed."""
+        if self._progress is not None and self._progress.active:
+            return self._progress.wait(lambda s: self._wait_for(None, s), _timeout(timeout))
         return self._wait_for(None, timeout)
+
+    def enable_progress(self, console: Any = None) -> bool:
+        """Draw a progress display (tasks done, failed, running, waiting; bytes moved)
+        inside ``wait()``; ``console``: a rich Console (default: stdout). Off when that
+        is not a terminal; returns whether it is on."""
+        from ..observe.progress import ProgressDisplay
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress = ProgressDisplay(self, console)
+        return self._progress.active
+
+    def disable_progress(self) -> None:
+        """Stop drawing the progress display."""
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress = None
 
     def wait_for_tag(self, tag: str, timeout: Any = "wait_forever") -> Task | None:
         """The next finished task with this tag (others stay for later waits)."""
