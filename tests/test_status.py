@@ -179,3 +179,26 @@ def test_errors_are_one_line() -> None:
     assert parse_address(["host", "9123"]) == ("host", 9123)
     assert parse_address(["[::1]:9123"]) == ("::1", 9123)
     assert parse_address(["9123"]) == ("localhost", 9123)
+
+
+def test_watch_refreshes_until_stopped(manager: vine.Manager) -> None:
+    """``--watch`` asks again every period (JSON lines here; rich.live on a terminal)."""
+    m = manager
+    p = subprocess.Popen([sys.executable, "-m", "vinework", "status", f"localhost:{m.port}",
+                          "--json", "--watch", "0.1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        first = json.loads(p.stdout.readline())
+        m.submit(vine.Task("true"))  # no worker: it waits
+        poll_until(lambda: json.loads(p.stdout.readline())["tasks"]["waiting"] == 1  # type: ignore[union-attr]
+                   , 20, "a refreshed status with the waiting task")
+        assert first["tasks"]["waiting"] == 0
+    finally:
+        p.kill()
+        p.wait(10)
+        if p.stdout is not None:
+            p.stdout.close()
+        if p.stderr is not None:
+            p.stderr.close()
+    assert m._server.status_answered >= 2
