@@ -64,6 +64,8 @@ class CoreBase:
         if validate:
             self.tune.validate = True
         self.stats = ManagerStats()
+        # worker -> worker bytes by (source, dest) worker ids (the dashboard's transfer graph)
+        self.peer_pairs: dict[tuple[str, str], int] = {}
         self.tasks: dict[int, TaskRecord] = {}
         self.files: dict[str, FileRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}

@@ -289,6 +289,8 @@ class FileLogistics(CoreBase):
             else:
                 self.stats.bytes_peer += ev.size
                 self.stats.transfers_peer += 1
+                pair = (tr.source, ev.worker_id)
+                self.peer_pairs[pair] = self.peer_pairs.get(pair, 0) + ev.size
                 src = self.workers.get(tr.source)
                 if src is not None:
                     src.bytes_out += ev.size

@@ -37,6 +37,7 @@ from ..constants import result_string as _result_string
 from ..core import ManagerState, TaskCancelled, TaskCollected, TaskReturned, TaskSpec, TaskSubmitted
 from ..core.tunables import Tunables
 from ..file import FileKind
+from ..observe.dashboard import Dashboard
 from ..observe.metrics import MetricsServer
 from ..observe.progress import ProgressDisplay
 from ..observe.status import status_json
@@ -115,6 +116,9 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         prometheus_port: serve Prometheus metrics (``observe/metrics.py``) on this port
             (0: any free port; the bound one is ``m.prometheus_port``).
         prometheus_host: the address the metrics listen on (loopback unless told).
+        dashboard: serve a live web page (``observe/dashboard.py``) on this port (0: any
+            free port; the bound one is ``m.dashboard_port``, the address ``m.dashboard_url``).
+        dashboard_host: the address the dashboard listens on (loopback unless told).
         progress: draw a progress display inside ``wait()`` when stdout is a terminal
             (``observe/progress.py``; also ``m.enable_progress()``).
     """
@@ -133,9 +137,12 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         prometheus_port: int | None = None,
         prometheus_host: str = "127.0.0.1",
         progress: bool = False,
+        dashboard: int | None = None,
+        dashboard_host: str = "127.0.0.1",
     ) -> None:
         self._closed = True  # until the end of __init__ (close() then has nothing to do)
         self._metrics: MetricsServer | None = None
+        self._dashboard: Dashboard | None = None
         self._progress: ProgressDisplay | None = None
         listen = _ports(port)
         _tune_gc()
@@ -191,6 +198,14 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
                 self.close()
                 raise
         self.prometheus_port: int | None = self._metrics.port if self._metrics else None
+        if dashboard is not None:
+            try:
+                self._dashboard = Dashboard(self, dashboard, dashboard_host)
+            except BaseException:
+                self.close()
+                raise
+        self.dashboard_port: int | None = self._dashboard.port if self._dashboard else None
+        self.dashboard_url: str | None = self._dashboard.url if self._dashboard else None
         if progress:
             self.enable_progress()
         if status_display_interval is not None:
@@ -233,6 +248,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
             self._progress.stop()  # type: ignore[union-attr]
         if getattr(self, "_metrics", None) is not None:
             self._metrics.close()  # type: ignore[union-attr]
+        if getattr(self, "_dashboard", None) is not None:
+            self._dashboard.close()  # type: ignore[union-attr]
         self._close_libraries()  # (their logs come back before the connections close)
         self._server.close(shutdown=self.shutdown)
         self._txn.write("MANAGER", ("END", self.name or "-"))
