@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
+from ..constants import TaskResult
 from ..core import ManagerState, ManagerStats
 from ..core.records import TaskState
 from ..core.replicas import MANAGER, ReplicaState
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
 
 SCHEMA = 1  # version of the dict's layout (bumped when a key changes meaning)
 MAX_ROWS = 1000  # at most this many workers / transfers are listed (counts stay exact)
+CATEGORY_SCAN_FREE = 5000  # tasks held up to which categories are counted at every call
+CATEGORY_EVERY = 1.0  # seconds between category counts above that
+_category_cache: weakref.WeakKeyDictionary[ManagerState, tuple[float, list[dict[str, Any]]]] \
+    = weakref.WeakKeyDictionary()  # state -> (when, category rows)
 
 # TaskVine's coarse task states, from vinework's finer ones
 WAITING_STATES = (TaskState.INITIAL, TaskState.WAITING, TaskState.READY)
@@ -58,24 +64,36 @@ def _worker_rows(state: ManagerState) -> list[dict[str, Any]]:
 
 
 def _task_counts(state: ManagerState) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    by_state = {s.value: 0 for s in TaskState}
-    cats: dict[str, dict[str, Any]] = {}
-    for t in state.tasks.values():
-        s = t.state
-        by_state[s.value] += 1
+    """Tasks by state (the core's own counts: exact and free) and by category (one pass
+    over the tasks; with more than ``CATEGORY_SCAN_FREE`` tasks the pass is redone at
+    most every ``CATEGORY_EVERY`` seconds, so the categories may lag that much)."""
+    counts = state._counts
+    by_state = {s.value: counts[s] for s in TaskState}
+    tasks = state.tasks
+    now = time.monotonic()
+    cached = _category_cache.get(state)
+    if len(tasks) > CATEGORY_SCAN_FREE and cached is not None and \
+            now - cached[0] < CATEGORY_EVERY:
+        return by_state, cached[1]
+    # per category: [waiting, running, finished, failed]
+    cats: dict[str, list[int]] = {}
+    slot = {s: 0 for s in WAITING_STATES}
+    slot.update({s: 1 for s in RUNNING_STATES})
+    slot.update({s: 2 for s in FINISHED_STATES})
+    success = TaskResult.SUCCESS
+    for t in tasks.values():
         c = cats.get(t.spec.category)
         if c is None:
-            c = cats[t.spec.category] = {"category": t.spec.category, "waiting": 0,
-                                         "running": 0, "finished": 0, "failed": 0}
-        if s in WAITING_STATES:
-            c["waiting"] += 1
-        elif s in RUNNING_STATES:
-            c["running"] += 1
-        else:
-            c["finished"] += 1
-            if t.result.value != 0:
-                c["failed"] += 1
-    return by_state, sorted(cats.values(), key=lambda r: str(r["category"]))
+            c = cats[t.spec.category] = [0, 0, 0, 0]
+        i = slot[t.state]
+        c[i] += 1
+        if i == 2 and t.result is not success:
+            c[3] += 1
+    rows = [{"category": k, "waiting": v[0], "running": v[1], "finished": v[2],
+             "failed": v[3]} for k, v in sorted(cats.items(), key=lambda kv: str(kv[0]))]
+    if len(tasks) > CATEGORY_SCAN_FREE:
+        _category_cache[state] = (now, rows)
+    return by_state, rows
 
 
 def _file_counts(state: ManagerState) -> dict[str, dict[str, int]]:
