@@ -1,14 +1,17 @@
-"""Starting workers for a manager: ``Factory(batch_type="local", manager=m)``.
+"""Starting workers for a manager: ``Factory(batch_type=..., manager=m)``.
 
 TaskVine's shape: set ``min_workers``, ``max_workers``, ``cores``, ``memory``
-(MB), ``disk`` (MB), ``gpus`` and ``timeout`` as attributes, then use the
-factory as a context manager (or call ``start()``/``stop()``). The local
-factory runs ``vinework worker`` processes on this machine, keeps at least
-``min_workers`` alive (restarting any that die) and grows to ``max_workers``
-while the manager has more work than its workers can take. Other batch
-systems come in later work.
+(MB), ``disk`` (MB), ``gpus``, ``timeout`` and the other ``vine_factory``
+options as attributes (unknown names raise AttributeError), then use the
+factory as a context manager (or ``start()``/``stop()``). ``base.py`` holds the
+options, the demand and the supervising thread; ``local.py`` runs worker
+processes here, ``slurm.py`` submits them as Slurm jobs, ``specs.py`` writes
+and submits HTCondor, PBS, SGE, LSF and Kubernetes job descriptions, ``cli.py``
+is ``vinework factory`` / ``vine_factory``.
 """
 
-from .local import Factory
+from .base import BATCH_TYPES, FactoryBase, JobSpec
 
-__all__ = ["Factory"]
+Factory = FactoryBase
+
+__all__ = ["BATCH_TYPES", "Factory", "FactoryBase", "JobSpec"]
