@@ -202,3 +202,38 @@ def test_watch_refreshes_until_stopped(manager: vine.Manager) -> None:
         if p.stderr is not None:
             p.stderr.close()
     assert m._server.status_answered >= 2
+
+
+def test_queries_over_tls_and_while_tasks_run(tmp_path: Any, workers: Any) -> None:
+    """With TLS the client needs --ssl (the manager's certificate verifies it with
+    --ssl-ca); queries made while tasks run change nothing they do."""
+    m = vine.Manager(port=0, run_info_path=str(tmp_path / "ri"), shutdown=True, ssl=True)
+    try:
+        workers(m, extra=("--ssl",))
+        wait_workers(m, 1)
+        import os
+        ca = os.path.join(m.runtime_directory, "tls", "manager.pem")  # its throwaway cert
+        assert os.path.exists(ca)
+        for i in range(20):
+            t = vine.Task(f"echo {i}")
+            t.set_cores(1)
+            m.submit(t)
+        answers = []
+        while not m.empty():
+            answers.append(query("localhost", m.port, tls=_client_tls(str(ca))))
+            m.wait(0.05)
+        assert m.stats.tasks_done == 20 and m.stats.tasks_failed == 0
+        assert m.stats.workers_connected == 1 and m._server.rejected == 0
+        assert answers and all(a["manager"]["ssl"] for a in answers)
+        r = status(f"localhost:{m.port}", "--json", "--ssl", "--ssl-ca", str(ca))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["stats"]["tasks_done"] == 20
+        r = status(f"localhost:{m.port}", "--json")  # plain TCP to a TLS port
+        assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr
+    finally:
+        m.close()
+
+
+def _client_tls(ca: str) -> Any:
+    from vinework.tlsconf import manager_client_context
+    return manager_client_context(ca)

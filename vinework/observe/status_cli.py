@@ -63,7 +63,7 @@ def _read(sock: socket.socket, dec: FrameDecoder) -> object:
         data = sock.recv(1 << 20)
         if not data:
             raise StatusError("the manager closed the connection without an answer "
-                              "(not a vinework manager of this version?)")
+                              "(a manager with TLS needs --ssl; or not a vinework manager of this version)")
         dec.receive_data(data)
 
 
@@ -103,10 +103,10 @@ def query(host: str, port: int, what: str = "all", password: bytes | None = None
         if not isinstance(snap, dict):
             raise StatusError(f"bad answer from {host}:{port}: not a JSON object")
         return snap
+    except ssl.SSLError as e:  # (before ValueError: a failed verification is both)
+        raise StatusError(f"TLS with {host}:{port} failed: {e.reason or e}") from None
     except (ProtocolError, ValueError) as e:
         raise StatusError(f"bad answer from {host}:{port}: {e}") from None
-    except ssl.SSLError as e:
-        raise StatusError(f"TLS with {host}:{port} failed: {e.reason or e}") from None
     except OSError as e:
         raise StatusError(f"connection to {host}:{port} failed: "
                           f"{e.strerror or e or type(e).__name__}") from None
