@@ -102,6 +102,7 @@ class Dashboard:
         self.series: collections.deque[dict[str, float]] = collections.deque(
             maxlen=SERIES_LENGTH)
         self.samples_taken = 0  # how many times the sampler asked the manager
+        self.active_seconds = ACTIVE_SECONDS  # a poll keeps the sampler going this long
         self._last_poll = -1e9
         self._latest: dict[str, Any] | None = None
         self._latest_at = -1e9
@@ -157,7 +158,7 @@ class Dashboard:
         return self._web.Response(text=PAGE, content_type="text/html", charset="utf-8")
 
     def _looking(self) -> bool:
-        return time.monotonic() - self._last_poll < ACTIVE_SECONDS
+        return time.monotonic() - self._last_poll < self.active_seconds
 
     async def _take(self) -> dict[str, Any]:
         """One snapshot from the manager's loop (asked from an executor thread, so this

@@ -101,7 +101,7 @@ function graph(workers, pairs) {
   });
   let max = 1; for (const p of pairs) max = Math.max(max, p.bytes);
   const defs = el("defs", {}), mk = el("marker", {id: "arrow", viewBox: "0 0 10 10", refX: 22,
-    refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto"});
+    refY: 5, markerWidth: 12, markerHeight: 12, markerUnits: "userSpaceOnUse", orient: "auto"});
   mk.appendChild(el("path", {d: "M0,0L10,5L0,10z", fill: "#3a6"})); defs.appendChild(mk);
   svg.appendChild(defs);
   for (const p of pairs) {
