@@ -187,6 +187,8 @@ class FactoryBase:
         d["_lock"] = threading.RLock()
         d["_made_scratch"] = False
         d["_index"] = 0
+        # (tasks, cores) wanted, for a factory apart from the manager (cli.py)
+        d["demand_fn"] = None
         if manager is not None and getattr(manager, "using_ssl", False):
             self._opts["ssl"] = True
         if worker_binary is not None:
@@ -289,6 +291,9 @@ class FactoryBase:
 
     def demand(self) -> tuple[int, int]:
         """(tasks waiting or running, cores they need) at the manager."""
+        if self.demand_fn is not None:
+            n, c = self.demand_fn()
+            return int(n), int(c)
         m = self.manager
         if m is None:
             return 0, 0
