@@ -327,7 +327,7 @@ class DaskVine(Manager):
             return sg.run(self, times=self._dask_times, retries=int(retries or 1),
                           resources=dict(resources or {}), env_vars=dict(env_vars or {}),
                           extra_files=dict(extra_files or {}), extra_modules=extra_modules,
-                          verbose=verbose)
+                          verbose=verbose, scan_modules=bool(small_graph))
         graph = DaskGraph(sg.nodes, keys)
         shuffles = graph.private_disk_shuffles()
         if shuffles:

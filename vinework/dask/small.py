@@ -248,15 +248,20 @@ class SmallGraph:
 
     def run(self, m: SmallManager, *, times: dict[str, float], retries: int,
             resources: Mapping[str, int], env_vars: Mapping[str, Any],
-            extra_files: Mapping[Any, str], extra_modules: list[str], verbose: bool) -> Any:
+            extra_files: Mapping[Any, str], extra_modules: list[str], verbose: bool,
+            scan_modules: bool = True) -> Any:
         """Run the graph as one task on a worker and return what ``get`` returns.
+
+        ``scan_modules=False`` hoists only ``extra_modules``: a graph chosen by
+        :meth:`is_small` is made of kinds that ran here before, whose modules their
+        runs hoisted (a module missed is imported by the task, once per warm process).
 
         Retried up to ``retries`` attempts, as each task of the usual path is; the
         exception of the last attempt is raised (its own type, with the remote
         traceback), or :class:`DaskVineTaskError` when it raised nothing.
         """
-        m._hoist_for_dask([*modules_of_graph(self.nodes), *extra_modules,
-                           "vinework.dask.small"])
+        scanned = modules_of_graph(self.nodes) if scan_modules else []
+        m._hoist_for_dask([*scanned, *extra_modules, "vinework.dask.small"])
         ship = [t for t in self.targets if t not in self.literals]
         tag = f"dask-graph-{os.getpid()}-{next(_run_ids)}"
         payload = _plain_payload(self.nodes, ship)
