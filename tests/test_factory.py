@@ -60,7 +60,9 @@ def test_unknown_options_raise_attribute_error(manager: vine.Manager) -> None:
     with pytest.raises(AttributeError):
         vine.Factory(batch_type="slurm", manager=manager, colour="red")
     f.condor_requirements = ['MachineGroup == "disc"', "has_matlab == true"]
-    f.k8s_image, f.python_env, f.batch_options = "img", "env.tar.gz", "-p short"
+    f.k8s_image, f.batch_options = "img", "-p short"
+    with pytest.raises(NotImplementedError, match="python-env"):
+        f.python_env = "env.tar.gz"
     assert f.batch_options == "-p short" and f.timeout == 60.0 and f.min_workers == 1
 
 

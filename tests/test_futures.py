@@ -355,8 +355,8 @@ def test_factory_option_names_are_checked(tmp_path: Path, monkeypatch: Any) -> N
     monkeypatch.chdir(tmp_path)
     with pytest.raises(AttributeError, match="min-wrokers"):
         FuturesExecutor(port=0, opts={"min-wrokers": 1})
-    with pytest.raises(NotImplementedError, match="condor-requirements"):
-        FuturesExecutor(port=0, opts={"condor-requirements": "true"})
+    with pytest.raises(NotImplementedError, match="mesos-master"):
+        FuturesExecutor(port=0, opts={"mesos-master": "host:5050"})
     with pytest.raises(ValueError, match="factory=False"):
         FuturesExecutor(port=0, factory=False, opts={"cores": 1})
     with pytest.raises(ValueError, match="batch_type"):

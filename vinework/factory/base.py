@@ -52,10 +52,13 @@ CHANGEABLE = frozenset(
     "autosize capacity cores disk factory_timeout foremen_name manager_name max_workers "
     "memory min_workers tasks_per_worker timeout workers_per_cycle condor_requirements"
     .split())
-# accepted but with no effect here (no catalog, no Amazon/Mesos, no foremen)
+# TaskVine options vinework cannot honour (no catalog, Amazon, Mesos, foremen, packed
+# Python environments or wrappers): setting one to anything but its default raises
+# NotImplementedError
 UNSUPPORTED = frozenset(
     "amazon_config catalog foremen_name mesos_master mesos_path mesos_preload runos "
-    "run_factory_as_manager python_package wrapper_input capacity autosize".split())
+    "run_factory_as_manager python_env python_package wrapper wrapper_input capacity "
+    "autosize".split())
 CYCLE = 1.0  # seconds between looks at the manager (TaskVine: 30 s)
 
 
@@ -212,6 +215,11 @@ class FactoryBase:
                 return
             raise AttributeError(f"{name!r} is not a factory option (TaskVine's options, "
                                  f"'_' for '-': {', '.join(sorted(OPTIONS))})")
+        if name in UNSUPPORTED and value not in (None, False, OPTIONS[name]):
+            raise NotImplementedError(
+                f"factory option {name} ({name.replace('_', '-')}) is not supported by "
+                "vinework (no catalog, Amazon, Mesos, foremen, packed Python environments "
+                "or wrappers)")
         if self._running and name not in CHANGEABLE:
             raise ValueError(f"{name} cannot be changed while the factory runs")
         self._opts[name] = _check(name, value)
@@ -236,9 +244,6 @@ class FactoryBase:
         returns the factory."""
         if self._running:
             return self
-        for name in sorted(UNSUPPORTED):
-            if self._opts[name] not in (None, False, OPTIONS[name]):
-                log.warning("factory option %s has no effect in vinework", name)
         d = self.__dict__
         d["_backend"] = self.backend()
         if self._opts["scratch_dir"] is None:
