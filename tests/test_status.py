@@ -77,7 +77,8 @@ def test_status_json_matches_the_managers_stats(manager: vine.Manager, workers: 
     assert snap["files"]["checkpointed"]["files"] == 0
     assert snap["transfers"]["in_flight"] == 0
     del tmp
-    assert m._server.status_answered == 1 and m._server.rejected == 0
+    poll_until(lambda: m._server.status_answered == 1, 10, "the answer to be counted")
+    assert m._server.rejected == 0
 
     tables = status(f"localhost:{m.port}")
     assert tables.returncode == 0, tables.stderr
@@ -135,7 +136,7 @@ def test_with_a_password_only_the_right_one_gets_data(
     assert json.loads(out)["manager"]["password"] is True
     assert status_main([f"localhost:{m.port}", "--password", str(tmp_path / "none")]) == 2
     assert "cannot read the password file" in capsys.readouterr().err
-    assert m._server.status_answered == 1
+    poll_until(lambda: m._server.status_answered == 1, 10, "the answer to be counted")
 
 
 def test_a_wrong_proof_gets_nothing(manager: vine.Manager) -> None:
@@ -165,7 +166,9 @@ def test_a_wrong_proof_gets_nothing(manager: vine.Manager) -> None:
     assert isinstance(got[0], Challenge)
     assert isinstance(got[1], StatusReply) and got[1].json == ""
     assert "wrong password" in got[1].error
-    assert m._server.rejected == 1 and m._server.status_answered == 0
+    # (counted once the manager has closed the connection, just after its reply)
+    poll_until(lambda: m._server.rejected == 1, 10, "the refusal to be counted")
+    assert m._server.status_answered == 0
 
 
 def test_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,7 +208,7 @@ def test_watch_refreshes_until_stopped(manager: vine.Manager) -> None:
             p.stdout.close()
         if p.stderr is not None:
             p.stderr.close()
-    assert m._server.status_answered >= 2
+    poll_until(lambda: m._server.status_answered >= 2, 10, "the answers to be counted")
 
 
 def test_queries_over_tls_and_while_tasks_run(tmp_path: Any, workers: Any) -> None:
