@@ -170,3 +170,74 @@ def test_a_failing_sbatch_is_reported(slurm_env: SlurmCluster, manager: vine.Man
     with pytest.raises(RuntimeError, match="sbatch"):
         f.start()
     assert f.jobs == {}
+
+
+SCRIPT = """
+import sys, time
+import vinework as vine
+m = vine.Manager(port=0, run_info_path=sys.argv[1], shutdown=True)
+f = vine.Factory(batch_type="slurm", manager=m, min_workers=1, cores=1, timeout=60)
+f.scratch_dir = sys.argv[2]
+with f:
+    print(*f.jobs, flush=True)
+    if sys.argv[3] == "raise":
+        raise RuntimeError("the user's script failed")
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("how", ["sigterm", "raise"])
+def test_jobs_are_cancelled_on_sigterm_and_on_an_exception(
+        slurm_env: SlurmCluster, tmp_path: Path, how: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "run"),
+                          str(tmp_path / "factory"), how], env=slurm_env.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+    try:
+        assert p.stdout is not None
+        jobs = p.stdout.readline().split()
+        assert jobs, p.stderr.read() if p.stderr else ""
+        if how == "sigterm":
+            os.kill(p.pid, signal.SIGTERM)
+            assert p.wait(timeout=60) == -signal.SIGTERM
+        else:
+            assert p.wait(timeout=60) == 1
+        poll_until(lambda: _gone(slurm_env, jobs), 60, "the script's jobs to be cancelled")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_vinework_factory_command_on_slurm(slurm_env: SlurmCluster, manager: vine.Manager,
+                                           tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    m = manager
+    p = subprocess.Popen([sys.executable, "-m", "vinework", "factory", "-T", "slurm",
+                          "127.0.0.1", str(m.port), "-w", "0", "-W", "2", "--cores", "1",
+                          "-t", "60", "-S", str(tmp_path / "factory")], env=slurm_env.env,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        tasks = [vine.Task("sleep 2") for _ in range(2)]
+        for t in tasks:
+            t.set_cores(1)
+            m.submit(t)
+        poll_until(lambda: m.stats.workers_connected == 2, 90, "two workers from Slurm")
+        assert all(t.successful() for t in wait_all(m, 2, 60))
+        jobs = [j for j, s in slurm_env.jobs().items() if s == "RUNNING"]
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
+        poll_until(lambda: _gone(slurm_env, jobs), 60, "the command's jobs to be cancelled")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
