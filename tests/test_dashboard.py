@@ -143,6 +143,12 @@ def test_bad_dashboard_arguments(tmp_path: Path) -> None:
             vine.Manager(port=0, run_info_path=str(tmp_path), dashboard=taken.getsockname()[1])
     finally:
         taken.close()
+    # an IPv6 address to listen on (where this machine has IPv6 loopback)
+    if socket.has_ipv6 and os.path.exists("/proc/net/if_inet6"):
+        with vine.Manager(port=0, run_info_path=str(tmp_path), dashboard=0,
+                          dashboard_host="::1") as m:
+            assert m.dashboard_url == f"http://[::1]:{m.dashboard_port}/"
+            assert "stats" in get_json(m.dashboard_url + "api/snapshot")
     # without dashboard= there is none
     with vine.Manager(port=0, run_info_path=str(tmp_path)) as m:
         assert m.dashboard_port is None and m.dashboard_url is None

@@ -96,7 +96,8 @@ class Dashboard:
         self._m = manager
         self._web = web
         self.host = host
-        self._sock = socket.create_server((host, port), reuse_port=False)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family)
         self._sock.setblocking(False)
         self.port: int = self._sock.getsockname()[1]
         self.series: collections.deque[dict[str, float]] = collections.deque(
