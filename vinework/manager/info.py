@@ -195,8 +195,8 @@ class InfoMethods(ManagerBase):
 
     @property
     def using_ssl(self) -> bool:
-        """False: vinework does not encrypt its connections yet."""
-        return False
+        """True when the manager speaks TLS (``Manager(ssl=...)``)."""
+        return self._server.tls is not None
 
     def log_txn_app(self, entry: str) -> None:
         """Write ``APPLICATION <entry>`` to the transaction log."""
