@@ -341,7 +341,7 @@ def test_a_futures_executor_passes_the_password_and_tls_on(tmp_path: Path) -> No
     opts = {"password": pw, "ssl": True, "min-workers": 1, "max-workers": 1, "cores": 1}
     with vine.FuturesExecutor(port=0, opts=opts) as ex:
         assert ex.manager._server.password == b"executor-secret"
-        assert ex.manager._server.tls is not None
+        assert ex.manager._server.tls is not None and ex.manager.using_ssl
         # the factory's worker proved the password over TLS, or nothing would run
         assert ex.submit(pow, 3, 4).result(timeout=60) == 81
         assert ex.manager.stats.workers_connected == 1
