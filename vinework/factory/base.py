@@ -60,6 +60,7 @@ UNSUPPORTED = frozenset(
     "run_factory_as_manager python_env python_package wrapper wrapper_input capacity "
     "autosize".split())
 CYCLE = 1.0  # seconds between looks at the manager (TaskVine: 30 s)
+MANY_TASKS = 2000  # above this, demand comes from m.stats (waiting tasks: one core each)
 
 
 class Backend(Protocol):
@@ -302,6 +303,10 @@ class FactoryBase:
         m = self.manager
         if m is None:
             return 0, 0
+        st = m.stats
+        if st.tasks_waiting + st.tasks_on_workers > MANY_TASKS:  # skip the per-task scan
+            return (st.tasks_waiting + st.tasks_on_workers,
+                    st.committed_cores + st.tasks_waiting)
         rows = m.status("tasks")
         n, cores = 0, 0
         wc = self.worker_cores()
