@@ -193,7 +193,8 @@ class FactoryBase:
         d["_index"] = 0
         # (tasks, cores) wanted, for a factory apart from the manager (cli.py)
         d["demand_fn"] = None
-        if manager is not None and getattr(manager, "using_ssl", False):
+        tls = getattr(manager, "using_ssl", False) if manager is not None else False
+        if tls() if callable(tls) else tls:  # (a property here; a method in TaskVine)
             self._opts["ssl"] = True
         if worker_binary is not None:
             self._opts["worker_binary"] = worker_binary
