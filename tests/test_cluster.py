@@ -335,13 +335,15 @@ def test_temp_moves_worker_to_worker_not_through_manager(manager, workers):
     assert b.result == vine.VINE_RESULT_CANCELLED
     st = m.stats
     assert st.bytes_peer >= size and st.transfers_peer >= 1
-    assert st.bytes_received == 0  # the temp never reached the manager
+    assert st.bytes_received_files == 0  # the temp never reached the manager
+    # what did: the tasks' output text, inside their completion messages
+    assert st.bytes_received == st.bytes_received_inline >= len(c.output)
     assert st.bytes_sent == 0
     assert m.get_file_replica_count(temp) == 2
     data = m.fetch_file(temp, timeout=10)
     assert len(data) == size
     assert c.output.split()[0] == hashlib.md5(data).hexdigest()
-    assert m.stats.bytes_received == size  # only fetch_file brought it back
+    assert m.stats.bytes_received_files == size  # only fetch_file brought it back
 
 
 # ---------------------------------------------------------------------- robustness

@@ -420,7 +420,10 @@ class TaskLifecycle(CoreBase):
 
     def _on_task_reported(self, ev: TaskReported) -> None:
         d = ev.done
-        inline = len(d.python_result or b"")
+        inline = len(d.python_result or b"")  # (and the output text: bytes on the link)
+        if d.output:
+            inline += len(d.output) if d.output.isascii() else len(d.output.encode(
+                "utf-8", "surrogateescape"))
         self.stats.bytes_received_inline += inline
         self.stats.bytes_received += inline
         t = self.tasks.get(d.task_id)
