@@ -30,7 +30,7 @@ from .dashboard_page import PAGE
 from .status import manager_snapshot
 
 if TYPE_CHECKING:
-    from ..manager.api import Manager
+    from ..manager.info import InfoMethods as Manager
 
 log = logging.getLogger("vinework.dashboard")
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .status import manager_snapshot
 
 if TYPE_CHECKING:
-    from ..manager.api import Manager
+    from ..manager.info import InfoMethods as Manager
 
 log = logging.getLogger("vinework.metrics")
 

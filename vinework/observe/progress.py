@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..core.stats import ManagerStats
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..manager.api import Manager
     from ..task import Task
+
+
+class Manager(Protocol):
+    """What the display reads of a Manager (``vinework.manager.api.Manager``)."""
+
+    @property
+    def stats(self) -> ManagerStats: ...
+
+    def empty(self) -> bool: ...
 
 MAX_RATE = 10.0  # redraws per second at most
 

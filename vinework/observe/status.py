@@ -30,7 +30,7 @@ from ..core.records import TaskState
 from ..core.replicas import MANAGER, ReplicaState
 
 if TYPE_CHECKING:
-    from ..manager.api import Manager
+    from ..manager.info import InfoMethods as Manager
 
 SCHEMA = 1  # version of the dict's layout (bumped when a key changes meaning)
 MAX_ROWS = 1000  # at most this many workers / transfers are listed (counts stay exact)
