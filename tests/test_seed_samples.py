@@ -101,7 +101,9 @@ def test_sample_1_declare_temp(tmp_path, start_seed_workers):
         assert tB.successful(), (str(tB.result), tB.output)
         assert tB.output == f"1000 line 0 line 999 {sum(range(1000))}\n"
         st = m.stats
-        assert st.bytes_received == 0  # F never went to the manager
+        assert st.bytes_received_files == 0  # F never went to the manager
+        # only B's output text came back, inside its completion message
+        assert st.bytes_received == st.bytes_received_inline == len(tB.output), st
         assert m.get_file_replica_count(F) >= 1
         assert m.fetch_file(F, timeout=10) == "".join(f"line {i}\n" for i in range(1000)).encode()
     finally:
