@@ -304,8 +304,9 @@ def test_checkpoint_brings_values_back_and_prune_deletes_them_during_the_run(
     assert all(pruned == 0 for pruned, _ in seen[0]), seen
     # the last c task is submitted after all four b's: by then all four a's are pruned
     assert max(pruned for pruned, _ in seen[1]) >= 4, seen
-    # and the workers' caches hold fewer entries then than without pruning
-    assert max(e for _, e in seen[1]) < max(e for _, e in seen[0]), seen
+    # and, by the time the last layer is asked about, the workers' caches hold fewer
+    # entries than without pruning (earlier looks race the workers' deletions)
+    assert seen[1][-1][1] < seen[0][-1][1], seen
 
 
 def _inc(v: int) -> int:
