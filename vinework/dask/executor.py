@@ -374,8 +374,8 @@ class DaskVine(Manager):
         vinework, so DaskVine leaves them, and their notices, out. It does not call
         ``update_catalog``: vinework contacts no catalog.)"""
         self.set_property("framework", "dask")
-        if scheduler is not None:
-            self.set_scheduler(scheduler)
+        if scheduler is not None and self._tuned.get("scheduler") != scheduler:
+            self.set_scheduler(scheduler)  # (only when it changes: each is a loop wake-up)
 
     def _file_sizes(self, files: list[File]) -> list[int]:
         """Bytes of each file as the manager knows them (-1: not known); one loop call."""

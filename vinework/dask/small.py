@@ -31,7 +31,14 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import cloudpickle
-from dask._task_spec import Alias, DataNode, GraphNode, Task, fuse_linear_task_spec
+from dask._task_spec import (
+    Alias,
+    DataNode,
+    GraphNode,
+    Task,
+    _execute_subgraph,
+    fuse_linear_task_spec,
+)
 from dask.utils import key_split
 
 from ..task import PythonTask
@@ -114,14 +121,8 @@ def _literal(nodes: Mapping[Key, GraphNode], key: Key) -> tuple[bool, object]:
     return False, None
 
 
-def run_graph(nodes: dict[Key, GraphNode], targets: list[Key]) -> tuple[dict[Key, object],
-                                                                         dict[str, float]]:
-    """Worker side: evaluate ``nodes`` in dependency order; return the targets' values
-    and, per kind of node (``key_split`` of its key), the longest one took (seconds).
-
-    A value is dropped once its last reader ran. A node that raises re-raises its own
-    exception, with a note naming its key.
-    """
+def _dependency_order(nodes: Mapping[Key, GraphNode], targets: list[Key]) -> list[Key]:
+    """What the targets need, each key after its dependencies (iterative depth-first)."""
     order: list[Key] = []
     state: dict[Key, int] = {}  # 1: on the stack, 2: ordered
     for root in targets:
@@ -136,31 +137,72 @@ def run_graph(nodes: dict[Key, GraphNode], targets: list[Key]) -> tuple[dict[Key
                 continue
             state[k] = 1
             stack.append((k, True))
-            stack.extend((d, False) for d in nodes[k].dependencies if d not in state)
+            stack.extend((d, False) for d in nodes[k].dependencies
+                         if d not in state and d in nodes)
+    return order
+
+
+def _evaluate(nodes: Mapping[Key, GraphNode], targets: list[Key], values: dict[Key, object],
+              times: dict[str, float] | None) -> dict[Key, object]:
+    """Evaluate what ``targets`` need in dependency order, on top of ``values`` (inputs
+    given by the caller); drop each value after its last reader. ``times`` (when given)
+    gets each kind's longest run (seconds)."""
+    order = _dependency_order(nodes, targets)
     readers: dict[Key, int] = {}
     for k in order:
         for d in nodes[k].dependencies:
             readers[d] = readers.get(d, 0) + 1
     keep = set(targets)
-    values: dict[Key, object] = {}
-    times: dict[str, float] = {}
     clock = time.perf_counter
     for k in order:
         node = nodes[k]
+        if type(node) is Task and node.func is _execute_subgraph:
+            # dask's fused subgraph: its inner graph in dependency order too, not through
+            # dask's execute_graph (which runs dask.order on every call: half the time of
+            # a small graph); the values are the same, only the order among
+            # independent nodes may differ
+            node.func = _subgraph
         start = clock()
         try:
             values[k] = node(values)
         except Exception as e:
-            e.add_note(f"dask key {k!r} raised it (the graph ran as one task)")
+            if times is not None:
+                e.add_note(f"dask key {k!r} raised it (the graph ran as one task)")
             raise
-        took = clock() - start
-        kind = key_split(k)
-        if took > times.get(kind, -1.0):
-            times[kind] = took
+        if times is not None:
+            took = clock() - start
+            kind = key_split(k)
+            if took > times.get(kind, -1.0):
+                times[kind] = took
         for d in node.dependencies:
-            readers[d] -= 1
-            if readers[d] == 0 and d not in keep:
-                del values[d]
+            left = readers.get(d)
+            if left is None:
+                continue
+            readers[d] = left - 1
+            if left == 1 and d not in keep:
+                values.pop(d, None)
+    return values
+
+
+def _subgraph(inner: Mapping[Key, GraphNode], outkey: Key, inkeys: list[Key],
+              *dependencies: object) -> object:
+    """What dask's ``_execute_subgraph`` computes: ``outkey`` of the inner graph, with
+    ``inkeys`` given (in dependency order, see :func:`_evaluate`)."""
+    values: dict[Key, object] = dict(zip(inkeys, dependencies, strict=True))
+    return _evaluate(inner, [outkey], values, None)[outkey]
+
+
+def run_graph(nodes: dict[Key, GraphNode], targets: list[Key]) -> tuple[dict[Key, object],
+                                                                         dict[str, float]]:
+    """Worker side: evaluate ``nodes`` in dependency order; return the targets' values
+    and, per kind of node (``key_split`` of its key), the longest one took (seconds).
+
+    A value is dropped once its last reader ran. A node that raises re-raises its own
+    exception, with a note naming its key. (``nodes`` are this call's own unpickled
+    copy: fused subgraph nodes are pointed at :func:`_subgraph`.)
+    """
+    times: dict[str, float] = {}
+    values = _evaluate(nodes, targets, {}, times)
     return {t: values[t] for t in targets}, times
 
 
@@ -189,12 +231,36 @@ class _GraphPickler(pickle.Pickler):
         return NotImplemented
 
 
+def _may_name_by_value(data: bytes) -> bool:
+    """Whether a plain pickle may refer by name to something cloudpickle would pickle by
+    value: a module name of ``__main__`` or of a module registered by value appears in
+    it (every global reference spells its module's name at least once; a false alarm
+    only costs the slower, exact check)."""
+    if b"__main__" in data or b"__mp_main__" in data:
+        return True
+    registered = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES",
+                         ())
+    return any(name.encode() in data for name in registered)
+
+
 def _plain_payload(nodes: dict[Key, GraphNode], ship: list[Key]) -> bytes | None:
     """The PythonTask payload ``(run_graph, (nodes, ship), {})`` by the C pickler, or
-    None (then the task cloudpickles it) when something must be pickled by value."""
+    None (then the task cloudpickles it) when something must be pickled by value.
+
+    The plain C pickler first (~20x faster than a pickler with a Python hook called for
+    every object): a local or unimportable function or class makes it raise, and one
+    of ``__main__`` or of a module registered by value leaves its module's name in the
+    bytes; only then the exact check, object by object (:class:`_GraphPickler`)."""
+    call: tuple[Any, tuple[Any, ...], dict[str, Any]] = (run_graph, (nodes, ship), {})
+    try:
+        data = pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None
+    if not _may_name_by_value(data):
+        return data
     buf = io.BytesIO()
     try:
-        _GraphPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump((run_graph, (nodes, ship), {}))
+        _GraphPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(call)
     except (CannotEncode, pickle.PicklingError, TypeError, AttributeError):
         return None
     return buf.getvalue()

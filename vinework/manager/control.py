@@ -56,7 +56,16 @@ class ControlMethods(ManagerBase):
             log.warning("tune(%r, %r): %s (ignored)", name, value, e)
             return -1
         self._post(Tuned(now=time.monotonic(), name=name, value=value))
+        self._tuned[name] = value
         return 0
+
+    @property
+    def _tuned(self) -> dict[str, Any]:
+        """The last value ``tune`` set for each name (what the core now has)."""
+        d: dict[str, Any] | None = self.__dict__.get("_tuned_values")
+        if d is None:
+            d = self.__dict__["_tuned_values"] = {}
+        return d
 
     def disable_peer_transfers(self) -> None:
         """Move every file through the manager (the comparison baseline)."""
