@@ -3,9 +3,12 @@
 A ``NetnsCluster(4, rate="1gbit")``: every host, the manager's included, has its own
 1 Gbit/s full-duplex cable to a switch, fairly shared between peers. Producer i writes
 200 MB on its own host; consumer i reads the outputs of producers i and (i+1) mod 4.
-This is a data-movement benchmark: producers write zeros and consumers only read and
-count their inputs (``cat a b | wc -c``; Dask: ``len(a) + len(b)`` of the bytes its
-worker received), so neither engine is charged for hashing 400 MB.
+This is a data-movement benchmark. Producers make 200 MB of zeros the cheapest way
+each engine has: Dask's ``bytes(n)`` is calloc'd memory, vinework's ``truncate -s``
+a sparse file (both read as zeros without anyone writing them). Consumers only read
+and count their inputs: vinework's ``wc -lc a b`` reads every byte of both files
+(counting lines, wc cannot answer from the file size), Dask's ``len(a) + len(b)``
+counts the bytes its worker received. Neither engine is charged for hashing 400 MB.
 
 Each round runs vinework (the manager in the manager's namespace, one 1-core worker
 per worker host, peer transfers) and then Dask distributed (scheduler and client in
@@ -54,7 +57,9 @@ def check_vinework(res: dict[str, Any], label: str) -> None:
     if not res["complete"] or not all(t["ok"] for t in res["tasks"]):
         raise RuntimeError(f"{label}: the DAG failed: {res['tasks']}")
     for t in res["tasks"]:
-        if t["role"] == "consumer" and t["output"].split()[:1] != [str(2 * SIZE)]:
+        # wc -lc a b: "lines bytes a", "lines bytes b", "lines bytes total"
+        if t["role"] == "consumer" and [ln.split()[1:2] for ln in t["output"].splitlines()] \
+                != [[str(SIZE)], [str(SIZE)], [str(2 * SIZE)]]:
             raise RuntimeError(f"{label}: consumer {t['i']} counted {t['output']!r}")
 
 
@@ -71,6 +76,7 @@ def measured(cluster: NetnsCluster, run: Callable[[], dict[str, Any]]) -> dict[s
     res = run()
     after = [cluster.link_bytes(i) for i in range(N + 1)]
     res["worker_rx"] = sum(after[i][1] - before[i][1] for i in range(1, N + 1))
+    res["max_tx"] = max(after[i][0] - before[i][0] for i in range(1, N + 1))
     res["manager_link"] = sum(after[0][k] - before[0][k] for k in (0, 1))
     return res
 
@@ -108,30 +114,35 @@ def main() -> None:
     via: dict[str, Any] | None = None
     try:
         with NetnsCluster(N, rate=RATE) as cluster:
-            dask = DaskOnCluster(cluster, base, SIZE)
-            try:
-                for r in range(args.rounds):
-                    def one(r: int = r) -> dict[str, Any]:
-                        return run_dag(cluster, base, size=SIZE, count=True, tag=f"r{r}")
-                    res = measured(cluster, one)
-                    check_vinework(res, f"vinework round {r}")
-                    vw.append(res)
-                    for d in os.listdir(base):  # free the temps' disk before the next round
-                        if d.startswith(f"r{r}-"):
-                            shutil.rmtree(os.path.join(base, d), ignore_errors=True)
+            for r in range(args.rounds):
+                def one(r: int = r) -> dict[str, Any]:
+                    return run_dag(cluster, base, size=SIZE, count=True, tag=f"r{r}")
+                res = measured(cluster, one)
+                check_vinework(res, f"vinework round {r}")
+                vw.append(res)
+                for d in os.listdir(base):  # free the temps' memory before the next round
+                    if d.startswith(f"r{r}-"):
+                        shutil.rmtree(os.path.join(base, d), ignore_errors=True)
+                # Dask's cluster lives for its round only, as vinework's workers do: the
+                # other engine's idle processes never share the 2 cores with a measured run
+                dask = DaskOnCluster(cluster, base, SIZE)
+                try:
                     d_res = measured(cluster, dask.run)
-                    if d_res["counts"] != [2 * SIZE] * N:
-                        raise RuntimeError(f"dask round {r} counted {d_res['counts']}")
-                    dk.append(d_res)
-                    print(f"round {r}: vinework {res['makespan']:.2f} s (producers "
-                          f"{res['producers_done']:.2f} s, {local_consumers(res)}/{N} "
-                          f"consumers by an input, worker links {res['worker_rx'] / MB:.0f} "
-                          f"MB, manager link {res['manager_link'] / MB:.2f} MB)   dask "
-                          f"{d_res['makespan']:.2f} s (producers "
-                          f"{d_res['producers_done']:.2f} s, worker links "
-                          f"{d_res['worker_rx'] / MB:.0f} MB)", flush=True)
-            finally:
-                dask.close()
+                finally:
+                    dask.close()
+                if d_res["counts"] != [2 * SIZE] * N:
+                    raise RuntimeError(f"dask round {r} counted {d_res['counts']}")
+                dk.append(d_res)
+                secs = [float(t[5]) for t in res["transfers"]]
+                print(f"round {r}: vinework {res['makespan']:.2f} s (producers "
+                      f"{res['producers_done']:.2f} s, transfers {min(secs):.2f}-"
+                      f"{max(secs):.2f} s, {local_consumers(res)}/{N} "
+                      f"consumers by an input, worker links {res['worker_rx'] / MB:.0f} "
+                      f"MB, manager link {res['manager_link'] / MB:.2f} MB)   dask "
+                      f"{d_res['makespan']:.2f} s (producers "
+                      f"{d_res['producers_done']:.2f} s, worker links "
+                      f"{d_res['worker_rx'] / MB:.0f} MB, busiest uplink "
+                      f"{d_res['max_tx'] / MB:.0f} MB)", flush=True)
             if args.via_manager:
                 via = run_dag(cluster, base, size=SIZE, count=True, peer=False, tag="via")
     finally:

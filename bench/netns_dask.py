@@ -36,6 +36,8 @@ def client_main() -> None:
     """The client: connect, then run the DAG once for every ``RUN`` line on stdin."""
     from distributed import Client, wait
 
+    from vinework.testing.netns import wait_for_idle_cpu
+
     sched, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     client = Client(sched, timeout=60)
     client.wait_for_workers(n, timeout=60)
@@ -44,6 +46,7 @@ def client_main() -> None:
     for cmd in sys.stdin:
         if cmd.strip() != "RUN":
             break
+        idle = wait_for_idle_cpu()  # as vinework's manager does before its clock starts
         start = time.perf_counter()
         prods = [client.submit(_produce, size, key=f"p{i}-{start}", workers=[workers[i]],
                                pure=False) for i in range(n)]
@@ -57,7 +60,8 @@ def client_main() -> None:
         placed = {str(i): sorted(where.get(c.key, ())) for i, c in enumerate(cons)}
         del prods, cons
         print("RESULT " + json.dumps({"makespan": makespan, "producers_done": producers_done,
-                                      "counts": counts, "placed": placed}), flush=True)
+                                      "counts": counts, "placed": placed,
+                                      "idle_before": idle}), flush=True)
     client.close()
 
 

@@ -9,7 +9,9 @@ the parsed result (used by ``tests/test_netns_dag.py`` and ``bench/bench_netns.p
 
 The DAG, for N workers (1 core each, 1-core tasks, so each producer gets its own host):
 producer i writes ``size`` bytes of ``yes vinework-temp-i`` into temp i; consumer i
-reads temps i and (i+1) mod N and prints ``cat a b | md5sum``.
+reads temps i and (i+1) mod N and prints ``cat a b | md5sum``. With ``--count`` (the
+data-movement variant of ``bench/bench_netns.py``) producer i makes a sparse file of
+``size`` zeros (``truncate -s``) and consumer i prints ``wc -lc a b``.
 """
 
 from __future__ import annotations
@@ -56,12 +58,14 @@ def manager_main() -> None:
     ap.add_argument("--run-info", required=True)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--count", action="store_true",
-                    help="data movement only: producers write zeros, consumers count bytes")
+                    help="data movement only: producers make sparse zero files, consumers "
+                         "read and count their bytes")
     ap.add_argument("--connect-timeout", type=float, default=30.0)
     ap.add_argument("--timeout", type=float, default=150.0)
     args = ap.parse_args()
 
     import vinework as vine
+    from vinework.testing.netns import wait_for_idle_cpu
     from vinework.txnlog import read_log
 
     n = args.workers
@@ -76,16 +80,17 @@ def manager_main() -> None:
         m.disable_peer_transfers()
     hosts = {w["worker_id"]: w["host"] for w in m.worker_stats()}
     temps = [m.declare_temp() for _ in range(n)]
+    idle = wait_for_idle_cpu()  # the workers' start-up is over before the clock starts
     role: dict[int, tuple[str, int]] = {}
     start = time.perf_counter()
     for i in range(n):
-        t = vine.Task(f"head -c {args.size} /dev/zero > out" if args.count
+        t = vine.Task(f"truncate -s {args.size} out" if args.count
                       else f"yes vinework-temp-{i} | head -c {args.size} > out")
         t.add_output(temps[i], "out")
         t.set_cores(1)
         role[m.submit(t)] = ("producer", i)
     for i in range(n):
-        t = vine.Task("cat a b | wc -c" if args.count else "cat a b | md5sum")
+        t = vine.Task("wc -lc a b" if args.count else "cat a b | md5sum")
         t.add_input(temps[i], "a")
         t.add_input(temps[(i + 1) % n], "b")
         t.set_cores(1)
@@ -113,7 +118,7 @@ def manager_main() -> None:
     print("RESULT " + json.dumps({
         "complete": len(tasks) == 2 * n, "makespan": makespan,
         "producers_done": phase["producer"], "tasks": tasks, "stats": stats,
-        "hosts": hosts, "transfers": transfers, "peer": not args.no_peer,
+        "hosts": hosts, "transfers": transfers, "peer": not args.no_peer, "idle_before": idle,
     }), flush=True)
 
 
@@ -122,8 +127,8 @@ def run_dag(cluster: NetnsCluster, base: str, *, peer: bool = True, size: int = 
             timeout: float = 150.0, count: bool = False, tag: str = "") -> dict[str, Any]:
     """Run the DAG on ``cluster``: the manager on host 0, one 1-core worker per other host.
 
-    ``count``: the data-movement variant (producers write zeros, consumers print
-    ``cat a b | wc -c``). ``tag`` names the run's directories under ``base``.
+    ``count``: the data-movement variant (producers ``truncate -s`` a sparse file of
+    zeros, consumers print ``wc -lc a b``, which reads both files). ``tag`` names the run's directories under ``base``.
 
     Worker directories and the manager's run directory go under ``base`` (the caller
     deletes it). Returns the manager's RESULT record; raises RuntimeError on failure.
