@@ -320,7 +320,6 @@ def test_checkpoint_fn_gets_taskvines_dag(m: DaskVine) -> None:
 
 def test_every_taskvine_option_is_accepted(m: DaskVine, tmp_path: Path) -> None:
     calls: list[tuple[str, Any]] = []
-    assert m.status("manager")[0]["framework"] == "dask"  # set by every get
     wrapped: list[Any] = []
     dsk = {("x", i): (operator.mul, i, 2) for i in range(4)}
     dsk["s"] = (join, *dsk)  # type: ignore[assignment]
@@ -339,20 +338,29 @@ def test_every_taskvine_option_is_accepted(m: DaskVine, tmp_path: Path) -> None:
             init_command="true",
         )
     assert r == 4
+    assert m.status("manager")[0]["framework"] == "dask"  # set by every get
     assert {"numpy", "json", "math"} <= m._dask_hoisted
     # the wrapper runs each task; its first result goes to wrapper_proc at the manager
     r = m(dsk, [("x", 3)], wrapper=lambda key, fn, *a: (key, fn(*a)), wrapper_proc=wrapped.append)
     assert r == [6] and wrapped == [("x", 3)]
     # the manager-wide settings TaskVine's get makes, when the manager has them
+    real_set_scheduler = m.set_scheduler
+
+    def set_scheduler(mode: str) -> None:
+        calls.append(("scheduler", mode))
+        real_set_scheduler(mode)
+
     m.set_property = lambda k, v: calls.append(("property", (k, v)))  # type: ignore[attr-defined]
-    m.set_scheduler = lambda mode: calls.append(("scheduler", mode))  # type: ignore[attr-defined]
+    m.set_scheduler = set_scheduler  # type: ignore[method-assign]
     try:
         assert m.get(dsk, "s", scheduling_mode="worst") == 4
         assert m.get(dsk, "s") == 4
+        assert m.get(dsk, "s") == 4  # the scheduler is already "files": not set again
     finally:
         del m.set_property, m.set_scheduler  # type: ignore[attr-defined]
     assert calls == [("property", ("framework", "dask")), ("scheduler", "worst"),
-                     ("property", ("framework", "dask")), ("scheduler", "files")]
+                     ("property", ("framework", "dask")), ("scheduler", "files"),
+                     ("property", ("framework", "dask"))]
 
 
 def test_option_errors(m: DaskVine) -> None:
