@@ -178,6 +178,8 @@ def main() -> None:
           f"{statistics.median(slowest):.2f}; vinework's makespan minus its slowest transfer "
           f"(producers, dispatch, the consumers' reading): {min(over):.2f}-{max(over):.2f} s, "
           f"median {statistics.median(over):.2f}")
+    print(f"  CPUs idle before the clock started (at least): vinework "
+          f"{min(r['idle_before'] for r in vw):.2f}, dask {min(r['idle_before'] for r in dk):.2f}")
     print(f"  ideal (200 MB over one 1 Gbit/s cable) {ideal:.2f} s; vinework / dask median "
           f"{v_med / d_med:.2f}; vinework median / ideal {v_med / ideal:.2f}; vinework runs "
           f"<= 1.2 x ideal: {sum(r['makespan'] <= 1.2 * ideal for r in vw)}/{len(vw)}")

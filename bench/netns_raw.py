@@ -32,7 +32,10 @@ def _serve(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     size, off = os.fstat(fd).st_size, 0
     while off < size:
-        off += os.sendfile(conn.fileno(), fd, off, size - off)
+        sent = os.sendfile(conn.fileno(), fd, off, size - off)
+        if not sent:  # the file shrank: the receiver's byte count tells
+            break
+        off += sent
     conn.close()
 
 

@@ -18,6 +18,7 @@ def test_every_public_name_resolves() -> None:
     for name in vinework.__all__:
         assert getattr(vinework, name) is not None, name
     assert set(vinework.__all__) <= set(dir(vinework))
+    assert set(vinework._LAZY) <= set(vinework.__all__)  # no lazy name left unexported
     assert vinework.DaskVineDag.__name__ == "DaskGraph"
     assert vinework.Manager.__module__ == "vinework.manager.api"
     with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):

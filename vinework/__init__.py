@@ -69,6 +69,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 }
 
 
+# spelled out for static tools (ruff, mypy); tests/test_package_imports.py checks it
+# against _LAZY
 __all__ = [  # noqa: F405 (the public names load lazily, below)
     "CacheLevel", "DaskVine", "DaskVineDag", "Factory", "File", "FileKind", "FunctionCall",
     "FunctionCallNoResult", "FutureFunctionCall", "FuturePythonTask", "FuturesExecutor",

@@ -175,12 +175,9 @@ def _evaluate(nodes: Mapping[Key, GraphNode], targets: list[Key], values: dict[K
             if took > times.get(kind, -1.0):
                 times[kind] = took
         for d in node.dependencies:
-            left = readers.get(d)
-            if left is None:
-                continue
-            readers[d] = left - 1
-            if left == 1 and d not in keep:
-                values.pop(d, None)
+            readers[d] -= 1
+            if readers[d] == 0 and d not in keep:
+                del values[d]
     return values
 
 

@@ -157,6 +157,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         self.name = name
         self.shutdown = bool(shutdown)
         self._properties: dict[str, str] = {}
+        self._tuned: dict[str, Any] = {}
         self._category_modes: dict[str, int] = {}
         self._monitoring = False
         self._started = time.time()

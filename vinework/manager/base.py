@@ -47,6 +47,7 @@ class ManagerBase:
     name: str | None
     _properties: dict[str, str]
     _once: set[str]
+    _tuned: dict[str, Any]  # the last value ``tune`` set for each name (the core has it)
 
     def _post(self, event: Event) -> None:
         """Hand an event to the loop thread (raises the core's error, if it failed)."""

@@ -59,14 +59,6 @@ class ControlMethods(ManagerBase):
         self._tuned[name] = value
         return 0
 
-    @property
-    def _tuned(self) -> dict[str, Any]:
-        """The last value ``tune`` set for each name (what the core now has)."""
-        d: dict[str, Any] | None = self.__dict__.get("_tuned_values")
-        if d is None:
-            d = self.__dict__["_tuned_values"] = {}
-        return d
-
     def disable_peer_transfers(self) -> None:
         """Move every file through the manager (the comparison baseline)."""
         self.tune("peer-transfers", False)
