@@ -767,3 +767,31 @@ def test_resource_exhaustion_charges_retries_and_keeps_its_result() -> None:
                        exit_code=-1))
     (back,) = [c for c in out if isinstance(c, TaskReturned)]
     assert back.result == TaskResult.RESOURCE_EXHAUSTION and back.attempts == 2
+
+
+def test_an_input_lost_on_its_worker_while_tasks_run_with_it() -> None:
+    # a task changed a shared input in the cache: its worker reports the copy lost while
+    # another task still runs with it (the worker keeps it pinned for that task)
+    s = fresh()
+    step(s, temp("t1"))
+    step(s, join("w1", cores=2, cached=[("t1", 100)]), join("w2", cores=1, cached=[("t1", 100)]))
+    step(s, submit(spec(1, inputs=["t1"])), submit(spec(2, inputs=["t1"])))
+    on_w1 = [tid for tid in (1, 2) if s.tasks[tid].worker == "w1"]
+    assert on_w1 and all(s.tasks[tid].state is TState.RUNNING for tid in on_w1)
+    step(s, ReplicaFailed(now=1.0, worker_id="w1", name="t1", transfer_id=0,
+                          reason="t1: changed in the cache", cause=TransferFailure.LOCAL_IO))
+    validate(s)  # (the running tasks' inputs: lost while they ran, not a broken core)
+    assert s.replicas.state("t1", "w1") is None and s.replicas.state("t1", "w2") is not None
+    assert all(s.tasks[tid].run.lost_inputs == {"t1"} for tid in on_w1)
+    for tid in on_w1:  # they end as usual
+        step(s, done("w1", tid))
+    validate(s)
+    # a new consumer is not given w1's copy (LOCAL_IO: not put there again): it runs on w2,
+    # with w2's copy, once w2 has room
+    on_w2 = [tid for tid in (1, 2) if s.tasks[tid].worker == "w2"]
+    cmds = step(s, submit(spec(3, inputs=["t1"]), now=2.0))
+    for tid in on_w2:
+        cmds += step(s, done("w2", tid))
+    assert [(c.worker_id, c.message.task_id) for c in cmds
+            if isinstance(c, Send) and isinstance(c.message, RunTask)] == [("w2", 3)], cmds
+    validate(s)

@@ -331,6 +331,8 @@ class FileLogistics(CoreBase):
                       f"{ev.cause.name}: (stale) {ev.reason[:200]}")
             return
         self.replicas.remove(ev.name, ev.worker_id)
+        if not ev.transfer_id:
+            self._lost_under_running(ev.name, ev.worker_id)
         if ev.cause is TransferFailure.NONE:  # the worker cancelled it for our Unlink
             if ev.worker_id in self.workers and ev.name in self.files \
                     and self._stage_wait.get((ev.name, ev.worker_id)):
@@ -374,6 +376,19 @@ class FileLogistics(CoreBase):
             self._source_transfer(ev.name, ev.worker_id)  # a lost file is handled there
         elif not self.available(ev.name):
             self._later(self._file_lost, ev.name, ev.reason)
+
+    def _lost_under_running(self, name: str, wid: str) -> None:
+        """``wid`` lost its copy of ``name`` (a task changed it in the cache): tasks running
+        there with it as input keep their pinned copy until they end, their own outcome
+        tells; no new task is given that copy."""
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        for tid in w.running:
+            t = self.tasks[tid]
+            if t.state is T.RUNNING and any(n == name for n, _ in t.spec.inputs):
+                t.run.lost_inputs = t.run.lost_inputs | {name}
+                self.file_story_add(name, f"lost on {wid} while task {tid} ran with it")
 
     def _served_bad_data(self, name: str, wid: str, reason: str) -> None:
         """``wid`` served bytes of ``name`` that do not match its checksum: its copy is

@@ -67,6 +67,9 @@ class RunRecord:
     started: float = 0.0  # when it was dispatched (the manager's deadlines: deadlines.py)
     final_failure: TaskResult | None = None  # failed for good; failure_only outputs coming
     instance: int = 0  # a FunctionCall's run: the library instance it was given (0: none)
+    # inputs its worker reported lost (changed in its cache) while it ran: the worker keeps
+    # them pinned for this run, the core no longer counts them as replicas
+    lost_inputs: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

@@ -71,7 +71,7 @@ def validate(s: Any) -> None:
             for name, _ in t.spec.inputs:  # (an input undeclared meanwhile: the worker
                 f = s.files.get(name)  # keeps it pinned until the task ends)
                 assert s.replicas.state(name, t.worker) is not None or f is None \
-                    or f.undeclared, (tid, name)
+                    or f.undeclared or name in t.run.lost_inputs, (tid, name)
         if t.state in (T.INITIAL, T.READY, T.WAITING, T.RETRIEVED, T.DONE):
             assert t.worker is None, (tid, t.state, t.worker)
             assert t.run.alloc is None, (tid, t.state)

@@ -149,6 +149,7 @@ class ManagerServer:
         self._trim_activity = -1
         self._inbox: collections.deque[Event] = collections.deque()
         self._inbox_scheduled = False
+        self._unflushed: list[Connection] = []  # connections with messages to write
         self._next_worker = 1
         self.password: bytes | None = None  # set_password: workers must prove they know it
         self.status_source: Callable[[str], str] | None = None  # status queries (handshake.py)
@@ -215,6 +216,7 @@ class ManagerServer:
         inbox = self._inbox
         while inbox:
             self.apply(inbox.popleft())
+        self._flush_now()
 
     def call(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the loop thread and return its result (from another thread),
@@ -343,6 +345,7 @@ class ManagerServer:
                 while (msg := dec.next_message()) is not None:
                     self._on_message(conn, msg)
                     n += 1
+                self._flush_now()  # what the messages made the core say, without a loop turn
                 if not within_budget(conn, n):
                     raise _remote(f"more than {FLOOD_RATE} messages a second (a flood)")
         except ProtocolError as e:
@@ -414,9 +417,17 @@ class ManagerServer:
         if type(msg) is Fetch and not msg.url:  # from a transfer server: show it a token
             msg = replace(msg, token=make_token(self.transfer_key, msg.name))
         conn.outq.append(msg)
-        if not conn.flush_scheduled:
+        if not conn.flush_scheduled:  # flushed at the end of this burst, or on the next turn
             conn.flush_scheduled = True
-            self.loop.call_soon(self._flush, conn)
+            self._unflushed.append(conn)
+            if len(self._unflushed) == 1:
+                self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        """Write every connection's queued messages (one write per connection)."""
+        pending, self._unflushed = self._unflushed, []
+        for conn in pending:
+            self._flush(conn)
 
     def _flush(self, conn: Connection) -> None:
         conn.flush_scheduled = False

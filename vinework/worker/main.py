@@ -167,6 +167,7 @@ class Worker:
         self._drop_reason = ""
         self._outq: list[Message] = []
         self._flush_scheduled = False
+        self._result_queued = False  # a TaskDone is in _outq: flush when the events are handled
         self.parts: dict[int, str] = {}  # fetch id -> part file
         self.tasks = TaskRunner(self.cache, self.sandboxes, self.py_sandboxes,
                                 self.resources.cores, list(opts.hoist), self.post,
@@ -275,6 +276,9 @@ class Worker:
                     self._carry_out(ins)
         finally:
             self._handling = False
+        if self._result_queued:  # (what the events said goes in order, in one write)
+            self._result_queued = False
+            self._flush()
 
     def _finish(self, code: int) -> None:
         self._queue.clear()
@@ -450,6 +454,8 @@ class Worker:
         if type(msg) is TaskDone and msg.outputs:  # the manager records what it made
             msg = dataclasses.replace(msg, checksums=self._checksums(msg.outputs))
         self._outq.append(msg)
+        if type(msg) is TaskDone:  # a result: out as soon as this event is handled (post)
+            self._result_queued = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -467,6 +473,8 @@ class Worker:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if not self._outq:
+            return
         if self.writer is None or self.writer.is_closing():
             self._outq.clear()
             return

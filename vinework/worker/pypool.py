@@ -1,8 +1,8 @@
 """The worker's side of its warm Python interpreters (see ``forkserver.py``).
 
-``PythonRunner.run(call_id, mode, request)`` sends one call (``call_id`` is the
+``PythonRunner.start(call_id, mode, request)`` sends one call (``call_id`` is the
 worker's own run id, never a manager task id, which a new manager may reuse) to a warm
-interpreter and waits for its reply frame ``["done", call_id, status, kind,
+interpreter and returns a future of its reply frame ``["done", call_id, status, kind,
 data, traceback, measured]`` (``measured`` is empty in the crash frame). Mode "direct" uses a pool of executor processes (one call
 at a time each, started lazily up to the pool size); mode "fork" uses one fork
 server that forks a child per call. ``kill(call_id)`` stops a call: the fork
@@ -94,6 +94,7 @@ class PythonRunner:
         self.waiters: dict[int, asyncio.Future[list[Any]]] = {}
         self.where: dict[int, _Interpreter] = {}
         self._free = asyncio.Condition()
+        self._queued = 0  # calls waiting for a free executor (they go first)
 
     # -------------------------------------------------------------- replies
     def _on_frame(self, interp: _Interpreter, frame: list[Any]) -> None:
@@ -123,15 +124,45 @@ class PythonRunner:
 
     # -------------------------------------------------------------- running
     async def _acquire_direct(self) -> _Interpreter:
-        async with self._free:
-            while True:
-                if self.idle:
-                    return self.idle.pop()
-                if len(self.direct) < self.pool_size:
-                    interp = _Interpreter("direct", self.hoisted, self._on_frame, self._on_eof)
-                    self.direct.append(interp)
-                    return interp
-                await self._free.wait()
+        self._queued += 1
+        try:
+            async with self._free:
+                while True:
+                    if self.idle:
+                        return self.idle.pop()
+                    if len(self.direct) < self.pool_size:
+                        interp = _Interpreter("direct", self.hoisted, self._on_frame,
+                                              self._on_eof)
+                        self.direct.append(interp)
+                        return interp
+                    await self._free.wait()
+        finally:
+            self._queued -= 1
+
+    def start(self, call_id: int, mode: str, request: list[Any]) -> asyncio.Future[list[Any]]:
+        """Start one call; the future of its reply frame (a crash frame if the interpreter
+        died). With a warm executor idle and no call queued before this one, the request
+        is sent now, without waiting for a turn of the loop."""
+        if mode == "fork" or not self.idle or self._queued:
+            return asyncio.ensure_future(self.run(call_id, mode, request))
+        interp = self.idle.pop()
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiters[call_id] = fut
+        self.where[call_id] = interp
+        interp.busy_with = call_id
+
+        def finished(_: asyncio.Future[list[Any]]) -> None:
+            self.waiters.pop(call_id, None)
+            self.where.pop(call_id, None)
+            interp.busy_with = None
+            if interp.alive:
+                self.idle.append(interp)
+                if self._queued:
+                    asyncio.ensure_future(self._notify())
+
+        fut.add_done_callback(finished)
+        interp.send(request)
+        return fut
 
     async def run(self, call_id: int, mode: str, request: list[Any]) -> list[Any]:
         """Run one call; returns the reply frame (a crash frame if the interpreter died)."""

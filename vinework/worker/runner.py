@@ -39,7 +39,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..protocol import RunTask
@@ -74,7 +74,7 @@ class TaskRunner:
         self.watch_interval = watch_interval(os.environ)
         self.copy_max = sb.copy_max_of(os.environ)
         self.procs: dict[int, sb.CommandProcess] = {}  # run id -> command process
-        self.py_calls: dict[int, asyncio.Task[list[Any]]] = {}  # run id -> runner call
+        self.py_calls: dict[int, asyncio.Future[list[Any]]] = {}  # run id -> runner call
         self.py_killed_for: dict[int, str] = {}  # run id -> time limit that killed it
         self.boxes: dict[int, tuple[sb.SandboxPool, str]] = {}  # run id -> sandbox
         self.py_out: dict[int, str] = {}  # run id -> result part file
@@ -84,7 +84,25 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ instructions
     def start(self, ins: ev.StartTask) -> None:
-        asyncio.ensure_future(self._run(ins.run_id, ins.task, ins.inline_max, ins.gpu_ids))
+        """Set the attempt up and start it now (a PythonTask's request goes to an idle warm
+        interpreter at once); what it ends with is posted as ``TaskExited``."""
+        box = self._set_up(ins.run_id, ins.task)
+        if box is None:
+            return
+        try:
+            if ins.task.python_payload is not None:
+                call = self._start_python(ins.run_id, ins.task, box, ins.inline_max,
+                                          ins.gpu_ids)
+                asyncio.ensure_future(self._run(ins.run_id, ins.task, box,
+                                                self._finish_python(ins.run_id, ins.task, box,
+                                                                    call)))
+            else:
+                asyncio.ensure_future(self._run(ins.run_id, ins.task, box,
+                                                self._run_command(ins.run_id, ins.task, box,
+                                                                  ins.gpu_ids)))
+        except Exception as e:  # a worker-side bug must not kill the worker
+            log.exception("task %d failed inside the worker", ins.task.task_id)
+            self.post(ev.TaskExited(run_id=ins.run_id, wall=time.time(), worker_error=str(e)))
 
     def kill(self, run_id: int, reason: str = "") -> None:
         """Kill an attempt (``reason``: the time limit that did it, "" for a Kill)."""
@@ -162,8 +180,8 @@ class TaskRunner:
             log.warning("input %s of run %d changed in the cache: %s", name, run_id, why)
             self.post(ev.FileLost(name=name, reason=f"{name}: {why}"))
         pool, box = self.boxes.pop(run_id, (None, ""))
-        if pool is not None:
-            pool.release(box)
+        if pool is not None:  # emptied after this turn: the result is sent first
+            asyncio.get_running_loop().call_soon(pool.release, box)
         part = self.py_out.pop(run_id, "")
         if part:
             with contextlib.suppress(OSError):
@@ -177,15 +195,16 @@ class TaskRunner:
             self.python = None
 
     # ------------------------------------------------------------------ running
-    async def _run(self, run_id: int, task: RunTask, inline_max: int,
-                   gpu_ids: tuple[int, ...]) -> None:
+    def _set_up(self, run_id: int, task: RunTask) -> str | None:
+        """The attempt's sandbox, made ready; None (its ``TaskExited`` posted) if it
+        cannot be."""
         pool = self.box_pool if task.python_payload is None else self.py_box_pool
         try:
             box = pool.acquire()
         except OSError as e:
             self.post(ev.TaskExited(run_id=run_id, wall=time.time(),
                                     worker_error=f"cannot make a sandbox: {e}"))
-            return
+            return None
         self.boxes[run_id] = (pool, box)
         try:
             self.shared[run_id] = sb.set_up(box, task, self.cache.path, self.copy_max)
@@ -193,21 +212,23 @@ class TaskRunner:
                 self.optional[run_id] = frozenset(task.optional_outputs)
         except (sb.SandboxError, CacheError) as e:
             self.post(ev.TaskExited(run_id=run_id, wall=time.time(), setup_error=str(e)))
-            return
+            return None
         except OSError as e:
             self.post(ev.TaskExited(run_id=run_id, wall=time.time(),
                                     worker_error=f"cannot set up the sandbox: {e}"))
-            return
+            return None
         except Exception as e:  # a worker-side bug: still a result, never a silent task
             log.exception("setting up task %d failed inside the worker", task.task_id)
             self.post(ev.TaskExited(run_id=run_id, wall=time.time(),
                                     worker_error=f"cannot set up the sandbox: {e}"))
-            return
+            return None
+        return box
+
+    async def _run(self, run_id: int, task: RunTask, box: str,
+                   running: Coroutine[Any, Any, ev.TaskExited]) -> None:
+        """Await the attempt and post how it ended."""
         try:
-            if task.python_payload is not None:
-                done = await self._run_python(run_id, task, box, inline_max, gpu_ids)
-            else:
-                done = await self._run_command(run_id, task, box, gpu_ids)
+            done = await running
         except Exception as e:  # a worker-side bug must not kill the worker
             log.exception("task %d failed inside the worker", task.task_id)
             try:
@@ -263,18 +284,21 @@ class TaskRunner:
                              disk_exhausted=full, output=out.text, stdout_size=out.size,
                              stdout_big=out.big, measured=sb.measured_of(wall, usage))
 
-    async def _run_python(self, run_id: int, task: RunTask, box: str, inline_max: int,
-                          gpu_ids: tuple[int, ...]) -> ev.TaskExited:
+    def _start_python(self, run_id: int, task: RunTask, box: str, inline_max: int,
+                      gpu_ids: tuple[int, ...]) -> asyncio.Future[list[Any]]:
         if self.python is None:
             self.python = PythonRunner(self.cores, self.hoisted)
-        runner = self.python
         out_path = self.py_out[run_id] = self.cache.part_path()
         sets, unset = environment_changes(task, box, gpu_ids)
         # the runner knows calls by our run id: a task id may come again from a new manager
         request = ["run", run_id, box, task.python_payload, out_path, inline_max,
                    [list(p) for p in sets], unset]
-        call = self.py_calls[run_id] = asyncio.ensure_future(
-            runner.run(run_id, task.python_mode or "direct", request))
+        call = self.py_calls[run_id] = self.python.start(
+            run_id, task.python_mode or "direct", request)
+        return call
+
+    async def _finish_python(self, run_id: int, task: RunTask, box: str,
+                             call: asyncio.Future[list[Any]]) -> ev.TaskExited:
         timers = self._arm_limits(run_id, task)
         try:
             frame = await call
