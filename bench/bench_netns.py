@@ -122,6 +122,7 @@ def main() -> None:
     vw: list[dict[str, Any]] = []
     dk: list[dict[str, Any]] = []
     raw: list[list[float]] = []
+    raw_dag: list[float] = []  # per round: the slowest stream + its consumer, raw
     via: dict[str, Any] | None = None
     try:
         with NetnsCluster(N, rate=RATE) as cluster:
@@ -146,9 +147,12 @@ def main() -> None:
                 dk.append(d_res)
                 wait_for_idle_cpu()
                 streams = raw_transfers(cluster, base, SIZE)
-                if streams["bytes"] != [SIZE] * N:
-                    raise RuntimeError(f"raw round {r} moved {streams['bytes']}")
+                if streams["bytes"] != [SIZE] * N or streams["counted"] != [2 * SIZE] * N:
+                    raise RuntimeError(f"raw round {r} moved {streams['bytes']}, counted "
+                                       f"{streams['counted']}")
                 raw.append(streams["seconds"])
+                raw_dag.append(max(a + b for a, b in zip(streams["seconds"],
+                                                         streams["consumer"], strict=True)))
                 secs = [float(t[5]) for t in res["transfers"]]
                 print(f"round {r}: vinework {res['makespan']:.2f} s (producers "
                       f"{res['producers_done']:.2f} s, transfers {min(secs):.2f}-"
@@ -159,7 +163,9 @@ def main() -> None:
                       f"{d_res['producers_done']:.2f} s, worker links "
                       f"{d_res['worker_rx'] / MB:.0f} MB, busiest uplink "
                       f"{d_res['max_tx'] / MB:.0f} MB)   raw sendfile "
-                      f"{min(raw[-1]):.2f}-{max(raw[-1]):.2f} s", flush=True)
+                      f"{min(raw[-1]):.2f}-{max(raw[-1]):.2f} s, raw with its consumers "
+                      f"{raw_dag[-1]:.2f} s (wc {min(streams['consumer']):.2f}-"
+                      f"{max(streams['consumer']):.2f} s)", flush=True)
             if args.via_manager:
                 via = run_dag(cluster, base, size=SIZE, count=True, peer=False, tag="via")
     finally:
@@ -178,6 +184,12 @@ def main() -> None:
           f"{statistics.median(slowest):.2f}; vinework's makespan minus its slowest transfer "
           f"(producers, dispatch, the consumers' reading): {min(over):.2f}-{max(over):.2f} s, "
           f"median {statistics.median(over):.2f}")
+    print(f"  raw DAG (the same streams, each followed at once by its consumer's wc on its "
+          f"host; no producers' hashing, no dispatch, no manager): "
+          f"{min(raw_dag):.2f}-{max(raw_dag):.2f} s, median {statistics.median(raw_dag):.2f}; "
+          f"rounds where it is <= 1.2 x ideal: {sum(x <= 1.2 * ideal for x in raw_dag)}/"
+          f"{len(raw_dag)}; vinework minus the raw DAG, per round: "
+          + " ".join(f"{v['makespan'] - x:+.2f}" for v, x in zip(vw, raw_dag, strict=True)))
     print(f"  CPUs idle before the clock started (at least): vinework "
           f"{min(r['idle_before'] for r in vw):.2f}, dask {min(r['idle_before'] for r in dk):.2f}")
     print(f"  ideal (200 MB over one 1 Gbit/s cable) {ideal:.2f} s; vinework / dask median "

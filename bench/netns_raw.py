@@ -1,12 +1,15 @@
-"""The floor for ``bench_netns.py``: the DAG's 4 transfers as raw ``os.sendfile`` streams.
+"""The floor for ``bench_netns.py``: the DAG's 4 transfers as raw ``os.sendfile`` streams,
+then its 4 consumers.
 
 :func:`raw_transfers` makes a sparse 200 MB file on every worker host (as vinework's
 producers do), then starts a sender on each host and, on the host where vinework's
 consumer reads it (host i's file goes to host i-1, the ring of the DAG), a receiver that
 writes the stream to a file in the same directory, as a worker's cache does. The
-receivers are started together; each times its stream from connect to end-of-file.
-Nothing else runs: no manager, no hashing, no task. Run as a script, this file is the
-sender (``serve PATH``) or the receiver (``recv HOST PORT PATH``).
+receivers are started together; each times its stream from connect to end-of-file,
+then at once runs the DAG's consumer on its host, ``wc -lc`` of its local file and the
+one it received, and times that too. Nothing else runs: no manager, no hashing, no
+task, no dispatch. Run as a script, this file is the sender (``serve PATH``) or the
+receiver (``recv HOST PORT PATH LOCAL``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def _serve(path: str) -> None:
     conn.close()
 
 
-def _recv(host: str, port: int, path: str) -> None:
+def _recv(host: str, port: int, path: str, local: str) -> None:
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     total = 0
@@ -49,12 +52,20 @@ def _recv(host: str, port: int, path: str) -> None:
         while n := conn.recv_into(buf):
             f.write(view[:n])
             total += n
-    print(json.dumps({"bytes": total, "seconds": time.perf_counter() - t0}), flush=True)
+    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    wc = subprocess.run(["wc", "-lc", local, path], capture_output=True, text=True,
+                        check=True)
+    counted = int(wc.stdout.split("\n")[-2].split()[1])  # the "total" line: lines, bytes
+    print(json.dumps({"bytes": total, "seconds": seconds, "counted": counted,
+                      "consumer": time.perf_counter() - t1}), flush=True)
 
 
 def raw_transfers(cluster: NetnsCluster, base: str, size: int,
                   timeout: float = 60.0) -> dict[str, Any]:
-    """Run the 4 raw streams once; return ``{"seconds": [per stream], "bytes": [...]}``."""
+    """Run the 4 raw streams and then their consumers once; return ``{"seconds": [per
+    stream], "bytes": [...], "consumer": [seconds of each consumer's wc], "counted":
+    [bytes each consumer counted]}``, in the order of the sending hosts."""
     n = cluster.n_workers
     me = os.path.abspath(__file__)
     senders = []
@@ -74,10 +85,13 @@ def raw_transfers(cluster: NetnsCluster, base: str, size: int,
             dest = (i - 2) % n + 1  # host i's file is read by the consumer on host i-1
             receivers.append(cluster.popen(
                 dest, [sys.executable, me, "recv", cluster.address(i), str(port),
-                       os.path.join(base, f"raw-dst-{dest}")], stdout=subprocess.PIPE, text=True))
+                       os.path.join(base, f"raw-dst-{dest}"),
+                       os.path.join(base, f"raw-src-{dest}")],
+                stdout=subprocess.PIPE, text=True))
         procs += receivers
         got = [json.loads(r.communicate(timeout=timeout)[0]) for r in receivers]
-        return {"seconds": [g["seconds"] for g in got], "bytes": [g["bytes"] for g in got]}
+        return {key: [g[key] for g in got] for key in ("seconds", "bytes", "consumer",
+                                                        "counted")}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -92,4 +106,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "serve":
         _serve(sys.argv[2])
     else:
-        _recv(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        _recv(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
