@@ -78,6 +78,7 @@ from .taskenv import base_environment
 from .urlfetch import UrlLimits, fetch_url
 from .workspace import make_workdir
 
+EXIT_HASH_WAIT = 30.0  # seconds an exit waits for results still being hashed
 log = logging.getLogger("vinework.worker")
 TICK = 0.1  # seconds between two Tick events
 
@@ -147,6 +148,8 @@ class Worker:
         self.expected: dict[str, str] = {}  # name -> the checksum it must have
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, opts.max_transfer_procs), thread_name_prefix="vine-fetch")
+        self.hash_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="vine-hash")  # the outputs' checksums
         self.state = WorkerState(
             WorkerConfig(manager_host=opts.host, manager_port=opts.port,
                          hostname=socket.gethostname(),
@@ -165,7 +168,9 @@ class Worker:
         self.writer: asyncio.StreamWriter | None = None
         self.session: asyncio.Task[None] | None = None
         self._drop_reason = ""
-        self._outq: list[Message] = []
+        # messages to send, in order; a TaskDone whose outputs are being hashed (in a
+        # thread: a big output must not stop the loop) holds back what follows it
+        self._outq: list[Message | _Hashing] = []
         self._flush_scheduled = False
         self._result_queued = False  # a TaskDone is in _outq: flush when the events are handled
         self.parts: dict[int, str] = {}  # fetch id -> part file
@@ -188,6 +193,7 @@ class Worker:
         self.libraries.close()
         self.tasks.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.hash_pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(OSError):  # remove_path: also what a task made read-only
             if self.py_sandboxes != self.sandboxes:
                 remove_path(self.py_sandboxes)
@@ -341,11 +347,22 @@ class Worker:
         elif t is ev.Exit:
             code, reason = ins.code, ins.reason  # type: ignore[attr-defined]
             log.log(logging.INFO if code == 0 else logging.ERROR, "%s", reason)
+            hashing = [i.fut for i in self._outq if type(i) is _Hashing]
+            if hashing:  # results whose checksums are being computed go out first
+                asyncio.ensure_future(self._exit_when_hashed(hashing, code))
+                return
             if self.writer is not None:
                 self._flush()
             self._finish(code)
         else:
             raise AssertionError(f"unknown instruction {t.__name__}")
+
+    async def _exit_when_hashed(self, hashing: list[asyncio.Future[TaskDone]],
+                                code: int) -> None:
+        await asyncio.wait(hashing, timeout=EXIT_HASH_WAIT)
+        if self.writer is not None:
+            self._flush()
+        self._finish(code)
 
     # ------------------------------------------------------------------ the connection
     async def _session(self, timeout: float) -> None:
@@ -452,13 +469,27 @@ class Worker:
 
     def _send(self, msg: Message) -> None:
         if type(msg) is TaskDone and msg.outputs:  # the manager records what it made
-            msg = dataclasses.replace(msg, checksums=self._checksums(msg.outputs))
+            done: TaskDone = msg  # type: ignore[assignment]
+            fut = asyncio.get_running_loop().run_in_executor(
+                self.hash_pool, self._with_checksums, done)
+            fut.add_done_callback(lambda _: self._flush())
+            self._outq.append(_Hashing(done.task_id, fut))
+            return
         self._outq.append(msg)
         if type(msg) is TaskDone:  # a result: out as soon as this event is handled (post)
             self._result_queued = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _with_checksums(self, msg: TaskDone) -> TaskDone:
+        """``msg`` with its outputs' checksums (in a thread of ``hash_pool``)."""
+        try:
+            sums = self._checksums(msg.outputs)
+        except Exception as e:  # a bug here must not lose the result: sent unchecked
+            log.warning("cannot hash the outputs of task %d: %s", msg.task_id, e)
+            sums = [""] * len(msg.outputs)
+        return dataclasses.replace(msg, checksums=sums)
 
     def _checksums(self, outputs: list[tuple[str, int]]) -> list[str]:
         """The checksums of a task's outputs, in the cache now ("" if unreadable)."""
@@ -472,14 +503,43 @@ class Worker:
         return out
 
     def _flush(self) -> None:
+        """Write the queued messages up to the first TaskDone still being hashed;
+        heartbeats behind it go now, listing its task as running (it is, to the
+        manager, until its result arrives)."""
         self._flush_scheduled = False
-        if not self._outq:
+        q = self._outq
+        if not q:
             return
         if self.writer is None or self.writer.is_closing():
-            self._outq.clear()
+            q.clear()
             return
-        self.writer.write(b"".join(encode(m) for m in self._outq))
-        self._outq.clear()
+        out: list[Message] = []
+        i = 0
+        while i < len(q):
+            item = q[i]
+            if type(item) is _Hashing:
+                if not item.fut.done():
+                    break
+                if not item.fut.cancelled() and item.fut.exception() is None:
+                    out.append(item.fut.result())
+            else:
+                out.append(item)  # type: ignore[arg-type]
+            i += 1
+        held = q[i:]
+        if held:
+            hashing = sorted(h.task_id for h in held if type(h) is _Hashing)
+            self._outq = []
+            for item in held:
+                if type(item) is Heartbeat:
+                    hb: Heartbeat = item  # type: ignore[assignment]
+                    out.append(dataclasses.replace(
+                        hb, running=sorted({*hb.running, *hashing})))
+                else:
+                    self._outq.append(item)
+        else:
+            q.clear()
+        if out:
+            self.writer.write(b"".join(encode(m) for m in out))
 
     # ------------------------------------------------------------------ fetches
     def _start_fetch(self, ins: ev.StartFetch) -> None:
@@ -546,6 +606,14 @@ class Worker:
             with contextlib.suppress(OSError):
                 remove_path(part)
             self.post(ev.FileLost(name=ins.name, reason=f"cannot store {ins.name}: {e}"))
+
+
+@dataclasses.dataclass(slots=True)
+class _Hashing:
+    """A TaskDone in the send queue whose outputs' checksums a thread is computing."""
+
+    task_id: int
+    fut: asyncio.Future[TaskDone]
 
 
 def _remove_stale_shm() -> None:

@@ -116,7 +116,8 @@ class PythonRunner:
             fut = self.waiters.get(tid)
             if fut is not None and not fut.done():
                 fut.set_result(list(CRASH))
-        asyncio.ensure_future(self._notify())
+        if self._queued:  # a call waiting for an executor may start a new one now
+            asyncio.ensure_future(self._notify())
 
     async def _notify(self) -> None:
         async with self._free:
