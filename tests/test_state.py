@@ -795,3 +795,24 @@ def test_an_input_lost_on_its_worker_while_tasks_run_with_it() -> None:
     assert [(c.worker_id, c.message.task_id) for c in cmds
             if isinstance(c, Send) and isinstance(c.message, RunTask)] == [("w2", 3)], cmds
     validate(s)
+
+
+
+def test_a_task_staging_where_its_input_is_lost_is_placed_again() -> None:
+    # w1 had t1 when task 1 was placed there (only t2 had to come); w1 then reports t1
+    # lost: task 1 must not start on w1 without it
+    s = fresh()
+    step(s, temp("t1"), temp("t2"))
+    step(s, join("w1", cores=1, cached=[("t1", 100)]),
+         join("w2", cores=0, cached=[("t1", 100), ("t2", 100)]))
+    step(s, submit(spec(1, inputs=["t1", "t2"])))
+    t = s.tasks[1]
+    assert t.state is TState.STAGING and t.worker == "w1" and t.staging == {"t2"}
+    step(s, ReplicaFailed(now=1.0, worker_id="w1", name="t1", transfer_id=0,
+                          reason="t1: changed in the cache", cause=TransferFailure.LOCAL_IO))
+    validate(s)
+    assert t.state is not TState.RUNNING and t.runs[0].outcome is not None  # placed again
+    # the old transfer of t2 ends; the task starts only where t1 is too
+    step(s, ready("w1", "t2", 100, 1, now=2.0))
+    validate(s)
+    assert t.state is not TState.RUNNING or s.replicas.state("t1", t.worker) is not None

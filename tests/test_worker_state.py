@@ -196,6 +196,25 @@ def test_fetch_of_a_doomed_file_cancels_its_removal() -> None:
     assert ws.entries["temp-a"].state is EntryState.READY
 
 
+
+def test_a_copy_changed_under_a_task_is_never_served_again() -> None:
+    # a task changed its shared input in the cache (FileLost): the copy is reported lost,
+    # kept for the task still using it, and a Fetch of it is refused, not answered with
+    # the changed bytes
+    ws = connected(cached=[("temp-a", 5)])
+    r1 = start_run(ws, run_task(1, inputs=[("temp-a", "in")]))
+    out = ws.handle(ev.FileLost(name="temp-a", reason="temp-a: changed in the cache"))
+    assert [m.transfer_id for m in sent(out, CacheInvalid)] == [0]
+    out = ws.handle(fetch(9))
+    (refused,) = sent(out, CacheInvalid)
+    assert refused.transfer_id == 9 and refused.cause == TransferFailure.LOCAL_IO
+    assert sent(out, CacheUpdate) == []
+    ws.validate_state()
+    assert [r.name for r in of(finish_ok(ws, r1), ev.RemoveFile)] == ["temp-a"]
+    out = ws.handle(fetch(10))  # gone now: fetched afresh
+    assert of(out, ev.StartFetch) and sent(out, CacheInvalid) == []
+    ws.validate_state()
+
 # ====================================================================== the transition table
 def test_illegal_transition_raises() -> None:
     ws = connected(cached=[("temp-a", 5)])

@@ -380,15 +380,20 @@ class FileLogistics(CoreBase):
     def _lost_under_running(self, name: str, wid: str) -> None:
         """``wid`` lost its copy of ``name`` (a task changed it in the cache): tasks running
         there with it as input keep their pinned copy until they end, their own outcome
-        tells; no new task is given that copy."""
+        tells; a task staging there, which had it already, is placed again; no new task
+        is given that copy (the worker refuses a Fetch of it until it is gone)."""
         w = self.workers.get(wid)
         if w is None:
             return
-        for tid in w.running:
+        for tid in sorted(w.running):
             t = self.tasks[tid]
-            if t.state is T.RUNNING and any(n == name for n, _ in t.spec.inputs):
+            if not any(n == name for n, _ in t.spec.inputs):
+                continue
+            if t.state is T.RUNNING:
                 t.run.lost_inputs = t.run.lost_inputs | {name}
                 self.file_story_add(name, f"lost on {wid} while task {tid} ran with it")
+            elif t.state is T.STAGING and name not in t.staging:
+                self._requeue(t, RO.WORKER_LOST, f"input {name} lost on {wid}")
 
     def _served_bad_data(self, name: str, wid: str, reason: str) -> None:
         """``wid`` served bytes of ``name`` that do not match its checksum: its copy is

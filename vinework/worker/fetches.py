@@ -50,6 +50,13 @@ class FetchHandling(CoreBase):
         w = Waiter(ev.transfer_id, ev.host or self.config.manager_host,
                    ev.port or self.manager_transfer_port, ev.size)
         entry = self.entries.get(ev.name)
+        if entry is not None and entry.state is R and entry.lost:
+            # its copy here changed under a task (still pinned by one): not a copy of it
+            self._send(CacheInvalid(name=ev.name, transfer_id=ev.transfer_id,
+                                    reason=f"{ev.name}: the copy here was changed by a task; "
+                                           "removed when the tasks using it end",
+                                    cause=TransferFailure.LOCAL_IO))
+            return
         if entry is not None and entry.state is R:
             if entry.doomed:
                 entry.doomed = False
@@ -150,4 +157,5 @@ class FetchHandling(CoreBase):
             return
         self._send(CacheInvalid(name=ev.name, transfer_id=0, reason=ev.reason,
                                 cause=TransferFailure.LOCAL_IO))
+        entry.lost = True
         self._remove(ev.name, f"lost: {ev.reason}")

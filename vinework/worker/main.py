@@ -78,7 +78,8 @@ from .taskenv import base_environment
 from .urlfetch import UrlLimits, fetch_url
 from .workspace import make_workdir
 
-EXIT_HASH_WAIT = 30.0  # seconds an exit waits for results still being hashed
+EXIT_HASH_WAIT = 5.0  # seconds an exit waits for results still being hashed
+HASH_INLINE_MAX = 4 << 20  # outputs up to this many bytes in all are hashed on the loop
 log = logging.getLogger("vinework.worker")
 TICK = 0.1  # seconds between two Tick events
 
@@ -348,7 +349,7 @@ class Worker:
             code, reason = ins.code, ins.reason  # type: ignore[attr-defined]
             log.log(logging.INFO if code == 0 else logging.ERROR, "%s", reason)
             hashing = [i.fut for i in self._outq if type(i) is _Hashing]
-            if hashing:  # results whose checksums are being computed go out first
+            if hashing and self.writer is not None:  # results being hashed go out first
                 asyncio.ensure_future(self._exit_when_hashed(hashing, code))
                 return
             if self.writer is not None:
@@ -470,11 +471,18 @@ class Worker:
     def _send(self, msg: Message) -> None:
         if type(msg) is TaskDone and msg.outputs:  # the manager records what it made
             done: TaskDone = msg  # type: ignore[assignment]
+            if sum(max(0, size) for _, size in done.outputs) <= HASH_INLINE_MAX:
+                msg = self._with_checksums(done)  # (small: ~1 ms, no thread hop)
+                self._queue_message(msg)
+                return
             fut = asyncio.get_running_loop().run_in_executor(
                 self.hash_pool, self._with_checksums, done)
             fut.add_done_callback(lambda _: self._flush())
             self._outq.append(_Hashing(done.task_id, fut))
             return
+        self._queue_message(msg)
+
+    def _queue_message(self, msg: Message) -> None:
         self._outq.append(msg)
         if type(msg) is TaskDone:  # a result: out as soon as this event is handled (post)
             self._result_queued = True
@@ -526,8 +534,8 @@ class Worker:
                 out.append(item)  # type: ignore[arg-type]
             i += 1
         held = q[i:]
-        if held:
-            hashing = sorted(h.task_id for h in held if type(h) is _Hashing)
+        if held:  # every result held back is still running, as far as the manager knows
+            hashing = sorted({h.task_id for h in held if type(h) in (_Hashing, TaskDone)})  # type: ignore[union-attr]
             self._outq = []
             for item in held:
                 if type(item) is Heartbeat:

@@ -161,8 +161,15 @@ class PythonRunner:
                 if self._queued:
                     asyncio.ensure_future(self._notify())
 
+        try:
+            interp.send(request)
+        except BaseException:  # (a request that cannot be packed): the executor stays idle
+            self.waiters.pop(call_id, None)
+            self.where.pop(call_id, None)
+            interp.busy_with = None
+            self.idle.append(interp)
+            raise
         fut.add_done_callback(finished)
-        interp.send(request)
         return fut
 
     async def run(self, call_id: int, mode: str, request: list[Any]) -> list[Any]:

@@ -71,6 +71,7 @@ class CacheEntry:
     size: int = -1
     pins: int = 0
     doomed: bool = False  # remove when the last pin is released / when the fetch ends
+    lost: bool = False  # its bytes changed under a task (FileLost): never served again
     # how long it is kept (a CacheLevel): TASK and WORKFLOW entries go with their manager,
     # WORKER entries with the worker process, FOREVER entries outlive it (in a --workdir)
     level: int = CacheLevel.WORKFLOW

@@ -205,7 +205,7 @@ class TaskHandling(CoreBase):
         """A task made ``name`` (an output, a result, its stdout): it is READY now."""
         self._transition(name, R, why, size)
         entry = self.entries[name]
-        entry.doomed = False
+        entry.doomed = entry.lost = False
         self._raise_level(entry, WORKFLOW)
         fl = self.fetching.get(name)
         if fl is not None:  # a transfer of the same name is superseded: answer it now
