@@ -40,6 +40,41 @@ def test_checksums_follow_content_and_trees(tmp_path: Path) -> None:
     assert checksum(str(d)) != first  # and a mode
 
 
+
+@pytest.mark.parametrize("where", ["tmp", "shm"])
+def test_a_sparse_file_hashes_as_its_bytes(tmp_path: Path, where: str) -> None:
+    # holes (read as zeros, fed from a zero buffer instead of read) at the start, between
+    # data and at the end, and data exactly at a chunk's edge: the digest is that of the
+    # bytes, the same as the dense file's
+    import xxhash
+
+    from vinework.checksums import CHUNK
+    base = tmp_path if where == "tmp" else Path("/dev/shm")
+    if not base.is_dir():
+        pytest.skip("no /dev/shm")
+    sparse = base / f"vinework-test-sparse-{os.getpid()}"
+    try:
+        with open(sparse, "wb") as f:
+            for off, data in ((3 * CHUNK + 5, os.urandom(1000)), (8 * CHUNK, b"x" * CHUNK),
+                              (11 * CHUNK - 7, b"edge")):
+                f.seek(off)
+                f.write(data)
+            f.truncate(14 * CHUNK + 3)  # a hole at the end too
+        content = sparse.read_bytes()
+        dense = tmp_path / "dense"
+        dense.write_bytes(content)
+        expected = "xxh3:" + xxhash.xxh3_128(content).hexdigest()
+        assert checksum(str(sparse)) == expected == checksum(str(dense))
+        empty = tmp_path / "empty"
+        empty.write_bytes(b"")
+        assert checksum(str(empty)) == "xxh3:" + xxhash.xxh3_128(b"").hexdigest()
+        holes = tmp_path / "holes"
+        with open(holes, "wb") as f:
+            f.truncate(5 * CHUNK + 1)
+        assert checksum(str(holes)) == "xxh3:" + xxhash.xxh3_128(bytes(5 * CHUNK + 1)).hexdigest()
+    finally:
+        sparse.unlink(missing_ok=True)
+
 def test_a_fetch_of_wrong_bytes_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(b"the real content")

@@ -17,6 +17,7 @@ relative path, kind and mode, file contents and link targets (``trees.walk``).
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -33,18 +34,57 @@ first version) hashed 200 MB in 0.09 s, a reused 1 MiB buffer (it stays in cache
 PREFIX = "xxh3:"
 
 
+_ZEROS = bytes(CHUNK)
+
+
 def _feed(h: xxhash.xxh3_128, path: str) -> None:
+    """Hash the file's bytes: its data regions read into one reused buffer, its holes
+    (a sparse file's unwritten ranges, which read as zeros) fed from a buffer of zeros
+    instead of being read (200 MB of holes: 8 ms against 16 ms read, this machine)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     try:
+        off = 0
         while True:
-            n = os.readv(fd, [buf])
-            if not n:
+            try:
+                data = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # no SEEK_DATA here: read it all
+                    _read_from(h, fd, off, -1, view)
+                    return
+                _zeros(h, os.fstat(fd).st_size - off)  # only a hole is left
                 return
-            h.update(view[:n])
+            _zeros(h, data - off)
+            try:
+                hole = os.lseek(fd, data, os.SEEK_HOLE)
+            except OSError:
+                hole = -1
+            if not _read_from(h, fd, data, hole, view):
+                return
+            off = hole
     finally:
         os.close(fd)
+
+
+def _zeros(h: xxhash.xxh3_128, n: int) -> None:
+    while n > 0:
+        k = min(n, CHUNK)
+        h.update(_ZEROS if k == CHUNK else _ZEROS[:k])
+        n -= k
+
+
+def _read_from(h: xxhash.xxh3_128, fd: int, off: int, end: int, view: memoryview) -> bool:
+    """Hash the bytes from ``off`` to ``end`` (-1: to the end of the file); False if the
+    file ended first."""
+    while end < 0 or off < end:
+        k = CHUNK if end < 0 else min(CHUNK, end - off)
+        n = os.preadv(fd, [view[:k]], off)
+        if not n:
+            return False
+        h.update(view[:n])
+        off += n
+    return True
 
 
 def checksum(path: str) -> str:
