@@ -535,13 +535,13 @@ class Worker:
             i += 1
         held = q[i:]
         if held:  # every result held back is still running, as far as the manager knows
-            hashing = sorted({h.task_id for h in held if type(h) in (_Hashing, TaskDone)})  # type: ignore[union-attr]
+            held_ids = {h.task_id for h in held if type(h) in (_Hashing, TaskDone)}  # type: ignore[union-attr]
             self._outq = []
             for item in held:
                 if type(item) is Heartbeat:
                     hb: Heartbeat = item  # type: ignore[assignment]
                     out.append(dataclasses.replace(
-                        hb, running=sorted({*hb.running, *hashing})))
+                        hb, running=sorted({*hb.running, *held_ids})))
                 else:
                     self._outq.append(item)
         else:

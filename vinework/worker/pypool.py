@@ -152,25 +152,24 @@ class PythonRunner:
         self.where[call_id] = interp
         interp.busy_with = call_id
 
-        def finished(_: asyncio.Future[list[Any]]) -> None:
-            self.waiters.pop(call_id, None)
-            self.where.pop(call_id, None)
-            interp.busy_with = None
-            if interp.alive:
-                self.idle.append(interp)
-                if self._queued:
-                    asyncio.ensure_future(self._notify())
-
         try:
             interp.send(request)
         except BaseException:  # (a request that cannot be packed): the executor stays idle
-            self.waiters.pop(call_id, None)
-            self.where.pop(call_id, None)
-            interp.busy_with = None
-            self.idle.append(interp)
+            self._release(call_id, interp)
             raise
-        fut.add_done_callback(finished)
+        fut.add_done_callback(lambda _: self._release(call_id, interp))
         return fut
+
+    def _release(self, call_id: int, interp: _Interpreter | None) -> None:
+        """The call is over: forget it; a direct executor still alive is idle again."""
+        self.waiters.pop(call_id, None)
+        self.where.pop(call_id, None)
+        if interp is not None and interp is not self.forkserver:
+            interp.busy_with = None
+            if interp.alive:
+                self.idle.append(interp)
+                if self._queued:  # a call waiting for an executor takes it
+                    asyncio.ensure_future(self._notify())
 
     async def run(self, call_id: int, mode: str, request: list[Any]) -> list[Any]:
         """Run one call; returns the reply frame (a crash frame if the interpreter died)."""
@@ -190,13 +189,7 @@ class PythonRunner:
             interp.send(request)
             return await fut
         finally:
-            self.waiters.pop(call_id, None)
-            self.where.pop(call_id, None)
-            if interp is not None and interp is not self.forkserver:
-                interp.busy_with = None
-                if interp.alive:
-                    self.idle.append(interp)
-                    await self._notify()
+            self._release(call_id, interp)
 
     def kill(self, call_id: int) -> None:
         """Stop a running call (time limit, cancel)."""
