@@ -184,6 +184,18 @@ def test_task_state_and_story_follow_a_task(cluster: vine.Manager) -> None:
     assert any("TaskReported-" in ln for ln in story)
 
 
+def test_a_task_handed_back_is_collected_at_the_next_tick_without_further_calls(
+        cluster: vine.Manager) -> None:
+    m = cluster
+    tid = m.submit(vine.Task("echo hi"))
+    [back] = wait_all(m, 1)
+    assert back.successful()
+    # wait() hands the core a TaskCollected without waking the loop thread; with no other
+    # call made, the loop's next tick applies it (the task is then forgotten: DONE)
+    poll_until(lambda: not m._server._inbox, timeout=5, what="the quiet event applied")
+    assert m.task_state(tid) == vine.VINE_TASK_DONE
+
+
 # ---------------------------------------------------------------------- drain on SIGTERM
 def test_sigterm_drains_a_worker_mid_dag_without_recomputation(manager: vine.Manager,
                                                                workers: Any) -> None:

@@ -278,11 +278,26 @@ def test_python_file_result_is_collected_into_the_cache() -> None:
 def test_python_inline_result_travels_in_task_done() -> None:
     ws = connected()
     rid = start_run(ws, run_task(1, python=True))
-    ws.handle(ev.TaskExited(run_id=rid, wall=1.0, status=0, python_kind="inline",
-                            python_data=b"pickled"))
-    out = ws.handle(ev.OutputsCollected(run_id=rid, wall=2.0))
+    out = ws.handle(ev.TaskExited(run_id=rid, wall=1.0, status=0, python_kind="inline",
+                                  python_data=b"pickled"))
+    # nothing to collect (no outputs, no big stdout): done at once, no CollectOutputs
+    assert of(out, ev.CollectOutputs) == []
     (done,) = sent(out, TaskDone)
     assert done.python_result == b"pickled" and done.result == TaskResult.SUCCESS
+    assert rid not in ws.runs
+    ws.validate_state()
+
+
+def test_python_task_with_outputs_still_collects_them() -> None:
+    ws = connected()
+    rid = start_run(ws, run_task(2, outputs=[("out-1", "out.txt")], python=True))
+    out = ws.handle(ev.TaskExited(run_id=rid, wall=1.0, status=0, python_kind="inline",
+                                  python_data=b"pickled"))
+    (collect,) = of(out, ev.CollectOutputs)
+    assert collect.outputs == [("out-1", "out.txt")] and sent(out) == []
+    out = ws.handle(ev.OutputsCollected(run_id=rid, wall=2.0, stored=[("out-1", 3)]))
+    (done,) = sent(out, TaskDone)
+    assert done.python_result == b"pickled" and done.outputs == [("out-1", 3)]
 
 
 def test_keep_versus_inline() -> None:

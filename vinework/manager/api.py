@@ -557,7 +557,7 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         if t.id in self._local:
             self._local.discard(t.id)
         else:
-            self._post(TaskCollected(now=time.monotonic(), task_id=t.id))
+            self._post_quiet(TaskCollected(now=time.monotonic(), task_id=t.id))
 
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait()`` (cancelled ones

@@ -55,6 +55,12 @@ class ManagerBase:
             raise self._error
         self._server.post(event)
 
+    def _post_quiet(self, event: Event) -> None:
+        """An event that can wait for the loop's next wake-up (``ManagerServer.post_quiet``)."""
+        if self._error is not None:
+            raise self._error
+        self._server.post_quiet(event)
+
     def _ask(self, fn: Any) -> Any:
         """Answer a query on the loop thread, where the core lives."""
         if self._error is not None:

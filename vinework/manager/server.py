@@ -211,6 +211,14 @@ class ManagerServer:
             self._inbox_scheduled = True
             self.loop.call_soon_threadsafe(self._drain_inbox)
 
+    def post_quiet(self, event: Event) -> None:
+        """Hand the loop thread an event that can wait: it is applied, in order, with the
+        next event posted, the next query, or the next Tick (at most ``TICK_SECONDS``
+        later), without a wake-up of its own. (A wake-up makes the loop thread take the
+        GIL from the user's thread while it works, which costs that thread a switch
+        interval or more; a task handed back by ``wait()`` is one such event.)"""
+        self._inbox.append(event)
+
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False  # (first: an event posted from now on wakes us again)
         inbox = self._inbox
@@ -445,6 +453,7 @@ class ManagerServer:
         """Time for the core: a Tick twice a second (keepalives, hints, retries)."""
         while True:
             await asyncio.sleep(TICK_SECONDS)
+            self._drain_inbox()  # (events posted quietly)
             self.apply(Tick(now=self.now()))
             self.txn.maybe_flush()
             self._maybe_trim()
@@ -512,6 +521,7 @@ class ManagerServer:
         self._stopping = True
 
         async def stop() -> None:
+            self._drain_inbox()  # (events posted quietly)
             for conn in list(self.conns.values()):
                 if shutdown:
                     self._send(conn.worker_id, Shutdown(reason="manager closing"))

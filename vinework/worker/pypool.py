@@ -59,11 +59,14 @@ class _Interpreter:
         loop.add_reader(parent.fileno(), readable)
 
     def send(self, req: list[Any]) -> None:
+        self.send_bytes(pack(req))
+
+    def send_bytes(self, data: bytes) -> None:
         if not self.alive:
             return
         self.sock.setblocking(True)
         try:
-            self.sock.sendall(pack(req))
+            self.sock.sendall(data)
         except OSError:
             pass
         finally:
@@ -153,11 +156,15 @@ class PythonRunner:
         interp.busy_with = call_id
 
         try:
-            interp.send(request)
+            data = pack(request)
         except BaseException:  # (a request that cannot be packed): the executor stays idle
             self._release(call_id, interp)
             raise
         fut.add_done_callback(lambda _: self._release(call_id, interp))
+        # written at the end of this turn of the loop, after the rest of the worker's work
+        # for the message: the executor, woken by it, often runs on this CPU, and would
+        # otherwise wait for (or stop) that work
+        asyncio.get_running_loop().call_soon(interp.send_bytes, data)
         return fut
 
     def _release(self, call_id: int, interp: _Interpreter | None) -> None:

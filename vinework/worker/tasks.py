@@ -196,6 +196,16 @@ class TaskHandling(CoreBase):
         run.exit_code = outcome.exit_code
         file_result = run.task.python_payload is not None and ev.python_kind == "file"
         run.python_result = ev.python_data if ev.python_kind == "inline" else None
+        if run.task.python_payload is not None and not run.task.outputs and not stdout \
+                and not file_result:
+            # a PythonTask with nothing to collect (its result inline, no outputs, no big
+            # stdout): done now, without a CollectOutputs round through the runner
+            verdict = classify_outputs(missing=[], disk_full="", result_error="",
+                                       python_result=run.python_result,
+                                       exit_code=run.exit_code)
+            self._done(task, verdict, run.start, ev.wall, ev.output, run=run)
+            self._cleanup(run)
+            return
         self._emit(CollectOutputs(stimulus_id=self._sid, run_id=run.run_id,
                                   outputs=list(run.task.outputs),
                                   python_result=run.task.python_output if file_result else "",
