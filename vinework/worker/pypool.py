@@ -161,10 +161,7 @@ class PythonRunner:
             self._release(call_id, interp)
             raise
         fut.add_done_callback(lambda _: self._release(call_id, interp))
-        # written at the end of this turn of the loop, after the rest of the worker's work
-        # for the message: the executor, woken by it, often runs on this CPU, and would
-        # otherwise wait for (or stop) that work
-        asyncio.get_running_loop().call_soon(interp.send_bytes, data)
+        interp.send_bytes(data)
         return fut
 
     def _release(self, call_id: int, interp: _Interpreter | None) -> None:
