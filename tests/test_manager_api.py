@@ -240,3 +240,23 @@ def test_sigterm_drains_a_worker_mid_dag_without_recomputation(manager: vine.Man
     log = _txn(m)
     assert ["WORKER", "w1", "DRAINED", "-"] in [r[:4] for r in log], \
         [r for r in log if r[0] in ("WORKER", "TRANSFER")]
+
+
+# ---------------------------------------------------------------------- close
+def test_close_ends_connections_in_their_handshake_without_pending_tasks(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+    import socket
+    m = vine.Manager(port=0)
+    stranger = socket.create_connection(("127.0.0.1", m.port))  # never says hello
+    try:
+        poll_until(lambda: m._server._strangers == 1, timeout=5, what="the handshake begun")
+        with caplog.at_level("ERROR", logger="asyncio"):
+            m.close()
+            gc.collect()  # (a task destroyed while pending is reported when collected)
+        assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+        assert m._server._strangers == 0  # its handshake was ended, not abandoned
+        stranger.settimeout(5)
+        assert stranger.recv(1) == b""  # and its connection closed
+    finally:
+        stranger.close()

@@ -287,6 +287,13 @@ class ManagerServer:
 
     # ------------------------------------------------------------------ connections
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:  # close() ends every connection's task
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: the handshake, then the worker's messages until it goes."""
         peer = writer.get_extra_info("peername") or ("?", 0)
         host = peer[0]
         if host.startswith("::ffff:"):
@@ -532,6 +539,13 @@ class ManagerServer:
                 conn.writer.close()
             self._ticker.cancel()
             self.server.close()
+            # connections still in their handshake (or reading): ended here, not left
+            # pending when the loop stops ("Task was destroyed but it is pending")
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            if others:
+                await asyncio.wait(others, timeout=1)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=5)
