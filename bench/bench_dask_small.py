@@ -19,7 +19,11 @@ ratio is the fairest of the three.
 Then where DaskVine's milliseconds go: the time in ``Manager.submit``, the time waiting
 for the finished task (``wait_for_tag``), the task's wall time on the worker, and the
 rest (dask's own graph optimization, which the sync scheduler pays too, and DaskVine's
-graph handling).
+graph handling). And the CPU time per compute of each thread and process on the path
+(Linux ``/proc``): the user's thread (dask and DaskVine), the manager's loop thread, the
+worker and its Python executors. Their sum is close to the wall time: the pipeline is
+serial (each process waits for the one before it), so every millisecond of CPU on any
+of them is on the critical path, whichever core runs it.
 
 Run: ``python bench/bench_dask_small.py [--n 60 --warm 10]``.
 """
@@ -30,6 +34,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -130,7 +135,7 @@ def main() -> None:
     sync = median_ms(lambda x: x.compute(scheduler="sync"), a.n, a.warm, 0)
     m = DaskVine(port=0)
     warnings.filterwarnings("ignore", message="no password is set")
-    with local_workers(m, 1, cores=2):
+    with local_workers(m, 1, cores=2) as procs:
         vine = median_ms(lambda x: x.compute(scheduler=m.get), a.n, a.warm, 1000)
         pair = blocks_ms(lambda x: x.compute(scheduler="sync"),
                          lambda x: x.compute(scheduler=m.get), 2 * a.n, 6000)
@@ -155,6 +160,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 dask.compute(x, scheduler=_materialize_only)
                 parts["dask"].append(time.perf_counter() - t0)
+        cpu = cpu_per_compute(m, procs[0].pid, max(200, 4 * a.n), 7000)
         sync_again = median_ms(lambda x: x.compute(scheduler="sync"), a.n, a.warm, 4000)
     m.close()
     dist = None
@@ -184,6 +190,56 @@ def main() -> None:
           f"the worker {med['worker']:.2f} (unpickling the graph, evaluating it, pickling the "
           f"values) and the round trip {med['wait'] - med['worker']:.2f}; DaskVine's graph "
           f"handling (cull, fuse, module scan, payload) {rest:.2f}")
+    if cpu is not None:
+        wall = cpu.pop("wall")
+        print(f"CPU per compute ({max(200, 4 * a.n)} back to back, graphs built beforehand: "
+              f"{wall:.2f} ms each): " + "; ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+              + f"; sum {sum(cpu.values()):.2f} ms")
+
+
+def _cpu_seconds(path: str) -> float:
+    """utime + stime of a /proc stat file (a process or one thread), in seconds."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    pids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            pids += [int(c) for c in f.read().split()]
+    return pids
+
+
+def cpu_per_compute(m: DaskVine, worker_pid: int, n: int, offset: int
+                    ) -> dict[str, float] | None:
+    """CPU milliseconds per compute of: the user's thread, the manager's loop thread, the
+    worker process, its Python executors (all of them); None where /proc cannot say."""
+    try:
+        me = os.getpid()
+        threads = {"user's thread (dask + DaskVine)": threading.get_native_id(),
+                   "manager's loop thread": m._server.thread.native_id}
+        procs = {"worker": [worker_pid], "its Python executors": _children(worker_pid)}
+
+        def sample() -> dict[str, float]:
+            out = {k: _cpu_seconds(f"/proc/{me}/task/{t}/stat") for k, t in threads.items()}
+            for k, pids in procs.items():
+                out[k] = sum(_cpu_seconds(f"/proc/{p}/stat") for p in pids)
+            return out
+
+        xs = [graph(offset + i) for i in range(n)]
+        before = sample()
+        t0 = time.perf_counter()
+        for x in xs:
+            x.compute(scheduler=m.get)
+        wall = time.perf_counter() - t0
+        after = sample()
+    except (OSError, ValueError, AttributeError):
+        return None
+    out = {k: (after[k] - before[k]) / n * 1e3 for k in before}
+    out["wall"] = wall / n * 1e3
+    return out
 
 
 def _materialize_only(dsk: Any, keys: Any, **kwargs: Any) -> Any:
