@@ -93,9 +93,7 @@ class TaskRunner:
             if ins.task.python_payload is not None:
                 call = self._start_python(ins.run_id, ins.task, box, ins.inline_max,
                                           ins.gpu_ids)
-                asyncio.ensure_future(self._run(ins.run_id, ins.task, box,
-                                                self._finish_python(ins.run_id, ins.task, box,
-                                                                    call)))
+                self._when_python_ends(ins.run_id, ins.task, box, call)
             else:
                 asyncio.ensure_future(self._run(ins.run_id, ins.task, box,
                                                 self._run_command(ins.run_id, ins.task, box,
@@ -297,19 +295,38 @@ class TaskRunner:
             run_id, task.python_mode or "direct", request)
         return call
 
-    async def _finish_python(self, run_id: int, task: RunTask, box: str,
-                             call: asyncio.Future[list[Any]]) -> ev.TaskExited:
+    def _when_python_ends(self, run_id: int, task: RunTask, box: str,
+                          call: asyncio.Future[list[Any]]) -> None:
+        """Arm the attempt's time limits and post its ``TaskExited`` when its call ends
+        (a callback on the call's future: no task of its own, no extra turn of the loop)."""
         timers = self._arm_limits(run_id, task)
-        try:
-            frame = await call
-        except asyncio.CancelledError:  # killed before an interpreter took it
-            if not call.cancelled():
-                raise
-            frame = ["done", run_id, signal.SIGKILL, "crash", b"", "", []]
-        finally:
+
+        def ended(fut: asyncio.Future[list[Any]]) -> None:
             for t in timers:
                 t.cancel()
             self.py_calls.pop(run_id, None)
+            try:
+                if fut.cancelled():  # killed before an interpreter took it
+                    frame = ["done", run_id, signal.SIGKILL, "crash", b"", "", []]
+                else:
+                    frame = fut.result()
+                done = self._python_exited(run_id, task, box, frame)
+            except Exception as e:  # a worker-side bug must not kill the worker
+                log.exception("task %d failed inside the worker", task.task_id)
+                try:
+                    out = sb.take_output(box, task.stdout_max)
+                except Exception:
+                    out = sb.Output("", 0, False)
+                done = ev.TaskExited(run_id=run_id, wall=time.time(), worker_error=str(e),
+                                     output=out.text, stdout_size=out.size,
+                                     stdout_big=out.big)
+            self.post(done)
+
+        call.add_done_callback(ended)
+
+    def _python_exited(self, run_id: int, task: RunTask, box: str,
+                       frame: list[Any]) -> ev.TaskExited:
+        """The ``TaskExited`` of a call's reply frame."""
         why = self.py_killed_for.pop(run_id, "")
         status, kind, data, tb = frame[2:6]
         measured = frame[6] if len(frame) > 6 else []
