@@ -4,7 +4,8 @@ On this kind of machine the same code's small-compute time drifts by a third wit
 an hour (3.2 to 4.9 ms for the same compute), more than most single changes move
 it. Timing one checkout and then the other compares two moments of the machine.
 Here both are alive at once: one process per checkout, each with its own manager and
-a warm 2-core local worker, and the driver asks them in turn for one round of
+a warm 2-core local worker, and the driver asks them in turn (in ABBA order) for one
+round of
 ``--per-round`` operations, for ``--rounds`` rounds. The ratio of the two medians of
 each round, taken round by round, cancels the drift both shared.
 
@@ -29,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -50,7 +52,7 @@ def _side(workload: str, warm: int) -> None:
 
         def once(i: int) -> float:
             t0 = time.perf_counter()
-            m.submit(vine.PythonTask(_identity, i))
+            m.submit(vine.PythonTask(abs, i))  # (a builtin: pickled by name, as a library's)
             t = m.wait(30)
             took = time.perf_counter() - t0
             assert t is not None and t.output == i, t
@@ -85,10 +87,6 @@ def _side(workload: str, warm: int) -> None:
     m.close()
 
 
-def _identity(x: int) -> int:
-    return x
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("other", help="the other checkout (the baseline)")
@@ -108,31 +106,37 @@ def main() -> None:
             sys.exit(f"{tree} is not a checkout of vinework")
     per = a.per_round
     sides = []
-    for tree in trees:
-        env = dict(os.environ, VINEWORK_AB_TREE=tree,
-                   PYTHONPATH=os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")]))
+    logs = tempfile.mkdtemp(prefix="vinework-ab-")
+    for k, tree in enumerate(trees):
+        path = [tree, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = dict(os.environ, VINEWORK_AB_TREE=tree, PYTHONPATH=os.pathsep.join(path))
+        err = open(os.path.join(logs, f"side-{k}.err"), "w")  # noqa: SIM115
         p = subprocess.Popen([sys.executable, os.path.abspath(__file__),
                               tree, "--side", "1", "--workload", a.workload,
                               "--warm", str(a.warm)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env=env)
+                             stderr=err, text=True, env=env)
+        err.close()
         assert p.stdout is not None and p.stdin is not None
         first = p.stdout.readline().split()
         if first[:1] != ["ready"]:
-            sys.exit(f"the side of {tree} did not start")
+            sys.exit(f"the side of {tree} did not start; its stderr is in {err.name}")
         if not os.path.abspath(first[1]).startswith(tree + os.sep):
             sys.exit(f"the side of {tree} imported vinework from {first[1]}")
         sides.append(p)
     medians: list[list[float]] = [[], []]
     try:
-        for _ in range(a.rounds):
-            for k, p in enumerate(sides):
+        for r in range(a.rounds):
+            # ABBA: each side goes first in every other round, so that what follows a
+            # switch (caches, the other side's last work) falls on both alike
+            for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+                p = sides[k]
                 assert p.stdin is not None and p.stdout is not None
                 p.stdin.write(f"{per}\n")
                 p.stdin.flush()
                 times = [float(x) for x in p.stdout.readline().split()]
                 if not times:
-                    sys.exit(f"the side of {trees[k]} stopped")
+                    sys.exit(f"the side of {trees[k]} stopped; its stderr is in {logs}")
                 medians[k].append(statistics.median(times))
     finally:
         for p in sides:
@@ -143,7 +147,7 @@ def main() -> None:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    print(f"{a.workload}: {a.rounds} alternating rounds of {per}, medians per round (ms)")
+    print(f"{a.workload}: {a.rounds} rounds of {per} (ABBA order), medians per round (ms)")
     for tree, ms in zip(trees, medians, strict=True):
         print(f"  {tree}: median {statistics.median(ms) * 1e3:.3f}  "
               + " ".join(f"{x * 1e3:.2f}" for x in ms))

@@ -20,10 +20,11 @@ Then where DaskVine's milliseconds go: the time in ``Manager.submit``, the time 
 for the finished task (``wait_for_tag``), the task's wall time on the worker, and the
 rest (dask's own graph optimization, which the sync scheduler pays too, and DaskVine's
 graph handling). And the CPU time per compute of each thread and process on the path
-(Linux ``/proc``): the user's thread (dask and DaskVine), the manager's loop thread, the
-worker and its Python executors. Their sum is close to the wall time: the pipeline is
-serial (each process waits for the one before it), so every millisecond of CPU on any
-of them is on the critical path, whichever core runs it.
+(Linux ``/proc/.../schedstat``): the user's thread (dask and DaskVine), the manager's
+loop thread, the worker and its Python executors. Their sum comes out close to the
+wall time (within a few percent here): the pipeline is serial, each process waiting
+for the one before it, so nearly every millisecond of CPU on any of them is on the
+critical path, whichever core runs it.
 
 Run: ``python bench/bench_dask_small.py [--n 60 --warm 10]``.
 """
@@ -197,11 +198,16 @@ def main() -> None:
               + f"; sum {sum(cpu.values()):.2f} ms")
 
 
-def _cpu_seconds(path: str) -> float:
-    """utime + stime of a /proc stat file (a process or one thread), in seconds."""
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(task_dir: str) -> float:
+    """Seconds on a CPU of one thread (``/proc/PID/task/TID``): its schedstat (ns)."""
+    with open(os.path.join(task_dir, "schedstat")) as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """Seconds on a CPU of every thread of a process (those alive now)."""
+    root = f"/proc/{pid}/task"
+    return sum(_cpu_seconds(os.path.join(root, t)) for t in os.listdir(root))
 
 
 def _children(pid: int) -> list[int]:
@@ -215,27 +221,31 @@ def _children(pid: int) -> list[int]:
 def cpu_per_compute(m: DaskVine, worker_pid: int, n: int, offset: int
                     ) -> dict[str, float] | None:
     """CPU milliseconds per compute of: the user's thread, the manager's loop thread, the
-    worker process, its Python executors (all of them); None where /proc cannot say."""
+    worker process, its Python executors (those alive when it starts: a warm pool);
+    None where /proc cannot say (not Linux, no schedstat)."""
+    me = os.getpid()
+    threads = {"user's thread (dask + DaskVine)": threading.get_native_id(),
+               "manager's loop thread": m._server.thread.native_id}
+
+    def sample(procs: dict[str, list[int]]) -> dict[str, float]:
+        out = {k: _cpu_seconds(f"/proc/{me}/task/{t}") for k, t in threads.items()}
+        for k, pids in procs.items():
+            out[k] = sum(_process_cpu_seconds(p) for p in pids)
+        return out
+
+    xs = [graph(offset + i) for i in range(n)]
     try:
-        me = os.getpid()
-        threads = {"user's thread (dask + DaskVine)": threading.get_native_id(),
-                   "manager's loop thread": m._server.thread.native_id}
         procs = {"worker": [worker_pid], "its Python executors": _children(worker_pid)}
-
-        def sample() -> dict[str, float]:
-            out = {k: _cpu_seconds(f"/proc/{me}/task/{t}/stat") for k, t in threads.items()}
-            for k, pids in procs.items():
-                out[k] = sum(_cpu_seconds(f"/proc/{p}/stat") for p in pids)
-            return out
-
-        xs = [graph(offset + i) for i in range(n)]
-        before = sample()
-        t0 = time.perf_counter()
-        for x in xs:
-            x.compute(scheduler=m.get)
-        wall = time.perf_counter() - t0
-        after = sample()
-    except (OSError, ValueError, AttributeError):
+        before = sample(procs)
+    except (OSError, ValueError, IndexError):
+        return None
+    t0 = time.perf_counter()
+    for x in xs:
+        x.compute(scheduler=m.get)
+    wall = time.perf_counter() - t0
+    try:
+        after = sample(procs)
+    except (OSError, ValueError, IndexError):  # (an executor replaced during the run)
         return None
     out = {k: (after[k] - before[k]) / n * 1e3 for k in before}
     out["wall"] = wall / n * 1e3

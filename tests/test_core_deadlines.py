@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.state_helpers import fresh, join, sends, spec, step, submit
 from vinework.constants import TaskResult
 from vinework.core.deadlines import DEADLINE_GRACE
-from vinework.core.events import TaskReturned, Tick, WorkerHeard
+from vinework.core.events import TaskCollected, TaskReturned, Tick, WorkerHeard
 from vinework.core.records import TaskState
 from vinework.protocol import Kill, RunTask
 
@@ -64,3 +64,16 @@ def test_taking_back_spends_the_retry_budget() -> None:
     cmds = step(s, Tick(now=2 * t1))  # and again: the budget is spent
     [ret] = [c for c in cmds if isinstance(c, TaskReturned)]
     assert ret.result == TaskResult.MAX_WALL_TIME and "past its time limit" in ret.message
+
+
+def test_the_core_clock_never_goes_back() -> None:
+    """An event stamped before one already applied (the user's thread posts one, then a
+    worker's message is applied first; ``wait()``'s quiet hand-over waits up to a tick)
+    is applied at the later time: time measured by the core never runs backwards."""
+    s, _ = _running()
+    _heard(s, 30.0)
+    assert s.now == 30.0  # type: ignore[attr-defined]
+    step(s, TaskCollected(now=5.0, task_id=99))  # stamped 25 s earlier, applied now
+    assert s.now == 30.0  # type: ignore[attr-defined]
+    step(s, Tick(now=31.0))
+    assert s.now == 31.0  # type: ignore[attr-defined]

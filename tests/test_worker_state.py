@@ -288,6 +288,20 @@ def test_python_inline_result_travels_in_task_done() -> None:
     ws.validate_state()
 
 
+def test_python_task_with_a_big_stdout_still_collects_it() -> None:
+    ws = connected()
+    rid = start_run(ws, run_task(3, python=True))
+    out = ws.handle(ev.TaskExited(run_id=rid, wall=1.0, status=0, python_kind="inline",
+                                  python_data=b"pickled", output="x" * 10, stdout_size=10**6,
+                                  stdout_big=True))
+    (collect,) = of(out, ev.CollectOutputs)
+    assert collect.stdout == "stdout-3-1" and sent(out) == []
+    out = ws.handle(ev.OutputsCollected(run_id=rid, wall=2.0, stdout_stored=10**6))
+    (done,) = sent(out, TaskDone)
+    assert done.python_result == b"pickled" and done.stdout_file == "stdout-3-1"
+    ws.validate_state()
+
+
 def test_python_task_with_outputs_still_collects_them() -> None:
     ws = connected()
     rid = start_run(ws, run_task(2, outputs=[("out-1", "out.txt")], python=True))

@@ -96,8 +96,11 @@ class ManagerState(TaskLifecycle, WorkerLifecycle, FileLogistics, LibraryLifecyc
 
     # ================================================================ entry point
     def handle(self, event: Event) -> list[Command]:
-        """Apply one event and return the commands it calls for."""
-        self.now = event.now
+        """Apply one event and return the commands it calls for. The core's clock never
+        goes back: an event stamped before one already applied (posted by the user's
+        thread, applied after a worker's message) is applied at the later time."""
+        if event.now > self.now:
+            self.now = event.now
         self._events += 1
         self._stim = event.stimulus_id or f"{type(event).__name__}-{self._events}"
         out: list[Command] = []

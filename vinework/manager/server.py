@@ -213,10 +213,13 @@ class ManagerServer:
 
     def post_quiet(self, event: Event) -> None:
         """Hand the loop thread an event that can wait: it is applied, in order, with the
-        next event posted, the next query, or the next Tick (at most ``TICK_SECONDS``
-        later), without a wake-up of its own. (A wake-up makes the loop thread take the
-        GIL from the user's thread while it works, which costs that thread a switch
-        interval or more; a task handed back by ``wait()`` is one such event.)"""
+        next event posted, the next query (``call``), or the next Tick (at most
+        ``TICK_SECONDS`` later), without a wake-up of its own. (A wake-up makes the loop
+        thread take the GIL from the user's thread while it works, which costs that
+        thread a switch interval or more; a task handed back by ``wait()`` is one such
+        event.) Until then, what reads the core on the loop thread without a query (a
+        status request, the dashboard, the transaction log's DONE line) sees it as it
+        was; the core applies it at its own later time (its clock never goes back)."""
         self._inbox.append(event)
 
     def _drain_inbox(self) -> None:
@@ -529,12 +532,19 @@ class ManagerServer:
 
         async def stop() -> None:
             self._drain_inbox()  # (events posted quietly)
-            for conn in list(self.conns.values()):
+            conns = list(self.conns.values())
+            for conn in conns:
                 if shutdown:
                     self._send(conn.worker_id, Shutdown(reason="manager closing"))
                 self._flush(conn)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.writer.drain(), 2)
+            # what was written goes out to every worker at once, 2 s for all of them
+            drains = [asyncio.ensure_future(conn.writer.drain()) for conn in conns]
+            if drains:
+                await asyncio.wait(drains, timeout=2)
+            for d in drains:
+                if d.done() and not d.cancelled():
+                    d.exception()  # (a worker that hung up: nothing left to tell it)
+            for conn in conns:
                 conn.closed = True
                 conn.writer.close()
             self._ticker.cancel()
