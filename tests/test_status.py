@@ -87,6 +87,20 @@ def test_status_json_matches_the_managers_stats(manager: vine.Manager, workers: 
         assert word in tables.stdout, word
 
 
+def test_a_status_query_sees_a_task_wait_just_returned(manager: vine.Manager,
+                                                       workers: Any) -> None:
+    m = manager
+    workers(m)
+    wait_workers(m, 1)
+    m.submit(vine.Task("true"))
+    [t] = wait_all(m, 1)
+    assert t.successful()
+    # wait() hands the core its TaskCollected quietly; the query applies it first
+    snap = query("localhost", m.port)
+    assert snap["tasks"]["by_state"].get("RETRIEVED", 0) == 0, snap["tasks"]["by_state"]
+    assert snap["tasks"]["done"] == 1
+
+
 def test_the_snapshot_is_the_loop_threads_view(manager: vine.Manager, workers: Any) -> None:
     m = manager
     workers(m)

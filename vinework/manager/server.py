@@ -217,9 +217,9 @@ class ManagerServer:
         ``TICK_SECONDS`` later), without a wake-up of its own. (A wake-up makes the loop
         thread take the GIL from the user's thread while it works, which costs that
         thread a switch interval or more; a task handed back by ``wait()`` is one such
-        event.) Until then, what reads the core on the loop thread without a query (a
-        status request, the dashboard, the transaction log's DONE line) sees it as it
-        was; the core applies it at its own later time (its clock never goes back)."""
+        event.) A status request applies them first too; until then, the transaction
+        log's DONE line waits with them. The core applies them at its own later time
+        (its clock never goes back)."""
         self._inbox.append(event)
 
     def _drain_inbox(self) -> None:
@@ -313,7 +313,9 @@ class ManagerServer:
         password = self.password
         try:
             hello, cached, dec = await asyncio.wait_for(
-                handshake(reader, writer, password, self.status_source), HANDSHAKE_TIMEOUT)
+                handshake(reader, writer, password,
+                          self._status if self.status_source is not None else None),
+                HANDSHAKE_TIMEOUT)
         except StatusAnswered:
             self.status_answered += 1
             writer.close()
@@ -373,6 +375,12 @@ class ManagerServer:
             reason = f"connection error: {e}"
         finally:
             self._drop(conn, reason)
+
+    def _status(self, what: str) -> str:
+        """A status query's answer, after the events posted quietly (loop thread)."""
+        assert self.status_source is not None
+        self._drain_inbox()
+        return self.status_source(what)
 
     def _reject(self, host: str, why: str) -> None:
         """A connection that does not become a worker: logged (rate-limited), recorded."""
