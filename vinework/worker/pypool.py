@@ -59,14 +59,11 @@ class _Interpreter:
         loop.add_reader(parent.fileno(), readable)
 
     def send(self, req: list[Any]) -> None:
-        self.send_bytes(pack(req))
-
-    def send_bytes(self, data: bytes) -> None:
         if not self.alive:
             return
         self.sock.setblocking(True)
         try:
-            self.sock.sendall(data)
+            self.sock.sendall(pack(req))
         except OSError:
             pass
         finally:
@@ -156,12 +153,11 @@ class PythonRunner:
         interp.busy_with = call_id
 
         try:
-            data = pack(request)
+            interp.send(request)
         except BaseException:  # (a request that cannot be packed): the executor stays idle
             self._release(call_id, interp)
             raise
         fut.add_done_callback(lambda _: self._release(call_id, interp))
-        interp.send_bytes(data)
         return fut
 
     def _release(self, call_id: int, interp: _Interpreter | None) -> None:

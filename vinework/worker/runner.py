@@ -228,14 +228,20 @@ class TaskRunner:
         try:
             done = await running
         except Exception as e:  # a worker-side bug must not kill the worker
-            log.exception("task %d failed inside the worker", task.task_id)
-            try:
-                out = sb.take_output(box, task.stdout_max)
-            except Exception:
-                out = sb.Output("", 0, False)
-            done = ev.TaskExited(run_id=run_id, wall=time.time(), worker_error=str(e),
-                                 output=out.text, stdout_size=out.size, stdout_big=out.big)
+            done = self._worker_error(run_id, task, box, e)
         self.post(done)
+
+    def _worker_error(self, run_id: int, task: RunTask, box: str,
+                      e: Exception) -> ev.TaskExited:
+        """How an attempt ended when the worker itself failed running it (logged): a
+        worker error, with whatever output the task left."""
+        log.exception("task %d failed inside the worker", task.task_id)
+        try:
+            out = sb.take_output(box, task.stdout_max)
+        except Exception:
+            out = sb.Output("", 0, False)
+        return ev.TaskExited(run_id=run_id, wall=time.time(), worker_error=str(e),
+                             output=out.text, stdout_size=out.size, stdout_big=out.big)
 
     def _arm_limits(self, run_id: int, task: RunTask) -> list[asyncio.TimerHandle]:
         """Timers that kill the attempt at its time_max and at its time_end."""
@@ -312,14 +318,7 @@ class TaskRunner:
                     frame = fut.result()
                 done = self._python_exited(run_id, task, box, frame)
             except Exception as e:  # a worker-side bug must not kill the worker
-                log.exception("task %d failed inside the worker", task.task_id)
-                try:
-                    out = sb.take_output(box, task.stdout_max)
-                except Exception:
-                    out = sb.Output("", 0, False)
-                done = ev.TaskExited(run_id=run_id, wall=time.time(), worker_error=str(e),
-                                     output=out.text, stdout_size=out.size,
-                                     stdout_big=out.big)
+                done = self._worker_error(run_id, task, box, e)
             self.post(done)
 
         call.add_done_callback(ended)
