@@ -69,7 +69,8 @@ def manager_main() -> None:
     from vinework.txnlog import read_log
 
     n = args.workers
-    m = vine.Manager(port=0, run_info_path=args.run_info)  # listens on every address
+    # listens on every address; its workers exit with it (shutdown=True)
+    m = vine.Manager(port=0, run_info_path=args.run_info, shutdown=True)
     print(f"PORT {m.port}", flush=True)
     deadline = time.monotonic() + args.connect_timeout
     while m.workers_connected < n:
@@ -112,7 +113,7 @@ def manager_main() -> None:
     stats = m.stats.as_dict()
     for f in temps:
         m.undeclare_file(f)
-    m.close()  # workers are told to exit
+    m.close()  # the workers are told to exit
     transfers = [f[:6] for _, kind, f in read_log(m.txn_path)
                  if kind == "TRANSFER" and len(f) >= 6 and f[1] == "DONE"]
     print("RESULT " + json.dumps({
