@@ -13,8 +13,10 @@ ones. Systems, each on a warm worker with 2 cores:
 
 The sync scheduler's time drifts on a shared machine (4.5 to 7.5 ms within minutes
 here), so it is measured three ways: before DaskVine starts, after it, and in alternating
-blocks with DaskVine (six blocks of each, one untimed compute after each switch), whose
-ratio is the fairest of the three.
+blocks with DaskVine (``--rounds`` blocks of each, 12 by default, one untimed compute
+after each switch), whose ratio is the fairest of the three. That ratio is also taken
+round by round, from the medians of a round's two blocks (a fraction of a second apart),
+and printed with its spread.
 
 Then where DaskVine's milliseconds go: the time in ``Manager.submit``, the time waiting
 for the finished task (``wait_for_tag``), the task's wall time on the worker (from the
@@ -70,26 +72,34 @@ def median_ms(compute: Callable[[Any], Any], n: int, warm: int, offset: int) -> 
 
 
 def blocks_ms(first: Callable[[Any], Any], second: Callable[[Any], Any], n: int,
-              offset: int, rounds: int = 6) -> tuple[float, float]:
+              offset: int, rounds: int) -> tuple[float, float, list[float]]:
     """Medians of ``first`` and ``second`` timed in alternating blocks (``rounds`` of each,
-    ``n`` computes in all, one untimed compute after each switch): the machine's drift
-    over the run is shared by both, and neither runs just after the other's process hops."""
+    ``n`` computes of each in all, one untimed compute after each switch): the machine's
+    drift over the run is shared by both, and neither runs just after the other's process
+    hops. Also the ratio second/first of each round's two block medians (a round's two
+    blocks are a fraction of a second apart, so each ratio sees one state of the machine)."""
     a: list[float] = []
     b: list[float] = []
+    ratios: list[float] = []
     per = max(1, n // rounds)
     i = offset
     for _ in range(rounds):
+        block: list[float] = []
         for compute, times in ((first, a), (second, b)):
             compute(graph(i))
             i += 1
+            mine = []
             for _ in range(per):
                 x = graph(i)
                 t0 = time.perf_counter()
                 r = compute(x)
-                times.append(time.perf_counter() - t0)
+                mine.append(time.perf_counter() - t0)
                 assert r == 100 * (1 + i), r
                 i += 1
-    return statistics.median(a) * 1e3, statistics.median(b) * 1e3
+            times.extend(mine)
+            block.append(statistics.median(mine))
+        ratios.append(block[1] / block[0])
+    return statistics.median(a) * 1e3, statistics.median(b) * 1e3, ratios
 
 
 class Segments:
@@ -131,6 +141,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--warm", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=12,
+                    help="rounds of alternating blocks (sync, then DaskVine)")
     ap.add_argument("--no-distributed", action="store_true")
     a = ap.parse_args()
     (opt,) = dask.optimize(graph(0))
@@ -143,7 +155,7 @@ def main() -> None:
     with local_workers(m, 1, cores=2) as procs:
         vine = median_ms(lambda x: x.compute(scheduler=m.get), a.n, a.warm, 1000)
         pair = blocks_ms(lambda x: x.compute(scheduler="sync"),
-                         lambda x: x.compute(scheduler=m.get), 2 * a.n, 6000)
+                         lambda x: x.compute(scheduler=m.get), 2 * a.n, 6000, a.rounds)
         per_task = median_ms(lambda x: x.compute(scheduler=m.get, small_graph=False),
                              max(10, a.n // 4), a.warm, 2000)
         k = a.n
@@ -181,8 +193,12 @@ def main() -> None:
     print(f"dask sync scheduler (baseline)     {sync:7.2f} ms  (again at the end: "
           f"{sync_again:.2f} ms)")
     print(f"DaskVine, small graph as one task  {vine:7.2f} ms  = {vine / base:.2f}x sync")
+    ratios = sorted(pair[2])
     print(f"in alternating blocks: sync {pair[0]:.2f} ms, DaskVine {pair[1]:.2f} ms: "
-          f"DaskVine/sync {pair[1] / pair[0]:.2f}x ({2 * a.n} computes each, 6 blocks)")
+          f"DaskVine/sync {pair[1] / pair[0]:.2f}x ({2 * a.n} computes each, {a.rounds} "
+          f"blocks each); round by round: median {statistics.median(ratios):.2f}x, "
+          f"{ratios[0]:.2f}-{ratios[-1]:.2f}x, {sum(r <= 1.5 for r in ratios)}/{len(ratios)} "
+          f"rounds at most 1.5x")
     print(f"DaskVine, small_graph=False        {per_task:7.2f} ms  = {per_task / base:.2f}x sync")
     if dist is not None:
         print(f"dask.distributed, 1 process worker {dist:7.2f} ms  = {dist / base:.2f}x sync; "
