@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,39 @@ def test_a_hard_link_inside_is_a_copy_and_one_outside_is_refused(tmp_path: Path)
     with pytest.raises(TreeError, match="escapes"):
         unpack(str(bad), str(tmp_path / "b"), compressed=True)
     assert not (tmp_path / "b").exists()
+
+
+def test_an_archive_of_dot_made_by_tar_unpacks(tmp_path: Path) -> None:
+    """``tar czf x.tgz -C dir .`` names its members ``./``, ``./sub/``, ``./sub/f``: the
+    commonest layout of a packed directory (tarfile's ``add(dir, arcname=".")`` too)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "empty").mkdir()
+    (src / "sub" / "f").write_bytes(b"12345")
+    (src / "run.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "run.sh", 0o755)
+    os.chmod(src, 0o750)
+    by_tar = tmp_path / "by-tar.tgz"
+    subprocess.run(["tar", "czf", str(by_tar), "-C", str(src), "."], check=True)
+    by_module = tmp_path / "by-module.tar"
+    with tarfile.open(by_module, "w") as tar:
+        tar.add(src, arcname=".")
+    for i, archive in enumerate((by_tar, by_module)):
+        with tarfile.open(archive) as tar:
+            assert any(n.startswith("./") for n in tar.getnames()), tar.getnames()
+        out = tmp_path / f"out{i}"
+        assert unpack(str(archive), str(out), compressed=True) == 5 + 10
+        assert (out / "sub" / "f").read_bytes() == b"12345"
+        assert (out / "empty").is_dir()
+        assert os.stat(out / "run.sh").st_mode & 0o111
+        assert os.stat(out).st_mode & 0o777 == 0o750  # the top directory's own mode
+    escaping = _tarball(tmp_path / "dots.tar", "w", {"./a/../../x": b"no"})
+    with pytest.raises(TreeError, match="escapes"):
+        unpack(str(escaping), str(tmp_path / "bad"), compressed=True)
+    assert not (tmp_path / "bad").exists()
+    top_file = _tarball(tmp_path / "top.tar", "w", {"./": b"not a directory"})
+    with pytest.raises(TreeError, match="not a directory"):
+        unpack(str(top_file), str(tmp_path / "bad2"), compressed=True)
 
 
 # ---------------------------------------------------------------------- through workers

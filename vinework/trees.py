@@ -7,7 +7,9 @@ followed, whether it points inside the tree or out of it). Other kinds of
 entry (devices, fifos, sockets) are refused. On the wire a tree is a tar
 stream (``pack``), built here with one member per entry and no hard-link
 members. ``unpack`` is the receiving side and trusts nothing: it refuses
-members with absolute names, ``..`` or empty components, members of any type
+members with absolute names, ``..`` or empty components (in a user's archive,
+``declare_untar``, ``.`` and empty components are skipped as tar skips them, so
+``./a/b`` is ``a/b``), members of any type
 but file, directory and symlink, duplicates, and any member whose path would go
 through a symlink, so nothing is ever written outside the target directory.
 Symlink members are created as links (``os.symlink`` of the target as given):
@@ -130,6 +132,18 @@ def _check_name(name: str) -> list[str]:
     return parts
 
 
+def _archive_name(name: str) -> list[str]:
+    """The parts of a member name of a user's archive: as :func:`_check_name`, except that
+    ``.`` and empty parts are dropped, as tar does (``tar -C dir .`` names every member
+    ``./...``, and the directory itself ``.`` or ``./``: no parts)."""
+    if not name or name.startswith("/") or "\x00" in name or "\\" in name:
+        raise TreeError(f"tar member {name!r} is not a relative path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise TreeError(f"tar member {name!r} escapes the directory")
+    return parts
+
+
 def _enter(dest: str, parts: list[str], name: str) -> str:
     """The real directory ``dest/parts...``, made as needed; never through a symlink."""
     d = dest
@@ -150,7 +164,9 @@ def unpack(tar_path: str, dest: str, compressed: bool = False) -> int:
     docstring for what is refused); return the tree's size. On any error ``dest`` is
     removed. ``compressed``: a user's archive (``declare_untar``), plain or gzip, bzip2
     or xz compressed, whose hard-link members are allowed when they name a file
-    unpacked before them (each becomes a copy of it).
+    unpacked before them (each becomes a copy of it), and whose member names may have
+    ``.`` parts (``tar -C dir .`` writes ``./`` and ``./name``; the top directory's mode
+    goes to ``dest``).
 
     Raises:
         TreeError: a member is refused, or the tar is damaged.
@@ -161,8 +177,14 @@ def unpack(tar_path: str, dest: str, compressed: bool = False) -> int:
     modes: list[tuple[str, int]] = []
     try:
         with tarfile.open(tar_path, mode="r:*" if compressed else "r:") as tar:
+            names = _archive_name if compressed else _check_name
             for m in tar:
-                parts = _check_name(m.name)
+                parts = names(m.name)
+                if not parts:  # the archive's top directory (``.``): ``dest`` itself
+                    if not m.isdir():
+                        raise TreeError(f"tar member {m.name!r} is not a directory")
+                    modes.append((dest, (m.mode & 0o777) | 0o700))
+                    continue
                 parent = _enter(dest, parts[:-1], m.name)
                 path = os.path.join(parent, parts[-1])
                 bits = m.mode & 0o777
@@ -185,8 +207,12 @@ def unpack(tar_path: str, dest: str, compressed: bool = False) -> int:
                         os.fchmod(out.fileno(), bits | 0o600)
                     total += m.size
                 elif m.islnk() and compressed:
-                    target = os.path.join(dest, *_check_name(m.linkname))
-                    _enter(dest, _check_name(m.linkname)[:-1], m.linkname)
+                    link = _archive_name(m.linkname)
+                    if not link:
+                        raise TreeError(f"tar member {m.name!r} is a hard link to the "
+                                        "archive's top directory")
+                    target = os.path.join(dest, *link)
+                    _enter(dest, link[:-1], m.linkname)
                     if not stat.S_ISREG(os.lstat(target).st_mode):
                         raise TreeError(f"tar member {m.name!r} is a hard link to "
                                         f"{m.linkname!r}, which is not a file unpacked before")

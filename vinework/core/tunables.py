@@ -59,8 +59,10 @@ NO_EFFECT: dict[str, str] = {
     "load-from-shared-filesystem": "inputs always move through the caches",
     "long-timeout": "message timeouts are the keepalive's",
     "short-timeout": "message timeouts are the keepalive's",
-    "max-library-retries": "libraries are not supported yet",
-    "watch-library-logfiles": "libraries are not supported yet",
+    "max-library-retries": "a library whose set-up fails 3 times in a row is broken, and a "
+                           "call its library ended under is re-run within its retries",
+    "watch-library-logfiles": "library logs come back as the workers report them "
+                              "(library-logs/)",
     "max-new-workers": "every worker that connects is accepted at once",
     "max-retrievals": "results are retrieved as they come",
     "worker-retrievals": "results are retrieved as they come",
