@@ -105,6 +105,20 @@ def test_an_archive_of_dot_made_by_tar_unpacks(tmp_path: Path) -> None:
     top_file = _tarball(tmp_path / "top.tar", "w", {"./": b"not a directory"})
     with pytest.raises(TreeError, match="not a directory"):
         unpack(str(top_file), str(tmp_path / "bad2"), compressed=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    through = tmp_path / "through.tar"  # ./l -> outside, then ./l/evil: never written
+    with tarfile.open(through, "w") as tar:
+        ln = tarfile.TarInfo("./l")
+        ln.type, ln.linkname = tarfile.SYMTYPE, str(outside)
+        tar.addfile(ln)
+        evil = tarfile.TarInfo("./l/evil")
+        evil.size = 1
+        tar.addfile(evil, io.BytesIO(b"x"))
+    with pytest.raises(TreeError, match="not a directory"):
+        unpack(str(through), str(tmp_path / "bad3"), compressed=True)
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "bad3").exists()
 
 
 # ---------------------------------------------------------------------- through workers
