@@ -123,10 +123,15 @@ def pack(root: str, out: IO[bytes]) -> int:
     return total
 
 
-def _check_name(name: str) -> list[str]:
+def _relative_parts(name: str) -> list[str]:
+    """The "/"-separated parts of a member name that must be a relative path."""
     if not name or name.startswith("/") or "\x00" in name or "\\" in name:
         raise TreeError(f"tar member {name!r} is not a relative path")
-    parts = name.rstrip("/").split("/")
+    return name.rstrip("/").split("/")
+
+
+def _check_name(name: str) -> list[str]:
+    parts = _relative_parts(name)
     if any(p in ("", ".", "..") for p in parts):
         raise TreeError(f"tar member {name!r} escapes the directory")
     return parts
@@ -136,9 +141,7 @@ def _archive_name(name: str) -> list[str]:
     """The parts of a member name of a user's archive: as :func:`_check_name`, except that
     ``.`` and empty parts are dropped, as tar does (``tar -C dir .`` names every member
     ``./...``, and the directory itself ``.`` or ``./``: no parts)."""
-    if not name or name.startswith("/") or "\x00" in name or "\\" in name:
-        raise TreeError(f"tar member {name!r} is not a relative path")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = [p for p in _relative_parts(name) if p not in ("", ".")]
     if ".." in parts:
         raise TreeError(f"tar member {name!r} escapes the directory")
     return parts
