@@ -13,6 +13,7 @@ and served by the transfer server, and what was measured.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -487,6 +488,50 @@ def test_python_task_environment_measured_and_time_limit(worker: Connected) -> N
                   time_end=time.time() + 0.3)
     done = run_one(worker.fake, msg)
     assert (done.result, done.exit_code) == (TaskResult.MAX_END_TIME, 9)
+
+
+def test_a_direct_call_sees_none_of_the_environment_an_earlier_call_left(
+        worker: Connected) -> None:
+    """Two calls in a row in one warm executor: what the first set, changed or removed
+    (its task's variables, its own os.environ edits, an inherited variable it unset, its
+    working directory) is gone for the second, which sees the worker's environment with
+    its own task's changes only."""
+    from vinework.pickling import dumps_call
+
+    def meddle() -> int:
+        import os as _os
+
+        _os.environ["LEAKED"] = "1"
+        _os.environ["HOME"] = "/nowhere"
+        _os.environ.pop("PATH", None)
+        _os.chdir("/")
+        return _os.getpid()
+
+    def look() -> dict[str, object]:
+        import os as _os
+
+        return {"pid": _os.getpid(), "cwd": _os.getcwd(),
+                **{n: _os.environ.get(n) for n in ("FIRST", "SECOND", "LEAKED", "HOME",
+                                                     "CORES", "DISPLAY")},
+                "path": bool(_os.environ.get("PATH")), "vine": _os.environ.get("VINE_SANDBOX")}
+
+    import cloudpickle
+
+    first = run_one(worker.fake, run_msg(
+        20, "", cores=2, env=[("FIRST", "a")], env_unset=["HOME"],
+        python_payload=dumps_call(meddle, (), {}), python_mode="direct"))
+    assert first.result == TaskResult.SUCCESS, (first.message, first.python_error)
+    second = run_one(worker.fake, run_msg(
+        21, "", cores=1, env=[("SECOND", "b")],
+        python_payload=dumps_call(look, (), {}), python_mode="direct"))
+    assert second.result == TaskResult.SUCCESS, (second.message, second.python_error)
+    assert second.python_result is not None and first.python_result is not None
+    seen = cloudpickle.loads(second.python_result)
+    assert seen["pid"] == cloudpickle.loads(first.python_result)  # the same executor
+    assert seen["cwd"] == seen["vine"]  # its own sandbox
+    assert seen["FIRST"] is None and seen["LEAKED"] is None and seen["SECOND"] == "b"
+    assert seen["HOME"] == os.environ.get("HOME") and seen["path"]
+    assert seen["CORES"] == "1" and seen["DISPLAY"] is None
 
 
 def test_task_wrapper_wraps_every_command(spawn: Any, fm: FakeManager) -> None:

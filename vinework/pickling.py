@@ -125,6 +125,18 @@ def loads_call(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dic
     return fn, tuple(args), dict(kwargs)
 
 
+def dumps_value(value: Any) -> bytes:
+    """The bytes of a return value: plain pickle when it can (several times faster for
+    small values), else cloudpickle. Plain pickle refers to a function or class by name
+    only when that name finds the very same object, so anything it cannot name right
+    (a function of ``__main__``, a lambda, a class made at run time) makes it fail and
+    goes to cloudpickle; both are read back by ``pickle.loads``."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(value)
+
+
 class RawResult:
     """A return value to store as it is (``PythonTask.disable_output_serialization``)."""
 

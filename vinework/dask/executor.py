@@ -173,8 +173,10 @@ class DaskVine(Manager):
         Args:
             dsk: Whatever Dask hands a scheduler (graph expression, HighLevelGraph, dict).
             keys: A key or nested list of keys.
-            environment: A poncho/starch environment for every task. Not supported
-                yet (vinework has no environments): anything but None raises
+            environment: A poncho/starch environment for every task. Not supported:
+                DaskVine's tasks are PythonTasks, which run in the workers' own warm
+                interpreters and cannot switch to a packaged environment (command
+                tasks can: ``Task.add_environment``). Anything but None raises
                 NotImplementedError.
             extra_files: ``{File: remote_name}`` added as inputs of every task.
             worker_transfers: Keep intermediates on workers (True) or bring every
@@ -286,13 +288,15 @@ class DaskVine(Manager):
         if environment is not None:
             raise NotImplementedError(
                 "DaskVine environment= (a poncho or starch environment for every task) is not "
-                "supported: vinework has no environments yet. Install the packages the graph "
+                "supported: its tasks are PythonTasks, which run in the workers' own warm "
+                "interpreters and cannot switch to a packaged environment (command tasks "
+                "can, with Task.add_environment). Install the packages the graph "
                 "needs where the workers run, and pass environment=None."
             )
         if env_per_task:
             raise NotImplementedError(
                 "DaskVine env_per_task=True unpacks the environment in every task; vinework "
-                "has no environments yet. Pass env_per_task=False."
+                "cannot run PythonTasks in a packaged environment. Pass env_per_task=False."
             )
         scheduler, priority_mode = _scheduling(scheduling_mode, task_priority_mode)
         if retries is not None and retries < 0:

@@ -55,6 +55,7 @@ from ..core import (
     WorkerLeft,
 )
 from ..core.events import LibraryLog, LibraryReported
+from ..netio import tune_stream
 from ..protocol import (
     PROTOCOL_VERSION,
     CacheInvalid,
@@ -301,10 +302,7 @@ class ManagerServer:
         host = peer[0]
         if host.startswith("::ffff:"):
             host = host[7:]
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_stream(writer)
         if self._strangers >= MAX_STRANGERS:
             self._reject(host, f"more than {MAX_STRANGERS} connections in their handshake")
             writer.close()

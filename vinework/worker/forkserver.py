@@ -9,16 +9,17 @@ in a forked child, for full isolation of process state.
 The worker starts one fork server process (``python -m vinework.worker.forkserver FD``)
 that has cloudpickle (and any hoisted modules, such as numpy) already imported.
 For each PythonTask it forks a child, which changes into the task's sandbox,
-unpickles ``(fn, args, kwargs)``, calls it, and sends back the cloudpickled
-result (inline if small, else written to a file) or the exception with its
-traceback text. Forking a warm process costs about a millisecond; a fresh
+unpickles ``(fn, args, kwargs)``, calls it, and sends back the pickled result
+(plain pickle when it can, else cloudpickle; inline if small, else written to a file)
+or the exception with its traceback text. Forking a warm process costs about a millisecond; a fresh
 interpreter costs tens. The server is single-threaded and keeps little memory,
 so forks stay cheap.
 
 The task's environment (``taskenv.py``): ``env_pairs`` are set and
 ``unset_names`` removed in ``os.environ`` for the call (and ``tempfile``'s
 cached directory is forgotten, so ``TMPDIR`` applies); a forked child keeps
-them, a direct executor restores its environment after the call.
+them; a direct executor sets each call's environment from its own at the call's start
+(whatever an earlier call left or changed is undone then).
 
 What a call used (``measured``: [wall s, cpu s, max rss MB]): in a forked child,
 the wall time from fork to reap and the child's ``wait4`` rusage; in a direct
@@ -51,7 +52,8 @@ from typing import Any
 
 import msgpack
 
-from ..pickling import RawResult, loads_call
+from ..netio import READ_SIZE
+from ..pickling import RawResult, dumps_value, loads_call
 
 _LEN = struct.Struct(">I")
 
@@ -94,7 +96,7 @@ def call_payload(payload: bytes, out_path: str, inline_max: int) -> list[Any]:
             blob = b""
         return ["error", blob, tb]
     try:
-        data = value.data if type(value) is RawResult else cloudpickle.dumps(value)
+        data = value.data if type(value) is RawResult else dumps_value(value)
     except Exception as e:
         tb = traceback.format_exc()
         err = TypeError(f"the return value could not be pickled: {e}")
@@ -149,6 +151,27 @@ def _apply_env(env: list[list[str]], unset: list[str]) -> None:
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
+def _call_environ(base: dict[Any, Any], env: list[list[str]], unset: list[str]
+                  ) -> dict[Any, Any]:
+    """The environment one call runs in, in ``os.environ``'s own encoded form (as
+    :func:`_environ_snapshot` gives it): ``base`` with ``env`` set, in order, and the
+    ``unset`` names removed."""
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):
+        target = dict(base)
+        target.update((k, v) for k, v in env)
+        for name in unset:
+            target.pop(name, None)
+        return target
+    key, value = os.environ.encodekey, os.environ.encodevalue  # type: ignore[attr-defined]
+    target = dict(base)
+    for k, v in env:
+        target[key(k)] = value(v)
+    for name in unset:
+        target.pop(key(name), None)
+    return target
+
+
 def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
            env: list[list[str]], unset: list[str], wfd: int) -> None:
     """Run in the forked child: never returns."""
@@ -185,8 +208,9 @@ def _child(sandbox: str, payload: bytes, out_path: str, inline_max: int,
 def serve_direct(fd: int) -> None:
     """A warm executor: run one call at a time in this process, no fork.
 
-    The working directory, environment and stdout/stderr are restored after
-    every call. A call that kills the process (``os._exit``, a crash) is seen by
+    The working directory and stdout/stderr are restored after every call; each
+    call's environment is made from the executor's own at its start, whatever the
+    previous call left (only the variables that differ are touched). A call that kills the process (``os._exit``, a crash) is seen by
     the worker as end-of-file and reported; the worker starts a fresh executor.
     """
     ctl = socket.socket(fileno=fd)
@@ -196,11 +220,12 @@ def serve_direct(fd: int) -> None:
     saved_out, saved_err = os.dup(1), os.dup(2)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
-        data = ctl.recv(1 << 20)
+        data = ctl.recv(READ_SIZE)
         if not data:
             return
         for req in framer.feed(data):
             if req[0] == "hoist":
+                _restore_environ(base_env)
                 _hoist(req[1])
                 continue
             if req[0] != "run":
@@ -209,7 +234,10 @@ def serve_direct(fd: int) -> None:
             t0, c0 = time.monotonic(), time.process_time()
             try:
                 os.chdir(sandbox)
-                _apply_env(env, unset)
+                # from whatever the last call left to this call's environment, touching
+                # only the variables that differ (most are the same from call to call)
+                _restore_environ(_call_environ(base_env, env, unset))
+                tempfile.tempdir = None  # gettempdir() reads TMPDIR again
                 _redirect_output(sandbox)
                 reply = call_payload(payload, out_path, inline_max)
             except BaseException:  # the sandbox itself was unusable
@@ -223,8 +251,6 @@ def serve_direct(fd: int) -> None:
                 os.dup2(saved_out, 1)
                 os.dup2(saved_err, 2)
                 os.chdir(home)
-                _restore_environ(base_env)
-                tempfile.tempdir = None
             measured = [time.monotonic() - t0, time.process_time() - c0,
                         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]
             ctl.sendall(pack(["done", task_id, 0, *reply, measured]))
@@ -267,7 +293,7 @@ def serve(fd: int) -> None:
         for key, _ in sel.select():
             if key.data == "ctl":
                 try:
-                    data = ctl.recv(1 << 20)
+                    data = ctl.recv(READ_SIZE)
                 except BlockingIOError:
                     continue
                 if not data:
@@ -300,7 +326,7 @@ def serve(fd: int) -> None:
                 rfd = key.fd
                 task_id, pid, buf, t0 = children[rfd]
                 try:
-                    chunk = os.read(rfd, 1 << 20)
+                    chunk = os.read(rfd, READ_SIZE)
                 except BlockingIOError:
                     continue
                 if chunk:

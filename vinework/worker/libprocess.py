@@ -54,19 +54,13 @@ from typing import Any
 
 import cloudpickle
 
+from ..netio import READ_SIZE
+from ..pickling import dumps_value
 from .forkserver import Framer, _apply_env, _environ_snapshot, _kill, _restore_environ, pack
 
 # what the library's context function returned (load_variable_from_library reads it)
 CONTEXT: dict[str, Any] = {}
 RUNNING = False  # True in a library process (load_variable_from_library checks it)
-
-
-def dumps_value(value: Any) -> bytes:
-    """The bytes of a return value: plain pickle when it can (fast), else cloudpickle."""
-    try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return cloudpickle.dumps(value)
 
 
 def set_up(payload: bytes) -> dict[str, Any]:
@@ -221,7 +215,7 @@ def serve_direct(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
     queue = collections.deque(pending)
     while True:
         if not queue:
-            data = ctl.recv(1 << 20)
+            data = ctl.recv(READ_SIZE)
             if not data:
                 out.flush()
                 return
@@ -283,7 +277,7 @@ def _fork_and_wait(fn: Any, req: list[Any]) -> list[Any]:
         _child(fn, req, w)
     os.close(w)
     buf = bytearray()
-    while chunk := os.read(r, 1 << 20):
+    while chunk := os.read(r, READ_SIZE):
         buf += chunk
     os.close(r)
     _, status = os.waitpid(pid, 0)
@@ -382,7 +376,7 @@ def serve_fork(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
         for key, _ in sel.select():
             if key.fileobj is ctl:
                 try:
-                    data = ctl.recv(1 << 20)
+                    data = ctl.recv(READ_SIZE)
                 except BlockingIOError:
                     continue
                 if not data:
@@ -395,7 +389,7 @@ def serve_fork(ctl: socket.socket, framer: Framer, functions: dict[str, Any],
             rfd = key.fd
             call_id, pid, buf, t0 = children[rfd]
             try:
-                chunk = os.read(rfd, 1 << 20)
+                chunk = os.read(rfd, READ_SIZE)
             except BlockingIOError:
                 continue
             if chunk:
@@ -437,7 +431,7 @@ def main(fd: int) -> int:
     framer = Framer()
     frames: list[list[Any]] = []
     while not frames:
-        data = ctl.recv(1 << 20)
+        data = ctl.recv(READ_SIZE)
         if not data:
             return 0
         frames = framer.feed(data)

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..netio import READ_SIZE
 from ..protocol import RunTask
 from ..protocol.messages import StartLibrary
 from . import events as ev
@@ -169,7 +170,7 @@ class LibraryRunner:
     def _readable(self, inst: _Instance) -> None:
         assert inst.sock is not None
         try:
-            data = inst.sock.recv(1 << 20)
+            data = inst.sock.recv(READ_SIZE)
         except BlockingIOError:
             return
         except OSError:

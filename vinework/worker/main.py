@@ -44,6 +44,7 @@ import time
 import uuid
 
 from ..checksums import checksum, fetch_checked
+from ..netio import tune_stream
 from ..protocol import Fetch as FetchMsg
 from ..protocol import (
     FrameDecoder,
@@ -379,10 +380,7 @@ class Worker:
             why = str(e) or f"no answer within {timeout:g} s"
             self.post(ev.ConnectFailed(now=now(), reason=why))
             return
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_stream(writer)
         self.writer = writer
         self._drop_reason = ""
         self.post(ev.ConnectionOpened(now=now(), nonce=new_nonce()))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from typing import Any
 
+from ..netio import READ_SIZE
 from .forkserver import Framer, pack
 
 CRASH = ["done", 0, 9, "crash", b"", "the Python interpreter running the task died", []]
@@ -44,7 +45,7 @@ class _Interpreter:
 
         def readable() -> None:
             try:
-                data = parent.recv(1 << 20)
+                data = parent.recv(READ_SIZE)
             except BlockingIOError:
                 return
             except OSError:

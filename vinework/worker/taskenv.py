@@ -13,7 +13,7 @@ in ``RunTask.env_unset`` (TaskVine's ``set_env_var(name, None)``) are removed.
 Command tasks get the worker's environment with these changes. PythonTasks
 get the same changes applied to the warm interpreter's ``os.environ`` for the
 call (see ``forkserver.py``): in a forked child they simply stay; a direct
-executor restores its environment after each call.
+executor makes each call's environment from its own at the call's start.
 
 ``wrap_command`` applies the worker's ``--task-wrapper``: ``{}`` in the wrapper
 is replaced by the command quoted for the shell, ``[]`` by the command as it
