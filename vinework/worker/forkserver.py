@@ -11,8 +11,8 @@ that has cloudpickle (and any hoisted modules, such as numpy) already imported.
 For each PythonTask it forks a child, which changes into the task's sandbox,
 unpickles ``(fn, args, kwargs)``, calls it, and sends back the pickled result
 (plain pickle when it can, else cloudpickle; inline if small, else written to a file)
-or the exception with its traceback text. Forking a warm process costs about a millisecond; a fresh
-interpreter costs tens. The server is single-threaded and keeps little memory,
+or the exception with its traceback text. Forking a warm process costs about a
+millisecond; a fresh interpreter costs tens. The server is single-threaded and keeps little memory,
 so forks stay cheap.
 
 The task's environment (``taskenv.py``): ``env_pairs`` are set and
@@ -153,17 +153,13 @@ def _apply_env(env: list[list[str]], unset: list[str]) -> None:
 
 def _call_environ(base: dict[Any, Any], env: list[list[str]], unset: list[str]
                   ) -> dict[Any, Any]:
-    """The environment one call runs in, in ``os.environ``'s own encoded form (as
-    :func:`_environ_snapshot` gives it): ``base`` with ``env`` set, in order, and the
-    ``unset`` names removed."""
-    data = getattr(os.environ, "_data", None)
-    if not isinstance(data, dict):
-        target = dict(base)
-        target.update((k, v) for k, v in env)
-        for name in unset:
-            target.pop(name, None)
-        return target
-    key, value = os.environ.encodekey, os.environ.encodevalue  # type: ignore[attr-defined]
+    """The environment one call runs in, in the form :func:`_environ_snapshot` gives
+    (CPython's encoded one): ``base`` with ``env`` set, in order, and the ``unset``
+    names removed."""
+    if isinstance(getattr(os.environ, "_data", None), dict):
+        key, value = os.environ.encodekey, os.environ.encodevalue  # type: ignore[attr-defined]
+    else:
+        key = value = str
     target = dict(base)
     for k, v in env:
         target[key(k)] = value(v)
@@ -210,8 +206,9 @@ def serve_direct(fd: int) -> None:
 
     The working directory and stdout/stderr are restored after every call; each
     call's environment is made from the executor's own at its start, whatever the
-    previous call left (only the variables that differ are touched). A call that kills the process (``os._exit``, a crash) is seen by
-    the worker as end-of-file and reported; the worker starts a fresh executor.
+    previous call left (only the variables that differ are touched). A call that
+    kills the process (``os._exit``, a crash) is seen by the worker as end-of-file
+    and reported; the worker starts a fresh executor.
     """
     ctl = socket.socket(fileno=fd)
     framer = Framer()
