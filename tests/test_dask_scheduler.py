@@ -221,6 +221,35 @@ def test_two_threads_on_one_daskvine_get_their_own_results(m: DaskVine, small: b
     assert got == want and want[0] != want[1]
 
 
+def test_threads_computing_equal_values_at_once_lose_nothing(m: DaskVine) -> None:
+    """The same array graph from three threads, every value through the manager: equal
+    values are buffers of one name (cumsum's zero blocks too), declared and undeclared
+    by the three runs at once; none may lose another's input or file."""
+    x = da.from_array(np.arange(900.0).reshape(30, 30), chunks=10)
+    graph = ((x @ x.T).sum(axis=1), x.cumsum(axis=0)[::7])
+    want = dask.compute(*graph, scheduler="sync")
+    for _ in range(2):
+        got: list[Any] = [None] * 3
+        start = threading.Barrier(3, timeout=30)
+
+        def run(j: int, got: list[Any] = got, start: threading.Barrier = start) -> None:
+            try:
+                start.wait()
+                got[j] = dask.compute(*graph, scheduler=m.get, small_graph=False,
+                                      worker_transfers=False)
+            except BaseException as e:  # noqa: BLE001  (checked below, in the test's thread)
+                got[j] = e
+
+        threads = [threading.Thread(target=run, args=(j,)) for j in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        for out in got:
+            assert isinstance(out, tuple), out
+            assert all(np.array_equal(a, b) for a, b in zip(out, want, strict=True))
+
+
 def _blob(i: int, n: int) -> bytes:
     return np.random.default_rng(i).bytes(n)
 

@@ -13,9 +13,9 @@ import vinework as vine
 from vinework.contentnames import ContentNames
 
 try:
-    from conftest import wait_all, wait_workers
+    from conftest import poll_until, wait_all, wait_workers
 except ImportError:  # tests/ made a package
-    from tests.conftest import wait_all, wait_workers
+    from tests.conftest import poll_until, wait_all, wait_workers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,6 +58,32 @@ def test_a_consumer_submitted_while_the_buffer_is_being_written_waits_for_it(
     wait_all(m, 3)
     assert before.output == "old" and after.output == "new\n"
     assert buf.contents() == b"new\n"
+
+
+def test_undeclaring_one_of_two_buffers_of_the_same_bytes_leaves_the_other(
+        cluster: vine.Manager) -> None:
+    """Buffers of the same bytes share one cache name; undeclaring one handle must not
+    take the content from a task that reads the other (two DaskVine runs hit this)."""
+    m = cluster
+    first = m.declare_buffer(b"same bytes", cache="workflow")
+    second = m.declare_buffer(b"same bytes", cache="workflow")
+    assert first.cache_name == second.cache_name
+    gate = m.declare_temp()
+    slow = vine.Task("sleep 0.5; echo go > gate")
+    slow.add_output(gate, "gate")
+    reader = vine.Task("cat gate >/dev/null && cat in")
+    reader.add_input(gate, "gate")
+    reader.add_input(second, "in")
+    m.submit(slow)
+    m.submit(reader)
+    m.undeclare_file(first)  # while the reader waits for its gate
+    m.undeclare_file(first)  # twice: still only one handle let go
+    wait_all(m, 2)
+    assert reader.successful(), (reader.result, reader.std_output)
+    assert reader.output == "same bytes"
+    assert m.get_file_replica_count(second) >= 1  # still held for `second`
+    m.undeclare_file(second)  # the last handle: now it goes from the workers
+    poll_until(lambda: m.get_file_replica_count(second) == 0, 10, "the buffer forgotten")
 
 
 # ---------------------------------------------------------------------- content names

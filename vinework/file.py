@@ -86,6 +86,7 @@ class File:
         self._name: str | None = None
         self._manager: Any = None
         self._size = -1
+        self._held: str | None = None  # the buffer name this handle holds (declare_buffer)
         self.mode = -1  # permission bits on workers (set_mode); -1: the source's
         self.mini_kind = ""  # a mini-task file: "command", "untar" or "poncho"
         self.mini_what = ""  # ... and what makes it, for source()

@@ -132,10 +132,14 @@ class FileLogistics(CoreBase):
                               "input undeclared")
         for tid in list(f.consumers):
             t = self.tasks.get(tid)
-            if t is not None and t.state in (T.WAITING, T.READY):
-                t.message = f"input {ev.name} was undeclared"
+            if t is None:
+                continue
+            if t.state in (T.WAITING, T.READY, T.STAGING):  # (a staging one may have had it
+                t.message = f"input {ev.name} was undeclared"  # already: it is unlinked)
                 self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "",
                           "input undeclared")
+            elif t.state is T.RUNNING:  # its worker keeps the copy linked until it ends
+                t.run.lost_inputs = t.run.lost_inputs | {ev.name}
         self._later(self._maybe_forget_file, ev.name)
 
     def _on_file_released(self, ev: FileReleased) -> None:
@@ -358,6 +362,7 @@ class FileLogistics(CoreBase):
                 # have one: it is only avoided for a while); a task running there with it
                 # as input has it linked, and its own outcome will tell
                 self.replicas.remove(ev.name, tr.source)
+                self._lost_under_running(ev.name, tr.source)  # (a task staging there too)
                 if not self.available(ev.name):
                     self._later(self._file_lost, ev.name, f"{tr.source} no longer has it")
             if at_source:

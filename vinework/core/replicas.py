@@ -154,9 +154,16 @@ class ReplicaTable:
     def set_pending(self, name: str, worker: str) -> None:
         self._set(name, worker, _PENDING)
 
-    def remove(self, name: str, worker: str) -> None:
-        if self.state(name, worker) is not None:
-            self._set(name, worker, None)
+    def remove(self, name: str, worker: str) -> bool:
+        """Forget the copy of ``name`` on ``worker``, and a transfer of it there under way
+        (its answer will be stale); whether there was such a transfer."""
+        if self.state(name, worker) is None:
+            return False
+        tid = self.pending_by_dest.get((name, worker))
+        if tid is not None:
+            self.end_transfer(tid)
+        self._set(name, worker, None)
+        return tid is not None
 
     def forget_file(self, name: str) -> list[str]:
         """Drop every replica of ``name`` and its transfers in flight; return the workers

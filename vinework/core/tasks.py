@@ -211,8 +211,14 @@ class TaskLifecycle(CoreBase):
                 continue
             if any(name in (n for n, _ in self.tasks[o].spec.inputs) for o in w.running):
                 continue
+            if f.spec.kind in ("file", "buffer") and not f.at_manager \
+                    and self.replicas.ready_workers(name) == [w.worker_id]:
+                continue  # the last copy (the manager's own was lost): kept
             if self.replicas.state(name, w.worker_id) is not None:
-                self.replicas.remove(name, w.worker_id)
+                # (a copy on its way for this task alone, which never ran, is called off:
+                # the worker drops it at the Unlink, and its source has a slot free)
+                if self.replicas.remove(name, w.worker_id):
+                    self._later(self._retry_unsourced)
                 self._send(w.worker_id, Unlink(name=name))
 
     # ================================================================ cascade steps

@@ -174,6 +174,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         self._fetches = {}
         self._next_fetch = 1
         self._declared: set[str] = set()
+        self._holds_lock = threading.Lock()
+        self._buffer_holds: dict[str, int] = {}
         self._error = None
         self._task_cache: Any = None
         self._cache_keys: dict[int, str] = {}

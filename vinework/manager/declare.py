@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import weakref
 from typing import Any
@@ -39,6 +40,8 @@ class FileMethods(ManagerBase):
     """Files a task can consume and produce (see the module docstring)."""
 
     _files: LocalFiles  # names, writers and lifetimes (set by Manager.__init__)
+    _holds_lock: threading.Lock  # guards _buffer_holds (set by Manager.__init__)
+    _buffer_holds: dict[str, int]  # a buffer name -> the declared handles holding it
 
     def declare_file(self, path: str, cache: bool | str | int = False, peer_transfer: bool = True,
                      unlink_when_done: bool = False) -> File:
@@ -63,12 +66,16 @@ class FileMethods(ManagerBase):
                  peer_transfer=peer_transfer)
         path = os.path.join(self._run.staging, f.cache_name)
         if not os.path.exists(path):
-            tmp = path + ".tmp"
+            # a name of this call's own: two threads may declare the same bytes at once
+            tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
             with open(tmp, "wb") as out:
                 out.write(data)
             os.chmod(tmp, 0o755)  # buffers are executable by default, as in TaskVine
             os.replace(tmp, path)
         f.path = path
+        with self._holds_lock:  # buffers of the same bytes share one name: count them
+            self._buffer_holds[f.cache_name] = self._buffer_holds.get(f.cache_name, 0) + 1
+            f._held = f.cache_name
         self._declare(f, size=len(data))
         return f
 
@@ -248,6 +255,8 @@ class FileMethods(ManagerBase):
         ``unlink_when_done`` is deleted too: at once if no unfinished task uses it, else
         (and only then is it forgotten) when the last one comes back from ``wait()``."""
         name = f._name if f.kind is FileKind.LOCAL else f.cache_name
+        if f.kind is FileKind.BUFFER and name is not None and not self._let_go(f, name):
+            return  # another buffer declared with the same bytes still holds the name
 
         def undeclare() -> None:
             if name is not None and not self._closed and self._error is None:
@@ -259,6 +268,20 @@ class FileMethods(ManagerBase):
                 os.unlink(os.path.join(self._run.staging, f.cache_name))
             except OSError:
                 pass
+
+    def _let_go(self, f: File, name: str) -> bool:
+        """A buffer's handle is undeclared: whether no other declared buffer of the same
+        bytes is left (then the name is forgotten). Undeclaring one handle twice counts
+        once."""
+        with self._holds_lock:
+            held, f._held = f._held, None
+            if held is not None:  # (a task may have written it since: a name of its own)
+                left = self._buffer_holds.get(held, 1) - 1
+                if left > 0:
+                    self._buffer_holds[held] = left
+                else:
+                    self._buffer_holds.pop(held, None)
+            return self._buffer_holds.get(name, 0) == 0
 
     def remove_file(self, f: File) -> None:
         """TaskVine's deprecated name of ``undeclare_file``."""
