@@ -47,7 +47,7 @@ from vinework.core.events import (
     WorkerLeft,
 )
 from vinework.core.replicas import MANAGER
-from vinework.protocol import Heartbeat, Kill, RunTask, TransferFailure, Unlink
+from vinework.protocol import Fetch, Heartbeat, Kill, RunTask, TransferFailure, Unlink
 
 STAGING = "/staging"
 
@@ -198,6 +198,29 @@ def test_transfer_source_limit_spreads_over_holders() -> None:
     assert cmds == [run(s, "w4", 2), fetch("w5", 3, "t1", "w2", 50)]
 
 
+def test_a_queued_transfer_is_logged_once_not_at_every_retry() -> None:
+    """Consumers wait for the one busy source of ``t1``; each retry that finds it still
+    busy leaves the queue as it is (a 15k-task graph logged a million QUEUED lines)."""
+    s = fresh()
+    s.tune.transfer_source_max = 1
+    step(s, temp("t1"), temp("t2"))
+    step(s, join("w1", cores=0, cached=[("t1", 50), ("t2", 50)]))
+    for w in ("w2", "w3", "w4"):
+        step(s, join(w, cores=1))
+    every: list = []
+    for ev in [submit(spec(1, inputs=["t1"])), submit(spec(2, inputs=["t1"])),
+               submit(spec(3, inputs=["t1"]))]:
+        every += s.handle(ev)
+    for i in range(5):  # events that retry the queue: the source is still busy
+        every += s.handle(Tick(now=1.0 + i))
+    queued = [c for c in every if isinstance(c, Log) and "QUEUED" in c.fields]
+    assert len(queued) == 2  # tasks 2 and 3, once each
+    every = s.handle(ready("w2", "t1", 50, 1, now=9.0))  # w1 frees, w2 is a source now:
+    assert sorted((m.worker_id, m.message.host) for m in sends(every, Fetch)) == [
+        ("w3", host("w1")), ("w4", host("w2"))]  # both queued ones go
+    assert not [c for c in every if isinstance(c, Log) and "QUEUED" in c.fields]
+
+
 def test_failed_peer_fetch_retries_from_another_holder() -> None:
     s = fresh()
     step(s, temp("t1"))
@@ -245,6 +268,36 @@ def test_an_unreachable_source_keeps_its_copy_and_is_avoided() -> None:
     # unreachable is not "has no copy": w1 keeps its replica, avoided for a while
     assert s.replicas.state("t1", "w1") is not None
     assert s.stats.files_lost == 0
+
+
+def test_a_source_that_says_it_has_no_copy_is_not_avoided_for_its_other_files() -> None:
+    s = fresh()
+    s.tune.transfer_avoid_seconds = 10.0
+    step(s, temp("t1"), temp("t2"))
+    step(s, join("w1", cores=0, cached=[("t1", 100), ("t2", 100)]),
+         join("w2", cores=0, cached=[("t1", 100)]))
+    step(s, join("w3", cores=1), join("w4", cores=1))
+    assert step(s, submit(spec(1, inputs=["t1"]))) == [fetch("w3", 1, "t1", "w1", 100)]
+    cmds = step(s, ReplicaFailed(now=1.0, worker_id="w3", name="t1", transfer_id=1,
+                                 reason="no such file", cause=TransferFailure.SOURCE_MISSING))
+    assert cmds == [fetch("w3", 2, "t1", "w2", 100)]
+    # w1 answered (it only lacks t1): its t2 is served at once, not after 10 s
+    assert step(s, submit(spec(2, inputs=["t2"]), now=1.5)) == [fetch("w4", 3, "t2", "w1", 100)]
+
+
+def test_a_cache_false_file_the_manager_has_is_not_fetched_from_a_peer() -> None:
+    """A worker deletes a cache=False input when its task ends, before the manager hears
+    of it (a peer fetch then failed SOURCE_MISSING): the manager serves it instead."""
+    s = fresh()
+    step(s, FileDeclared(spec=FileSpec(name="b", kind="buffer", path=f"{STAGING}/b", size=10,
+                                       cache_level=int(CacheLevel.TASK))))
+    step(s, join("w1", cores=1), join("w2", cores=1))
+    def fetches(cmds: list) -> list[tuple[str, str, str]]:
+        return [(c.worker_id, c.message.name, c.message.host) for c in sends(cmds, Fetch)]
+    assert fetches(step(s, submit(spec(1, inputs=["b"])))) == [("w1", "b", "")]
+    assert step(s, ready("w1", "b", 10, 1)) == [run(s, "w1", 1)]
+    cmds = step(s, submit(spec(2, inputs=["b"])))  # to w2 (w1 is busy), while w1 holds b
+    assert fetches(cmds) == [("w2", "b", "")]  # from the manager, not from w1
 
 
 def test_failed_fetch_from_the_only_holder_recovers_the_temp() -> None:

@@ -156,6 +156,7 @@ class FileLogistics(CoreBase):
     def _source_transfer(self, name: str, dest: str, replication: bool = False) -> None:
         """Start bringing ``name`` to ``dest``, or remember to when a source frees up."""
         if self.replicas.in_flight_to(name, dest) is not None:
+            self._unsourced.pop((name, dest), None)
             return
         if self.replicas.is_ready(name, dest):  # made there meanwhile (e.g. by a re-run)
             self._unsourced.pop((name, dest), None)
@@ -165,7 +166,10 @@ class FileLogistics(CoreBase):
         if f.spec.kind in ORIGIN_KINDS:
             self._url_source_transfer(name, dest, replication)
             return
-        peers_ok = self.tune.peer_transfers and f.spec.peer_transfer
+        # a cache=False copy is deleted by its worker when its task ends, before the core
+        # hears of it: a peer is no source for it while the manager has one
+        peers_ok = self.tune.peer_transfers and f.spec.peer_transfer and not (
+            f.at_manager and f.spec.cache_level <= CacheLevel.TASK and f.spec.kind != "temp")
         src = self.replicas.pick_source(
             name, dest, self.now, self.tune.transfer_source_max, peers_ok, f.at_manager
         )
@@ -184,10 +188,11 @@ class FileLogistics(CoreBase):
         if src is None:
             if replication:
                 return  # retried by the durability policy after the next event
-            self._unsourced[(name, dest)] = None
             if not self.available(name):
+                self._unsourced[(name, dest)] = None
                 self._later(self._file_lost, name, "no source left")
-            else:
+            elif (name, dest) not in self._unsourced:  # (logged once, not at every retry)
+                self._unsourced[(name, dest)] = None
                 self._log("TRANSFER", name, "QUEUED", "-", dest, "all sources busy or avoided")
             return
         self._unsourced.pop((name, dest), None)
@@ -233,8 +238,7 @@ class FileLogistics(CoreBase):
             waiting.sort(key=lambda nd: count(nd[0]))
         for name, dest in waiting:
             if dest in self.workers and name in self.files and self._stage_wait.get((name, dest)):
-                del self._unsourced[(name, dest)]
-                self._source_transfer(name, dest)
+                self._source_transfer(name, dest)  # (it stays queued, unlogged, if it must)
             elif dest not in self.workers or not self._stage_wait.get((name, dest)):
                 self._unsourced.pop((name, dest), None)
 
@@ -349,7 +353,7 @@ class FileLogistics(CoreBase):
             return
         at_source = ev.cause.at_source
         if tr is not None and tr.source != MANAGER:
-            self.replicas.avoid(tr.source, self.now + self.tune.transfer_avoid_seconds)
+            avoid = True
             src = self.workers.get(tr.source)
             if ev.cause is TransferFailure.BAD_DATA and src is not None:
                 self._served_bad_data(ev.name, src.worker_id, ev.reason)
@@ -365,6 +369,9 @@ class FileLogistics(CoreBase):
                 self._lost_under_running(ev.name, tr.source)  # (a task staging there too)
                 if not self.available(ev.name):
                     self._later(self._file_lost, ev.name, f"{tr.source} no longer has it")
+                avoid = False  # it answered: a sound source, only without that copy
+            if avoid:  # (its other files go elsewhere for a while)
+                self.replicas.avoid(tr.source, self.now + self.tune.transfer_avoid_seconds)
             if at_source:
                 if src is not None and src.draining and ev.name in self._drain_wait.get(
                         tr.source, {}):
@@ -628,8 +635,9 @@ class FileLogistics(CoreBase):
         if blocked and not (peers_ok and self.replicas.ready_workers(name)):
             self._later(self._url_give_up, name)
             return
-        self._unsourced[(name, dest)] = None
-        self._log("TRANSFER", name, "QUEUED", "-", dest, "all sources busy or avoided")
+        if (name, dest) not in self._unsourced:  # (logged once, not at every retry)
+            self._unsourced[(name, dest)] = None
+            self._log("TRANSFER", name, "QUEUED", "-", dest, "all sources busy or avoided")
 
     def _url_fetch_failed(self, ev: ReplicaFailed, tr: Transfer) -> None:
         """A worker could not fetch URL file ``ev.name`` from its URL (after its own retries

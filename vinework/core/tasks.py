@@ -54,7 +54,7 @@ from .records import (
     TaskRecord,
     WorkerRecord,
 )
-from .scheduling import Candidate, Resources, choose_worker, could_ever_fit
+from .scheduling import Candidate, Resources, choose_worker, could_ever_fit, task_allocation
 
 
 class TaskLifecycle(CoreBase):
@@ -708,6 +708,9 @@ class TaskLifecycle(CoreBase):
                            w.exec_seconds / w.tasks_done if w.tasks_done else 0.0)
                  for w in self.workers.values()
                  if not w.draining and (not avoid or w.worker_id not in avoid)
+                 # (a worker without room is passed over before the disk check, which may
+                 # weigh every file it holds for eviction)
+                 and task_allocation(w.total, *declared).fits_in(w.free)
                  and (not s.inputs or can_host(w, t))
                  and (not feats or w.features.issuperset(feats))
                  and (not strict or all(holds(n, w.worker_id) is not None for n in strict))]

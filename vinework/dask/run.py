@@ -248,7 +248,7 @@ class DaskRun:
                 self.wrapper_proc(wrapped)
             self.values[key] = value
             blob = cloudpickle.dumps(value)
-            self.files[key] = self.m.declare_buffer(blob)
+            self.files[key] = self._upload(blob)
             self.sizes[key] = len(blob)
         ready = g.mark_done(key)
         for p in g.prunable_after(key, self.prune_depth):
@@ -291,7 +291,7 @@ class DaskRun:
         try:
             for k, v in g.local_data().items():
                 blob = cloudpickle.dumps(v)
-                self.files[k] = m.declare_buffer(blob)
+                self.files[k] = self._upload(blob)
                 self.sizes[k] = len(blob)
             self._enqueue(g.ready_keys())
             total = g.remaining()
@@ -319,6 +319,14 @@ class DaskRun:
             if self.times is not None:
                 self.times.update(self.run_times)
             self._cleanup()
+
+    def _upload(self, blob: bytes) -> File:
+        """A value the manager holds, as a buffer its readers fetch: kept on a worker that
+        got it until the run lets it go (undeclared at pruning or at the end), so readers
+        on the same worker share one copy; from peers too unless every intermediate is
+        to cross the manager (``worker_transfers=False``)."""
+        return self.m.declare_buffer(blob, cache="workflow",
+                                     peer_transfer=self.worker_transfers)
 
     def _fetch(self, key: Key) -> object:
         if key in self.values:
