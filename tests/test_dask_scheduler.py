@@ -354,6 +354,38 @@ def test_bad_graphs_raise_clear_errors(m: DaskVine, small: bool | None) -> None:
     assert m.stats.tasks_submitted == before
 
 
+class CodeError(Exception):
+    """An exception whose ``__init__`` takes other arguments than its ``.args`` holds."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(f"{code}: {why}")
+        self.code = code
+
+
+def _raise_code(v: int) -> None:
+    raise CodeError(v, "refused")
+
+
+def _exit(v: int) -> None:
+    sys.exit(v)
+
+
+@pytest.mark.parametrize("mode", [{"small_graph": True}, {"small_graph": False},
+                                  {"task_mode": "function-calls"}],
+                         ids=["small", "tasks", "function-calls"])
+def test_exceptions_come_back_as_their_own_type(m: DaskVine, mode: dict[str, Any]) -> None:
+    """As under dask's sync scheduler: an exception whose ``__init__`` does not take its
+    ``.args`` keeps its type, message and attributes, and ``sys.exit`` is SystemExit
+    (in a library too, which stays up)."""
+    with pytest.raises(CodeError) as info:
+        delayed(_raise_code)(delayed(abs)(-4)).compute(scheduler=m.get, retries=1, **mode)
+    assert str(info.value) == "4: refused" and info.value.code == 4
+    with pytest.raises(SystemExit) as ended:
+        delayed(_exit)(delayed(abs)(-3)).compute(scheduler=m.get, retries=1, **mode)
+    assert ended.value.code == 3
+    assert delayed(_inc)(1).compute(scheduler=m.get, **mode) == 2  # and on it goes
+
+
 def test_run_graph_evaluates_in_order_and_names_the_failing_key() -> None:
     from dask._task_spec import convert_legacy_graph
 

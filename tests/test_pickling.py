@@ -3,9 +3,15 @@ nothing it depends on can have changed (pure, no processes)."""
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+import threading
 from typing import Any
 
-from vinework.pickling import dumps_call, function_bytes, loads_call
+import pytest
+
+from vinework.pickling import dumps_call, dumps_exception, function_bytes, loads_call
 
 
 def script(src: str) -> dict[str, Any]:
@@ -72,3 +78,55 @@ def test_arguments_of_any_kind_and_builtins() -> None:
     assert call(dumps_call(abs, (-3,), {})) == 3
     assert call(dumps_call(lambda *a, **k: (a, k), (1, "x"), {"z": None})) == ((1, "x"),
                                                                                  {"z": None})
+
+
+class TwoArgError(Exception):
+    """Its ``__init__`` takes other arguments than its ``.args`` holds."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(f"{code}: {why}")
+        self.code, self.why = code, why
+
+
+class KwOnlyError(Exception):
+    def __init__(self, *, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def test_an_exception_whose_init_does_not_take_its_args_comes_back_as_itself() -> None:
+    for e in (TwoArgError(7, "bad"), KwOnlyError(code=9)):
+        cls, args = e.__reduce__()[:2]
+        with pytest.raises(TypeError):  # what unpickling its own reduction does
+            cls(*args)
+        back = pickle.loads(dumps_exception(e))
+        assert type(back) is type(e) and str(back) == str(e) and back.code == e.code
+    two = pickle.loads(dumps_exception(TwoArgError(7, "bad")))
+    assert two.why == "bad" and two.args == ("7: bad",)
+
+
+def test_an_exception_keeps_its_notes_and_loses_only_attributes_that_cannot_travel() -> None:
+    e = TwoArgError(1, "x")
+    e.add_note("a note")
+    e.lock = threading.Lock()  # type: ignore[attr-defined]  # (cannot be pickled)
+    back = pickle.loads(dumps_exception(e))
+    assert type(back) is TwoArgError and back.code == 1 and back.__notes__ == ["a note"]
+    assert not hasattr(back, "lock")
+    plain = pickle.loads(dumps_exception(ValueError("ordinary")))
+    assert type(plain) is ValueError and plain.args == ("ordinary",)
+
+
+def test_a_system_exit_keeps_its_code_where_tblib_reduces_every_exception() -> None:
+    """dask.distributed installs tblib's reducer for every exception class, which builds
+    them without ``__init__`` (SystemExit's ``code`` came back None); in a subprocess,
+    since the installation is for the whole interpreter."""
+    pytest.importorskip("tblib.pickling_support")
+    code = ("import pickle, tblib.pickling_support\n"
+            "tblib.pickling_support.install()\n"
+            "from vinework.pickling import dumps_exception\n"
+            "try:\n    raise SystemExit(3)\n"
+            "except SystemExit as e:\n    back = pickle.loads(dumps_exception(e))\n"
+            "print(type(back).__name__, back.code)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.split() == ["SystemExit", "3"]

@@ -27,6 +27,7 @@ passes from one task to the next.
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 import types
@@ -153,3 +154,76 @@ def raw_result(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> RawResult:
         raise TypeError("a PythonTask with disable_output_serialization() must return bytes, "
                         f"not {type(value).__name__}")
     return RawResult(bytes(value))
+
+
+def dumps_exception(e: BaseException) -> bytes:
+    """The bytes of an exception a task raised, such that ``pickle.loads`` gives back an
+    exception of its own class with its message and attributes ("" if nothing can).
+
+    An exception pickles as ``cls(*e.args)`` plus its ``__dict__``, which fails to load
+    when ``__init__`` takes other arguments than ``.args`` holds (``__init__(self,
+    code, why)`` calling ``super().__init__(f"{code}: {why}")``, or keyword-only ones):
+    the round trip is tried here, where the class is known to exist, and such an
+    exception is then rebuilt without calling ``__init__`` (``cls.__new__``, its
+    ``args`` and its ``__dict__``), as dask's and pickle's own fallbacks do for
+    objects. Attributes that cannot be pickled are dropped, not the exception."""
+    try:
+        blob = _dumps_own(e)
+        if type(pickle.loads(blob)) is type(e):
+            return blob
+    except Exception:
+        pass
+    state = dict(getattr(e, "__dict__", {}) or {})
+    for attempt in (state, {k: v for k, v in state.items() if _picklable(v)}, {}):
+        try:
+            blob = _dumps_own(_ByState(type(e), e.args, attempt))
+            if type(pickle.loads(blob)) is type(e):
+                return blob
+        except Exception:
+            continue
+    return b""
+
+
+def _dumps_own(obj: Any) -> bytes:
+    """cloudpickle, but an exception by its own reduction: a reducer registered for every
+    exception class (tblib's, which dask.distributed installs) rebuilds without
+    ``__init__``, so a ``SystemExit`` came back with ``code`` None."""
+    table = {k: v for k, v in cloudpickle.Pickler.dispatch_table.items()
+             if not (isinstance(k, type) and issubclass(k, BaseException))}
+
+    class _Pickler(cloudpickle.Pickler):
+        dispatch_table = table
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def _picklable(v: Any) -> bool:
+    try:
+        cloudpickle.dumps(v)
+        return True
+    except Exception:
+        return False
+
+
+class _ByState:
+    """Pickles as a call of ``_rebuild_exception`` (see ``dumps_exception``)."""
+
+    def __init__(self, cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> None:
+        self.what = (cls, args, state)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_exception, self.what)
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
+                       state: dict[str, Any]) -> BaseException:
+    """An exception of class ``cls`` with ``args`` and ``state``, its ``__init__`` not run."""
+    try:
+        e = cls.__new__(cls, *args)
+    except Exception:
+        e = BaseException.__new__(cls)
+    e.args = args
+    e.__dict__.update(state)
+    return e

@@ -53,7 +53,7 @@ from typing import Any
 import msgpack
 
 from ..netio import READ_SIZE
-from ..pickling import RawResult, dumps_value, loads_call
+from ..pickling import RawResult, dumps_exception, dumps_value, loads_call
 
 _LEN = struct.Struct(">I")
 
@@ -89,12 +89,7 @@ def call_payload(payload: bytes, out_path: str, inline_max: int) -> list[Any]:
         fn, args, kwargs = loads_call(payload)
         value = fn(*args, **kwargs)
     except BaseException as e:  # the task's own failure, SystemExit included
-        tb = traceback.format_exc()
-        try:
-            blob = cloudpickle.dumps(e)
-        except Exception:
-            blob = b""
-        return ["error", blob, tb]
+        return ["error", dumps_exception(e), traceback.format_exc()]
     try:
         data = value.data if type(value) is RawResult else dumps_value(value)
     except Exception as e:

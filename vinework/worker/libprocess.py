@@ -25,7 +25,7 @@ and runs the context function once: the dict it returns is what
 Exec modes. "direct": a call runs in this process, one at a time in arrival
 order, so what one call changes (globals, the context) the next one sees; a
 call that exits the process (``sys.exit``, ``os._exit``, a crash) ends the
-library, and the worker reports it. "fork": each call runs in a child forked
+library, and the worker reports it (TaskVine's "library exit"). "fork": each call runs in a child forked
 from the process as set-up left it, so every call starts from that state and
 a call that exits only ends its child (its result is then the ``SystemExit``).
 
@@ -55,7 +55,7 @@ from typing import Any
 import cloudpickle
 
 from ..netio import READ_SIZE
-from ..pickling import dumps_value
+from ..pickling import dumps_exception, dumps_value
 from .forkserver import Framer, _apply_env, _environ_snapshot, _kill, _restore_environ, pack
 
 # what the library's context function returned (load_variable_from_library reads it)
@@ -110,12 +110,7 @@ def run_call(fn: Any, args_blob: bytes, out_path: str, inline_max: int) -> list[
 
 
 def _error(e: BaseException) -> list[Any]:
-    tb = traceback.format_exc()
-    try:
-        blob = cloudpickle.dumps(e)
-    except Exception:
-        blob = b""
-    return ["error", blob, tb]
+    return ["error", dumps_exception(e), traceback.format_exc()]
 
 
 def _in_sandbox(fn: Any, req: list[Any], home: str, base_env: dict[Any, Any]) -> list[Any]:
