@@ -175,17 +175,29 @@ def test_task_exception_is_raised(m: DaskVine) -> None:
     assert "_explode" in info.value.remote_traceback  # type: ignore[attr-defined]
 
 
-def test_disk_shuffle_without_a_shared_directory_is_refused(
+def test_disk_shuffle_without_a_shared_directory_runs_as_one_task(
         dv: tuple[DaskVine, Path]) -> None:
+    """Dask's default shuffle without a distributed client is "disk", in a partd store in
+    the temporary directory of the task that makes it: the graph runs as one task (with a
+    warning saying how to get one task per node), and one task per node is refused."""
     m, base = dv
     b = db.from_sequence(range(20), npartitions=3)
     left = dd.from_pandas(pd.DataFrame({"k": np.arange(20) % 3, "v": 1.0}), npartitions=2)
     with dask.config.set({"dataframe.shuffle.method": "disk"}):
         bag_groups = b.groupby(lambda v: v % 3)
-        with pytest.raises(ValueError, match="disk shuffle.*'tasks'"):
-            bag_groups.compute(scheduler=m.get)
+        before = m.stats.tasks_submitted
+        with pytest.warns(UserWarning, match="disk shuffle.*one task on one worker.*'tasks'"):
+            got = bag_groups.compute(scheduler=m.get)
+        assert m.stats.tasks_submitted == before + 1
+        assert sorted((k, sorted(v)) for k, v in got) == [
+            (r, list(range(r, 20, 3))) for r in range(3)]
+        merged = left.merge(left, on="k")
+        with pytest.warns(UserWarning, match="disk shuffle"):
+            assert len(merged.compute(scheduler=m.get)) == len(merged.compute(scheduler="sync"))
+        with pytest.raises(ValueError, match="disk shuffle.*one task per node.*'tasks'"):
+            bag_groups.compute(scheduler=m.get, small_graph=False)
         with pytest.raises(ValueError, match="disk shuffle"):
-            left.merge(left, on="k").compute(scheduler=m.get)
+            bag_groups.compute(scheduler=m.get, prune_depth=1)
     # in a directory every worker sees (here: the same machine), the disk shuffle works
     shared = base / "shared-tmp"
     shared.mkdir(exist_ok=True)

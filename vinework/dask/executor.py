@@ -335,14 +335,23 @@ class DaskVine(Manager):
         graph = DaskGraph(sg.nodes, keys)
         shuffles = graph.private_disk_shuffles()
         if shuffles:
-            raise ValueError(
-                f"the graph uses Dask's disk shuffle (key {shuffles[0]!r}): its partd store "
-                "would be made in one task's private temporary directory (each task's TMPDIR "
-                "is its sandbox, as in TaskVine) and the shuffle would come out empty. Build "
-                "the graph under dask.config.set({'dataframe.shuffle.method': 'tasks'}) (or "
-                "pass shuffle='tasks'), or set dask's 'temporary_directory' to a directory "
-                "that every worker shares."
-            )
+            why = (f"the graph uses Dask's disk shuffle (key {shuffles[0]!r}, dask's default "
+                   "without a distributed client), whose partd store is made in one task's "
+                   "private temporary directory (each task's TMPDIR is its sandbox, as in "
+                   "TaskVine)")
+            how = ("build the graph under dask.config.set({'dataframe.shuffle.method': "
+                   "'tasks'}) (or pass shuffle='tasks'), or set dask's "
+                   "'temporary_directory' to a directory that every worker shares")
+            if per_task or small_graph is False:  # one task per node: the shuffle would
+                raise ValueError(f"{why}: one task per node would leave it empty; {how}.")
+            warnings.warn(f"DaskVine: {why}: the graph runs as one task on one worker "
+                          f"(right, but not in parallel); for one task per node, {how}",
+                          stacklevel=2)
+            self._apply_taskvine_settings(scheduler)
+            return sg.run(self, times=self._dask_times, retries=int(retries or 1),
+                          resources=dict(resources or {}), env_vars=dict(env_vars or {}),
+                          extra_files=dict(extra_files or {}), extra_modules=extra_modules,
+                          verbose=verbose)
         self._apply_taskvine_settings(scheduler)
         if task_mode == "function-calls":
             from .calls import CallsRun, library_for
