@@ -284,12 +284,17 @@ def test_intermediates_cross_the_manager_only_without_worker_transfers(m: DaskVi
 
 
 def _cache_entries(dirs: list[Path]) -> int:
-    return sum(len(os.listdir(d / "cache")) for d in dirs if (d / "cache").is_dir())
+    return len(_cache_names(dirs))
+
+
+def _cache_names(dirs: list[Path]) -> set[tuple[str, str]]:
+    return {(d.name, n) for d in dirs if (d / "cache").is_dir() for n in os.listdir(d / "cache")}
 
 
 def test_checkpoint_brings_values_back_and_prune_deletes_them_during_the_run(
         dv: tuple[DaskVine, list[Path]]) -> None:
     m, dirs = dv
+    before = _cache_names(dirs)
     n = 200_000
     a = [delayed(_blob)(i, n) for i in range(4)]
     b = [delayed(lambda x, y: x[: n // 2] + y[: n // 2])(a[i], a[(i + 1) % 4]) for i in range(4)]
@@ -320,6 +325,9 @@ def test_checkpoint_brings_values_back_and_prune_deletes_them_during_the_run(
     seen: dict[int, list[tuple[int, int]]] = {}
     for depth in (0, 1):
         seen[depth] = []
+        # every run undeclares what it made at its end: let the workers finish deleting
+        # the earlier runs' files, so that the count below is this run's alone
+        poll_until(lambda: _cache_names(dirs) <= before, 20, "earlier runs' files deleted")
         p0 = m.stats.files_pruned
         entries0 = _cache_entries(dirs)
 

@@ -76,7 +76,7 @@ class FileMethods(ManagerBase):
         with self._holds_lock:  # buffers of the same bytes share one name: count them
             self._buffer_holds[f.cache_name] = self._buffer_holds.get(f.cache_name, 0) + 1
             f._held = f.cache_name
-        self._declare(f, size=len(data))
+            self._declare(f, size=len(data))
         return f
 
     def declare_temp(self, checkpoint: bool = False) -> File:
@@ -255,13 +255,18 @@ class FileMethods(ManagerBase):
         ``unlink_when_done`` is deleted too: at once if no unfinished task uses it, else
         (and only then is it forgotten) when the last one comes back from ``wait()``."""
         name = f._name if f.kind is FileKind.LOCAL else f.cache_name
-        if f.kind is FileKind.BUFFER and name is not None and not self._let_go(f, name):
-            return  # another buffer declared with the same bytes still holds the name
 
         def undeclare() -> None:
             if name is not None and not self._closed and self._error is None:
                 self._post(FileUndeclared(now=time.monotonic(), name=name))
                 self._declared.discard(name)
+        if f.kind is FileKind.BUFFER and name is not None:
+            # under the lock that declare_buffer posts under: another thread's buffer of
+            # the same bytes is declared wholly before or after this
+            with self._holds_lock:
+                if self._let_go(f, name):
+                    self._files.released(f, undeclare)
+            return
         self._files.released(f, undeclare)
         if f.kind is FileKind.TEMP:  # a copy brought to the manager (fetch, no-peer route)
             try:
@@ -272,16 +277,15 @@ class FileMethods(ManagerBase):
     def _let_go(self, f: File, name: str) -> bool:
         """A buffer's handle is undeclared: whether no other declared buffer of the same
         bytes is left (then the name is forgotten). Undeclaring one handle twice counts
-        once."""
-        with self._holds_lock:
-            held, f._held = f._held, None
-            if held is not None:  # (a task may have written it since: a name of its own)
-                left = self._buffer_holds.get(held, 1) - 1
-                if left > 0:
-                    self._buffer_holds[held] = left
-                else:
-                    self._buffer_holds.pop(held, None)
-            return self._buffer_holds.get(name, 0) == 0
+        once. (The caller holds ``_holds_lock``.)"""
+        held, f._held = f._held, None
+        if held is not None:  # (a task may have written it since: a name of its own)
+            left = self._buffer_holds.get(held, 1) - 1
+            if left > 0:
+                self._buffer_holds[held] = left
+            else:
+                self._buffer_holds.pop(held, None)
+        return self._buffer_holds.get(name, 0) == 0
 
     def remove_file(self, f: File) -> None:
         """TaskVine's deprecated name of ``undeclare_file``."""
