@@ -481,6 +481,30 @@ def test_the_same_bytes_declared_again_while_a_task_runs_with_them() -> None:
     assert len(d.fetches) == 2  # the new task gets its own copy (the old one was unlinked)
 
 
+def test_a_recovery_whose_input_was_undeclared_ends_the_consumers_not_the_core() -> None:
+    """Task 1 made temp ``t`` from buffer ``x`` and was collected; ``x`` is undeclared
+    (DaskVine's pruning does it), then ``t``'s only worker is lost. Remaking ``t`` cannot
+    start: the core said DONE -> DONE and stopped (the manager died); now the consumer
+    ends with a message saying why."""
+    d = Driver()
+    d.join("w1")
+    d.ev(FileDeclared, spec=FileSpec(name="x", kind="buffer", path="/staging/x", size=3))
+    d.temp("t")
+    d.submit(1, inputs=["x"], outputs=["t"])
+    ((tr, _),) = d.fetches.items()
+    d.ev(ReplicaReady, worker_id="w1", name="x", size=3, seconds=0.1, transfer_id=tr)
+    d.report(1, size=10)
+    d.ev(TaskCollected, task_id=1)
+    d.ev(FileUndeclared, name="x")
+    d.ev(WorkerLeft, worker_id="w1", reason="killed")
+    d.join("w2")
+    d.submit(2, inputs=["t"])
+    assert d.returns[2].result == int(TaskResult.INPUT_MISSING)
+    assert "task 1 could not run again" in d.returns[2].message
+    assert "x was undeclared" in d.returns[2].message
+    assert d.s.tasks[1].state is T.DONE
+
+
 def test_a_cancelled_staging_task_calls_off_the_copy_coming_for_it_alone() -> None:
     """A cache=False input on its way to a task that is cancelled before it runs: the
     transfer is called off with the copy (it was left in flight with no pending copy)."""

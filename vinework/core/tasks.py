@@ -139,7 +139,8 @@ class TaskLifecycle(CoreBase):
                 self._later(self._file_failed, name, t.spec.task_id)
         self.durability.task_ended(t, outputs)
         if run.recovery and run.return_to is not None:
-            self._transition(t, run.return_to, why or f"recovery run {outcome.value}")
+            if t.state is not run.return_to:  # (a run that could not start never left it)
+                self._transition(t, run.return_to, why or f"recovery run {outcome.value}")
             self.durability.recovery_finished(t, outputs, self.now)
             if run.return_to is T.DONE:
                 self._later(self._maybe_forget_task, t.spec.task_id)
@@ -170,7 +171,10 @@ class TaskLifecycle(CoreBase):
         t.output = ""
 
     def _end_input_failed(self, t: TaskRecord, name: str, producer: int) -> None:
-        t.message = f"input {name} is missing: its producer task {producer} failed"
+        p = self.tasks.get(producer)
+        how = (f"could not run again to remake it ({p.message})"
+               if p is not None and p.run.recovery and p.message else "failed")
+        t.message = f"input {name} is missing: its producer task {producer} {how}"
         self._end(t, RO.INPUT_FAILED, TR.INPUT_MISSING, -1, "", "input missing")
 
     def _free(self, t: TaskRecord) -> None:
