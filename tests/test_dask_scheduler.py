@@ -378,19 +378,29 @@ def _exit(v: int) -> None:
     sys.exit(v)
 
 
+class Halt(BaseException):
+    """A BaseException that is not an Exception (as KeyboardInterrupt is)."""
+
+
+def _halt(v: int) -> None:
+    raise Halt(f"halt {v}")
+
+
 @pytest.mark.parametrize("mode", [{"small_graph": True}, {"small_graph": False},
                                   {"task_mode": "function-calls"}],
                          ids=["small", "tasks", "function-calls"])
 def test_exceptions_come_back_as_their_own_type(m: DaskVine, mode: dict[str, Any]) -> None:
     """As under dask's sync scheduler: an exception whose ``__init__`` does not take its
-    ``.args`` keeps its type, message and attributes, and ``sys.exit`` is SystemExit
-    (in a library too, which stays up)."""
+    ``.args`` keeps its type, message and attributes, ``sys.exit`` is SystemExit and a
+    BaseException of the user's is itself (in a library too, which stays up)."""
     with pytest.raises(CodeError) as info:
         delayed(_raise_code)(delayed(abs)(-4)).compute(scheduler=m.get, retries=1, **mode)
     assert str(info.value) == "4: refused" and info.value.code == 4
     with pytest.raises(SystemExit) as ended:
         delayed(_exit)(delayed(abs)(-3)).compute(scheduler=m.get, retries=1, **mode)
     assert ended.value.code == 3
+    with pytest.raises(Halt, match="halt 5"):
+        delayed(_halt)(delayed(abs)(-5)).compute(scheduler=m.get, retries=1, **mode)
     assert delayed(_inc)(1).compute(scheduler=m.get, **mode) == 2  # and on it goes
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..serverless import FunctionCall, LibraryTask, library_payload
-from .errors import TaskExited
+from .errors import TaskRaisedBase
 from .run import DaskRun, _run_node
 
 RUN_NODE = "vinework_dask_run_node"
@@ -29,11 +29,14 @@ _ids = itertools.count(1)
 
 def vinework_dask_run_node(node: Any, dep_names: list[tuple[Any, str]]) -> Any:
     """Library side: the node's value from its dependencies' files in the call's sandbox
-    (a ``sys.exit`` in it comes back as ``TaskExited``: the library stays up)."""
+    (a ``sys.exit`` or another ``BaseException`` comes back inside ``TaskRaisedBase``: the
+    library stays up)."""
     try:
         return _run_node(node, dep_names)
-    except SystemExit as e:
-        raise TaskExited(e.code) from None
+    except Exception:
+        raise
+    except BaseException as e:
+        raise TaskRaisedBase(e) from None
 
 
 def library_for(m: Any, modules: list[str], extra: Iterable[Callable[..., Any]] | None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DaskVineTaskError", "TaskExited"]
+__all__ = ["DaskVineTaskError", "TaskRaisedBase"]
 
 
 class DaskVineTaskError(RuntimeError):
@@ -10,17 +10,19 @@ class DaskVineTaskError(RuntimeError):
     worker kept failing, its output could not be brought back, ...) on every attempt."""
 
 
-class TaskExited(Exception):
-    """A Dask task called ``sys.exit`` inside a library (``task_mode="function-calls"``):
-    carried back as this, so that the library goes on, and raised at the manager as the
-    ``SystemExit`` it was, as dask's own schedulers raise it."""
+class TaskRaisedBase(Exception):
+    """A Dask task raised a ``BaseException`` that is not an ``Exception`` (``sys.exit``'s
+    ``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``, a subclass of its own) inside
+    a library (``task_mode="function-calls"``): carried back inside this, so that the
+    library goes on, and raised at the manager as itself, as dask's own schedulers do."""
 
-    def __init__(self, code: object = None) -> None:
-        super().__init__(code)
-        self.code = code
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(raised)
+        self.raised = raised
 
-    def as_system_exit(self) -> SystemExit:
-        e = SystemExit(self.code)
+    def unwrapped(self) -> BaseException:
+        """The task's own exception, with this one's notes and remote traceback."""
+        e = self.raised
         for note in getattr(self, "__notes__", ()):
             e.add_note(note)
         e.remote_traceback = getattr(self, "remote_traceback", "")  # type: ignore[attr-defined]

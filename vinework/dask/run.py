@@ -41,7 +41,7 @@ from dask.utils import key_split
 from ..file import File
 from ..task import PythonTask, RemoteTaskError, Task
 from . import graph as dask_graph
-from .errors import DaskVineTaskError, TaskExited
+from .errors import DaskVineTaskError, TaskRaisedBase
 from .graph import DaskGraph, Key, modules_of_graph
 from .payload import CannotEncode, PayloadEncoder, run_encoded
 from .priority import TaskPriorities
@@ -262,8 +262,8 @@ class DaskRun:
     def _failed(self, key: Key, t: PythonTask) -> None:
         """Submit ``key`` again unless it has run ``retries`` times; then raise."""
         out = t._output
-        if isinstance(out, TaskExited):
-            out = out.as_system_exit()
+        if isinstance(out, TaskRaisedBase):
+            out = out.unwrapped()
         raised = isinstance(out, BaseException) and not isinstance(out, RemoteTaskError) \
             and bool(getattr(out, "remote_traceback", None))
         why = f"raised {type(out).__name__}: {out}" if raised else f"failed: {t.result}"
