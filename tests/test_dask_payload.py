@@ -46,7 +46,8 @@ def test_nodes_of_every_container_kind_evaluate_like_dask(
     for node in nodes:
         deps = sorted(node.dependencies)
         want = execute_node(node, values)
-        assert evaluate(enc.encode(node), values, []) == want
+        e, table = enc.encode(node)
+        assert table == [] and evaluate(e, values, table) == want
         assert run_payload(enc.payload(node, deps), values, tmp_path, monkeypatch, deps) == want
     assert enc.table_size == 0  # all importable: nothing pickled by value
 
@@ -66,6 +67,19 @@ def test_by_value_functions_go_to_the_table_once(tmp_path: Path,
     p = enc.payload(Task("x", lam, TaskRef("a")), ["a"])
     assert enc.table_size == 2
     assert run_payload(p, {"a": 21}, tmp_path, monkeypatch, ["a"]) == 42
+
+
+def test_a_payload_carries_only_the_functions_its_node_calls(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph of distinct lambdas (``[delayed(lambda i: ...)(i) for ...]``): every
+    payload carried a table of all the run's functions so far (time and memory grew with
+    the square of the graph)."""
+    enc = PayloadEncoder()
+    lambdas = [(lambda v, k=k: v + k) for k in range(1500)]
+    payloads = [enc.payload(Task(("f", k), f, 1), []) for k, f in enumerate(lambdas)]
+    assert enc.table_size == 1500
+    assert max(len(p) for p in payloads) < 2 * min(len(p) for p in payloads)
+    assert run_payload(payloads[1234], {}, tmp_path, monkeypatch, []) == 1235
 
 
 def test_what_only_cloudpickle_can_carry_is_refused() -> None:
@@ -97,11 +111,11 @@ def test_real_collections_compute_the_same_through_payloads() -> None:
                 continue
             node, deps = g.task_payload(k)
             try:
-                e = enc.encode(node)
+                e, table = enc.encode(node)
             except CannotEncode:
                 values[k] = execute_node(node, values)
                 continue
-            values[k] = evaluate(e, values, enc._table)
+            values[k] = evaluate(e, values, table)
         got = g.result(values.__getitem__)
         want = obj.compute(scheduler="sync")
         assert np.allclose(got[0] if isinstance(got, list) else got, want)

@@ -13,11 +13,13 @@ for every task) and makes every payload carry the function's code. Instead:
   Tasks too: their func builds the container). The node's evaluation is
   exactly ``Task.__call__``'s: ``func(*evaluated_args, **evaluated_kwargs)``.
 * A function that cloudpickle would pickle by value (defined in ``__main__``,
-  a lambda, a closure, a module registered by value) is put in the run's
-  *function table* and the node refers to it by index. The table is
-  cloudpickled once (again only when a new function joins it) and the same
-  bytes object travels inside every payload; workers unpickle it once per
-  process (:func:`run_encoded` caches it by content).
+  a lambda, a closure, a module registered by value) is cloudpickled once per
+  run, and a node refers to it by its index in the payload's own *function
+  table*: the bytes of the functions that node calls, the same bytes objects
+  in every payload that calls them. Workers unpickle each function once per
+  process (:func:`run_encoded` caches them by content). A graph of thousands
+  of distinct lambdas (``[delayed(lambda i: ...)(i) for i in ...]``) thus costs
+  one pickle per lambda, not a table of all of them in every payload.
 * Everything else in a node is pickled with the plain C pickler. A
   ``reducer_override`` hook sees every object that is not a plain builtin
   container or scalar; if one would need cloudpickle (a by-value function or
@@ -25,7 +27,7 @@ for every task) and makes every payload carry the function's code. Instead:
   module does not know (fused subgraphs, aliases inside arguments), encoding
   gives up and the caller falls back to cloudpickling the node.
 
-The payload is ``pickle.dumps((run_encoded, (table, encoded, dep_keys), {}))``,
+The payload is ``pickle.dumps((run_encoded, (blobs, encoded, dep_keys), {}))``,
 the ``(fn, args, kwargs)`` triple a PythonTask's payload holds; the worker's
 ``cloudpickle.loads`` reads it. This module is pure: no I/O beyond reading the
 task's input files in :func:`run_encoded`, on the worker.
@@ -91,15 +93,13 @@ class PayloadEncoder:
 
     def __init__(self, run_fn: Callable[..., Any] | None = None) -> None:
         self._run_fn = run_fn or run_encoded
-        self._table: list[Any] = []
-        self._index: dict[int, int] = {}  # id(function) -> index in the table
-        self._table_blob = cloudpickle.dumps(self._table)
+        self._blobs: dict[int, tuple[Any, bytes]] = {}  # id(function) -> (it, its pickle)
         self._by_value_cache: dict[int, tuple[Any, bool]] = {}  # id -> (obj kept alive, verdict)
 
     @property
     def table_size(self) -> int:
-        """Number of by-value functions shipped in the table."""
-        return len(self._table)
+        """Number of distinct by-value functions pickled in this run."""
+        return len(self._blobs)
 
     def _is_by_value(self, obj: Any) -> bool:
         hit = self._by_value_cache.get(id(obj))
@@ -109,26 +109,26 @@ class PayloadEncoder:
         self._by_value_cache[id(obj)] = (obj, verdict)
         return verdict
 
-    def _func(self, func: Any) -> Any:
-        """The function itself, or its index in the table if it is pickled by value."""
+    def _func(self, func: Any, used: dict[int, int], table: list[Any]) -> Any:
+        """The function itself, or its index in this node's table if it is pickled by
+        value (``used``: id -> index, ``table``: the functions, for this node)."""
         if not isinstance(func, _PLAIN_CALLABLES) or not self._is_by_value(func):
             return func
-        i = self._index.get(id(func))
-        if i is None or self._table[i] is not func:
-            i = len(self._table)
-            self._table.append(func)
-            self._index[id(func)] = i
-            self._table_blob = cloudpickle.dumps(self._table)
+        i = used.get(id(func))
+        if i is None:
+            i = used[id(func)] = len(table)
+            table.append(func)
         return i
 
-    def _encode(self, obj: Any) -> Any:
+    def _encode(self, obj: Any, used: dict[int, int], table: list[Any]) -> Any:
         t = type(obj)
         if t is TaskRef:
             return (REF, obj.key)
         if t in _TASK_TYPES:
-            args = tuple(self._encode(a) for a in obj.args)
-            kwargs = {k: self._encode(v) for k, v in obj.kwargs.items()} if obj.kwargs else None
-            return (CALL, self._func(obj.func), args, kwargs)
+            args = tuple(self._encode(a, used, table) for a in obj.args)
+            kwargs = {k: self._encode(v, used, table) for k, v in obj.kwargs.items()} \
+                if obj.kwargs else None
+            return (CALL, self._func(obj.func, used, table), args, kwargs)
         if t is DataNode:
             return (LIT, obj.value)
         if t is Alias:  # a key reference inside arguments (legacy graphs): its target's value
@@ -137,15 +137,23 @@ class PayloadEncoder:
             raise CannotEncode(f"unsupported node type {t.__name__}")
         return (LIT, obj)
 
-    def encode(self, node: Any) -> Any:
-        """The plain-tuple form of a payload node (see the module docstring).
+    def encode(self, node: Any) -> tuple[Any, list[Any]]:
+        """The plain-tuple form of a payload node (see the module docstring) and its
+        function table (the by-value functions it calls, by index).
 
         Raises:
             CannotEncode: If the node needs the general path.
         """
         if type(node) not in _TASK_TYPES:
             raise CannotEncode(f"unsupported node type {type(node).__name__}")
-        return self._encode(node)
+        table: list[Any] = []
+        return self._encode(node, {}, table), table
+
+    def _blob(self, func: Any) -> bytes:
+        hit = self._blobs.get(id(func))
+        if hit is None or hit[0] is not func:
+            hit = self._blobs[id(func)] = (func, cloudpickle.dumps(func))
+        return hit[1]
 
     def payload(self, node: Any, dep_keys: list[Any]) -> bytes:
         """A PythonTask payload computing ``node`` from input files ``d0``, ``d1``, ...
@@ -155,10 +163,10 @@ class PayloadEncoder:
         Raises:
             CannotEncode: If the node needs the general path.
         """
-        enc = self.encode(node)
+        enc, table = self.encode(node)
+        blobs = tuple(self._blob(f) for f in table)
         buf = io.BytesIO()
-        _Pickler(buf, self._is_by_value).dump(
-            (self._run_fn, (self._table_blob, enc, dep_keys), {}))
+        _Pickler(buf, self._is_by_value).dump((self._run_fn, (blobs, enc, dep_keys), {}))
         return buf.getvalue()
 
 
@@ -178,16 +186,23 @@ def evaluate(enc: Any, values: Mapping[Any, object], table: list[Any]) -> Any:
     return func(*argv)
 
 
-_tables: dict[bytes, list[Any]] = {}  # worker side: function tables already unpickled
+_functions: dict[bytes, Any] = {}  # worker side: by-value functions already unpickled
+_FUNCTIONS_MAX = 1024
 
 
-def run_encoded(table_blob: bytes, enc: Any, dep_keys: list[Any]) -> Any:
-    """Worker side: load the inputs ``d0``, ``d1``, ... and evaluate the encoded node."""
-    table = _tables.get(table_blob)
-    if table is None:
-        if len(_tables) > 64:
-            _tables.clear()
-        table = _tables[table_blob] = cloudpickle.loads(table_blob)
+def _function(blob: bytes) -> Any:
+    fn = _functions.get(blob)
+    if fn is None:
+        if len(_functions) >= _FUNCTIONS_MAX:
+            _functions.clear()
+        fn = _functions[blob] = cloudpickle.loads(blob)
+    return fn
+
+
+def run_encoded(blobs: tuple[bytes, ...], enc: Any, dep_keys: list[Any]) -> Any:
+    """Worker side: load the inputs ``d0``, ``d1``, ... and evaluate the encoded node
+    (``blobs``: the pickles of the by-value functions it calls, by index)."""
+    table = [_function(b) for b in blobs]
     values: dict[Any, object] = {}
     for i, k in enumerate(dep_keys):
         with open(f"d{i}", "rb") as f:
