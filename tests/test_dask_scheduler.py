@@ -198,6 +198,42 @@ def test_users_tasks_finishing_during_a_run_stay_the_users(m: DaskVine, small: b
 
 
 @pytest.mark.parametrize("small", [False, True])
+def test_a_plain_wait_in_another_thread_takes_none_of_a_runs_tasks(m: DaskVine,
+                                                                   small: bool) -> None:
+    """The other direction: the user's thread collects its own tasks with ``m.wait()``
+    while a compute runs; it took the run's tasks, and the compute never finished."""
+    x = _layers(0, 4, 3, 0.1)
+    want = _sync(x)
+    mine = [vine.PythonTask(_slow, i, 0.2) for i in range(3)]
+    for t in mine:
+        m.submit(t)
+    got: list[vine.Task] = []
+    started = threading.Event()
+
+    def user() -> None:
+        started.set()
+        deadline = time.monotonic() + 60
+        while len(got) < len(mine) and time.monotonic() < deadline:
+            t = m.wait(1)
+            if t is not None:
+                got.append(t)
+        while time.monotonic() < deadline and not result:  # and keep asking meanwhile
+            t = m.wait(0.05)
+            if t is not None:
+                got.append(t)
+
+    result: list[Any] = []
+    th = threading.Thread(target=user)
+    th.start()
+    started.wait(10)
+    result.append(x.compute(scheduler=m.get, small_graph=small))
+    th.join(60)
+    assert result == [want]
+    assert sorted(t.id for t in got) == sorted(t.id for t in mine)
+    assert sorted(t.output for t in got) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("small", [False, True])
 def test_two_threads_on_one_daskvine_get_their_own_results(m: DaskVine, small: bool) -> None:
     graphs = [_layers(100 * j, 4, 3, 0.05) for j in range(2)]
     want = [_sync(g) for g in graphs]

@@ -55,6 +55,7 @@ class DaskManager(Protocol):
     def declare_buffer(self, buffer: bytes | str | None = None,
                        cache: bool | str | int = False, peer_transfer: bool = True) -> File: ...
     def undeclare_file(self, f: File) -> None: ...
+    def _keep_private(self, tag: str, private: bool = True) -> None: ...
     def fetch_file(self, f: File, timeout: float | None = None) -> bytes: ...
     def cancel_by_task_id(self, task_id: int) -> bool: ...
     def wait_for_tag(self, tag: str, timeout: Any = ...) -> Task | None: ...
@@ -290,6 +291,7 @@ class DaskRun:
                 progress_label: str) -> Any:
         m, g = self.m, self.graph
         m._hoist_for_dask([*modules_of_graph(g), *extra_modules])
+        m._keep_private(self.tag)  # a plain wait() in another thread does not take them
         try:
             for k, v in g.local_data().items():
                 blob = cloudpickle.dumps(v)
@@ -321,6 +323,7 @@ class DaskRun:
             if self.times is not None:
                 self.times.update(self.run_times)
             self._cleanup()
+            m._keep_private(self.tag, False)
 
     def _upload(self, blob: bytes) -> File:
         """A value the manager holds, as a buffer its readers fetch: kept on a worker that

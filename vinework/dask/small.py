@@ -64,6 +64,7 @@ class SmallManager(Protocol):
     def wait_for_tag(self, tag: str, timeout: Any = ...) -> VineTask | None: ...
     def cancel_by_task_id(self, task_id: int) -> bool: ...
     def _hoist_for_dask(self, tops: list[str]) -> None: ...
+    def _keep_private(self, tag: str, private: bool = True) -> None: ...
 
 
 def _cull(full: Mapping[Key, GraphNode], targets: list[Key]) -> dict[Key, GraphNode]:
@@ -328,42 +329,46 @@ class SmallGraph:
         ship = [t for t in self.targets if t not in self.literals]
         tag = f"dask-graph-{os.getpid()}-{next(_run_ids)}"
         payload = _plain_payload(self.nodes, ship)
-        attempt = 0
-        while True:
-            attempt += 1
-            t = PythonTask(run_graph, self.nodes, ship)
-            t.payload = payload
-            for f, name in extra_files.items():
-                t.add_input(f, name)
-            t.set_cores(int(resources.get("cores", 1)))
-            for res in ("memory", "disk", "gpus"):
-                if res in resources:
-                    getattr(t, f"set_{res}")(int(resources[res]))
-            for name, value in env_vars.items():
-                t.set_env_var(name, value(m, t) if callable(value) else value)
-            t.set_category("dask-graph")
-            t.set_tag(tag)
-            tid = m.submit(t)
-            try:
-                done = None
-                while done is None:
-                    done = m.wait_for_tag(tag, WAIT_SECONDS)
-            except BaseException:
-                m.cancel_by_task_id(tid)
-                m.wait_for_tag(tag, WAIT_SECONDS)
-                raise
-            if verbose:
-                print(f"dask graph of {self.n_tasks} task(s) ran on {done.hostname}: "
-                      f"{done.result}")
-            if done.successful():
-                values, took = done.output
-                times.update(took)  # the latest run of each kind decides the next time
-                return rebuild_result(self.keys, {**self.literals, **values})
-            if attempt >= retries:
-                out = done._output
-                if isinstance(out, BaseException):
-                    raise out
-                raise DaskVineTaskError(
-                    f"the dask graph (run as one task) failed permanently after {attempt} "
-                    f"attempt(s): {done.result}"
-                    + (f" ({done.error_message})" if done.error_message else ""))
+        m._keep_private(tag)  # a plain wait() in another thread does not take it
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                t = PythonTask(run_graph, self.nodes, ship)
+                t.payload = payload
+                for f, name in extra_files.items():
+                    t.add_input(f, name)
+                t.set_cores(int(resources.get("cores", 1)))
+                for res in ("memory", "disk", "gpus"):
+                    if res in resources:
+                        getattr(t, f"set_{res}")(int(resources[res]))
+                for name, value in env_vars.items():
+                    t.set_env_var(name, value(m, t) if callable(value) else value)
+                t.set_category("dask-graph")
+                t.set_tag(tag)
+                tid = m.submit(t)
+                try:
+                    done = None
+                    while done is None:
+                        done = m.wait_for_tag(tag, WAIT_SECONDS)
+                except BaseException:
+                    m.cancel_by_task_id(tid)
+                    m.wait_for_tag(tag, WAIT_SECONDS)
+                    raise
+                if verbose:
+                    print(f"dask graph of {self.n_tasks} task(s) ran on {done.hostname}: "
+                          f"{done.result}")
+                if done.successful():
+                    values, took = done.output
+                    times.update(took)  # the latest run of each kind decides the next time
+                    return rebuild_result(self.keys, {**self.literals, **values})
+                if attempt >= retries:
+                    out = done._output
+                    if isinstance(out, BaseException):
+                        raise out
+                    raise DaskVineTaskError(
+                        f"the dask graph (run as one task) failed permanently after {attempt} "
+                        f"attempt(s): {done.result}"
+                        + (f" ({done.error_message})" if done.error_message else ""))
+        finally:
+            m._keep_private(tag, False)

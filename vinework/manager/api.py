@@ -175,6 +175,9 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         self._next_fetch = 1
         self._declared: set[str] = set()
         self._holds_lock = threading.Lock()
+        # tags of the DaskVine runs under way: their tasks come back only to the run
+        # (wait_for_tag), never to a plain wait() of the user's (another thread's)
+        self._private_tags: frozenset[str] = frozenset()
         self._buffer_holds: dict[str, int] = {}
         self._error = None
         self._task_cache: Any = None
@@ -486,6 +489,15 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
             self._progress.stop()
         self._progress = None
 
+    def _not_private(self, t: Task) -> bool:
+        return t.tag not in self._private_tags
+
+    def _keep_private(self, tag: str, private: bool = True) -> None:
+        """Tasks with ``tag`` are (or, with False, no longer are) a DaskVine run's own."""
+        with self._cond:
+            self._private_tags = (self._private_tags | {tag}) if private \
+                else (self._private_tags - {tag})
+
     def wait_for_tag(self, tag: str, timeout: Any = "wait_forever") -> Task | None:
         """The next finished task with this tag (others stay for later waits)."""
         return self._wait_for(lambda t: t.tag == tag, timeout)
@@ -499,7 +511,9 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
         deadline = None if limit is None else time.monotonic() + limit
         with self._cond:
             while True:
-                t = self._take(match)
+                # a plain wait takes no task of a DaskVine run under way
+                t = self._take(self._not_private if match is None and self._private_tags
+                               else match)
                 if t is not None:
                     break
                 if self._error is not None:
