@@ -82,8 +82,26 @@ def test_undeclaring_one_of_two_buffers_of_the_same_bytes_leaves_the_other(
     assert reader.successful(), (reader.result, reader.std_output)
     assert reader.output == "same bytes"
     assert m.get_file_replica_count(second) >= 1  # still held for `second`
+    assert second.path is not None and os.path.exists(second.path)  # the manager's copy too
     m.undeclare_file(second)  # the last handle: now it goes from the workers
     poll_until(lambda: m.get_file_replica_count(second) == 0, 10, "the buffer forgotten")
+    assert not os.path.exists(second.path)  # and from the manager's staging directory
+
+
+def test_a_long_run_of_buffers_leaves_nothing_in_staging(cluster: vine.Manager) -> None:
+    """Every buffer declared and undeclared: its staging file goes with the last handle
+    (DaskVine uploads every value it holds as a buffer: a long-lived manager filled its
+    disk with them, one file per distinct value)."""
+    m = cluster
+    staging = os.path.dirname(m.declare_buffer(b"probe").path or "")
+    before = set(os.listdir(staging))
+    for i in range(5):
+        b = m.declare_buffer(f"value {i}".encode())
+        t = vine.Task("cat in")
+        t.add_input(b, "in")
+        assert _one(m, t).output == f"value {i}"
+        m.undeclare_file(b)
+    assert set(os.listdir(staging)) <= before
 
 
 # ---------------------------------------------------------------------- content names

@@ -65,15 +65,16 @@ class FileMethods(ManagerBase):
         f = File(FileKind.BUFFER, data=data, cache=cache_level(cache),
                  peer_transfer=peer_transfer)
         path = os.path.join(self._run.staging, f.cache_name)
-        if not os.path.exists(path):
-            # a name of this call's own: two threads may declare the same bytes at once
-            tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
-            with open(tmp, "wb") as out:
-                out.write(data)
-            os.chmod(tmp, 0o755)  # buffers are executable by default, as in TaskVine
-            os.replace(tmp, path)
         f.path = path
-        with self._holds_lock:  # buffers of the same bytes share one name: count them
+        # buffers of the same bytes share one name and one staging file: counted, and
+        # the file deleted with the last (undeclare_file), under one lock
+        with self._holds_lock:
+            if not os.path.exists(path):
+                tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+                with open(tmp, "wb") as out:
+                    out.write(data)
+                os.chmod(tmp, 0o755)  # buffers are executable by default, as in TaskVine
+                os.replace(tmp, path)
             self._buffer_holds[f.cache_name] = self._buffer_holds.get(f.cache_name, 0) + 1
             f._held = f.cache_name
             self._declare(f, size=len(data))
@@ -266,6 +267,7 @@ class FileMethods(ManagerBase):
             with self._holds_lock:
                 if self._let_go(f, name):
                     self._files.released(f, undeclare)
+                    self._drop_staged(name, f.path)
             return
         self._files.released(f, undeclare)
         if f.kind is FileKind.TEMP:  # a copy brought to the manager (fetch, no-peer route)
@@ -286,6 +288,18 @@ class FileMethods(ManagerBase):
             else:
                 self._buffer_holds.pop(held, None)
         return self._buffer_holds.get(name, 0) == 0
+
+    def _drop_staged(self, name: str, path: str | None) -> None:
+        """Delete the manager's copy of a buffer nobody holds any more (the core no longer
+        serves it; a transfer of it under way keeps its open file): its staging file, and
+        the one a task wrote it into."""
+        staged = os.path.join(self._run.staging, name)
+        for p in {staged, path or staged}:
+            if os.path.dirname(p) == self._run.staging:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
 
     def remove_file(self, f: File) -> None:
         """TaskVine's deprecated name of ``undeclare_file``."""
