@@ -440,6 +440,22 @@ def test_exceptions_come_back_as_their_own_type(m: DaskVine, mode: dict[str, Any
     assert delayed(_inc)(1).compute(scheduler=m.get, **mode) == 2  # and on it goes
 
 
+def _die(v: int) -> None:
+    os._exit(v)
+
+
+def test_a_task_that_fails_without_raising_is_a_daskvine_task_error(m: DaskVine) -> None:
+    """A task whose process dies raises nothing of its own: after its attempts the
+    compute raises DaskVineTaskError naming the key and the result (it raised the
+    PythonTaskNoResult of the last attempt)."""
+    from vinework.dask import DaskVineTaskError
+
+    x = delayed(_die)(delayed(abs)(-7), dask_key_name="dies")
+    with pytest.raises(DaskVineTaskError,
+                       match=r"dies' failed permanently after 2 attempt\(s\): .*process died"):
+        x.compute(scheduler=m.get, retries=2, small_graph=False)
+
+
 def test_run_graph_evaluates_in_order_and_names_the_failing_key() -> None:
     from dask._task_spec import convert_legacy_graph
 

@@ -276,15 +276,20 @@ class DaskRun:
                 print(f"dask key {key!r} {why}; attempt {n + 1} of {self.retries}")
             self._enqueue([key])
             return
-        if isinstance(out, BaseException):
-            if raised:
-                out.add_note(f"dask key {key!r} failed permanently: it raised on each of "
-                             f"{n} attempt(s) (retries={self.retries})")
+        if raised:
+            out.add_note(f"dask key {key!r} failed permanently: it raised on each of "
+                         f"{n} attempt(s) (retries={self.retries})")
             raise out
+        detail = t.error_message or (str(out) if isinstance(out, BaseException) else "")
+        hint = ""
+        if str(t.result) == "input missing" and self.prune_depth > 0:
+            hint = (f"; with prune_depth={self.prune_depth} an input pruned here cannot be "
+                    "remade once its last copy is lost (with a worker, say): a larger "
+                    "prune_depth keeps inputs longer, 0 keeps them all")
         raise DaskVineTaskError(
             f"dask key {key!r} failed permanently after {n} attempt(s): {t.result}"
-            + (f" ({t.error_message})" if t.error_message else "")
-        )
+            + (f" ({detail})" if detail else "") + hint
+        ) from (out if isinstance(out, BaseException) else None)
 
     # ------------------------------------------------------------------ main loop
     def execute(self, extra_modules: list[str], progress_disable: bool,
