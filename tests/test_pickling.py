@@ -130,3 +130,20 @@ def test_a_system_exit_keeps_its_code_where_tblib_reduces_every_exception() -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.split() == ["SystemExit", "3"]
+
+
+def test_the_cause_of_an_exception_travels_with_it() -> None:
+    """``raise ... from ...``: pickling drops ``__cause__``; dask's sync scheduler keeps it."""
+    try:
+        try:
+            raise TwoArgError(5, "inner")
+        except TwoArgError as inner:
+            raise LookupError("outer") from inner
+    except LookupError as e:
+        back = pickle.loads(dumps_exception(e))
+    assert type(back) is LookupError and back.args == ("outer",)
+    assert type(back.__cause__) is TwoArgError and back.__cause__.code == 5
+    loop = ValueError("loop")
+    loop.__cause__ = loop  # (a cycle: bounded, not endless)
+    again = pickle.loads(dumps_exception(loop))
+    assert type(again) is ValueError

@@ -156,7 +156,7 @@ def raw_result(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> RawResult:
     return RawResult(bytes(value))
 
 
-def dumps_exception(e: BaseException) -> bytes:
+def dumps_exception(e: BaseException, _depth: int = 0) -> bytes:
     """The bytes of an exception a task raised, such that ``pickle.loads`` gives back an
     exception of its own class with its message and attributes ("" if nothing can).
 
@@ -166,7 +166,40 @@ def dumps_exception(e: BaseException) -> bytes:
     the round trip is tried here, where the class is known to exist, and such an
     exception is then rebuilt without calling ``__init__`` (``cls.__new__``, its
     ``args`` and its ``__dict__``), as dask's and pickle's own fallbacks do for
-    objects. Attributes that cannot be pickled are dropped, not the exception."""
+    objects. Attributes that cannot be pickled are dropped, not the exception. Its
+    ``__cause__`` (``raise ... from ...``), which pickling drops, travels with it."""
+    blob = _dumps_alone(e)
+    cause = e.__cause__
+    if blob and cause is not None and _depth < 8:
+        inner = dumps_exception(cause, _depth + 1)
+        if inner:
+            try:
+                both = _dumps_own(_WithCause(blob, inner))
+                if type(pickle.loads(both)) is type(e):
+                    return both
+            except Exception:
+                pass
+    return blob
+
+
+class _WithCause:
+    """Pickles as a call of ``_attach_cause``: an exception's bytes and its cause's."""
+
+    def __init__(self, blob: bytes, cause: bytes) -> None:
+        self.what = (blob, cause)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_attach_cause, self.what)
+
+
+def _attach_cause(blob: bytes, cause: bytes) -> BaseException:
+    e: BaseException = pickle.loads(blob)
+    e.__cause__ = pickle.loads(cause)
+    return e
+
+
+def _dumps_alone(e: BaseException) -> bytes:
+    """``dumps_exception`` without the cause."""
     try:
         blob = _dumps_own(e)
         if type(pickle.loads(blob)) is type(e):
