@@ -201,7 +201,8 @@ def test_users_tasks_finishing_during_a_run_stay_the_users(m: DaskVine, small: b
 def test_a_plain_wait_in_another_thread_takes_none_of_a_runs_tasks(m: DaskVine,
                                                                    small: bool) -> None:
     """The other direction: the user's thread collects its own tasks with ``m.wait()``
-    while a compute runs; it took the run's tasks, and the compute never finished."""
+    while a compute runs; it took the run's tasks, and the compute never finished. With
+    only the run's tasks left, a plain wait returns None and empty() is True."""
     x = _layers(0, 4, 3, 0.1)
     want = _sync(x)
     mine = [vine.PythonTask(_slow, i, 0.2) for i in range(3)]
@@ -217,12 +218,12 @@ def test_a_plain_wait_in_another_thread_takes_none_of_a_runs_tasks(m: DaskVine,
             t = m.wait(1)
             if t is not None:
                 got.append(t)
-        while time.monotonic() < deadline and not result:  # and keep asking meanwhile
-            t = m.wait(0.05)
-            if t is not None:
-                got.append(t)
+        # nothing of the user's is left: a plain wait (no timeout) returns at once and
+        # empty() holds, though the run's tasks may still be in flight
+        during.append((m.wait(), m.empty()))
 
     result: list[Any] = []
+    during: list[tuple[Any, bool]] = []
     th = threading.Thread(target=user)
     th.start()
     started.wait(10)
@@ -231,6 +232,7 @@ def test_a_plain_wait_in_another_thread_takes_none_of_a_runs_tasks(m: DaskVine,
     assert result == [want]
     assert sorted(t.id for t in got) == sorted(t.id for t in mine)
     assert sorted(t.output for t in got) == [1, 2, 3]
+    assert during == [(None, True)]
 
 
 @pytest.mark.parametrize("small", [False, True])

@@ -492,6 +492,13 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
     def _not_private(self, t: Task) -> bool:
         return t.tag not in self._private_tags
 
+    def _users_tasks_left(self) -> bool:
+        """Whether a task not of a DaskVine run under way is unreturned (under _cond):
+        a plain ``wait()`` and ``empty()`` see only those."""
+        if not self._private_tags:
+            return bool(self._tasks)
+        return any(t.tag not in self._private_tags for t in self._tasks.values())
+
     def _keep_private(self, tag: str, private: bool = True) -> None:
         """Tasks with ``tag`` are (or, with False, no longer are) a DaskVine run's own."""
         with self._cond:
@@ -519,7 +526,8 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
                 if self._error is not None:
                     raise self._error
                 if not self._tasks or (match is not None and not any(
-                        match(x) for x in self._tasks.values())):
+                        match(x) for x in self._tasks.values())) or (
+                        match is None and not self._users_tasks_left()):
                     return None
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -577,11 +585,12 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
 
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait()`` (cancelled ones
-        included: they come back with result "cancelled")."""
+        included: they come back with result "cancelled"). A DaskVine run's own tasks,
+        in flight in another thread, are not counted: they are the run's to collect."""
         with self._cond:
             if self._error is not None:
                 raise self._error
-            return not self._tasks
+            return not self._users_tasks_left()
 
     def hungry(self) -> int:
         """How many more tasks the manager would like now (0 when it has enough waiting);
