@@ -25,9 +25,10 @@ and runs the context function once: the dict it returns is what
 Exec modes. "direct": a call runs in this process, one at a time in arrival
 order, so what one call changes (globals, the context) the next one sees; a
 call that exits the process (``sys.exit``, ``os._exit``, a crash) ends the
-library, and the worker reports it (TaskVine's "library exit"). "fork": each call runs in a child forked
-from the process as set-up left it, so every call starts from that state and
-a call that exits only ends its child (its result is then the ``SystemExit``).
+library, and the worker reports it (TaskVine's "library exit"). "fork": each
+call runs in a child forked from the process as set-up left it, so every call
+starts from that state and a call that exits only ends its child (its result
+is then the ``SystemExit``).
 
 Calls with no sandbox run in the library's directory with its environment;
 a call with files gets a sandbox of its own, changed into (and back) for the
