@@ -88,6 +88,20 @@ def test_undeclaring_one_of_two_buffers_of_the_same_bytes_leaves_the_other(
     assert not os.path.exists(second.path)  # and from the manager's staging directory
 
 
+def test_a_buffer_submitted_again_after_it_was_undeclared_is_sent_again(
+        cluster: vine.Manager) -> None:
+    """Its staging file went with the undeclaration; the File still has its bytes, so a
+    later task reading it gets them (staged and declared again), as before."""
+    m = cluster
+    b = m.declare_buffer(b"again")
+    for _ in range(2):
+        t = vine.Task("cat in")
+        t.add_input(b, "in")
+        assert _one(m, t).output == "again", (t.result, t.std_output)
+        m.undeclare_file(b)
+        assert b.path is not None and not os.path.exists(b.path)
+
+
 def test_a_long_run_of_buffers_leaves_nothing_in_staging(cluster: vine.Manager) -> None:
     """Every buffer declared and undeclared: its staging file goes with the last handle
     (DaskVine uploads every value it holds as a buffer: a long-lived manager filled its

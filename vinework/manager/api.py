@@ -324,8 +324,12 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
                     self._finish_locally(t, TaskResult.INPUT_MISSING, -1, f"{e} (as {remote!r})")
                     return t.id
                 f._manager = self
-                if name not in self._declared:  # (a buffer made by hand, not declared)
-                    self._declare(f)
+                if name not in self._declared:  # a buffer made by hand, not declared, or
+                    if f.kind is FileKind.BUFFER and f._data is not None \
+                            and name == f.cache_name:  # one undeclared since: staged again
+                        self._stage_buffer(f, f._data)
+                    else:
+                        self._declare(f)
             elif f.cache_name not in self._declared:
                 self._declare(f)
             inputs.append((f.cache_name, remote))

@@ -64,10 +64,17 @@ class FileMethods(ManagerBase):
         data = buffer.encode() if isinstance(buffer, str) else bytes(buffer or b"")
         f = File(FileKind.BUFFER, data=data, cache=cache_level(cache),
                  peer_transfer=peer_transfer)
+        self._stage_buffer(f, data)
+        return f
+
+    def _stage_buffer(self, f: File, data: bytes) -> None:
+        """Write a buffer's bytes to its staging file, hold its name, declare it.
+
+        Buffers of the same bytes share one name and one staging file: counted, and the
+        file deleted with the last handle (``undeclare_file``), under one lock. (Also a
+        buffer submitted again after it was undeclared.)"""
         path = os.path.join(self._run.staging, f.cache_name)
         f.path = path
-        # buffers of the same bytes share one name and one staging file: counted, and
-        # the file deleted with the last (undeclare_file), under one lock
         with self._holds_lock:
             if not os.path.exists(path):
                 tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
@@ -75,10 +82,10 @@ class FileMethods(ManagerBase):
                     out.write(data)
                 os.chmod(tmp, 0o755)  # buffers are executable by default, as in TaskVine
                 os.replace(tmp, path)
-            self._buffer_holds[f.cache_name] = self._buffer_holds.get(f.cache_name, 0) + 1
-            f._held = f.cache_name
+            if f._held is None:
+                self._buffer_holds[f.cache_name] = self._buffer_holds.get(f.cache_name, 0) + 1
+                f._held = f.cache_name
             self._declare(f, size=len(data))
-        return f
 
     def declare_temp(self, checkpoint: bool = False) -> File:
         """An intermediate file that stays on workers (``checkpoint=True`` also saves it)."""
