@@ -174,22 +174,12 @@ def dumps_exception(e: BaseException, _depth: int = 0) -> bytes:
         inner = dumps_exception(cause, _depth + 1)
         if inner:
             try:
-                both = _dumps_own(_WithCause(blob, inner))
+                both = _dumps_own(_Call(_attach_cause, blob, inner))
                 if type(pickle.loads(both)) is type(e):
                     return both
             except Exception:
                 pass
     return blob
-
-
-class _WithCause:
-    """Pickles as a call of ``_attach_cause``: an exception's bytes and its cause's."""
-
-    def __init__(self, blob: bytes, cause: bytes) -> None:
-        self.what = (blob, cause)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_attach_cause, self.what)
 
 
 def _attach_cause(blob: bytes, cause: bytes) -> BaseException:
@@ -209,7 +199,7 @@ def _dumps_alone(e: BaseException) -> bytes:
     state = dict(getattr(e, "__dict__", {}) or {})
     for attempt in (state, {k: v for k, v in state.items() if _picklable(v)}, {}):
         try:
-            blob = _dumps_own(_ByState(type(e), e.args, attempt))
+            blob = _dumps_own(_Call(_rebuild_exception, type(e), e.args, attempt))
             if type(pickle.loads(blob)) is type(e):
                 return blob
         except Exception:
@@ -240,14 +230,14 @@ def _picklable(v: Any) -> bool:
         return False
 
 
-class _ByState:
-    """Pickles as a call of ``_rebuild_exception`` (see ``dumps_exception``)."""
+class _Call:
+    """Pickles as the call ``fn(*args)``: what is loaded is that call's result."""
 
-    def __init__(self, cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> None:
-        self.what = (cls, args, state)
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.what = (fn, args)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_exception, self.what)
+        return self.what
 
 
 def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],

@@ -325,13 +325,17 @@ class DaskVine(Manager):
             return sg.literal_result()
         per_task = (checkpoint_fn is not None or wrapper is not None or prune_depth > 0
                     or not worker_transfers or task_mode != "tasks")
-        if small_graph is not False and not per_task \
-                and (small_graph or sg.is_small(self._dask_times)):
+
+        def as_one_task(scan_modules: bool) -> Any:
             self._apply_taskvine_settings(scheduler)
             return sg.run(self, times=self._dask_times, retries=int(retries or 1),
                           resources=dict(resources or {}), env_vars=dict(env_vars or {}),
                           extra_files=dict(extra_files or {}), extra_modules=extra_modules,
-                          verbose=verbose, scan_modules=bool(small_graph))
+                          verbose=verbose, scan_modules=scan_modules)
+
+        if small_graph is not False and not per_task \
+                and (small_graph or sg.is_small(self._dask_times)):
+            return as_one_task(bool(small_graph))
         graph = DaskGraph(sg.nodes, keys)
         shuffles = graph.private_disk_shuffles()
         if shuffles:
@@ -347,11 +351,7 @@ class DaskVine(Manager):
             warnings.warn(f"DaskVine: {why}: the graph runs as one task on one worker "
                           f"(right, but not in parallel); for one task per node, {how}",
                           stacklevel=2)
-            self._apply_taskvine_settings(scheduler)
-            return sg.run(self, times=self._dask_times, retries=int(retries or 1),
-                          resources=dict(resources or {}), env_vars=dict(env_vars or {}),
-                          extra_files=dict(extra_files or {}), extra_modules=extra_modules,
-                          verbose=verbose)
+            return as_one_task(True)
         self._apply_taskvine_settings(scheduler)
         if task_mode == "function-calls":
             from .calls import CallsRun, library_for

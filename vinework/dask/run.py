@@ -248,9 +248,7 @@ class DaskRun:
                 wrapped, value = value
                 self.wrapper_proc(wrapped)
             self.values[key] = value
-            blob = cloudpickle.dumps(value)
-            self.files[key] = self._upload(blob)
-            self.sizes[key] = len(blob)
+            self._upload(key, value)
         ready = g.mark_done(key)
         for p in g.prunable_after(key, self.prune_depth):
             f = self.files.get(p)
@@ -299,9 +297,7 @@ class DaskRun:
         m._keep_private(self.tag)  # a plain wait() in another thread does not take them
         try:
             for k, v in g.local_data().items():
-                blob = cloudpickle.dumps(v)
-                self.files[k] = self._upload(blob)
-                self.sizes[k] = len(blob)
+                self._upload(k, v)
             self._enqueue(g.ready_keys())
             total = g.remaining()
             with _progress(total, progress_disable, progress_label) as advance:
@@ -330,13 +326,15 @@ class DaskRun:
             self._cleanup()
             m._keep_private(self.tag, False)
 
-    def _upload(self, blob: bytes) -> File:
-        """A value the manager holds, as a buffer its readers fetch: kept on a worker that
-        got it until the run lets it go (undeclared at pruning or at the end), so readers
-        on the same worker share one copy; from peers too unless every intermediate is
-        to cross the manager (``worker_transfers=False``)."""
-        return self.m.declare_buffer(blob, cache="workflow",
-                                     peer_transfer=self.worker_transfers)
+    def _upload(self, key: Key, value: object) -> None:
+        """``key``'s value, held by the manager, as a buffer its readers fetch: kept on a
+        worker that got it until the run lets it go (undeclared at pruning or at the
+        end), so readers on the same worker share one copy; from peers too unless every
+        intermediate is to cross the manager (``worker_transfers=False``)."""
+        blob = cloudpickle.dumps(value)
+        self.files[key] = self.m.declare_buffer(blob, cache="workflow",
+                                                peer_transfer=self.worker_transfers)
+        self.sizes[key] = len(blob)
 
     def _fetch(self, key: Key) -> object:
         if key in self.values:

@@ -529,10 +529,9 @@ class Manager(FileMethods, ControlMethods, InfoMethods, LibraryMethods):
                     break
                 if self._error is not None:
                     raise self._error
-                if not self._tasks or (match is not None and not any(
-                        match(x) for x in self._tasks.values())) or (
-                        match is None and not self._users_tasks_left()):
-                    return None
+                if not (self._users_tasks_left() if match is None
+                        else any(match(x) for x in self._tasks.values())):
+                    return None  # nothing it could return is left
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
