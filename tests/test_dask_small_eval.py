@@ -1,6 +1,7 @@
 """The small-graph path's pieces, in this process: evaluating dask's fused subgraphs in
-dependency order (without dask.order) gives dask's own values, and the payload takes
-the plain C pickler only when nothing in it must be pickled by value."""
+dependency order (without dask.order), as a plan or as dask's nodes, gives dask's own
+values, and the payload takes the plain C pickler only when nothing in it must be
+pickled by value."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import dask.array as da  # noqa: E402
 import dask.bag as db  # noqa: E402
 from dask._task_spec import Task, _execute_subgraph  # noqa: E402
 
+from vinework.dask.plan import run_plan  # noqa: E402
 from vinework.dask.small import SmallGraph, _plain_payload, _subgraph, run_graph  # noqa: E402
 from vinework.pickling import loads_call  # noqa: E402
 
@@ -35,12 +37,16 @@ def _captured(collection: Any) -> tuple[Any, Any]:
     return got[0]
 
 
-def _worker_side(sg: SmallGraph) -> tuple[dict[Any, object], dict[str, float]]:
-    """Ship the graph as the task would (its payload) and run it as the worker does."""
-    payload = _plain_payload(sg.nodes, sg.targets)
+def _worker_side(sg: SmallGraph, as_nodes: bool = False
+                 ) -> tuple[dict[Any, object], dict[str, float]]:
+    """Ship the graph as the task would (its payload) and run it as the worker does
+    (``as_nodes``: as dask's nodes, the path of a graph that has no plan)."""
+    call = (run_graph, (sg.nodes, sg.targets), {}) if as_nodes else sg.call(sg.targets)
+    payload = _plain_payload(call)
     if payload is None:
-        payload = cloudpickle.dumps((run_graph, (sg.nodes, sg.targets), {}))
+        payload = cloudpickle.dumps(call)
     fn, args, kwargs = loads_call(payload)
+    assert fn is call[0]
     return fn(*args, **kwargs)  # type: ignore[no-any-return]
 
 
@@ -51,18 +57,20 @@ def _worker_side(sg: SmallGraph) -> tuple[dict[Any, object], dict[str, float]]:
     lambda: db.from_sequence(range(40), npartitions=6).map(lambda x: x * 3)
     .filter(lambda x: x % 2).sum(),
 ])
-def test_fused_subgraphs_give_dasks_values(make: Any) -> None:
+@pytest.mark.parametrize("as_nodes", [False, True], ids=["plan", "nodes"])
+def test_fused_subgraphs_give_dasks_values(make: Any, as_nodes: bool) -> None:
     collection = make()
     expected = collection.compute(scheduler="sync")
     dsk, keys = _captured(collection)
     sg = SmallGraph(dsk, keys, fuse=True)
-    values, took = _worker_side(sg)
+    values, took = _worker_side(sg, as_nodes)
     (key,) = sg.targets
     assert values[key] == pytest.approx(expected)
     assert took and all(t >= 0 for t in took.values())
 
 
-def test_the_array_graph_has_fused_subgraphs_and_they_skip_dask_order() -> None:
+@pytest.mark.parametrize("as_nodes", [False, True], ids=["plan", "nodes"])
+def test_the_array_graph_has_fused_subgraphs_and_they_skip_dask_order(as_nodes: bool) -> None:
     dsk, keys = _captured((da.ones(100, chunks=10) + 1).sum())
     sg = SmallGraph(dsk, keys, fuse=True)
     fused = [n for n in sg.nodes.values()
@@ -79,7 +87,7 @@ def test_the_array_graph_has_fused_subgraphs_and_they_skip_dask_order() -> None:
 
     dask.order.order = counting  # type: ignore[assignment]
     try:
-        values, _ = _worker_side(sg)
+        values, _ = _worker_side(sg, as_nodes)
     finally:
         dask.order.order = real  # type: ignore[assignment]
     assert values[sg.targets[0]] == 200
@@ -103,15 +111,16 @@ def _ref(key: str) -> Any:
 def test_plain_payload_only_when_nothing_is_by_value() -> None:
     dsk, keys = _captured((da.ones(10, chunks=5) + 1).sum())
     sg = SmallGraph(dsk, keys, fuse=True)
-    data = _plain_payload(sg.nodes, sg.targets)
+    data = _plain_payload(sg.call(sg.targets))
     assert data is not None
-    assert loads_call(data)[0] is run_graph
+    assert loads_call(data)[0] is run_plan
 
     def local(x: int) -> int:  # a local function: only cloudpickle can ship it
         return x + 1
 
     nodes = {"x": Task("x", local, 1)}
-    assert _plain_payload(nodes, ["x"]) is None
+    assert _plain_payload((run_graph, (nodes, ["x"]), {})) is None
+    assert _plain_payload(SmallGraph(nodes, ["x"], fuse=True).call(["x"])) is None
 
     main = types.ModuleType("__main__")  # a function of __main__ pickles by name plainly
     exec("def twice(x):\n    return 2 * x\n", main.__dict__)
@@ -120,7 +129,8 @@ def test_plain_payload_only_when_nothing_is_by_value() -> None:
     try:
         nodes = {"y": Task("y", main.twice, 3)}
         assert b"__main__" in pickle.dumps(nodes)  # the plain pickle names it...
-        assert _plain_payload(nodes, ["y"]) is None  # ...so it goes by value
+        assert _plain_payload((run_graph, (nodes, ["y"]), {})) is None  # ...so by value
+        assert _plain_payload(SmallGraph(nodes, ["y"], fuse=True).call(["y"])) is None
     finally:
         sys.modules["__main__"] = saved
 
@@ -132,10 +142,11 @@ def test_plain_payload_refuses_a_module_registered_by_value(tmp_path: Any) -> No
         import vw_by_value_mod  # type: ignore[import-not-found]
 
         nodes = {"z": Task("z", vw_by_value_mod.inc, 1)}
-        assert _plain_payload(nodes, ["z"]) is not None
+        call = SmallGraph(nodes, ["z"], fuse=True).call(["z"])
+        assert _plain_payload(call) is not None
         cloudpickle.register_pickle_by_value(vw_by_value_mod)
         try:
-            assert _plain_payload(nodes, ["z"]) is None
+            assert _plain_payload(call) is None
         finally:
             cloudpickle.unregister_pickle_by_value(vw_by_value_mod)
     finally:

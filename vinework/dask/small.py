@@ -8,8 +8,10 @@ ran before on this manager, each at most :data:`SMALL_TASK_SECONDS` in its
 latest run and at most :data:`SMALL_SECONDS` all together (on the usual path a
 task's wall time, which includes its start-up, so the estimate errs high) --
 the whole culled graph goes to one worker as one task, which evaluates it in
-dependency order (:func:`run_graph`, as dask's sync scheduler would) and
-returns the requested values with how long each kind of node took. A kind
+dependency order, as dask's sync scheduler would, and returns the requested
+values with how long each kind of node took: as a flat plan of calls
+(:mod:`vinework.dask.plan`), or, for a graph the plan cannot express, as dask's
+own nodes (:func:`run_graph`). A kind
 never seen, or seen to be slow, sends the graph down the usual path, one task
 per node, so a graph of a few heavy tasks keeps its parallelism.
 
@@ -46,6 +48,7 @@ from ..task import Task as VineTask
 from .errors import DaskVineTaskError
 from .graph import Key, flatten_keys, modules_of_graph, normalize_graph, rebuild_result
 from .payload import CannotEncode, _by_value
+from .plan import Unplannable, compile_plan, dependency_order, run_plan
 
 __all__ = ["SMALL_SECONDS", "SMALL_TASKS", "SMALL_TASK_SECONDS", "SmallGraph", "run_graph"]
 
@@ -122,33 +125,12 @@ def _literal(nodes: Mapping[Key, GraphNode], key: Key) -> tuple[bool, object]:
     return False, None
 
 
-def _dependency_order(nodes: Mapping[Key, GraphNode], targets: list[Key]) -> list[Key]:
-    """What the targets need, each key after its dependencies (iterative depth-first)."""
-    order: list[Key] = []
-    state: dict[Key, int] = {}  # 1: on the stack, 2: ordered
-    for root in targets:
-        stack: list[tuple[Key, bool]] = [(root, False)]
-        while stack:
-            k, expanded = stack.pop()
-            if expanded:
-                state[k] = 2
-                order.append(k)
-                continue
-            if k in state:
-                continue
-            state[k] = 1
-            stack.append((k, True))
-            stack.extend((d, False) for d in nodes[k].dependencies
-                         if d not in state and d in nodes)
-    return order
-
-
 def _evaluate(nodes: Mapping[Key, GraphNode], targets: list[Key], values: dict[Key, object],
               times: dict[str, float] | None) -> dict[Key, object]:
     """Evaluate what ``targets`` need in dependency order, on top of ``values`` (inputs
     given by the caller); drop each value after its last reader. ``times`` (when given)
     gets each kind's longest run (seconds)."""
-    order = _dependency_order(nodes, targets)
+    order = dependency_order(nodes, targets, given=values)  # (inputs shadow inner keys)
     readers: dict[Key, int] = {}
     for k in order:
         for d in nodes[k].dependencies:
@@ -241,15 +223,14 @@ def _may_name_by_value(data: bytes) -> bool:
     return any(name.encode() in data for name in registered)
 
 
-def _plain_payload(nodes: dict[Key, GraphNode], ship: list[Key]) -> bytes | None:
-    """The PythonTask payload ``(run_graph, (nodes, ship), {})`` by the C pickler, or
+def _plain_payload(call: tuple[Any, tuple[Any, ...], dict[str, Any]]) -> bytes | None:
+    """The PythonTask payload ``call`` (``(function, args, kwargs)``) by the C pickler, or
     None (then the task cloudpickles it) when something must be pickled by value.
 
     The plain C pickler first (~20x faster than a pickler with a Python hook called for
     every object): a local or unimportable function or class makes it raise, and one
     of ``__main__`` or of a module registered by value leaves its module's name in the
     bytes; only then the exact check, object by object (:class:`_GraphPickler`)."""
-    call: tuple[Any, tuple[Any, ...], dict[str, Any]] = (run_graph, (nodes, ship), {})
     try:
         data = pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError):
@@ -310,6 +291,14 @@ class SmallGraph:
         est = self.estimate(times)
         return est is not None and est <= SMALL_SECONDS
 
+    def call(self, ship: list[Key]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        """The one task's call, ``(function, args, kwargs)``, computing ``ship``: the
+        graph's plan (:mod:`vinework.dask.plan`), or its nodes when it has none."""
+        try:
+            return run_plan, (*compile_plan(self.nodes, ship), ship), {}
+        except Unplannable:
+            return run_graph, (self.nodes, ship), {}
+
     def run(self, m: SmallManager, *, times: dict[str, float], retries: int,
             resources: Mapping[str, int], env_vars: Mapping[str, Any],
             extra_files: Mapping[Any, str], extra_modules: list[str], verbose: bool,
@@ -325,16 +314,18 @@ class SmallGraph:
         traceback), or :class:`DaskVineTaskError` when it raised nothing.
         """
         scanned = modules_of_graph(self.nodes) if scan_modules else []
-        m._hoist_for_dask([*scanned, *extra_modules, "vinework.dask.small"])
+        m._hoist_for_dask([*scanned, *extra_modules, "vinework.dask.small",
+                           "vinework.dask.plan"])
         ship = [t for t in self.targets if t not in self.literals]
         tag = f"dask-graph-{os.getpid()}-{next(_run_ids)}"
-        payload = _plain_payload(self.nodes, ship)
+        call = self.call(ship)
+        payload = _plain_payload(call)
         m._keep_private(tag)  # a plain wait() in another thread does not take it
         try:
             attempt = 0
             while True:
                 attempt += 1
-                t = PythonTask(run_graph, self.nodes, ship)
+                t = PythonTask(call[0], *call[1])
                 t.payload = payload
                 for f, name in extra_files.items():
                     t.add_input(f, name)

@@ -1,0 +1,217 @@
+"""The small-graph path's plan (vinework/dask/plan.py): compiled from dask's graphs of
+every collection, it computes dask's own values; it flattens fused subgraphs (nested
+ones too) with their own keys, drops a value after its last reader, names the key
+that raised, and refuses what it cannot express so the graph goes as dask's nodes."""
+
+from __future__ import annotations
+
+import gc
+import operator
+import weakref
+from typing import Any
+
+import pytest
+
+pytest.importorskip("dask")
+
+import dask  # noqa: E402
+import dask.array as da  # noqa: E402
+import dask.bag as db  # noqa: E402
+from dask._task_spec import (  # noqa: E402
+    Alias,
+    DataNode,
+    Dict,
+    GraphNode,
+    List,
+    Task,
+    TaskRef,
+    _execute_subgraph,
+)
+
+from vinework.dask.graph import rebuild_result  # noqa: E402
+from vinework.dask.plan import Unplannable, compile_plan, run_plan  # noqa: E402
+from vinework.dask.small import SmallGraph, run_graph  # noqa: E402
+
+
+def _captured(collection: Any) -> tuple[Any, Any]:
+    got: list[tuple[Any, Any]] = []
+
+    def capture(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        got.append((dsk, keys))
+        return dask.get(dsk, keys)
+
+    dask.compute(collection, scheduler=capture)
+    return got[0]
+
+
+def _by_plan(dsk: Any, keys: Any) -> Any:
+    sg = SmallGraph(dsk, keys, fuse=True)
+    fn, args, kwargs = sg.call(sg.targets)
+    assert fn is run_plan, "these graphs all have a plan"
+    values, took = fn(*args, **kwargs)
+    assert set(took) and all(t >= 0 for t in took.values())
+    return rebuild_result(keys, values)
+
+
+def _frame() -> Any:
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    df = pd.DataFrame({"k": [i % 4 for i in range(40)], "v": range(40),
+                       "w": [float(i) / 3 for i in range(40)]})
+    return dd.from_pandas(df, npartitions=5)
+
+
+def _pairs(seq: Any) -> Any:
+    return ((x % 3, x) for x in seq)  # a generator: never pickled on this path
+
+
+COLLECTIONS = {
+    "array sum": lambda: (da.ones(100, chunks=10) + 3).sum(),
+    "array mean of squares": lambda: ((da.arange(60, chunks=7) * 2 - 1) ** 2).mean(),
+    "matmul std": lambda: (da.ones((20, 20), chunks=5) @ da.arange(20, chunks=5)).std(),
+    "cumsum": lambda: da.arange(30, chunks=4).cumsum(axis=0),
+    "rechunk transpose": lambda: da.arange(48, chunks=5).reshape(6, 8).rechunk((4, 3)).T,
+    "slices and where": lambda: da.where(da.arange(40, chunks=6) % 3 == 0, 1, -1)[5:33:2],
+    "tree reduction": lambda: da.arange(200, chunks=3).sum(split_every=3),
+    "bag map filter sum": lambda: db.from_sequence(range(40), npartitions=6)
+    .map(lambda x: x * 3).filter(lambda x: x % 2).sum(),
+    "bag generator chain": lambda: db.from_sequence(range(30), npartitions=4)
+    .map_partitions(_pairs).map_partitions(lambda ps: [a * b for a, b in ps]),
+    "bag frequencies": lambda: db.from_sequence("abracadabra" * 3, npartitions=3)
+    .frequencies(sort=True),
+    "bag fold": lambda: db.from_sequence(range(25), npartitions=5).fold(operator.add),
+    "delayed containers": lambda: dask.delayed(lambda d, xs: d["a"] + sum(xs))(
+        {"a": dask.delayed(operator.mul)(3, 4)},
+        [dask.delayed(operator.add)(i, 1) for i in range(5)]),
+    "delayed kwargs": lambda: dask.delayed(lambda x, *, scale: x * scale)(
+        dask.delayed(operator.add)(1, 2), scale=dask.delayed(operator.sub)(10, 3)),
+}
+
+
+@pytest.mark.parametrize("name", COLLECTIONS)
+def test_plans_compute_dasks_values(name: str) -> None:
+    collection = COLLECTIONS[name]()
+    (expected,) = dask.compute(collection, scheduler="sync")
+    dsk, keys = _captured(collection)
+    (got,) = dask.compute(collection, scheduler=lambda d, k, **kw: _by_plan(d, k))
+    assert type(got) is type(expected)
+    if hasattr(expected, "shape"):
+        assert got.shape == expected.shape and (got == expected).all()
+    else:
+        assert got == expected
+    assert _by_plan(dsk, keys) is not None
+
+
+@pytest.mark.parametrize("make", [
+    lambda f: f.groupby("k").v.sum(),
+    lambda f: f.assign(x=f.v * 2 + f.w).x.mean(),
+    lambda f: f[f.v > 10].w.max(),
+], ids=["groupby-sum", "assign-mean", "filter-max"])
+def test_plans_compute_dataframe_values(make: Any) -> None:
+    collection = make(_frame())
+    (expected,) = dask.compute(collection, scheduler="sync")
+    (got,) = dask.compute(collection, scheduler=lambda d, k, **kw: _by_plan(d, k))
+    if hasattr(expected, "equals"):
+        assert got.equals(expected)
+    else:
+        assert got == expected
+
+
+def _subgraph_graph() -> dict[Any, GraphNode]:
+    """A graph with a fused subgraph whose inner keys shadow outer ones, a subgraph in
+    a subgraph, an alias of a subgraph's output, nested tasks and containers in args
+    and kwargs."""
+
+    def boom() -> None:
+        raise AssertionError("an inner node given as an input must not be evaluated")
+
+    inner_inner = {"p": Task("p", operator.mul, TaskRef("q"), 10)}
+    inner = {
+        "a": Task("a", boom),  # shadowed: "a" is an input of the subgraph
+        "x": Task("x", operator.add, TaskRef("a"), 100),  # the outer "x" is another node
+        "n": Task("n", _execute_subgraph, inner_inner, "p", ["q"], TaskRef("x")),
+        "c": Task("c", lambda n, *, extra: n + extra, TaskRef("n"),
+                  extra=Task(None, operator.neg, TaskRef("x"))),
+    }
+    return {
+        "x": DataNode("x", 5),
+        "s": Task("s", _execute_subgraph, inner, "c", ["a"], TaskRef("x")),
+        "al": Alias("al", "s"),
+        "out": Task("out", lambda lst, d: (lst, d), List(TaskRef("al"), TaskRef("x"), 7),
+                    Dict({"k": TaskRef("s"), "lit": DataNode(None, "v")})),
+    }
+
+
+def test_subgraphs_are_flattened_with_their_own_keys() -> None:
+    dsk = _subgraph_graph()
+    expected = dask.get(dsk, ["out", "al"])
+    groups, outs, slots, *_ = SmallGraph(dsk, ["out", "al"], fuse=False).call(
+        ["out", "al"])[1]
+    values, took = run_plan(groups, outs, slots, ["out", "al"])
+    assert [values["out"], values["al"]] == list(expected)
+    # (5 + 100) * 10 + -(5 + 100) = 945
+    assert values["al"] == 945 and values["out"] == ([945, 5, 7], {"k": 945, "lit": "v"})
+    assert outs[1] == groups[1][2][-1][0], "an alias is the slot of what it names"
+    assert {"s", "al", "out", "x"} <= set(took)
+    assert run_graph(dict(dsk), ["out", "al"])[0] == values
+
+
+class _Big:
+    alive: list[weakref.ref[Any]] = []
+
+    def __init__(self) -> None:
+        _Big.alive.append(weakref.ref(self))
+
+
+def test_a_value_is_dropped_after_its_last_reader_and_a_target_is_kept() -> None:
+    def seen_dead(_: Any) -> bool:
+        gc.collect()
+        return [r() is None for r in _Big.alive] == [True, False]
+
+    _Big.alive = []
+    dsk = {
+        "big": Task("big", _Big),
+        "kept": Task("kept", _Big),
+        "size": Task("size", lambda b, k: 1, TaskRef("big"), TaskRef("kept")),
+        "check": Task("check", seen_dead, TaskRef("size")),
+    }
+    groups, outs, slots = compile_plan(dsk, ["check", "kept"])
+    values, _ = run_plan(groups, outs, slots, ["check", "kept"])
+    assert values["check"] is True, "the first value outlived its last reader"
+    assert isinstance(values["kept"], _Big)
+
+
+def test_the_key_that_raised_is_named() -> None:
+    def bad(x: int) -> int:
+        raise KeyError(f"no {x}")
+
+    inner = {"i": Task("i", bad, TaskRef("y"))}
+    dsk = {"y": DataNode("y", 3), "fused": Task("fused", _execute_subgraph, inner, "i",
+                                                ["y"], TaskRef("y"))}
+    plan = compile_plan(dsk, ["fused"])
+    with pytest.raises(KeyError) as got:
+        run_plan(*plan, ["fused"])
+    assert "dask key 'fused' raised it" in "\n".join(got.value.__notes__)
+
+
+class _Odd(GraphNode):
+    def __init__(self, key: Any) -> None:
+        self.key = key
+        self._dependencies = frozenset()
+
+    def __call__(self, values: Any = ()) -> int:
+        return 42
+
+
+def test_what_a_plan_cannot_express_goes_as_dasks_nodes() -> None:
+    dsk = {"odd": _Odd("odd"), "t": Task("t", operator.add, TaskRef("odd"), 1)}
+    with pytest.raises(Unplannable):
+        compile_plan(dsk, ["t"])
+    sg = SmallGraph(dsk, ["t"], fuse=False)
+    fn, args, kwargs = sg.call(["t"])
+    assert fn is run_graph
+    assert fn(*args, **kwargs)[0] == {"t": 43}
+    unknown = {"s": Task("s", _execute_subgraph, {"i": Task("i", abs, TaskRef("z"))}, "i",
+                         [], )}
+    with pytest.raises(Unplannable):  # an inner reference to nothing dask would give it
+        compile_plan(unknown, ["s"])

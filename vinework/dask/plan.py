@@ -1,0 +1,251 @@
+"""A small Dask graph compiled to a flat plan of calls, for the one-task fast path.
+
+:mod:`vinework.dask.small` runs a small graph as one task. Shipping dask's own node
+objects costs twice: every ``Task`` is rebuilt by a Python ``__setstate__`` when the
+worker unpickles it, and evaluating it goes through ``Task.__call__``, which checks
+its inputs and builds a dict of them for every nested argument; a fused subgraph
+(``_execute_subgraph``) is a graph within the graph, evaluated on its own. For tens
+of trivial nodes that is most of the worker's time.
+
+:func:`compile_plan` turns the culled graph, on the manager, into plain data: a list
+of *groups*, one per top-level node in dependency order, each a list of *steps*
+writing one numbered slot. Fused subgraphs are flattened into their group (their
+inner keys get slots of their own, so they never collide with outer ones); an alias
+is only a second name for a slot. A step's expression is a constant, a slot
+reference, or a call ``(func, args, dynamic args, kwargs, dynamic kwargs)`` whose
+dynamic arguments are expressions themselves (dask's nested tasks and containers).
+:func:`run_plan`, on the worker, fills the slots in order, frees each slot after its
+last reader (as dask's schedulers drop a value once nothing needs it) and returns
+the requested values with each kind's time, as :func:`~vinework.dask.small.run_graph`
+does. What the plan cannot express (a node type it does not know) raises
+:class:`Unplannable` and the graph is shipped as dask nodes instead.
+
+The values are dask's own: every call is the node's function on the same arguments.
+Only the order among independent nodes may differ from dask's (as on the old path).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, _execute_subgraph
+from dask.utils import key_split
+
+from .graph import Key
+
+__all__ = ["Plan", "Unplannable", "compile_plan", "dependency_order", "run_plan"]
+
+_TASK_CALL = Task.__call__
+
+# An expression: ("c", value) a constant; an int, a slot; ("t", func, args, dynamic,
+# kwargs, kwdynamic) a call, ``dynamic`` listing (position, expression) to fill in
+# ``args`` and ``kwdynamic`` (name, expression) to add to ``kwargs`` (None: no kwargs).
+Expr = Any
+# A step: (slot it writes, its expression, slots to free after it)
+Step = tuple[int, Expr, tuple[int, ...]]
+# A plan: ([(top-level key, kind, steps), ...], slots of the targets, number of slots)
+Plan = tuple[list[tuple[Key, str, list[Step]]], list[int], int]
+
+
+class Unplannable(Exception):
+    """The graph holds something the plan cannot express (ship dask's nodes instead)."""
+
+
+def dependency_order(nodes: Mapping[Key, GraphNode], targets: list[Key],
+                     given: Collection[Key] = ()) -> list[Key]:
+    """What the targets need, each key after its dependencies (iterative depth-first);
+    keys in ``given`` (or not in ``nodes``) are taken as known and not expanded."""
+    order: list[Key] = []
+    state: dict[Key, int] = {}  # 1: on the stack, 2: ordered
+    for root in targets:
+        if root in given:
+            continue
+        stack: list[tuple[Key, bool]] = [(root, False)]
+        while stack:
+            k, expanded = stack.pop()
+            if expanded:
+                state[k] = 2
+                order.append(k)
+                continue
+            if k in state:
+                continue
+            state[k] = 1
+            stack.append((k, True))
+            stack.extend((d, False) for d in nodes[k].dependencies
+                         if d not in state and d in nodes and d not in given)
+    return order
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.slots = 0
+
+    def new_slot(self) -> int:
+        self.slots += 1
+        return self.slots - 1
+
+    def expr(self, a: Any, scope: Mapping[Key, int]) -> Expr:
+        """The expression of one argument of a task (as ``Task.__call__`` reads it)."""
+        if isinstance(a, TaskRef):
+            return self.ref(a.key, scope)
+        if type(a) is Alias:
+            return self.ref(a.target, scope)
+        if type(a) is DataNode:
+            return ("c", a.value)
+        if isinstance(a, Task) and type(a).__call__ is _TASK_CALL:
+            return self.call(a, scope)
+        if isinstance(a, GraphNode):
+            raise Unplannable(f"a {type(a).__name__} node")
+        return ("c", a)
+
+    @staticmethod
+    def ref(key: Key, scope: Mapping[Key, int]) -> int:
+        try:
+            return scope[key]
+        except (KeyError, TypeError):
+            raise Unplannable(f"a reference to {key!r}, which is not computed before it") from None
+
+    def call(self, t: Task, scope: Mapping[Key, int]) -> Expr:
+        args = list(t.args)
+        dynamic = []
+        for i, a in enumerate(args):
+            if isinstance(a, GraphNode | TaskRef):
+                e = self.expr(a, scope)
+                if type(e) is tuple and e[0] == "c":
+                    args[i] = e[1]
+                else:
+                    args[i] = None
+                    dynamic.append((i, e))
+        kwargs: dict[str, Any] = {}
+        kwdynamic = []
+        for name, a in t.kwargs.items():
+            e = self.expr(a, scope) if isinstance(a, GraphNode | TaskRef) else ("c", a)
+            if type(e) is tuple and e[0] == "c":
+                kwargs[name] = e[1]
+            else:
+                kwdynamic.append((name, e))
+        return ("t", t.func, tuple(args), tuple(dynamic),
+                kwargs if kwargs or kwdynamic else None, tuple(kwdynamic))
+
+    def node(self, key: Key, node: GraphNode, scope: dict[Key, int],
+             steps: list[tuple[int, Expr]]) -> None:
+        """Compile one node into ``steps``; ``scope[key]`` is then its value's slot."""
+        if type(node) is Task and node.func is _execute_subgraph and len(node.args) >= 3:
+            inner, outkey, inkeys = node.args[:3]
+            dependencies = node.args[3:]
+            if not isinstance(inner, Mapping) or len(inkeys) != len(dependencies):
+                raise Unplannable("a fused subgraph of an unexpected form")
+            own: dict[Key, int] = {}  # the subgraph's keys are its own (dask evaluates
+            for k, d in zip(inkeys, dependencies, strict=True):  # it as a graph apart)
+                e = self.expr(d, scope)
+                if type(e) is int:
+                    own[k] = e
+                else:
+                    own[k] = self.new_slot()
+                    steps.append((own[k], e))
+            if outkey not in own and outkey not in inner:
+                raise Unplannable(f"a fused subgraph without its output {outkey!r}")
+            for k in dependency_order(inner, [outkey], given=own):
+                self.node(k, inner[k], own, steps)
+            scope[key] = own[outkey]
+            return
+        if type(node) is Alias:
+            scope[key] = self.ref(node.target, scope)
+            return
+        e = self.expr(node, scope)
+        slot = self.new_slot()
+        steps.append((slot, e))
+        scope[key] = slot
+
+
+def _reads(e: Expr, out: list[int]) -> None:
+    """The slots an expression reads, into ``out``."""
+    if type(e) is int:
+        out.append(e)
+    elif e[0] == "t":
+        for _, d in e[3]:
+            _reads(d, out)
+        for _, d in e[5]:
+            _reads(d, out)
+
+
+def compile_plan(nodes: Mapping[Key, GraphNode], targets: list[Key]) -> Plan:
+    """The plan of what ``targets`` need of ``nodes`` (a culled, acyclic graph).
+
+    Raises :class:`Unplannable` for what it cannot express."""
+    c = _Compiler()
+    scope: dict[Key, int] = {}
+    raw: list[tuple[Key, list[tuple[int, Expr]]]] = []
+    for k in dependency_order(nodes, targets):
+        steps: list[tuple[int, Expr]] = []
+        c.node(k, nodes[k], scope, steps)
+        raw.append((k, steps))
+    outs = [scope[t] for t in targets]
+    last: dict[int, int] = {}  # slot -> index (over all steps) of its last reader
+    i = 0
+    for _, steps in raw:
+        for _, e in steps:
+            read: list[int] = []
+            _reads(e, read)
+            for s in read:
+                last[s] = i
+            i += 1
+    keep = set(outs)
+    free: dict[int, list[int]] = {}
+    for s, at in last.items():
+        if s not in keep:
+            free.setdefault(at, []).append(s)
+    groups: list[tuple[Key, str, list[Step]]] = []
+    i = 0
+    for k, steps in raw:
+        planned: list[Step] = []
+        for slot, e in steps:
+            planned.append((slot, e, tuple(free.get(i, ()))))
+            i += 1
+        groups.append((k, key_split(k), planned))
+    return groups, outs, c.slots
+
+
+def _value(e: Expr, env: list[Any]) -> Any:
+    if type(e) is int:
+        return env[e]
+    if e[0] == "c":
+        return e[1]
+    _, func, args, dynamic, kwargs, kwdynamic = e
+    if dynamic:
+        args = list(args)
+        for i, d in dynamic:
+            args[i] = env[d] if type(d) is int else _value(d, env)
+    if kwargs is None:
+        return func(*args)
+    if kwdynamic:
+        kwargs = dict(kwargs)
+        for name, d in kwdynamic:
+            kwargs[name] = env[d] if type(d) is int else _value(d, env)
+    return func(*args, **kwargs)
+
+
+def run_plan(groups: list[tuple[Key, str, list[Step]]], outs: list[int], slots: int,
+             targets: list[Key]) -> tuple[dict[Key, object], dict[str, float]]:
+    """Worker side: fill the plan's slots in order; return the targets' values and, per
+    kind of top-level node, the longest one took (seconds). A node that raises
+    re-raises its own exception, with a note naming its dask key."""
+    env: list[Any] = [None] * slots
+    times: dict[str, float] = {}
+    clock = time.perf_counter
+    for key, kind, steps in groups:
+        start = clock()
+        try:
+            for slot, e, free in steps:
+                env[slot] = _value(e, env)
+                for s in free:
+                    env[s] = None
+        except Exception as e:
+            e.add_note(f"dask key {key!r} raised it (the graph ran as one task)")
+            raise
+        took = clock() - start
+        if took > times.get(kind, -1.0):
+            times[kind] = took
+    return {t: env[s] for t, s in zip(targets, outs, strict=True)}, times
