@@ -157,27 +157,27 @@ def test_subgraphs_are_flattened_with_their_own_keys() -> None:
 
 
 class _Big:
-    alive: list[weakref.ref[Any]] = []
+    alive: dict[str, weakref.ref[Any]] = {}
 
-    def __init__(self) -> None:
-        _Big.alive.append(weakref.ref(self))
+    def __init__(self, name: str) -> None:
+        _Big.alive[name] = weakref.ref(self)
 
 
 def test_a_value_is_dropped_after_its_last_reader_and_a_target_is_kept() -> None:
-    def seen_dead(_: Any) -> bool:
+    def seen_dead(_: Any) -> dict[str, bool]:
         gc.collect()
-        return [r() is None for r in _Big.alive] == [True, False]
+        return {name: r() is None for name, r in _Big.alive.items()}
 
-    _Big.alive = []
+    _Big.alive = {}
     dsk = {
-        "big": Task("big", _Big),
-        "kept": Task("kept", _Big),
+        "big": Task("big", _Big, "big"),
+        "kept": Task("kept", _Big, "kept"),
         "size": Task("size", lambda b, k: 1, TaskRef("big"), TaskRef("kept")),
         "check": Task("check", seen_dead, TaskRef("size")),
     }
     groups, outs, slots = compile_plan(dsk, ["check", "kept"])
     values, _ = run_plan(groups, outs, slots, ["check", "kept"])
-    assert values["check"] is True, "the first value outlived its last reader"
+    assert values["check"] == {"big": True, "kept": False}, "a value outlived its last reader"
     assert isinstance(values["kept"], _Big)
 
 

@@ -78,60 +78,75 @@ def dependency_order(nodes: Mapping[Key, GraphNode], targets: list[Key],
     return order
 
 
+_NODE_OR_REF = (GraphNode, TaskRef)
+
+
 class _Compiler:
+    """Compiles nodes into one flat list of steps, noting each slot's last reader."""
+
     def __init__(self) -> None:
         self.slots = 0
+        self.steps: list[tuple[int, Expr]] = []
+        self.last: dict[int, int] = {}  # slot -> index of the last step reading it
 
     def new_slot(self) -> int:
         self.slots += 1
         return self.slots - 1
 
     def expr(self, a: Any, scope: Mapping[Key, int]) -> Expr:
-        """The expression of one argument of a task (as ``Task.__call__`` reads it)."""
-        if isinstance(a, TaskRef):
-            return self.ref(a.key, scope)
+        """The expression of one argument of a task (as ``Task.__call__`` reads it), read
+        by the next step appended."""
+        if type(a) is TaskRef:
+            return self.read(a.key, scope)
         if type(a) is Alias:
-            return self.ref(a.target, scope)
+            return self.read(a.target, scope)
         if type(a) is DataNode:
             return ("c", a.value)
         if isinstance(a, Task) and type(a).__call__ is _TASK_CALL:
             return self.call(a, scope)
-        if isinstance(a, GraphNode):
+        if isinstance(a, _NODE_OR_REF):
             raise Unplannable(f"a {type(a).__name__} node")
         return ("c", a)
 
+    def read(self, key: Key, scope: Mapping[Key, int]) -> int:
+        slot = self.slot_of(key, scope)
+        self.last[slot] = len(self.steps)
+        return slot
+
     @staticmethod
-    def ref(key: Key, scope: Mapping[Key, int]) -> int:
+    def slot_of(key: Key, scope: Mapping[Key, int]) -> int:
         try:
             return scope[key]
         except (KeyError, TypeError):
             raise Unplannable(f"a reference to {key!r}, which is not computed before it") from None
 
     def call(self, t: Task, scope: Mapping[Key, int]) -> Expr:
-        args = list(t.args)
+        args: Any = t.args  # a list once an argument is filled in
         dynamic = []
-        for i, a in enumerate(args):
-            if isinstance(a, GraphNode | TaskRef):
+        for i, a in enumerate(t.args):
+            if isinstance(a, _NODE_OR_REF):
                 e = self.expr(a, scope)
+                if type(args) is tuple:
+                    args = list(args)
                 if type(e) is tuple and e[0] == "c":
                     args[i] = e[1]
                 else:
                     args[i] = None
                     dynamic.append((i, e))
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] | None = None
         kwdynamic = []
-        for name, a in t.kwargs.items():
-            e = self.expr(a, scope) if isinstance(a, GraphNode | TaskRef) else ("c", a)
-            if type(e) is tuple and e[0] == "c":
-                kwargs[name] = e[1]
-            else:
-                kwdynamic.append((name, e))
-        return ("t", t.func, tuple(args), tuple(dynamic),
-                kwargs if kwargs or kwdynamic else None, tuple(kwdynamic))
+        if t.kwargs:
+            kwargs = {}
+            for name, a in t.kwargs.items():
+                e = self.expr(a, scope) if isinstance(a, _NODE_OR_REF) else ("c", a)
+                if type(e) is tuple and e[0] == "c":
+                    kwargs[name] = e[1]
+                else:
+                    kwdynamic.append((name, e))
+        return ("t", t.func, tuple(args), tuple(dynamic), kwargs, tuple(kwdynamic))
 
-    def node(self, key: Key, node: GraphNode, scope: dict[Key, int],
-             steps: list[tuple[int, Expr]]) -> None:
-        """Compile one node into ``steps``; ``scope[key]`` is then its value's slot."""
+    def node(self, key: Key, node: GraphNode, scope: dict[Key, int]) -> None:
+        """Compile one node into steps; ``scope[key]`` is then its value's slot."""
         if type(node) is Task and node.func is _execute_subgraph and len(node.args) >= 3:
             inner, outkey, inkeys = node.args[:3]
             dependencies = node.args[3:]
@@ -139,36 +154,24 @@ class _Compiler:
                 raise Unplannable("a fused subgraph of an unexpected form")
             own: dict[Key, int] = {}  # the subgraph's keys are its own (dask evaluates
             for k, d in zip(inkeys, dependencies, strict=True):  # it as a graph apart)
+                if type(d) is TaskRef:  # only a second name: its readers note the reads
+                    own[k] = self.slot_of(d.key, scope)
+                    continue
                 e = self.expr(d, scope)
-                if type(e) is int:
-                    own[k] = e
-                else:
-                    own[k] = self.new_slot()
-                    steps.append((own[k], e))
+                own[k] = self.new_slot()
+                self.steps.append((own[k], e))
             if outkey not in own and outkey not in inner:
                 raise Unplannable(f"a fused subgraph without its output {outkey!r}")
             for k in dependency_order(inner, [outkey], given=own):
-                self.node(k, inner[k], own, steps)
+                self.node(k, inner[k], own)
             scope[key] = own[outkey]
             return
         if type(node) is Alias:
-            scope[key] = self.ref(node.target, scope)
+            scope[key] = self.slot_of(node.target, scope)
             return
         e = self.expr(node, scope)
-        slot = self.new_slot()
-        steps.append((slot, e))
-        scope[key] = slot
-
-
-def _reads(e: Expr, out: list[int]) -> None:
-    """The slots an expression reads, into ``out``."""
-    if type(e) is int:
-        out.append(e)
-    elif e[0] == "t":
-        for _, d in e[3]:
-            _reads(d, out)
-        for _, d in e[5]:
-            _reads(d, out)
+        slot = scope[key] = self.new_slot()
+        self.steps.append((slot, e))
 
 
 def compile_plan(nodes: Mapping[Key, GraphNode], targets: list[Key]) -> Plan:
@@ -177,34 +180,22 @@ def compile_plan(nodes: Mapping[Key, GraphNode], targets: list[Key]) -> Plan:
     Raises :class:`Unplannable` for what it cannot express."""
     c = _Compiler()
     scope: dict[Key, int] = {}
-    raw: list[tuple[Key, list[tuple[int, Expr]]]] = []
+    starts: list[tuple[Key, int]] = []
     for k in dependency_order(nodes, targets):
-        steps: list[tuple[int, Expr]] = []
-        c.node(k, nodes[k], scope, steps)
-        raw.append((k, steps))
+        starts.append((k, len(c.steps)))
+        c.node(k, nodes[k], scope)
     outs = [scope[t] for t in targets]
-    last: dict[int, int] = {}  # slot -> index (over all steps) of its last reader
-    i = 0
-    for _, steps in raw:
-        for _, e in steps:
-            read: list[int] = []
-            _reads(e, read)
-            for s in read:
-                last[s] = i
-            i += 1
     keep = set(outs)
     free: dict[int, list[int]] = {}
-    for s, at in last.items():
-        if s not in keep:
-            free.setdefault(at, []).append(s)
-    groups: list[tuple[Key, str, list[Step]]] = []
-    i = 0
-    for k, steps in raw:
-        planned: list[Step] = []
-        for slot, e in steps:
-            planned.append((slot, e, tuple(free.get(i, ()))))
-            i += 1
-        groups.append((k, key_split(k), planned))
+    for slot, at in c.last.items():
+        if slot not in keep:
+            free.setdefault(at, []).append(slot)
+    steps = c.steps
+    planned = [(slot, e, tuple(free[i]) if i in free else ())
+               for i, (slot, e) in enumerate(steps)]
+    ends = [at for _, at in starts[1:]] + [len(steps)]
+    groups = [(k, key_split(k), planned[at:end]) for (k, at), end in zip(starts, ends,
+                                                                          strict=True)]
     return groups, outs, c.slots
 
 
