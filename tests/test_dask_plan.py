@@ -194,6 +194,52 @@ def test_the_key_that_raised_is_named() -> None:
     assert "dask key 'fused' raised it" in "\n".join(got.value.__notes__)
 
 
+def test_a_node_stored_under_another_key_takes_that_key() -> None:
+    """dask-expr stores some nodes under a key that is not their own ``.key``
+    (``ddf.loc[a:b]``: an Alias of a partition under ``loc-..``); dask's schedulers go by
+    the graph's keys, its fusion by the node's, which lost or broke such nodes."""
+    dsk = {"x": DataNode("x", 1), "y": DataNode("y", 2),
+           "al": Alias("x", "x"),  # its own key is "x"; the graph's, "al"
+           "out": Task("out", operator.add, TaskRef("al"), TaskRef("y")),
+           "t": Task("other", operator.neg, TaskRef("out"))}
+    assert dask.get(dsk, ["t"]) == (-3,)
+    sg = SmallGraph(dsk, ["t"], fuse=True)
+    assert all(node.key == k for k, node in sg.full.items())
+    assert _by_plan(dsk, ["t"]) == [-3]
+    rows = _frame().loc[5:20]
+    pd = pytest.importorskip("pandas")
+    for collection in (rows, rows.v.sum()):
+        (expected,) = dask.compute(collection, scheduler="sync")
+        (got,) = dask.compute(collection, scheduler=lambda d, k, **kw: _by_plan(d, k))
+        if isinstance(expected, pd.DataFrame):
+            pd.testing.assert_frame_equal(got, expected)
+        else:
+            assert got == expected
+
+
+def test_an_input_nothing_reads_is_freed_and_notes_that_cannot_grow_are_left() -> None:
+    _Big.alive = {}
+    inner = {"o": Task("o", operator.add, TaskRef("y"), 1)}
+    dsk = {"y": DataNode("y", 3),
+           "s": Task("s", _execute_subgraph, inner, "o", ["y", "u"], TaskRef("y"),
+                     Task(None, _Big, "unread")),
+           "check": Task("check", lambda v: (gc.collect(), _Big.alive["unread"]() is None)[1],
+                         TaskRef("s"))}
+    values, _ = run_plan(*compile_plan(dsk, ["check", "s"]), ["check", "s"])
+    assert values == {"check": True, "s": 4}
+
+    class Stubborn(Exception):
+        __notes__ = ("fixed",)  # add_note refuses: the exception itself still comes
+
+    def stubborn() -> None:
+        e = Stubborn("mine")
+        e.__notes__ = ("fixed",)  # type: ignore[assignment]
+        raise e
+
+    with pytest.raises(Stubborn, match="mine"):
+        run_plan(*compile_plan({"z": Task("z", stubborn)}, ["z"]), ["z"])
+
+
 class _Odd(GraphNode):
     def __init__(self, key: Any) -> None:
         self.key = key

@@ -130,14 +130,18 @@ def test_every_collection_through_config(m: DaskVine, small: bool) -> None:
                         npartitions=4)
     frame = df.groupby("k").v.sum()
     dl = delayed(sum)([delayed(lambda v: v * v)(i) for i in range(6)])
-    want = [_sync(c) for c in (arr, bag, frame, dl)]
+    rows = df.loc[5:20]  # dask-expr stores an Alias under a key that is not its own
+    want = [_sync(c) for c in (arr, bag, frame, dl, rows, rows.v.sum())]
     with dask.config.set(scheduler=m.get):  # (dask warns when mixing dataframes in)
         got = [*dask.compute(arr, bag, small_graph=small), frame.compute(small_graph=small),
-               dl.compute(small_graph=small)]
+               dl.compute(small_graph=small), rows.compute(small_graph=small),
+               rows.v.sum().compute(small_graph=small)]
     np.testing.assert_array_equal(got[0], want[0])
     assert sorted(got[1]) == sorted(want[1])
     pd.testing.assert_series_equal(got[2], want[2])
     assert got[3] == want[3]
+    pd.testing.assert_frame_equal(got[4], want[4])
+    assert len(got[4]) == 16 and got[5] == want[5] == sum(range(5, 21))
     bad = delayed(sum)([delayed(_boom)(float(i)) for i in range(4)])
     with dask.config.set(scheduler=m.get), pytest.raises(ZeroDivisionError, match="no 3.0"):
         bad.compute(small_graph=small, retries=1)

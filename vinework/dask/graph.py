@@ -105,7 +105,23 @@ def normalize_graph(dsk: Any) -> dict[Key, GraphNode]:
         raw = ensure_dict(graph)
     else:
         raise TypeError(f"cannot interpret {type(dsk).__name__} object as a dask graph")
-    return convert_legacy_graph(raw)
+    return _keyed_as_stored(convert_legacy_graph(raw))
+
+
+def _keyed_as_stored(nodes: dict[Key, GraphNode]) -> dict[Key, GraphNode]:
+    """Give every node the key it is stored under. Dask's schedulers go by the graph's
+    keys, but its fusion goes by each node's own ``.key``, and dask-expr stores some
+    nodes under another key (``ddf.loc[a:b]`` stores ``Alias(x)`` under ``loc-..``): fused
+    as they are, such graphs lose the node or break."""
+    for k, node in nodes.items():
+        if node.key != k:
+            if type(node) is Alias:
+                nodes[k] = Alias(k, node.target)
+            elif type(node) is DataNode:
+                nodes[k] = DataNode(k, node.value)
+            else:
+                nodes[k] = node.substitute({}, key=k)
+    return nodes
 
 
 def flatten_keys(keys: Any) -> list[Key]:

@@ -35,7 +35,7 @@ from dask.utils import key_split
 
 from .graph import Key
 
-__all__ = ["Plan", "Unplannable", "compile_plan", "dependency_order", "run_plan"]
+__all__ = ["Plan", "Unplannable", "compile_plan", "dependency_order", "note_key", "run_plan"]
 
 _TASK_CALL = Task.__call__
 
@@ -191,6 +191,9 @@ def compile_plan(nodes: Mapping[Key, GraphNode], targets: list[Key]) -> Plan:
         if slot not in keep:
             free.setdefault(at, []).append(slot)
     steps = c.steps
+    for i, (slot, _) in enumerate(steps):
+        if slot not in c.last and slot not in keep:  # read by nothing: gone at once
+            free.setdefault(i, []).append(slot)
     planned = [(slot, e, tuple(free[i]) if i in free else ())
                for i, (slot, e) in enumerate(steps)]
     ends = [at for _, at in starts[1:]] + [len(steps)]
@@ -218,6 +221,15 @@ def _value(e: Expr, env: list[Any]) -> Any:
     return func(*args, **kwargs)
 
 
+def note_key(e: BaseException, key: Key) -> None:
+    """Add a note naming the dask key that raised ``e`` (not when its notes cannot take
+    one: the exception itself matters more)."""
+    try:
+        e.add_note(f"dask key {key!r} raised it (the graph ran as one task)")
+    except TypeError:
+        pass
+
+
 def run_plan(groups: list[tuple[Key, str, list[Step]]], outs: list[int], slots: int,
              targets: list[Key]) -> tuple[dict[Key, object], dict[str, float]]:
     """Worker side: fill the plan's slots in order; return the targets' values and, per
@@ -234,7 +246,7 @@ def run_plan(groups: list[tuple[Key, str, list[Step]]], outs: list[int], slots: 
                 for s in free:
                     env[s] = None
         except Exception as e:
-            e.add_note(f"dask key {key!r} raised it (the graph ran as one task)")
+            note_key(e, key)
             raise
         took = clock() - start
         if took > times.get(kind, -1.0):

@@ -48,7 +48,7 @@ from ..task import Task as VineTask
 from .errors import DaskVineTaskError
 from .graph import Key, flatten_keys, modules_of_graph, normalize_graph, rebuild_result
 from .payload import CannotEncode, _by_value
-from .plan import Unplannable, compile_plan, dependency_order, run_plan
+from .plan import Unplannable, compile_plan, dependency_order, note_key, run_plan
 
 __all__ = ["SMALL_SECONDS", "SMALL_TASKS", "SMALL_TASK_SECONDS", "SmallGraph", "run_graph"]
 
@@ -150,7 +150,7 @@ def _evaluate(nodes: Mapping[Key, GraphNode], targets: list[Key], values: dict[K
             values[k] = node(values)
         except Exception as e:
             if times is not None:
-                e.add_note(f"dask key {k!r} raised it (the graph ran as one task)")
+                note_key(e, k)
             raise
         if times is not None:
             took = clock() - start
