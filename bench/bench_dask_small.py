@@ -209,10 +209,10 @@ def main() -> None:
           f"graph optimization {med['dask']:.2f} (the sync scheduler pays it too); submit "
           f"{med['submit']:.2f}; waiting for the task {med['wait']:.2f}, of which the worker "
           f"had it {med['worker']:.2f} (its Python executor's call {med['call']:.2f}: "
-          f"unpickling the graph, evaluating it, pickling the values; the rest is the "
+          f"unpickling the plan, evaluating it, pickling the values; the rest is the "
           f"worker's handling and the hops to and from its executor) and the round trip "
           f"to the worker {med['wait'] - med['worker']:.2f}; DaskVine's graph "
-          f"handling (cull, fuse, module scan, payload) {rest:.2f}")
+          f"handling (cull, fuse, plan, payload) {rest:.2f}")
     if cpu is not None:
         wall = cpu.pop("wall")
         print(f"CPU per compute ({max(200, 4 * a.n)} back to back, graphs built beforehand: "
