@@ -85,21 +85,25 @@ COLLECTIONS = {
         [dask.delayed(operator.add)(i, 1) for i in range(5)]),
     "delayed kwargs": lambda: dask.delayed(lambda x, *, scale: x * scale)(
         dask.delayed(operator.add)(1, 2), scale=dask.delayed(operator.sub)(10, 3)),
+    "keyword order": lambda: dask.delayed(_keywords)(  # computed and constant, in order
+        a=dask.delayed(operator.add)(1, 2), b=2, c=dask.delayed(operator.neg)(4), d=[1]),
 }
+
+
+def _keywords(**kwargs: Any) -> list[tuple[str, Any]]:
+    return list(kwargs.items())
 
 
 @pytest.mark.parametrize("name", COLLECTIONS)
 def test_plans_compute_dasks_values(name: str) -> None:
     collection = COLLECTIONS[name]()
     (expected,) = dask.compute(collection, scheduler="sync")
-    dsk, keys = _captured(collection)
     (got,) = dask.compute(collection, scheduler=lambda d, k, **kw: _by_plan(d, k))
     assert type(got) is type(expected)
     if hasattr(expected, "shape"):
         assert got.shape == expected.shape and (got == expected).all()
     else:
         assert got == expected
-    assert _by_plan(dsk, keys) is not None
 
 
 @pytest.mark.parametrize("make", [
@@ -206,6 +210,15 @@ def test_a_node_stored_under_another_key_takes_that_key() -> None:
     sg = SmallGraph(dsk, ["t"], fuse=True)
     assert all(node.key == k for k, node in sg.full.items())
     assert _by_plan(dsk, ["t"]) == [-3]
+    listed = {"a": DataNode("a", 2), "l": List(TaskRef("a"), 1),  # a List's key is None
+              "t": Task("t", sum, TaskRef("l"))}
+    assert _by_plan(listed, ["t"]) == [3] == list(dask.get(listed, ["t"]))
+    from vinework.dask.graph import DaskGraph
+
+    as_nodes = {"x": DataNode("x", 1), "al": Alias("x", "x"),  # nodes given as they are
+                "out": Task("out", operator.neg, TaskRef("al"))}
+    assert DaskGraph(as_nodes, ["out"], fuse=True).targets == ["out"]
+    assert as_nodes["al"].key == "x", "the caller's graph is left as it was"
     rows = _frame().loc[5:20]
     pd = pytest.importorskip("pandas")
     for collection in (rows, rows.v.sum()):
@@ -236,8 +249,9 @@ def test_an_input_nothing_reads_is_freed_and_notes_that_cannot_grow_are_left() -
         e.__notes__ = ("fixed",)  # type: ignore[assignment]
         raise e
 
-    with pytest.raises(Stubborn, match="mine"):
+    with pytest.raises(Stubborn, match="mine") as got:
         run_plan(*compile_plan({"z": Task("z", stubborn)}, ["z"]), ["z"])
+    assert got.value.__notes__ == ("fixed",)
 
 
 class _Odd(GraphNode):

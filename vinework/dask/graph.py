@@ -39,6 +39,7 @@ over storage keys (tasks and data).
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -109,7 +110,7 @@ def normalize_graph(dsk: Any) -> dict[Key, GraphNode]:
 
 
 def _keyed_as_stored(nodes: dict[Key, GraphNode]) -> dict[Key, GraphNode]:
-    """Give every node the key it is stored under. Dask's schedulers go by the graph's
+    """Give every node the key it is stored under (in place). Dask's schedulers go by the graph's
     keys, but its fusion goes by each node's own ``.key``, and dask-expr stores some
     nodes under another key (``ddf.loc[a:b]`` stores ``Alias(x)`` under ``loc-..``): fused
     as they are, such graphs lose the node or break."""
@@ -120,7 +121,11 @@ def _keyed_as_stored(nodes: dict[Key, GraphNode]) -> dict[Key, GraphNode]:
             elif type(node) is DataNode:
                 nodes[k] = DataNode(k, node.value)
             else:
-                nodes[k] = node.substitute({}, key=k)
+                renamed = node.substitute({}, key=k)
+                if renamed.key != k:  # dask's containers (List, Dict, ...) keep key None
+                    renamed = copy.copy(node)
+                    renamed.key = k
+                nodes[k] = renamed
     return nodes
 
 
@@ -329,7 +334,8 @@ class DaskGraph:
             KeyError: If a requested key is not in the graph.
             ValueError: If a needed dependency is missing, or on a cycle.
         """
-        full = graph if _is_normalized(graph) else normalize_graph(graph)
+        full = _keyed_as_stored(dict(graph)) if _is_normalized(graph) \
+            else normalize_graph(graph)
         self.keys: Any = keys
         self.targets: list[Key] = list(dict.fromkeys(flatten_keys(keys)))
         self._target_set: frozenset[Key] = frozenset(self.targets)

@@ -41,7 +41,7 @@ _TASK_CALL = Task.__call__
 
 # An expression: ("c", value) a constant; an int, a slot; ("t", func, args, dynamic,
 # kwargs, kwdynamic) a call, ``dynamic`` listing (position, expression) to fill in
-# ``args`` and ``kwdynamic`` (name, expression) to add to ``kwargs`` (None: no kwargs).
+# ``args`` and ``kwdynamic`` (name, expression) to fill in ``kwargs`` (None: no kwargs).
 Expr = Any
 # A step: (slot it writes, its expression, slots to free after it)
 Step = tuple[int, Expr, tuple[int, ...]]
@@ -141,7 +141,8 @@ class _Compiler:
                 e = self.expr(a, scope) if isinstance(a, _NODE_OR_REF) else ("c", a)
                 if type(e) is tuple and e[0] == "c":
                     kwargs[name] = e[1]
-                else:
+                else:  # filled in at run time, in its place: the keywords keep their order
+                    kwargs[name] = None
                     kwdynamic.append((name, e))
         return ("t", t.func, tuple(args), tuple(dynamic), kwargs, tuple(kwdynamic))
 
@@ -178,6 +179,8 @@ def compile_plan(nodes: Mapping[Key, GraphNode], targets: list[Key]) -> Plan:
     """The plan of what ``targets`` need of ``nodes`` (a culled, acyclic graph).
 
     Raises :class:`Unplannable` for what it cannot express."""
+    if not targets:
+        return [], [], 0
     c = _Compiler()
     scope: dict[Key, int] = {}
     starts: list[tuple[Key, int]] = []
@@ -241,8 +244,8 @@ def run_plan(groups: list[tuple[Key, str, list[Step]]], outs: list[int], slots: 
     for key, kind, steps in groups:
         start = clock()
         try:
-            for slot, e, free in steps:
-                env[slot] = _value(e, env)
+            for slot, expr, free in steps:
+                env[slot] = _value(expr, env)
                 for s in free:
                     env[s] = None
         except Exception as e:

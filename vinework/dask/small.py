@@ -8,7 +8,8 @@ ran before on this manager, each at most :data:`SMALL_TASK_SECONDS` in its
 latest run and at most :data:`SMALL_SECONDS` all together (on the usual path a
 task's wall time, which includes its start-up, so the estimate errs high) --
 the whole culled graph goes to one worker as one task, which evaluates it in
-dependency order, as dask's sync scheduler would, and returns the requested
+dependency order (depth-first from the requested keys, not in ``dask.order``'s order
+as dask's sync scheduler does), and returns the requested
 values with how long each kind of node took: as a flat plan of calls
 (:mod:`vinework.dask.plan`), or, for a graph the plan cannot express, as dask's
 own nodes (:func:`run_graph`). A kind
