@@ -110,23 +110,28 @@ def normalize_graph(dsk: Any) -> dict[Key, GraphNode]:
 
 
 def _keyed_as_stored(nodes: dict[Key, GraphNode]) -> dict[Key, GraphNode]:
-    """Give every node the key it is stored under (in place). Dask's schedulers go by the graph's
-    keys, but its fusion goes by each node's own ``.key``, and dask-expr stores some
-    nodes under another key (``ddf.loc[a:b]`` stores ``Alias(x)`` under ``loc-..``): fused
-    as they are, such graphs lose the node or break."""
-    for k, node in nodes.items():
-        if node.key != k:
-            if type(node) is Alias:
-                nodes[k] = Alias(k, node.target)
-            elif type(node) is DataNode:
-                nodes[k] = DataNode(k, node.value)
-            else:
-                renamed = node.substitute({}, key=k)
-                if renamed.key != k:  # dask's containers (List, Dict, ...) keep key None
-                    renamed = copy.copy(node)
-                    renamed.key = k
-                nodes[k] = renamed
-    return nodes
+    """``nodes`` with every node under the key it is stored under (the same dict when
+    each already has it, else a new one). Dask's schedulers go by the graph's keys, but
+    its fusion goes by each node's own ``.key``, and dask-expr stores some nodes under
+    another key (``ddf.loc[a:b]`` stores ``Alias(x)`` under ``loc-..``): fused as they
+    are, such graphs lose the node or break."""
+    wrong = [k for k, node in nodes.items() if node.key != k]
+    if not wrong:
+        return nodes
+    out = dict(nodes)
+    for k in wrong:
+        node = nodes[k]
+        if type(node) is Alias:
+            out[k] = Alias(k, node.target)
+        elif type(node) is DataNode:
+            out[k] = DataNode(k, node.value)
+        else:
+            renamed = node.substitute({}, key=k)
+            if renamed.key != k:  # dask's containers (List, Dict, ...) keep key None
+                renamed = copy.copy(node)
+                renamed.key = k
+            out[k] = renamed
+    return out
 
 
 def flatten_keys(keys: Any) -> list[Key]:
@@ -334,8 +339,7 @@ class DaskGraph:
             KeyError: If a requested key is not in the graph.
             ValueError: If a needed dependency is missing, or on a cycle.
         """
-        full = _keyed_as_stored(dict(graph)) if _is_normalized(graph) \
-            else normalize_graph(graph)
+        full = _keyed_as_stored(graph) if _is_normalized(graph) else normalize_graph(graph)
         self.keys: Any = keys
         self.targets: list[Key] = list(dict.fromkeys(flatten_keys(keys)))
         self._target_set: frozenset[Key] = frozenset(self.targets)

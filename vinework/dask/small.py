@@ -315,8 +315,7 @@ class SmallGraph:
         traceback), or :class:`DaskVineTaskError` when it raised nothing.
         """
         scanned = modules_of_graph(self.nodes) if scan_modules else []
-        m._hoist_for_dask([*scanned, *extra_modules, "vinework.dask.small",
-                           "vinework.dask.plan"])
+        m._hoist_for_dask([*scanned, *extra_modules, "vinework.dask.small"])  # (and .plan)
         ship = [t for t in self.targets if t not in self.literals]
         tag = f"dask-graph-{os.getpid()}-{next(_run_ids)}"
         call = self.call(ship)
